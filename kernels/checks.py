@@ -1,0 +1,46 @@
+"""Input validation shared by the ops: errors name the bad value and what was expected."""
+
+from __future__ import annotations
+
+import torch
+
+RULES = ("row", "abs", "batch", "threshold", "stat")
+
+
+def check_rule(rule: str) -> None:
+    if rule not in RULES:
+        raise ValueError(f"unknown selection rule {rule!r}; expected one of {RULES}")
+
+
+def check_pre(pre: torch.Tensor) -> None:
+    if pre.dim() != 2:
+        raise ValueError(f"pre-activations must be [batch, n_latents], got shape {tuple(pre.shape)}")
+    if pre.shape[0] == 0:
+        raise ValueError("empty batch: pre-activations have 0 rows")
+    if not pre.is_floating_point():
+        raise TypeError(f"pre-activations must be floating point, got {pre.dtype}")
+
+
+def check_k(k: int | None, n: int, rule: str) -> int:
+    if k is None:
+        raise ValueError(f"rule {rule!r} needs k")
+    if not isinstance(k, int) or isinstance(k, bool):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if k < 1 or k > n:
+        raise ValueError(f"k={k} out of range: expected 1 <= k <= n_latents={n}")
+    return k
+
+
+def check_code(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor) -> None:
+    if values.shape != indices.shape or values.dim() != 2:
+        raise ValueError(
+            f"code values {tuple(values.shape)} and indices {tuple(indices.shape)} must both be [batch, width]"
+        )
+    if W_dec.dim() != 2:
+        raise ValueError(f"W_dec must be [n_latents, d], got shape {tuple(W_dec.shape)}")
+    if indices.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"code indices must be int64 or int32, got {indices.dtype}")
+    if values.dtype != W_dec.dtype:
+        raise TypeError(f"code values dtype {values.dtype} does not match W_dec dtype {W_dec.dtype}")
+    if values.device != W_dec.device:
+        raise ValueError(f"code on {values.device} but W_dec on {W_dec.device}")

@@ -1,0 +1,46 @@
+"""Plain-torch selection rules: the reference for the Triton kernels and the CPU path."""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.code import SparseCode
+
+
+def select_row(pre: torch.Tensor, k: int) -> SparseCode:
+    """Top-k of each row, then ReLU (Gao et al.): L0 <= k, indices sorted by value."""
+    values, indices = pre.topk(k, dim=-1, sorted=True)
+    return SparseCode(values.relu(), indices)
+
+
+def select_abs(pre: torch.Tensor, k: int) -> SparseCode:
+    """Top-k of each row by magnitude, signs kept (AbsTopK's hard thresholding H_k)."""
+    _, indices = pre.abs().topk(k, dim=-1, sorted=True)
+    return SparseCode(pre.gather(1, indices), indices)
+
+
+def select_batch(pre: torch.Tensor, k: int) -> SparseCode:
+    """Top k*B of the ReLU'd batch as a whole: rows hold varying counts, padded with zeros."""
+    B, n = pre.shape
+    flat = pre.relu().flatten()
+    keep = flat.topk(min(k * B, flat.numel()), sorted=False).indices
+    mask = torch.zeros_like(flat, dtype=torch.bool).index_fill_(0, keep, True).view(B, n)
+    return _mask_to_code(pre.relu(), mask)
+
+
+def select_threshold(pre: torch.Tensor, threshold: torch.Tensor | float) -> SparseCode:
+    """Keep entries strictly above a global or per-latent threshold (JumpReLU, BatchTopK inference)."""
+    thr = torch.as_tensor(threshold, dtype=pre.dtype, device=pre.device)
+    return _mask_to_code(pre, pre > thr)
+
+
+def _mask_to_code(values: torch.Tensor, mask: torch.Tensor) -> SparseCode:
+    """Pack the masked entries of each row into a fixed-width code (width = largest row count)."""
+    counts = mask.sum(dim=-1)
+    width = max(int(counts.max().item()), 1)
+    # kept entries first (largest kept value first), padding after
+    score = torch.where(mask, values, torch.full_like(values, float("-inf")))
+    top, indices = score.topk(width, dim=-1, sorted=True)
+    keep = torch.isfinite(top)
+    vals = torch.where(keep, values.gather(1, indices), torch.zeros_like(top))
+    return SparseCode(vals, indices)

@@ -1,0 +1,127 @@
+"""Configuration dataclasses: one per concern. The CLI is generated from their fields."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+NORMALIZATIONS = ("dataset_scalar", "none", "layer_norm", "unit_norm")
+
+
+@dataclass
+class SAEConfig:
+    """What a dictionary is: saved beside its weights in cfg.json."""
+
+    d_in: int
+    """Width of the activations the dictionary reads."""
+    n_latents: int | None = None
+    """Number of latents (dictionary size); or give `expansion`."""
+    expansion: int | None = None
+    """n_latents = expansion * d_in when n_latents is not given."""
+    family: str = "topk"
+    """SAE family (see sae.families.FAMILIES)."""
+    k: int | None = 32
+    """Active latents per token for the top-k families."""
+    dtype: str = "float32"
+    """Parameter dtype: float32, float64, bfloat16 or float16."""
+    normalize: str = "dataset_scalar"
+    """Input normalisation: dataset_scalar (one scale with E|x|^2 = d_in, folded on save), none,
+    layer_norm (per token) or unit_norm (per token centring and unit norm)."""
+    k_aux: int = 256
+    """AuxK: dead latents each token may use to reconstruct the residual."""
+    aux_coef: float = 1 / 32
+    """AuxK loss coefficient."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Family-specific options (validated by the family)."""
+    hook_name: str = ""
+    """Hook point the dictionary was trained on."""
+    model_name: str = ""
+    """Model the dictionary was trained on."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.d_in, int) or self.d_in < 1:
+            raise ValueError(f"d_in must be a positive int, got {self.d_in!r}")
+        if self.n_latents is None:
+            if self.expansion is None:
+                raise ValueError("give n_latents or expansion")
+            if self.expansion < 1:
+                raise ValueError(f"expansion must be >= 1, got {self.expansion}")
+            self.n_latents = int(self.expansion * self.d_in)
+        if self.n_latents < 1:
+            raise ValueError(f"n_latents must be >= 1, got {self.n_latents}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {tuple(DTYPES)}")
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalize {self.normalize!r}; expected one of {NORMALIZATIONS}")
+        if self.k_aux < 0:
+            raise ValueError(f"k_aux must be >= 0, got {self.k_aux}")
+        from sae.families import get_family  # late import: families import this module
+
+        get_family(self.family).validate(self)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SAEConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class TrainConfig:
+    """How a dictionary is trained."""
+
+    tokens: int = 2_000_000
+    """Training tokens (steps = tokens // batch_size)."""
+    batch_size: int = 4096
+    """Tokens per step."""
+    lr: float | None = None
+    """Adam learning rate; default 2e-4 / sqrt(n_latents / 2**14) as in Gao et al."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+    eps: float = 6.25e-10
+    """Adam epsilon (Gao et al.)."""
+    warmup_frac: float = 0.02
+    """Fraction of steps of linear lr warm-up."""
+    decay_frac: float = 0.2
+    """Fraction of steps, at the end, of linear lr decay to zero."""
+    dead_window_tokens: int = 1_000_000
+    """A latent that has not fired for this many tokens is dead (AuxK trains it)."""
+    init_tokens: int = 32_768
+    """Tokens used to initialise b_dec (geometric median) and the input scale."""
+    seed: int = 0
+    """Random seed for initialisation and sampling."""
+    checkpoint_every: int = 100
+    """Steps between checkpoints (written atomically)."""
+    log_every: int = 10
+    """Steps between log.jsonl lines."""
+    wandb_project: str = ""
+    """Log to this wandb project when wandb is installed."""
+    device: str = "cpu"
+    """Device to train on."""
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "batch_size", "checkpoint_every", "log_every", "init_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.tokens < self.batch_size:
+            raise ValueError(f"tokens={self.tokens} is less than one batch of {self.batch_size}")
+        if not 0 <= self.warmup_frac < 1 or not 0 <= self.decay_frac <= 1:
+            raise ValueError(f"warmup_frac and decay_frac must lie in [0, 1), got {self.warmup_frac}, {self.decay_frac}")
+
+    @property
+    def steps(self) -> int:
+        return self.tokens // self.batch_size
+
+    def learning_rate(self, n_latents: int) -> float:
+        return self.lr if self.lr is not None else 2e-4 / math.sqrt(n_latents / 2**14)

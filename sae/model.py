@@ -25,6 +25,7 @@ class ForwardOutput(NamedTuple):
     fvu: torch.Tensor  # reconstruction term: fraction of variance unexplained
     aux_loss: torch.Tensor  # AuxK term before its coefficient
     extras: dict[str, torch.Tensor]
+    enc: Encoding  # the code in normalised space, with the AuxK code (for family state updates)
 
 
 class SparseAutoencoder(nn.Module):
@@ -46,6 +47,7 @@ class SparseAutoencoder(nn.Module):
         # dataset-wide input scale (E|s x|^2 = d); 1 once folded into the weights
         self.register_buffer("input_scale", torch.ones((), dtype=torch.float32, device=device))
         self.family = get_family(cfg.family)(cfg).to(device)
+        self.train_progress = 0.0  # fraction of training done; the trainer sets it (schedules such as KL warm-up)
 
     # --- shape checks -----------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> None:
@@ -104,7 +106,7 @@ class SparseAutoencoder(nn.Module):
         x_hat = denormalize(x_hat_n, self.cfg.normalize, self.input_scale.to(x_hat_n.dtype), stats)
         scale = self._out_scale(enc.code.values)
         code = SparseCode(enc.code.values / scale, enc.code.indices)
-        return ForwardOutput(x_hat, code, loss, mse, recon, aux, extras)
+        return ForwardOutput(x_hat, code, loss, mse, recon, aux, extras, enc)
 
     def _aux_loss(self, x_n: torch.Tensor, x_hat_n: torch.Tensor, aux: SparseCode | None) -> torch.Tensor:
         """AuxK (Gao et al.): dead latents reconstruct the detached residual, normalised by its variance."""

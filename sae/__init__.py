@@ -1,0 +1,24 @@
+"""Sparse autoencoders for language-model interpretability.
+
+    from sae import SAEConfig, SparseAutoencoder
+    sae = SparseAutoencoder(SAEConfig(d_in=384, n_latents=3072, family="topk", k=32))
+"""
+
+from kernels import SparseCode
+from sae.config import RunConfig, SAEConfig, TrainConfig
+from sae.families import FAMILIES
+from sae.model import ForwardOutput, SparseAutoencoder
+from sae.train import NonFiniteError, Trainer, train
+
+__all__ = [
+    "FAMILIES",
+    "ForwardOutput",
+    "NonFiniteError",
+    "RunConfig",
+    "SAEConfig",
+    "SparseAutoencoder",
+    "SparseCode",
+    "TrainConfig",
+    "Trainer",
+    "train",
+]

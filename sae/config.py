@@ -125,3 +125,27 @@ class TrainConfig:
 
     def learning_rate(self, n_latents: int) -> float:
         return self.lr if self.lr is not None else 2e-4 / math.sqrt(n_latents / 2**14)
+
+
+@dataclass
+class RunConfig:
+    """Where activations come from and where a run's files go (the CLI's harvesting options)."""
+
+    model: str = "minilm"
+    """Model: 'minilm' (the embedded default), a hub name or a local path."""
+    hook: str = "blocks.3.hook_resid_pre"
+    """Hook point whose activations the dictionary reads."""
+    dataset: str = ""
+    """Text: a hub dataset name or a local .txt/.json/.jsonl/.parquet file; empty = the embedded corpus."""
+    context_len: int = 128
+    """Tokens per context."""
+    harvest_tokens: int = 0
+    """Hold this many training activations in memory and reuse them epoch after epoch; 0 streams all tokens."""
+    eval_tokens: int = 65_536
+    """Held-out tokens (the dataset's test split) for metrics.json."""
+    pca_tokens: int = 262_144
+    """Training tokens the PCA baseline is fitted on when activations are streamed."""
+    out: str = "runs/sae"
+    """Output folder: cfg.json, sae_weights.safetensors, metrics.json, log.jsonl."""
+    resume: bool = False
+    """Continue from out/checkpoints/latest.pt."""

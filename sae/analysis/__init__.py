@@ -1,0 +1,1 @@
+"""Analysis downstream of a trained dictionary: metrics, baselines, statistics, figures."""

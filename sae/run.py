@@ -1,0 +1,87 @@
+"""A whole run: harvest, train, fold, save, evaluate against the PCA baseline. Used by the CLI and the demo."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sae.analysis.metrics import evaluate
+from sae.analysis.pca import pca_fvu
+from sae.config import RunConfig, SAEConfig, TrainConfig
+from sae.data import TensorBatches
+from sae.families import get_family
+from sae.model import SparseAutoencoder
+from sae.train import train
+
+
+def _stream(run: RunConfig, model, split: str, tokens: int, batch_size: int, seed: int):
+    from activations import ActivationStream
+
+    return ActivationStream(
+        model,
+        hook=run.hook,
+        dataset=run.dataset or None,
+        split=split,
+        context_len=run.context_len,
+        batch_size=batch_size,
+        total_tokens=tokens,
+        seed=seed,
+    )
+
+
+def harvest(run: RunConfig, model, split: str, tokens: int, seed: int, batch_size: int = 4096) -> torch.Tensor:
+    """Up to `tokens` activations of `split` as one in-memory [N, d] tensor."""
+    batches = list(_stream(run, model, split, tokens, batch_size, seed))
+    if not batches:
+        raise ValueError(f"no activations harvested from the {split!r} split of {run.dataset or 'the embedded corpus'}")
+    return torch.cat(batches)[:tokens]
+
+
+def run_training(run: RunConfig, sae_kwargs: dict[str, Any], tcfg: TrainConfig) -> dict[str, float]:
+    """Train one dictionary end to end and write cfg.json, sae_weights.safetensors, metrics.json, log.jsonl."""
+    from activations import load_model
+
+    get_family(sae_kwargs.get("family", "topk"))  # fail on a bad family before any harvesting
+    out = Path(run.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    model = load_model(run.model, device=tcfg.device)
+    if run.harvest_tokens:
+        train_acts = harvest(run, model, "train", run.harvest_tokens, tcfg.seed, tcfg.batch_size)
+        data = TensorBatches(train_acts, tcfg.batch_size, seed=tcfg.seed)
+        pca_sample = train_acts
+    else:
+        data = _stream(run, model, "train", tcfg.tokens, tcfg.batch_size, tcfg.seed)
+        pca_sample = None
+    d_in = data.d_in
+    harvest_s = time.perf_counter() - t0
+    cfg = SAEConfig(d_in=d_in, hook_name=run.hook, model_name=run.model, **sae_kwargs)
+    sae = SparseAutoencoder(cfg, device=tcfg.device, seed=tcfg.seed)
+    result = train(sae, data, tcfg, out_dir=out, resume=run.resume)
+    sae.fold_input_scale()
+    sae.save(out)
+
+    held_out = harvest(run, model, "test", run.eval_tokens, tcfg.seed, min(tcfg.batch_size, 4096))
+    eval_batches = list(held_out.split(4096))
+    metrics = evaluate(sae, eval_batches)
+    if pca_sample is None:
+        pca_sample = harvest(run, model, "train", run.pca_tokens, tcfg.seed, tcfg.batch_size)
+    rank = max(1, min(round(metrics["l0"]), d_in))
+    metrics.update(
+        {
+            "pca_fvu": pca_fvu(pca_sample, eval_batches, rank),
+            "pca_rank": rank,
+            "dead_fraction": result.dead_fraction,
+            "train_tokens": result.tokens,
+            "train_seconds": result.seconds,
+            "train_tokens_per_s": result.tokens / max(result.seconds, 1e-9) if result.steps else 0.0,
+            "harvest_seconds": harvest_s,
+            "total_seconds": time.perf_counter() - t0,
+        }
+    )
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics

@@ -1,0 +1,245 @@
+"""The one trainer for every family: Adam, warm-up and decay, unit-norm decoder, AuxK, checkpoints, resume."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from sae.checkpoint import load_checkpoint, save_checkpoint
+from sae.config import TrainConfig
+from sae.data import batches_from
+from sae.init import init_from_sample
+from sae.model import SparseAutoencoder
+
+CHECKPOINT = "checkpoints/latest.pt"
+
+
+class NonFiniteError(RuntimeError):
+    """Training met NaN or inf; the last good checkpoint is left untouched."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    tokens: int
+    seconds: float
+    dead_fraction: float
+    log_path: Path | None
+
+
+def lr_at(step: int, steps: int, base: float, cfg: TrainConfig) -> float:
+    """Linear warm-up over warmup_frac of the steps, flat, then linear decay to 0 over decay_frac."""
+    warm = max(1, int(cfg.warmup_frac * steps))
+    decay = int(cfg.decay_frac * steps)
+    factor = min(1.0, (step + 1) / warm)
+    if decay > 0 and step >= steps - decay:
+        factor = min(factor, (steps - step) / decay)
+    return base * factor
+
+
+class Trainer:
+    """Owns the optimisation state of one run so it can be checkpointed and resumed exactly."""
+
+    def __init__(self, sae: SparseAutoencoder, cfg: TrainConfig, out_dir: str | Path | None = None) -> None:
+        self.sae, self.cfg = sae, cfg
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.base_lr = cfg.learning_rate(sae.cfg.n_latents)
+        fused = sae.W_enc.device.type == "cuda"
+        self.opt = torch.optim.Adam(sae.parameters(), lr=self.base_lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
+        self.step = 0
+        self.tokens = 0
+        # tokens since each latent last fired: dead beyond cfg.dead_window_tokens
+        self.since_fired = torch.zeros(sae.cfg.n_latents, dtype=torch.long, device=sae.W_enc.device)
+
+    # --- checkpoints ------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.out_dir / CHECKPOINT if self.out_dir else None
+
+    def state_dict(self) -> dict:
+        return {
+            "sae": self.sae.state_dict(),
+            "sae_cfg": self.sae.cfg.to_dict(),
+            "train_cfg": asdict(self.cfg),
+            "opt": self.opt.state_dict(),
+            "step": self.step,
+            "tokens": self.tokens,
+            "since_fired": self.since_fired,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["sae_cfg"] != self.sae.cfg.to_dict():
+            raise ValueError(
+                "checkpoint was written for a different dictionary config; "
+                f"checkpoint has {state['sae_cfg']}, this run has {self.sae.cfg.to_dict()}"
+            )
+        self.sae.load_state_dict(state["sae"])
+        self.opt.load_state_dict(state["opt"])
+        self.step, self.tokens = state["step"], state["tokens"]
+        self.since_fired = state["since_fired"].to(self.since_fired.device)
+        torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def save_checkpoint(self) -> None:
+        if self.checkpoint_path is not None:
+            save_checkpoint(self.checkpoint_path, self.state_dict())
+
+    # --- one step ---------------------------------------------------------------------
+    def dead_mask(self) -> torch.Tensor:
+        return self.since_fired >= self.cfg.dead_window_tokens
+
+    def train_step(self, x: torch.Tensor) -> dict[str, float]:
+        sae, steps = self.sae, self.cfg.steps
+        x = x.to(device=sae.W_enc.device, dtype=sae.W_enc.dtype)
+        if not torch.isfinite(x).all():
+            raise NonFiniteError(f"batch at step {self.step} contains NaN or inf activations; stopped before updating")
+        lr = lr_at(self.step, steps, self.base_lr, self.cfg)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        sae.train_progress = self.step / steps
+        dead = self.dead_mask()
+        out = sae(x, dead=dead if bool(dead.any()) else None)
+        if not torch.isfinite(out.loss):
+            raise NonFiniteError(f"loss is {out.loss.item()} at step {self.step}; stopped before updating")
+        self.opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        sae.remove_parallel_grad()
+        self.opt.step()
+        sae.set_decoder_norm_to_unit()
+        sae.family.after_step(sae, out.enc, self.step)
+        fired = out.enc.code.indices[out.enc.code.values != 0]
+        self.since_fired += x.shape[0]
+        self.since_fired[fired] = 0
+        self.step += 1
+        self.tokens += x.shape[0]
+        return {
+            "loss": out.loss.item(),
+            "fvu": out.fvu.item(),
+            "aux_loss": out.aux_loss.item(),
+            "l0": out.code.l0().float().mean().item(),
+            "dead_fraction": dead.float().mean().item(),
+            "lr": lr,
+            **{k: v.item() for k, v in out.extras.items()},
+        }
+
+    # --- the loop ---------------------------------------------------------------------
+    def fit(
+        self,
+        data: Iterable[torch.Tensor],
+        resume: bool = False,
+        on_step: Callable[[Trainer], None] | None = None,
+    ) -> TrainResult:
+        """Train for cfg.steps batches of `data`; with `resume`, continue from the last checkpoint."""
+        cfg = self.cfg
+        ckpt = self.checkpoint_path
+        log_path = self.out_dir / "log.jsonl" if self.out_dir else None
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resume and ckpt is not None and ckpt.exists():
+            self.load_state_dict(load_checkpoint(ckpt))
+            batches = batches_from(data, self.step)
+        else:
+            if resume and ckpt is not None:
+                tqdm.write(f"no checkpoint at {ckpt}: starting from scratch")
+            torch.manual_seed(cfg.seed)
+            batches = self._initialise(batches_from(data, 0))
+        if log_path is not None:
+            _truncate_log(log_path, self.step)
+        wandb_run = _maybe_wandb(cfg, self.sae)
+        start, t0 = self.step, time.perf_counter()
+        with tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True) as bar:
+            self._loop(batches, bar, log_path, wandb_run, on_step)
+        if wandb_run is not None:
+            wandb_run.finish()
+        seconds = time.perf_counter() - t0
+        return TrainResult(
+            steps=self.step - start,
+            tokens=self.tokens,
+            seconds=seconds,
+            dead_fraction=self.dead_mask().float().mean().item(),
+            log_path=log_path,
+        )
+
+    def _loop(self, batches, bar, log_path, wandb_run, on_step) -> None:
+        cfg = self.cfg
+        last_t, last_tokens = time.perf_counter(), self.tokens
+        while self.step < cfg.steps:
+            try:
+                x = next(batches)
+            except StopIteration:
+                raise ValueError(
+                    f"data ran out at step {self.step}: expected {cfg.steps} batches of {cfg.batch_size} tokens"
+                ) from None
+            stats = self.train_step(x)
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                now = time.perf_counter()
+                row = {"step": self.step, "tokens": self.tokens, **stats}
+                row["tokens_per_s"] = (self.tokens - last_tokens) / max(now - last_t, 1e-9)
+                last_t, last_tokens = now, self.tokens
+                bar.set_postfix(fvu=f"{stats['fvu']:.3f}", l0=f"{stats['l0']:.1f}", dead=f"{stats['dead_fraction']:.2f}")
+                if log_path is not None:
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                if wandb_run is not None:
+                    wandb_run.log(row, step=self.step)
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.save_checkpoint()
+            if on_step is not None:
+                on_step(self)
+
+    def _initialise(self, batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Set the input scale and b_dec from the first init_tokens, then hand those batches back."""
+        head, got = [], 0
+        while got < self.cfg.init_tokens:
+            try:
+                head.append(next(batches))
+            except StopIteration:
+                break
+            got += head[-1].shape[0]
+        if not head:
+            raise ValueError("data is empty: no batch to initialise the dictionary from")
+        init_from_sample(self.sae, torch.cat(head)[: self.cfg.init_tokens])
+        return itertools.chain(head, batches)
+
+
+def train(
+    sae: SparseAutoencoder,
+    data: Iterable[torch.Tensor],
+    cfg: TrainConfig,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    on_step: Callable[[Trainer], None] | None = None,
+) -> TrainResult:
+    """Train `sae` on `data` (an iterable of raw [B, d] activations); checkpoints go to out_dir/checkpoints."""
+    return Trainer(sae, cfg, out_dir).fit(data, resume=resume, on_step=on_step)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """On resume, drop log lines past the checkpoint so the log reads as one uninterrupted run."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def _maybe_wandb(cfg: TrainConfig, sae: SparseAutoencoder):
+    if not cfg.wandb_project:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        tqdm.write("wandb is not installed: logging to log.jsonl only")
+        return None
+    return wandb.init(project=cfg.wandb_project, config={"sae": sae.cfg.to_dict(), "train": asdict(cfg)})
+

@@ -1,0 +1,112 @@
+import json
+
+import pytest
+import torch
+
+from sae.config import SAEConfig, TrainConfig
+from sae.data import TensorBatches
+from sae.model import SparseAutoencoder
+from sae.train import NonFiniteError, lr_at, train
+
+from .conftest import sparse_data
+
+
+def _cfg(**kw):
+    base = dict(tokens=512 * 30, batch_size=512, checkpoint_every=5, log_every=5, dead_window_tokens=2048,
+                init_tokens=1024, seed=3)
+    return TrainConfig(**{**base, **kw})
+
+
+def _sae():
+    return SparseAutoencoder(SAEConfig(d_in=32, n_latents=128, k=4), seed=1)
+
+
+def test_training_lowers_fvu(acts, tmp_path):
+    sae = _sae()
+    data = TensorBatches(acts, 512, seed=0)
+    before = sae(acts[:2048]).fvu.item()
+    train(sae, data, _cfg(tokens=512 * 80), out_dir=tmp_path)
+    after = sae(acts[:2048]).fvu.item()
+    assert after < 0.5 * before
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(5, 81, 5))
+    assert {"loss", "fvu", "l0", "dead_fraction", "lr", "tokens_per_s"} <= set(rows[0])
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(128))
+
+
+def test_resume_after_kill_matches_uninterrupted_run(acts, tmp_path):
+    """A run killed mid-way (after step 13, last checkpoint at 10) and resumed ends bit-identical."""
+    full = _sae()
+    train(full, TensorBatches(acts, 512, seed=0), _cfg(), out_dir=tmp_path / "full")
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_13(trainer):
+        if trainer.step == 13:
+            raise Killed
+
+    part = _sae()
+    with pytest.raises(Killed):
+        train(part, TensorBatches(acts, 512, seed=0), _cfg(), out_dir=tmp_path / "part", on_step=kill_at_13)
+    resumed = _sae()  # a fresh process: nothing in memory survives the kill
+    result = train(resumed, TensorBatches(acts, 512, seed=0), _cfg(), out_dir=tmp_path / "part", resume=True)
+    assert result.steps == 20  # 10 .. 30
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), f"{name} differs after resume"
+    log_full = (tmp_path / "full" / "log.jsonl").read_text().splitlines()
+    log_part = (tmp_path / "part" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in log_part] == [json.loads(x)["step"] for x in log_full]
+
+
+def test_resume_from_plain_iterable_skips_consumed_batches(acts, tmp_path):
+    """Without iter_from the trainer discards the batches it already trained on."""
+    batches = list(acts.split(512))[:16]
+    cfg = _cfg(tokens=512 * 16, checkpoint_every=8)
+    full = _sae()
+    train(full, batches, cfg, out_dir=tmp_path / "a")
+
+    def stop(trainer):
+        if trainer.step == 8:
+            raise KeyboardInterrupt
+
+    part = _sae()
+    with pytest.raises(KeyboardInterrupt):
+        train(part, batches, cfg, out_dir=tmp_path / "b", on_step=stop)
+    resumed = _sae()
+    train(resumed, batches, cfg, out_dir=tmp_path / "b", resume=True)
+    assert torch.equal(full.W_enc, resumed.W_enc)
+
+
+def test_nan_batch_stops_with_step_and_keeps_last_good_checkpoint(acts, tmp_path):
+    bad = acts.clone()
+    data = TensorBatches(bad, 512, seed=0)
+    # poison exactly the batch that step 7 will read
+    rows = data._perm(0)[7 * 512 : 8 * 512]
+    bad[rows[0], 3] = float("nan")
+    sae = _sae()
+    with pytest.raises(NonFiniteError, match="step 7"):
+        train(sae, data, _cfg(), out_dir=tmp_path)
+    state = torch.load(tmp_path / "checkpoints" / "latest.pt", weights_only=False)
+    assert state["step"] == 5
+    assert all(torch.isfinite(t).all() for t in state["sae"].values())
+
+
+def test_data_running_out_is_reported(acts):
+    with pytest.raises(ValueError, match="data ran out at step 4"):
+        train(_sae(), list(acts.split(512))[:4], _cfg(tokens=512 * 10))
+
+
+def test_dead_latents_are_tracked_and_revived(tmp_path):
+    x = sparse_data(n=4096, d=32, n_feat=16, active=2)
+    sae = SparseAutoencoder(SAEConfig(d_in=32, n_latents=256, k=2), seed=0)
+    result = train(sae, TensorBatches(x, 512), _cfg(tokens=512 * 20, dead_window_tokens=1024))
+    assert 0.0 < result.dead_fraction < 1.0
+
+
+def test_lr_schedule_warms_up_and_decays():
+    cfg = TrainConfig(tokens=100 * 10, batch_size=10, warmup_frac=0.1, decay_frac=0.2)
+    lrs = [lr_at(s, 100, 1.0, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == 1.0 and lrs[50] == 1.0
+    assert lrs[80] == 1.0 and lrs[99] == pytest.approx(0.05)
+    assert all(a >= b for a, b in zip(lrs[80:], lrs[81:]))

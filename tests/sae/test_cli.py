@@ -1,0 +1,41 @@
+import dataclasses
+
+import pytest
+
+from sae.cli import build_parser, main
+from sae.cli_args import dataclass_kwargs
+from sae.config import RunConfig, SAEConfig, TrainConfig
+
+
+def test_every_config_field_is_an_option():
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]  # noqa: SLF001
+    dests = {a.dest for a in train._actions}  # noqa: SLF001
+    for cls in (RunConfig, SAEConfig, TrainConfig):
+        for f in dataclasses.fields(cls):
+            if f.name not in ("d_in", "hook_name", "model_name"):
+                assert f.name in dests, f"--{f.name} missing"
+
+
+def test_options_parse_to_typed_config_values():
+    args = build_parser().parse_args(
+        ["train", "--k", "16", "--n-latents", "512", "--lr", "1e-3", "--betas", "0.9", "0.99", "--resume",
+         "--options", '{"m": 3}', "--dataset", "corpus.txt"]
+    )
+    assert dataclass_kwargs(args, SAEConfig) == {"k": 16, "n_latents": 512, "options": {"m": 3}}
+    assert dataclass_kwargs(args, TrainConfig) == {"lr": 1e-3, "betas": (0.9, 0.99)}
+    assert dataclass_kwargs(args, RunConfig) == {"resume": True, "dataset": "corpus.txt"}
+
+
+def test_help_text_comes_from_field_docstrings(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "Active latents per token for the top-k families" in out
+    assert "A latent that has not fired for this many tokens is dead" in out
+
+
+def test_unknown_family_fails_fast_with_a_clear_message(capsys, tmp_path):
+    code = main(["train", "--family", "topq", "--out", str(tmp_path)])
+    assert code == 2
+    assert "unknown SAE family 'topq'" in capsys.readouterr().err

@@ -43,9 +43,9 @@ def harvest(run: RunConfig, model, split: str, tokens: int, seed: int, batch_siz
 
 def run_training(run: RunConfig, sae_kwargs: dict[str, Any], tcfg: TrainConfig) -> dict[str, float]:
     """Train one dictionary end to end and write cfg.json, sae_weights.safetensors, metrics.json, log.jsonl."""
+    get_family(sae_kwargs.get("family", "topk"))  # fail on a bad family before any harvesting
     from activations import load_model
 
-    get_family(sae_kwargs.get("family", "topk"))  # fail on a bad family before any harvesting
     out = Path(run.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -30,7 +30,7 @@ def test_options_parse_to_typed_config_values():
 def test_help_text_comes_from_field_docstrings(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())
     assert "Active latents per token for the top-k families" in out
     assert "A latent that has not fired for this many tokens is dead" in out
 

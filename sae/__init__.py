@@ -8,6 +8,7 @@ from kernels import SparseCode
 from sae.config import RunConfig, SAEConfig, TrainConfig
 from sae.families import FAMILIES
 from sae.model import ForwardOutput, SparseAutoencoder
+from sae.pretrained import load_pretrained
 from sae.train import NonFiniteError, Trainer, train
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "SparseCode",
     "TrainConfig",
     "Trainer",
+    "load_pretrained",
     "train",
 ]

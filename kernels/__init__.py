@@ -2,19 +2,38 @@
 
 Each op has a plain-torch twin (the reference and the CPU path); on CUDA a Triton
 kernel runs behind the same signature. Dispatch happens here, never in the caller.
+The Triton module is imported only when a CUDA tensor reaches an op (or a test asks for it),
+so importing `kernels` never needs a GPU driver.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 
-from kernels.checks import check_code, check_k, check_pre, check_rule
+from kernels.checks import check_code, check_encode, check_k, check_pre, check_rule
 from kernels.code import SparseCode
 from kernels.decode_torch import decode_torch
 from kernels.encode_torch import Encoding, aux_select
-from kernels.select_torch import select_abs, select_batch, select_row, select_threshold
+from kernels.select_torch import select_abs, select_batch, select_row, select_stat, select_threshold
 
 __all__ = ["SparseCode", "Encoding", "select", "decode", "encode", "aux_select"]
+
+# "auto": CUDA -> Triton, CPU -> torch twin.  "triton": Triton everywhere (tests, under TRITON_INTERPRET=1).
+# "torch": the twins everywhere.  Overridable with SAE_KERNELS_BACKEND.
+BACKEND = os.environ.get("SAE_KERNELS_BACKEND", "auto")
+
+
+def _triton_for(t: torch.Tensor):
+    """The Triton module when `t` should run on it, else None."""
+    if BACKEND == "torch" or (BACKEND == "auto" and not t.is_cuda):
+        return None
+    if t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return None  # float64 and friends: the twin is the reference path
+    from kernels import triton_impl
+
+    return triton_impl
 
 
 def select(
@@ -27,22 +46,30 @@ def select(
     check_rule(rule)
     check_pre(pre)
     n = pre.shape[1]
+    if rule != "threshold":
+        k = check_k(k, n, rule)
+    elif threshold is None:
+        raise ValueError("rule 'threshold' needs threshold= (a float or a [n_latents] tensor)")
+    tri = _triton_for(pre)
+    if tri is not None:
+        return tri._select_detached(pre, rule, k, threshold)
     if rule == "row":
-        return select_row(pre, check_k(k, n, rule))
+        return select_row(pre, k)
     if rule == "abs":
-        return select_abs(pre, check_k(k, n, rule))
+        return select_abs(pre, k)
     if rule == "batch":
-        return select_batch(pre, check_k(k, n, rule))
-    if rule == "threshold":
-        if threshold is None:
-            raise ValueError("rule 'threshold' needs threshold= (a float or a [n_latents] tensor)")
-        return select_threshold(pre, threshold)
-    raise NotImplementedError(f"rule {rule!r} has no implementation yet")
+        return select_batch(pre, k)
+    if rule == "stat":
+        return select_stat(pre, k)
+    return select_threshold(pre, threshold)
 
 
 def decode(code: SparseCode, W_dec: torch.Tensor, b_dec: torch.Tensor | None = None) -> torch.Tensor:
     """x_hat = code @ W_dec (+ b_dec) as a gather-sum over the rows that fired: [B, d]."""
     check_code(code.values, code.indices, W_dec)
+    tri = _triton_for(W_dec)
+    if tri is not None:
+        return tri.decode(code, W_dec, b_dec)
     return decode_torch(code, W_dec, b_dec)
 
 
@@ -56,9 +83,22 @@ def encode(
     dead: torch.Tensor | None = None,
     k_aux: int = 0,
 ) -> Encoding:
-    """Pre-activations x @ W_enc + b_enc, selected by `rule`; plus the AuxK code over `dead` latents."""
-    if x.dim() != 2 or W_enc.dim() != 2 or x.shape[1] != W_enc.shape[0]:
-        raise ValueError(f"x {tuple(x.shape)} and W_enc {tuple(W_enc.shape)} do not fit: expected [B, d] @ [d, n]")
+    """Pre-activations x @ W_enc + b_enc, selected by `rule`; plus the AuxK code over `dead` latents.
+
+    On Triton the backward touches only the selected entries (main and AuxK codes): gradients reach
+    x, W_enc and b_enc without a dense [B, n] gradient.
+    """
+    check_rule(rule)
+    check_encode(x, W_enc, b_enc, dead)
+    n = W_enc.shape[1]
+    if rule != "threshold":
+        k = check_k(k, n, rule)
+    elif threshold is None:
+        raise ValueError("rule 'threshold' needs threshold= (a float or a [n_latents] tensor)")
+    tri = _triton_for(W_enc)
+    if tri is not None:
+        code, aux = tri.encode(x, W_enc, b_enc, rule, k, threshold, dead, k_aux)
+        return Encoding(code, aux)
     pre = x @ W_enc
     if b_enc is not None:
         pre = pre + b_enc

@@ -36,6 +36,8 @@ def check_code(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor)
         raise ValueError(
             f"code values {tuple(values.shape)} and indices {tuple(indices.shape)} must both be [batch, width]"
         )
+    if values.shape[0] == 0:
+        raise ValueError("empty batch: the code has 0 rows")
     if W_dec.dim() != 2:
         raise ValueError(f"W_dec must be [n_latents, d], got shape {tuple(W_dec.shape)}")
     if indices.dtype not in (torch.int64, torch.int32):
@@ -44,3 +46,22 @@ def check_code(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor)
         raise TypeError(f"code values dtype {values.dtype} does not match W_dec dtype {W_dec.dtype}")
     if values.device != W_dec.device:
         raise ValueError(f"code on {values.device} but W_dec on {W_dec.device}")
+
+
+def check_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor | None, dead: torch.Tensor | None) -> None:
+    if x.dim() != 2 or W_enc.dim() != 2 or x.shape[1] != W_enc.shape[0]:
+        raise ValueError(f"x {tuple(x.shape)} and W_enc {tuple(W_enc.shape)} do not fit: expected [B, d] @ [d, n]")
+    if x.shape[0] == 0:
+        raise ValueError("empty batch: x has 0 rows")
+    if x.dtype != W_enc.dtype:
+        raise TypeError(f"x dtype {x.dtype} does not match W_enc dtype {W_enc.dtype}")
+    if x.device != W_enc.device:
+        raise ValueError(f"x on {x.device} but W_enc on {W_enc.device}")
+    n = W_enc.shape[1]
+    if b_enc is not None:
+        if b_enc.shape != (n,):
+            raise ValueError(f"b_enc of shape {tuple(b_enc.shape)} does not fit W_enc: expected [{n}]")
+        if b_enc.dtype != W_enc.dtype:
+            raise TypeError(f"b_enc dtype {b_enc.dtype} does not match W_enc dtype {W_enc.dtype}")
+    if dead is not None and (dead.shape != (n,) or dead.dtype != torch.bool):
+        raise ValueError(f"dead must be a bool [{n}] mask, got {dead.dtype} {tuple(dead.shape)}")

@@ -1,0 +1,542 @@
+"""Triton kernels behind kernels.select / decode / encode (imported lazily: CUDA, or tests under TRITON_INTERPRET=1).
+
+Selection never sorts the [B, n] pre-activations. Each value is mapped to an order-preserving integer key
+(the fp32 bit pattern with the negative half flipped, shifted right by the bits the input dtype cannot hold:
+16 for bf16, 13 for fp16), and the k-th largest key of each row is found by a 16-way bisection: every pass
+streams the row once and counts the keys at or above 15 pivots, narrowing the key range 16-fold (4 passes
+for bf16, up to 8 for fp32, after one min/max pass). A compaction pass then writes the indices above the
+threshold plus the first ties, and only the [B, k] result is ordered (by torch, k values per row).
+
+Decode is a gather-sum over the decoder rows that fired; its backward reads grad_out once per row block and
+(a) dots it with the same rows for the values' gradient, (b) atomically adds value * grad_out into an fp32
+buffer at only those rows for W_dec's gradient. Encode's backward reuses both kernels on the transposed
+encoder: grad_x is a gather-sum over W_enc's columns at the selected indices, grad_W_enc an atomic scatter of
+x at those columns; neither a dense [B, n] gradient nor a [B, k, d] intermediate exists.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.code import SparseCode
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+POISON = False  # tests set this: every output buffer starts as garbage, so an unwritten element shows
+NPIV = 16  # bisection fan-out per pass
+
+_I32_MIN = -2147483648
+_I32_MAX = 2147483647
+
+
+def _empty(shape, dtype, device) -> torch.Tensor:
+    out = torch.empty(shape, dtype=dtype, device=device)
+    if POISON:
+        out.fill_(float("nan") if dtype.is_floating_point else -7777)
+    return out
+
+
+def _shift(dtype: torch.dtype) -> int:
+    return {torch.bfloat16: 16, torch.float16: 13}.get(dtype, 0)
+
+
+def _p2(x: int) -> int:
+    return triton.next_power_of_2(max(int(x), 1))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# selection
+# ----------------------------------------------------------------------------------------------------------
+@triton.jit
+def _keys(x, MODE: tl.constexpr, SHIFT: tl.constexpr):
+    """Order-preserving int32 image of fp32 x (MODE 0 plain, 1 |x|, 2 relu(x))."""
+    if MODE == 1:
+        x = tl.abs(x)
+    if MODE == 2:
+        x = tl.maximum(x, 0.0)
+    bits = x.to(tl.int32, bitcast=True)
+    key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+    return key >> SHIFT
+
+
+@triton.jit
+def _load_keys(pre_ptr, colmask_ptr, rows, rmask, cols, n, stride_b,
+               MODE: tl.constexpr, SHIFT: tl.constexpr, HAS_COLMASK: tl.constexpr):
+    cmask = cols < n
+    if HAS_COLMASK:
+        cmask = cmask & (tl.load(colmask_ptr + cols, mask=cols < n, other=0) != 0)
+    m = rmask[:, None] & cmask[None, :]
+    x = tl.load(pre_ptr + rows[:, None] * stride_b + cols[None, :], mask=m, other=0.0).to(tl.float32)
+    key = _keys(x, MODE, SHIFT)
+    return tl.where(m, key, -2147483648), m
+
+
+@triton.jit
+def _row_kth_kernel(pre_ptr, colmask_ptr, thr_ptr, cgt_ptr, B, n, stride_b, k,
+                    MODE: tl.constexpr, SHIFT: tl.constexpr, HAS_COLMASK: tl.constexpr,
+                    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, NPIV: tl.constexpr):
+    """Per row: the k-th largest key (thr) and how many keys exceed it (cgt < k)."""
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    rmask = rows < B
+    lo = tl.full([BLOCK_B], 2147483647, tl.int64)
+    hi = tl.full([BLOCK_B], -2147483648, tl.int64)
+    for start in range(0, n, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        key, m = _load_keys(pre_ptr, colmask_ptr, rows, rmask, cols, n, stride_b, MODE, SHIFT, HAS_COLMASK)
+        lo = tl.minimum(lo, tl.min(tl.where(m, key, 2147483647), axis=1).to(tl.int64))
+        hi = tl.maximum(hi, tl.max(key, axis=1).to(tl.int64))
+    hi = hi + 1
+    lo = tl.where(rmask, lo, 0)
+    hi = tl.where(rmask, hi, 1)
+    cnt_hi = tl.zeros([BLOCK_B], tl.int32)
+    jj = tl.arange(0, NPIV)
+    while tl.max(hi - lo) > 1:
+        step = (hi - lo + NPIV - 1) // NPIV
+        piv = lo[:, None] + jj[None, :].to(tl.int64) * step[:, None]  # [BLOCK_B, NPIV]
+        counts = tl.zeros([BLOCK_B, NPIV], tl.int32)
+        for start in range(0, n, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            key, m = _load_keys(pre_ptr, colmask_ptr, rows, rmask, cols, n, stride_b, MODE, SHIFT,
+                                HAS_COLMASK)
+            ge = key.to(tl.int64)[:, :, None] >= piv[:, None, :]
+            counts += tl.sum(ge.to(tl.int32), axis=1)
+        # counts fall with j and counts[0] >= k: the last pivot still holding k keys bounds the k-th from below
+        ok = (counts >= k) & (piv < hi[:, None])
+        jstar = tl.sum(ok.to(tl.int32), axis=1) - 1
+        jstar = tl.maximum(jstar, 0)
+        new_lo = lo + jstar.to(tl.int64) * step
+        new_hi = tl.minimum(hi, new_lo + step)
+        nxt = tl.sum(tl.where(jj[None, :] == (jstar[:, None] + 1), counts, 0), axis=1)
+        cnt_hi = tl.where(new_hi < hi, nxt, cnt_hi)
+        lo = new_lo
+        hi = new_hi
+    tl.store(thr_ptr + rows, lo.to(tl.int32), mask=rmask)
+    tl.store(cgt_ptr + rows, cnt_hi, mask=rmask)
+
+
+@triton.jit
+def _compact_kernel(pre_ptr, colmask_ptr, thr_ptr, cgt_ptr, budget_ptr, thrv_ptr, thr_sb, thr_sn,
+                    idx_ptr, ngt_ptr, neq_ptr, B, n, stride_b, width,
+                    MODE: tl.constexpr, SHIFT: tl.constexpr, HAS_COLMASK: tl.constexpr,
+                    BY_VALUE: tl.constexpr, STORE: tl.constexpr,
+                    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Write each row's kept column indices into idx[b, :count] (order of columns; ties at the key threshold
+    up to a per-row budget). BY_VALUE: keep x > thrv[b * thr_sb + col * thr_sn] instead (threshold, stat).
+    STORE=False only counts (ngt: kept above threshold, neq: ties), for variable-width rules."""
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    rmask = rows < B
+    if not BY_VALUE:
+        thr = tl.load(thr_ptr + rows, mask=rmask, other=0)
+        if STORE:
+            cgt = tl.load(cgt_ptr + rows, mask=rmask, other=0)
+            budget = tl.load(budget_ptr + rows, mask=rmask, other=0)
+    n_gt = tl.zeros([BLOCK_B], tl.int32)
+    n_eq = tl.zeros([BLOCK_B], tl.int32)
+    for start in range(0, n, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        if BY_VALUE:
+            cmask = cols < n
+            if HAS_COLMASK:
+                cmask = cmask & (tl.load(colmask_ptr + cols, mask=cols < n, other=0) != 0)
+            m = rmask[:, None] & cmask[None, :]
+            x = tl.load(pre_ptr + rows[:, None] * stride_b + cols[None, :], mask=m, other=0.0).to(tl.float32)
+            t = tl.load(thrv_ptr + rows[:, None] * thr_sb + cols[None, :] * thr_sn, mask=m, other=0.0)
+            gt = m & (x > t.to(tl.float32))
+            eq = gt & (cols[None, :] < 0)
+        else:
+            key, m = _load_keys(pre_ptr, colmask_ptr, rows, rmask, cols, n, stride_b, MODE, SHIFT,
+                                HAS_COLMASK)
+            gt = m & (key > thr[:, None])
+            eq = m & (key == thr[:, None])
+        gti = gt.to(tl.int32)
+        eqi = eq.to(tl.int32)
+        if STORE:
+            pos_gt = n_gt[:, None] + tl.cumsum(gti, axis=1) - 1
+            if BY_VALUE:
+                slot = pos_gt
+                keep = gt
+            else:
+                r_eq = n_eq[:, None] + tl.cumsum(eqi, axis=1) - 1
+                take_eq = eq & (r_eq < budget[:, None])
+                slot = tl.where(gt, pos_gt, cgt[:, None] + r_eq)
+                keep = gt | take_eq
+            keep = keep & (slot < width)
+            colv = (cols[None, :] + rows[:, None] * 0).to(tl.int64)
+            tl.store(idx_ptr + rows[:, None].to(tl.int64) * width + slot, colv, mask=keep)
+        n_gt += tl.sum(gti, axis=1)
+        n_eq += tl.sum(eqi, axis=1)
+    if not STORE:
+        tl.store(ngt_ptr + rows, n_gt, mask=rmask)
+        tl.store(neq_ptr + rows, n_eq, mask=rmask)
+
+
+def _blocks_select(B: int, n: int) -> tuple[int, int, int]:
+    if INTERPRET:  # few large programs: the interpreter's cost is per program
+        return min(_p2(B), 64), min(_p2(n), 256), 4
+    return 2, min(_p2(n), 512), 4
+
+
+def _check_kernel_input(pre: torch.Tensor) -> torch.Tensor:
+    if pre.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"Triton select takes float32, bfloat16 or float16 pre-activations, got {pre.dtype}")
+    return pre.contiguous()
+
+
+def _row_kth(pre: torch.Tensor, k: int, mode: int, colmask: torch.Tensor | None):
+    B, n = pre.shape
+    BB, BN, nw = _blocks_select(B, n)
+    thr = _empty((B,), torch.int32, pre.device)
+    cgt = _empty((B,), torch.int32, pre.device)
+    cm = colmask if colmask is not None else thr
+    _row_kth_kernel[(triton.cdiv(B, BB),)](
+        pre, cm, thr, cgt, B, n, pre.stride(0), k, MODE=mode, SHIFT=_shift(pre.dtype),
+        HAS_COLMASK=colmask is not None, BLOCK_B=BB, BLOCK_N=BN, NPIV=NPIV, num_warps=nw)
+    return thr, cgt
+
+
+def _compact(pre, mode, colmask, thr, cgt, budget, width, by_value=False, thrv=None, thr_strides=(0, 0),
+             store=True):
+    B, n = pre.shape
+    BB, BN, nw = _blocks_select(B, n)
+    dev = pre.device
+    dummy = torch.zeros(1, dtype=torch.int32, device=dev)
+    idx = _empty((B, max(width, 1)), torch.int64, dev) if store else dummy
+    ngt = dummy if store else _empty((B,), torch.int32, dev)
+    neq = dummy if store else _empty((B,), torch.int32, dev)
+    _compact_kernel[(triton.cdiv(B, BB),)](
+        pre, colmask if colmask is not None else dummy,
+        thr if thr is not None else dummy, cgt if cgt is not None else dummy,
+        budget if budget is not None else dummy, thrv if thrv is not None else pre,
+        thr_strides[0], thr_strides[1], idx, ngt, neq, B, n, pre.stride(0), max(width, 1),
+        MODE=mode, SHIFT=_shift(pre.dtype), HAS_COLMASK=colmask is not None, BY_VALUE=by_value,
+        STORE=store, BLOCK_B=BB, BLOCK_N=BN, num_warps=nw)
+    return (idx,) if store else (ngt, neq)
+
+
+def _finish(pre: torch.Tensor, idx: torch.Tensor, count: torch.Tensor | None, post: str) -> SparseCode:
+    """Values from pre at idx (differentiable through torch), padding zeroed, rows ordered by value."""
+    width = idx.shape[1]
+    if count is not None:
+        valid = torch.arange(width, device=idx.device)[None, :] < count[:, None].long()
+        idx = torch.where(valid, idx, torch.zeros_like(idx))
+    raw = pre.gather(1, idx)
+    vals = raw.relu() if post == "relu" else raw
+    if count is not None:
+        vals = torch.where(valid, vals, torch.zeros_like(vals))
+    with torch.no_grad():  # order by the raw value (as torch.topk does), by magnitude for "abs"
+        score = raw.detach().float().abs() if post == "abs" else raw.detach().float()
+        if count is not None:
+            score = torch.where(valid, score, torch.full_like(score, -math.inf))
+        order = score.argsort(dim=1, descending=True, stable=True)
+    return SparseCode(vals.gather(1, order), idx.gather(1, order))
+
+
+def select_topk_indices(pre: torch.Tensor, k: int, mode: int, colmask: torch.Tensor | None = None):
+    """Exact top-k column indices per row ([B, k], column order) by key MODE (0 value, 1 magnitude)."""
+    pre = _check_kernel_input(pre)
+    thr, cgt = _row_kth(pre, k, mode, colmask)
+    budget = k - cgt
+    (idx,) = _compact(pre, mode, colmask, thr, cgt, budget, k)
+    return idx
+
+
+def select_row(pre: torch.Tensor, k: int, colmask: torch.Tensor | None = None) -> SparseCode:
+    idx = select_topk_indices(pre.detach(), k, 0, colmask)
+    return _finish(pre, idx, None, "relu")
+
+
+def select_abs(pre: torch.Tensor, k: int, colmask: torch.Tensor | None = None) -> SparseCode:
+    idx = select_topk_indices(pre.detach(), k, 1, colmask)
+    return _finish(pre, idx, None, "abs")
+
+
+def select_by_value(pre: torch.Tensor, thrv: torch.Tensor, strides: tuple[int, int], post: str) -> SparseCode:
+    """Keep pre > thrv (broadcast by strides): a count pass, then a write pass at the widest row's count."""
+    p = _check_kernel_input(pre.detach())
+    thrv = thrv.to(torch.float32).contiguous()
+    ngt, _ = _compact(p, 0, None, None, None, None, 1, by_value=True, thrv=thrv, thr_strides=strides,
+                      store=False)
+    width = max(int(ngt.max().item()), 1)
+    (idx,) = _compact(p, 0, None, None, None, None, width, by_value=True, thrv=thrv, thr_strides=strides)
+    return _finish(pre, idx, ngt, post)
+
+
+def select_threshold(pre: torch.Tensor, threshold) -> SparseCode:
+    thr = torch.as_tensor(threshold, dtype=torch.float32, device=pre.device)
+    # the twin compares in pre's dtype: round the threshold the same way
+    thr = thr.to(pre.dtype).float()
+    if thr.dim() == 0:
+        return select_by_value(pre, thr.reshape(1), (0, 0), "none")
+    if thr.shape != (pre.shape[1],):
+        raise ValueError(f"threshold of shape {tuple(thr.shape)} does not fit pre {tuple(pre.shape)}: "
+                         f"expected a scalar or [{pre.shape[1]}]")
+    return select_by_value(pre, thr, (0, 1), "none")
+
+
+def select_stat(pre: torch.Tensor, k: int) -> SparseCode:
+    from kernels.select_torch import stat_threshold
+
+    thr = stat_threshold(pre.detach(), k)
+    return select_by_value(pre, thr, (1, 0), "none")
+
+
+def select_batch(pre: torch.Tensor, k: int) -> SparseCode:
+    """Top k*B of relu(pre) over the batch: a global 16-way bisection (one count launch per pass), then the
+    row compaction with the global threshold and each row's share of the ties (in row order)."""
+    p = _check_kernel_input(pre.detach())
+    B, n = p.shape
+    total = min(k * B, B * n)
+    shift = _shift(p.dtype)
+    BB, BN, nw = _blocks_select(B, n)
+    dev = p.device
+    zero_key = 0  # key of relu'd 0.0 is 0 at any shift
+    # global range: keys of relu'd values lie in [0, key(max)]
+    mx = p.max().float().clamp_min(0).reshape(1)
+    hi = int((mx.view(torch.int32) >> shift).item()) + 1
+    lo = zero_key
+    counts = torch.zeros(NPIV, dtype=torch.int32, device=dev)
+    while hi - lo > 1:
+        step = -(-(hi - lo) // NPIV)
+        piv = torch.tensor([lo + j * step for j in range(NPIV)], dtype=torch.int64, device=dev)
+        counts.zero_()
+        _count_ge_kernel[(triton.cdiv(B, BB),)](p, piv, counts, B, n, p.stride(0), SHIFT=shift,
+                                                BLOCK_B=BB, BLOCK_N=BN, NPIV=NPIV, num_warps=nw)
+        c = counts.tolist()
+        j = max(i for i in range(NPIV) if c[i] >= total and lo + i * step < hi) if c[0] >= total else 0
+        lo, hi = lo + j * step, min(hi, lo + (j + 1) * step)
+    thr_key = lo
+    thr = torch.full((B,), thr_key, dtype=torch.int32, device=dev)
+    ngt, neq = _compact(p, 2, None, thr, None, None, 1, store=False)
+    if thr_key == zero_key:  # fewer than k*B positives: every positive, no zero-valued ties
+        budget = torch.zeros_like(neq)
+    else:
+        left = total - int(ngt.sum().item())
+        before = torch.cumsum(neq, 0) - neq
+        budget = (left - before).clamp(min=0).minimum(neq).to(torch.int32)
+    count = ngt + budget
+    width = max(int(count.max().item()), 1)
+    (idx,) = _compact(p, 2, None, thr, ngt, budget, width)
+    return _finish(pre, idx, count, "relu")
+
+
+@triton.jit
+def _count_ge_kernel(pre_ptr, piv_ptr, counts_ptr, B, n, stride_b, SHIFT: tl.constexpr,
+                     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, NPIV: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    rmask = rows < B
+    jj = tl.arange(0, NPIV)
+    piv = tl.load(piv_ptr + jj)
+    counts = tl.zeros([BLOCK_B, NPIV], tl.int32)
+    for start in range(0, n, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        key, m = _load_keys(pre_ptr, pre_ptr, rows, rmask, cols, n, stride_b, 2, SHIFT, False)
+        ge = key.to(tl.int64)[:, :, None] >= piv[None, None, :]
+        counts += tl.sum(ge.to(tl.int32), axis=1)
+    tl.atomic_add(counts_ptr + jj, tl.sum(counts, axis=0))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# gather-sum and its backward
+# ----------------------------------------------------------------------------------------------------------
+@triton.jit
+def _gather_sum_kernel(val_ptr, idx_ptr, w_ptr, out_ptr, B, width, d, s_wn, s_wd,
+                       BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+    """out[b, :] = sum_j val[b, j] * W[idx[b, j], :] (W addressed by strides, so W_enc^T works too)."""
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    dc = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    rmask = rows < B
+    dmask = dc < d
+    m = rmask[:, None] & dmask[None, :]
+    acc = tl.zeros([BLOCK_B, BLOCK_D], tl.float32)
+    for j in range(0, width):
+        v = tl.load(val_ptr + rows * width + j, mask=rmask, other=0.0).to(tl.float32)
+        i = tl.load(idx_ptr + rows * width + j, mask=rmask, other=0).to(tl.int64)
+        w = tl.load(w_ptr + i[:, None] * s_wn + dc[None, :].to(tl.int64) * s_wd, mask=m, other=0.0)
+        acc += v[:, None] * w.to(tl.float32)
+    tl.store(out_ptr + rows[:, None].to(tl.int64) * d + dc[None, :], acc.to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _scatter_bwd_kernel(g_ptr, val_ptr, idx_ptr, w_ptr, gval_ptr, gw_ptr, B, width, d, s_wn, s_wd,
+                        s_gn, s_gd, GVAL: tl.constexpr, GW: tl.constexpr,
+                        BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+    """GVAL: gval[b, j] += <g[b, dblock], W[idx[b, j], dblock]>;  GW: gW[idx[b, j], :] += val[b, j] * g[b, :]."""
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    dc = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    rmask = rows < B
+    dmask = dc < d
+    m = rmask[:, None] & dmask[None, :]
+    g = tl.load(g_ptr + rows[:, None].to(tl.int64) * d + dc[None, :], mask=m, other=0.0).to(tl.float32)
+    for j in range(0, width):
+        i = tl.load(idx_ptr + rows * width + j, mask=rmask, other=0).to(tl.int64)
+        if GVAL:
+            w = tl.load(w_ptr + i[:, None] * s_wn + dc[None, :].to(tl.int64) * s_wd, mask=m, other=0.0)
+            part = tl.sum(g * w.to(tl.float32), axis=1)
+            tl.atomic_add(gval_ptr + rows * width + j, part, mask=rmask)
+        if GW:
+            v = tl.load(val_ptr + rows * width + j, mask=rmask, other=0.0).to(tl.float32)
+            tl.atomic_add(gw_ptr + i[:, None] * s_gn + dc[None, :].to(tl.int64) * s_gd, v[:, None] * g, mask=m)
+
+
+def _blocks_dense(B: int, d: int) -> tuple[int, int]:
+    if INTERPRET:
+        return min(_p2(B), 64), min(_p2(d), 256)
+    return 16, min(_p2(d), 128)
+
+
+def gather_sum(values: torch.Tensor, indices: torch.Tensor, W: torch.Tensor, s_wn: int, s_wd: int, d: int,
+               out_dtype: torch.dtype) -> torch.Tensor:
+    B, width = values.shape
+    out = _empty((B, d), out_dtype, values.device)
+    BB, BD = _blocks_dense(B, d)
+    _gather_sum_kernel[(triton.cdiv(B, BB), triton.cdiv(d, BD))](
+        values, indices, W, out, B, width, d, s_wn, s_wd, BLOCK_B=BB, BLOCK_D=BD)
+    return out
+
+
+def scatter_bwd(g, values, indices, W, s_wn, s_wd, gw_shape, gw_strides, want_gval, want_gw):
+    """Returns (grad_values fp32 [B, w] or None, grad_W fp32 buffer (gw_shape) or None)."""
+    B, width = indices.shape
+    d = g.shape[1]
+    dev = g.device
+    gval = torch.zeros((B, width), dtype=torch.float32, device=dev) if want_gval else None
+    gw = torch.zeros(gw_shape, dtype=torch.float32, device=dev) if want_gw else None
+    dummy = torch.zeros(1, dtype=torch.float32, device=dev)
+    BB, BD = _blocks_dense(B, d)
+    _scatter_bwd_kernel[(triton.cdiv(B, BB), triton.cdiv(d, BD))](
+        g, values if values is not None else dummy, indices, W if W is not None else dummy,
+        gval if gval is not None else dummy, gw if gw is not None else dummy, B, width, d, s_wn, s_wd,
+        gw_strides[0], gw_strides[1], GVAL=want_gval, GW=want_gw, BLOCK_B=BB, BLOCK_D=BD)
+    return gval, gw
+
+
+class DecodeFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values, indices, W_dec):
+        values = values.contiguous()
+        indices = indices.contiguous()
+        W_dec = W_dec.contiguous()
+        ctx.save_for_backward(values, indices, W_dec)
+        return gather_sum(values, indices, W_dec, W_dec.stride(0), W_dec.stride(1), W_dec.shape[1], W_dec.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        values, indices, W_dec = ctx.saved_tensors
+        want_v, _, want_w = ctx.needs_input_grad
+        if not (want_v or want_w):
+            return None, None, None
+        g = grad_out.contiguous()
+        gval, gw = scatter_bwd(g, values, indices, W_dec, W_dec.stride(0), W_dec.stride(1), W_dec.shape,
+                               (W_dec.shape[1], 1), want_v, want_w)
+        return (gval.to(values.dtype) if want_v else None, None, gw.to(W_dec.dtype) if want_w else None)
+
+
+def decode(code: SparseCode, W_dec: torch.Tensor, b_dec: torch.Tensor | None = None) -> torch.Tensor:
+    out = DecodeFn.apply(code.values, code.indices.long(), W_dec)
+    return out if b_dec is None else out + b_dec
+
+
+# ----------------------------------------------------------------------------------------------------------
+# encode: pre-activations + selection, backward only at the selected entries
+# ----------------------------------------------------------------------------------------------------------
+def _select_detached(pre, rule, k, threshold, colmask=None):
+    if rule == "row":
+        return select_row(pre, k, colmask)
+    if rule == "abs":
+        return select_abs(pre, k, colmask)
+    if rule == "batch":
+        return select_batch(pre, k)
+    if rule == "threshold":
+        return select_threshold(pre, threshold)
+    if rule == "stat":
+        return select_stat(pre, k)
+    raise ValueError(rule)
+
+
+def _grad_mask(values: torch.Tensor, rule: str) -> torch.Tensor:
+    """d value / d pre at each code entry: ReLU'd rules pass where the value is positive; the others pass
+    everywhere but padding (value 0)."""
+    if rule in ("row", "batch"):
+        return values > 0
+    if rule == "abs":
+        return torch.ones_like(values, dtype=torch.bool)
+    return values != 0
+
+
+class EncodeFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, W_enc, b_enc, rule, k, threshold, dead, k_aux):
+        x = x.contiguous()
+        W_enc = W_enc.contiguous()
+        with torch.no_grad():
+            pre = x @ W_enc
+            if b_enc is not None:
+                pre += b_enc
+            code = _select_detached(pre, rule, k, threshold)
+            aux = None
+            if dead is not None and k_aux >= 1:
+                n_dead = int(dead.sum().item())
+                if n_dead > 0:
+                    colmask = dead.to(torch.int8).contiguous()
+                    ka = min(k_aux, n_dead)
+                    aux = select_abs(pre, ka, colmask) if rule == "abs" else select_row(pre, ka, colmask)
+        del pre
+        w = code.values.shape[1]
+        if aux is not None:
+            idx_all = torch.cat([code.indices, aux.indices], 1).contiguous()
+            mask_all = torch.cat([_grad_mask(code.values, rule), _grad_mask(aux.values, "abs" if rule == "abs"
+                                                                           else "row")], 1)
+            aux_vals, aux_idx = aux.values, aux.indices
+        else:
+            idx_all = code.indices
+            mask_all = _grad_mask(code.values, rule)
+            aux_vals = code.values.new_zeros(code.values.shape[0], 0)
+            aux_idx = code.indices.new_zeros(code.indices.shape[0], 0)
+        ctx.save_for_backward(x, W_enc, idx_all, mask_all)
+        ctx.w = w
+        ctx.has_b = b_enc is not None
+        ctx.mark_non_differentiable(code.indices, aux_idx)
+        return code.values, code.indices, aux_vals, aux_idx
+
+    @staticmethod
+    def backward(ctx, g_vals, _gi, g_aux, _gai):
+        x, W_enc, idx_all, mask_all = ctx.saved_tensors
+        want_x, want_w, want_b = ctx.needs_input_grad[:3]
+        B = x.shape[0]
+        if g_vals is None:
+            g_vals = torch.zeros(B, ctx.w, dtype=x.dtype, device=x.device)
+        gs = g_vals.float()
+        if idx_all.shape[1] > ctx.w:
+            ga = g_aux.float() if g_aux is not None else torch.zeros(B, idx_all.shape[1] - ctx.w,
+                                                                       device=x.device)
+            gs = torch.cat([gs, ga], 1)
+        gs = torch.where(mask_all, gs, torch.zeros_like(gs)).contiguous()
+        d, n = W_enc.shape
+        gx = gW = gb = None
+        if want_x:  # grad_x[b] = sum_j gs[b, j] * W_enc[:, idx[b, j]]: a gather-sum over W_enc^T's rows
+            gx = gather_sum(gs, idx_all, W_enc, W_enc.stride(1), W_enc.stride(0), d, x.dtype)
+        if want_w:  # grad_W_enc[:, idx[b, j]] += gs[b, j] * x[b]: atomic scatter into W_enc^T's rows
+            _, gw32 = scatter_bwd(x, gs, idx_all, None, 0, 0, (d, n), (1, n), False, True)
+            gW = gw32.to(W_enc.dtype)
+        if want_b and ctx.has_b:
+            gb = torch.zeros(n, dtype=torch.float32, device=x.device)
+            gb.index_add_(0, idx_all.flatten(), gs.flatten())
+            gb = gb.to(W_enc.dtype)
+        return gx, gW, gb, None, None, None, None, None
+
+
+def encode(x, W_enc, b_enc, rule, k, threshold, dead, k_aux):
+    vals, idx, aux_vals, aux_idx = EncodeFn.apply(x, W_enc, b_enc, rule, k, threshold, dead, k_aux)
+    aux = SparseCode(aux_vals, aux_idx) if aux_idx.shape[1] > 0 else None
+    return SparseCode(vals, idx), aux

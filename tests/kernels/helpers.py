@@ -1,0 +1,33 @@
+"""Shared helpers for the kernel tests (Triton under TRITON_INTERPRET=1 against the torch twins and float64)."""
+
+from __future__ import annotations
+
+import torch
+
+DTYPES = [torch.float32, torch.bfloat16]
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+
+
+def rel(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative error in the Frobenius norm against a float64 reference."""
+    ref = ref.double()
+    return ((a.double() - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+def rand(*shape, dtype=torch.float32, seed=0, scale=1.0, shift=0.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale + shift).to(dtype)
+
+
+def check_topk_valid(pre: torch.Tensor, code, k: int, by_abs: bool) -> None:
+    """Every chosen index holds a value >= the row's k-th (ties allowed); indices distinct; ordered."""
+    p = pre.double().abs() if by_abs else pre.double()
+    kth = p.topk(k, dim=1).values[:, -1:]
+    chosen = p.gather(1, code.indices)
+    assert code.indices.shape == (pre.shape[0], k)
+    assert (chosen >= kth).all()
+    assert (code.indices.sort(1).values.diff(dim=1) > 0).all(), "an index chosen twice"
+    assert (chosen.diff(dim=1) <= 0).all(), "not sorted descending"
+    gathered = pre.gather(1, code.indices)
+    expect = gathered if by_abs else gathered.relu()
+    assert torch.equal(code.values, expect)

@@ -398,11 +398,12 @@ def _blocks_dense(B: int, d: int) -> tuple[int, int]:
 def gather_sum(values: torch.Tensor, indices: torch.Tensor, W: torch.Tensor, s_wn: int, s_wd: int, d: int,
                out_dtype: torch.dtype) -> torch.Tensor:
     B, width = values.shape
-    out = _empty((B, d), out_dtype, values.device)
+    # fp32 out, rounded by torch: [B, d] is small, and the interpreter's fp32->bf16 store truncates
+    out = _empty((B, d), torch.float32, values.device)
     BB, BD = _blocks_dense(B, d)
     _gather_sum_kernel[(triton.cdiv(B, BB), triton.cdiv(d, BD))](
         values, indices, W, out, B, width, d, s_wn, s_wd, BLOCK_B=BB, BLOCK_D=BD)
-    return out
+    return out.to(out_dtype)
 
 
 def scatter_bwd(g, values, indices, W, s_wn, s_wd, gw_shape, gw_strides, want_gval, want_gw):

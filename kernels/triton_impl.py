@@ -66,10 +66,14 @@ def _keys(x, MODE: tl.constexpr, SHIFT: tl.constexpr):
 @triton.jit
 def _load_keys(pre_ptr, colmask_ptr, rows, rmask, cols, n, stride_b,
                MODE: tl.constexpr, SHIFT: tl.constexpr, HAS_COLMASK: tl.constexpr):
+    # HAS_COLMASK: 0 none, 1 a per-column int8 mask (AuxK's dead latents), 2 a per-row int32 length
     cmask = cols < n
-    if HAS_COLMASK:
+    if HAS_COLMASK == 1:
         cmask = cmask & (tl.load(colmask_ptr + cols, mask=cols < n, other=0) != 0)
     m = rmask[:, None] & cmask[None, :]
+    if HAS_COLMASK == 2:
+        rl = tl.load(colmask_ptr + rows, mask=rmask, other=0)
+        m = m & (cols[None, :] < rl[:, None])
     x = tl.load(pre_ptr + rows[:, None] * stride_b + cols[None, :], mask=m, other=0.0).to(tl.float32)
     key = _keys(x, MODE, SHIFT)
     return tl.where(m, key, -2147483648), m
@@ -120,6 +124,56 @@ def _row_kth_kernel(pre_ptr, colmask_ptr, thr_ptr, cgt_ptr, B, n, stride_b, k,
 
 
 @triton.jit
+def _prune_kernel(pre_ptr, colmask_ptr, z_ptr, plo_ptr, pcnt_ptr, B, n, stride_b, k,
+                  MODE: tl.constexpr, SHIFT: tl.constexpr, HAS_COLMASK: tl.constexpr,
+                  BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, NPIV: tl.constexpr):
+    """Two passes per row: (1) sum, sum of squares, min and max of the (|x| for MODE 1) values; (2) counts
+    at 16 pivots mean + std * z_j (Gaussian quantiles for a ladder of candidate counts, host-computed).
+    Out: the highest pivot key still holding >= k keys, and that count: the candidate set of the row."""
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    rmask = rows < B
+    s1 = tl.zeros([BLOCK_B], tl.float32)
+    s2 = tl.zeros([BLOCK_B], tl.float32)
+    cnt = tl.zeros([BLOCK_B], tl.float32)
+    kmin = tl.full([BLOCK_B], 2147483647, tl.int32)
+    kmax = tl.full([BLOCK_B], -2147483648, tl.int32)
+    for start in range(0, n, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        cmask = cols < n
+        if HAS_COLMASK == 1:
+            cmask = cmask & (tl.load(colmask_ptr + cols, mask=cols < n, other=0) != 0)
+        m = rmask[:, None] & cmask[None, :]
+        x = tl.load(pre_ptr + rows[:, None] * stride_b + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        if MODE == 1:
+            x = tl.abs(x)
+        key = _keys(x, 0, SHIFT)
+        s1 += tl.sum(x, axis=1)
+        s2 += tl.sum(x * x, axis=1)
+        cnt += tl.sum(m.to(tl.float32), axis=1)
+        kmin = tl.minimum(kmin, tl.min(tl.where(m, key, 2147483647), axis=1))
+        kmax = tl.maximum(kmax, tl.max(tl.where(m, key, -2147483648), axis=1))
+    mean = s1 / tl.maximum(cnt, 1.0)
+    std = tl.sqrt(tl.maximum(s2 / tl.maximum(cnt, 1.0) - mean * mean, 0.0))
+    jj = tl.arange(0, NPIV)
+    z = tl.load(z_ptr + jj)
+    pv = mean[:, None] + std[:, None] * z[None, :]
+    pkey = _keys(pv, 0, SHIFT).to(tl.int64)
+    pkey = tl.minimum(tl.maximum(pkey, kmin[:, None].to(tl.int64)), kmax[:, None].to(tl.int64) + 1)
+    pkey = tl.where(jj[None, :] == 0, kmin[:, None].to(tl.int64), pkey)
+    counts = tl.zeros([BLOCK_B, NPIV], tl.int32)
+    for start in range(0, n, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        key, m = _load_keys(pre_ptr, colmask_ptr, rows, rmask, cols, n, stride_b, MODE, SHIFT, HAS_COLMASK)
+        counts += tl.sum((key.to(tl.int64)[:, :, None] >= pkey[:, None, :]).to(tl.int32), axis=1)
+    ok = counts >= k
+    jstar = tl.maximum(tl.sum(ok.to(tl.int32), axis=1) - 1, 0)
+    sel = jj[None, :] == jstar[:, None]
+    tl.store(plo_ptr + rows, tl.sum(tl.where(sel, pkey, 0), axis=1).to(tl.int32), mask=rmask)
+    tl.store(pcnt_ptr + rows, tl.sum(tl.where(sel, counts, 0), axis=1), mask=rmask)
+
+
+@triton.jit
 def _compact_kernel(pre_ptr, colmask_ptr, thr_ptr, cgt_ptr, budget_ptr, thrv_ptr, thr_sb, thr_sn,
                     idx_ptr, ngt_ptr, neq_ptr, B, n, stride_b, width,
                     MODE: tl.constexpr, SHIFT: tl.constexpr, HAS_COLMASK: tl.constexpr,
@@ -142,7 +196,7 @@ def _compact_kernel(pre_ptr, colmask_ptr, thr_ptr, cgt_ptr, budget_ptr, thrv_ptr
         cols = start + tl.arange(0, BLOCK_N)
         if BY_VALUE:
             cmask = cols < n
-            if HAS_COLMASK:
+            if HAS_COLMASK == 1:
                 cmask = cmask & (tl.load(colmask_ptr + cols, mask=cols < n, other=0) != 0)
             m = rmask[:, None] & cmask[None, :]
             x = tl.load(pre_ptr + rows[:, None] * stride_b + cols[None, :], mask=m, other=0.0).to(tl.float32)
@@ -188,20 +242,27 @@ def _check_kernel_input(pre: torch.Tensor) -> torch.Tensor:
     return pre.contiguous()
 
 
-def _row_kth(pre: torch.Tensor, k: int, mode: int, colmask: torch.Tensor | None):
+def _masking(colmask, rowlen) -> tuple[torch.Tensor | None, int]:
+    if rowlen is not None:
+        return rowlen, 2
+    return colmask, int(colmask is not None)
+
+
+def _row_kth(pre: torch.Tensor, k: int, mode: int, colmask: torch.Tensor | None, rowlen=None):
     B, n = pre.shape
     BB, BN, nw = _blocks_select(B, n)
     thr = _empty((B,), torch.int32, pre.device)
     cgt = _empty((B,), torch.int32, pre.device)
-    cm = colmask if colmask is not None else thr
+    cm, masking = _masking(colmask, rowlen)
     _row_kth_kernel[(triton.cdiv(B, BB),)](
-        pre, cm, thr, cgt, B, n, pre.stride(0), k, MODE=mode, SHIFT=_shift(pre.dtype),
-        HAS_COLMASK=colmask is not None, BLOCK_B=BB, BLOCK_N=BN, NPIV=NPIV, num_warps=nw)
+        pre, cm if cm is not None else thr, thr, cgt, B, n, pre.stride(0), k, MODE=mode, SHIFT=_shift(pre.dtype),
+        HAS_COLMASK=masking, BLOCK_B=BB, BLOCK_N=BN, NPIV=NPIV, num_warps=nw)
     return thr, cgt
 
 
 def _compact(pre, mode, colmask, thr, cgt, budget, width, by_value=False, thrv=None, thr_strides=(0, 0),
-             store=True):
+             store=True, rowlen=None):
+    colmask, masking = _masking(colmask, rowlen)
     B, n = pre.shape
     BB, BN, nw = _blocks_select(B, n)
     dev = pre.device
@@ -214,7 +275,7 @@ def _compact(pre, mode, colmask, thr, cgt, budget, width, by_value=False, thrv=N
         thr if thr is not None else dummy, cgt if cgt is not None else dummy,
         budget if budget is not None else dummy, thrv if thrv is not None else pre,
         thr_strides[0], thr_strides[1], idx, ngt, neq, B, n, pre.stride(0), max(width, 1),
-        MODE=mode, SHIFT=_shift(pre.dtype), HAS_COLMASK=colmask is not None, BY_VALUE=by_value,
+        MODE=mode, SHIFT=_shift(pre.dtype), HAS_COLMASK=masking, BY_VALUE=by_value,
         STORE=store, BLOCK_B=BB, BLOCK_N=BN, num_warps=nw)
     return (idx,) if store else (ngt, neq)
 
@@ -237,12 +298,59 @@ def _finish(pre: torch.Tensor, idx: torch.Tensor, count: torch.Tensor | None, po
     return SparseCode(vals.gather(1, order), idx.gather(1, order))
 
 
-def select_topk_indices(pre: torch.Tensor, k: int, mode: int, colmask: torch.Tensor | None = None):
-    """Exact top-k column indices per row ([B, k], column order) by key MODE (0 value, 1 magnitude)."""
-    pre = _check_kernel_input(pre)
-    thr, cgt = _row_kth(pre, k, mode, colmask)
+CAND = None  # candidate-buffer width override (tests force the fallback with a tiny one)
+PRUNE_MIN_N = 2048  # below this a row is a few blocks: bisect it directly
+# the candidate-count ladder of the pruning pivots, in multiples of k (pivot 0 is the row minimum)
+LADDER = (64.0, 32.0, 16.0, 8.0, 6.0, 4.0, 3.0, 2.0, 1.5, 1.25, 1.0, 0.75, 0.5, 0.25, 0.1)
+
+
+def _ladder_z(k: int, n: int, device) -> torch.Tensor:
+    q = torch.tensor([1.0 - min(m * k / n, 1.0) for m in LADDER], dtype=torch.float64)
+    z = torch.special.ndtri(q.clamp(1e-12, 1 - 1e-12))
+    z = torch.cat([torch.full((1,), -1e30, dtype=torch.float64), z])
+    return z.to(torch.float32).to(device)
+
+
+def _bisect_indices(pre, k, mode, colmask=None, rowlen=None):
+    """v1: exact k-th key by 16-way bisection (one read per pass), then compaction: [B, k] columns."""
+    thr, cgt = _row_kth(pre, k, mode, colmask, rowlen)
     budget = k - cgt
-    (idx,) = _compact(pre, mode, colmask, thr, cgt, budget, k)
+    (idx,) = _compact(pre, mode, colmask, thr, cgt, budget, k, rowlen=rowlen)
+    return idx
+
+
+def select_topk_indices(pre: torch.Tensor, k: int, mode: int, colmask: torch.Tensor | None = None):
+    """Exact top-k column indices per row ([B, k], column order) by key MODE (0 value, 1 magnitude).
+
+    v2, three reads of [B, n]: statistics, then counts at Gaussian-quantile pivots (a ladder of candidate
+    counts from 64k down to k/10), then a compaction of the candidates (keys >= the highest pivot still
+    holding k) into a [B, C] buffer; the exact top-k runs on the buffer. Rows whose candidates overflow C
+    (far from Gaussian, or ties) take the full bisection. Exact either way; only the speed depends on data.
+    """
+    pre = _check_kernel_input(pre)
+    B, n = pre.shape
+    C = CAND or min(_p2(n), max(256, _p2(16 * k)))
+    if C < k or (CAND is None and (n < PRUNE_MIN_N or C >= n)):
+        return _bisect_indices(pre, k, mode, colmask)
+    BB, BN, nw = _blocks_select(B, n)
+    plo = _empty((B,), torch.int32, pre.device)
+    pcnt = _empty((B,), torch.int32, pre.device)
+    n_eff = int(colmask.sum().item()) if colmask is not None else n
+    _prune_kernel[(triton.cdiv(B, BB),)](
+        pre, colmask if colmask is not None else plo, _ladder_z(k, n_eff, pre.device), plo, pcnt, B, n,
+        pre.stride(0), k, MODE=mode, SHIFT=_shift(pre.dtype), HAS_COLMASK=int(colmask is not None),
+        BLOCK_B=BB, BLOCK_N=BN, NPIV=NPIV, num_warps=nw)
+    zeros = torch.zeros_like(pcnt)
+    (cand,) = _compact(pre, mode, colmask, plo - 1, zeros, zeros, C)  # every key >= plo, up to C slots
+    rowlen = pcnt.clamp(max=C)
+    valid = torch.arange(C, device=pre.device)[None, :] < rowlen[:, None]
+    cand = torch.where(valid, cand, torch.zeros_like(cand))
+    sub = pre.gather(1, cand)
+    idx = cand.gather(1, _bisect_indices(sub, k, mode, rowlen=rowlen))
+    over = pcnt > C
+    if bool(over.any()):  # the rare rows the ladder could not narrow: full bisection on just those
+        rows = over.nonzero().squeeze(1)
+        idx[rows] = _bisect_indices(pre[rows].contiguous(), k, mode, colmask)
     return idx
 
 
@@ -336,7 +444,7 @@ def _count_ge_kernel(pre_ptr, piv_ptr, counts_ptr, B, n, stride_b, SHIFT: tl.con
     counts = tl.zeros([BLOCK_B, NPIV], tl.int32)
     for start in range(0, n, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
-        key, m = _load_keys(pre_ptr, pre_ptr, rows, rmask, cols, n, stride_b, 2, SHIFT, False)
+        key, m = _load_keys(pre_ptr, pre_ptr, rows, rmask, cols, n, stride_b, 2, SHIFT, 0)
         ge = key.to(tl.int64)[:, :, None] >= piv[None, None, :]
         counts += tl.sum(ge.to(tl.int32), axis=1)
     tl.atomic_add(counts_ptr + jj, tl.sum(counts, axis=0))
@@ -525,11 +633,17 @@ class EncodeFn(torch.autograd.Function):
         gs = torch.where(mask_all, gs, torch.zeros_like(gs)).contiguous()
         d, n = W_enc.shape
         gx = gW = gb = None
+        # Both run on W_enc^T's rows ([n, d], contiguous): one transposed copy of W_enc (2nd bytes each way)
+        # instead of B*k*d loads or atomics strided by n, which would each touch a separate memory sector.
         if want_x:  # grad_x[b] = sum_j gs[b, j] * W_enc[:, idx[b, j]]: a gather-sum over W_enc^T's rows
-            gx = gather_sum(gs, idx_all, W_enc, W_enc.stride(1), W_enc.stride(0), d, x.dtype)
-        if want_w:  # grad_W_enc[:, idx[b, j]] += gs[b, j] * x[b]: atomic scatter into W_enc^T's rows
-            _, gw32 = scatter_bwd(x, gs, idx_all, None, 0, 0, (d, n), (1, n), False, True)
-            gW = gw32.to(W_enc.dtype)
+            W_t = W_enc.t().contiguous()
+            gx = gather_sum(gs, idx_all, W_t, d, 1, d, x.dtype)
+            del W_t
+        if want_w:  # grad_W_enc^T[idx[b, j]] += gs[b, j] * x[b]: coalesced atomics into rows that fired
+            _, gw32 = scatter_bwd(x, gs, idx_all, None, 0, 0, (n, d), (d, 1), False, True)
+            gW = torch.empty((d, n), dtype=W_enc.dtype, device=x.device)
+            gW.copy_(gw32.t())  # one transposing cast
+            del gw32
         if want_b and ctx.has_b:
             gb = torch.zeros(n, dtype=torch.float32, device=x.device)
             gb.index_add_(0, idx_all.flatten(), gs.flatten())

@@ -120,3 +120,31 @@ def test_column_mask(tri, rule):
     assert dead[code.indices].all()
     assert torch.equal(code.indices.sort(1).values, twin.indices.sort(1).values)
     assert torch.equal(code.values, twin.values)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rule", ["row", "abs"])
+@pytest.mark.parametrize("cand", [None, 64, 12])  # default buffer / room to spare / most rows fall back
+def test_pruned_select(tri, monkeypatch, cand, rule, dtype):
+    """The two-level select (statistical pivots -> candidate buffer -> exact top-k on it), its fallback."""
+    monkeypatch.setattr(tri, "CAND", cand)
+    n = 4096 if cand is None else 300
+    for k, pre in (
+        (16, rand(8, n, dtype=dtype, seed=30)),
+        (7, (-1 + 0.3 * rand(6, n, seed=31) + rand(6, n, seed=32).abs().pow(6)).to(dtype)),  # heavy tail
+        (9, torch.randint(-3, 4, (5, n), generator=torch.Generator().manual_seed(33)).to(dtype)),  # ties
+    ):
+        code = tri._select_detached(pre, rule, k, None)
+        check_topk_valid(pre, code, k, by_abs=rule == "abs")
+
+
+@pytest.mark.parametrize("cand", [None, 32])
+def test_pruned_column_mask(tri, monkeypatch, cand):
+    monkeypatch.setattr(tri, "CAND", cand)
+    pre = rand(9, 3000, seed=34)
+    dead = rand(3000, seed=35) > 1.0
+    for rule in ("row", "abs"):
+        code = tri._select_detached(pre, rule, 5, None, colmask=dead.to(torch.int8))
+        twin = kernels.aux_select(pre, dead, 5, signed=rule == "abs")
+        assert dead[code.indices].all()
+        assert torch.equal(code.indices.sort(1).values, twin.indices.sort(1).values)

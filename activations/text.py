@@ -1,0 +1,279 @@
+"""Text in, fixed-length token contexts out.
+
+`load_text` returns a `datasets` dataset (hub name, local files, an in-memory `Dataset`, or the
+embedded default corpus); `pack_contexts` tokenizes a stream of documents and packs it into
+fixed-length contexts: BOS/CLS first where the model expects one, documents joined by a
+separator token (SEP/EOS), no padding.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import platform
+import sysconfig
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["embedded_corpus", "load_text", "pack_contexts", "iter_texts", "describe_source"]
+
+# Document i of the sorted embedded corpus belongs to "test" when i % TEST_EVERY == TEST_EVERY - 1.
+TEST_EVERY = 20
+_CORPUS_VERSION = 1
+_MIN_DOCSTRING = 120
+_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "tkinter",
+              "turtledemo", "ensurepip", "__phello__", "__pycache__"}
+_LOCAL_SUFFIXES = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+# --- the embedded corpus ----------------------------------------------------------------------
+def _collect_documents() -> list[dict[str, str]]:
+    """pydoc topics plus standard-library docstrings (module, class, function), sorted by id."""
+    import pydoc_data.topics as topics
+
+    docs = {f"pydoc/{k}": v for k, v in topics.topics.items() if v.strip()}
+    root = Path(sysconfig.get_paths()["stdlib"])
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if any(part in _SKIP_DIRS for part in rel.parts):
+            continue
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError):
+            continue
+        module = ".".join(rel.with_suffix("").parts)
+        stack: list[tuple[ast.AST, str]] = [(tree, module)]
+        while stack:
+            node, qual = stack.pop()
+            doc = ast.get_docstring(node) if isinstance(
+                node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) else None
+            if doc and len(doc) >= _MIN_DOCSTRING:
+                docs.setdefault(f"stdlib/{qual}", doc)
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                    stack.append((child, f"{qual}.{child.name}"))
+    return [{"id": k, "text": docs[k]} for k in sorted(docs)]
+
+
+def _cache_file() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "saekit"
+    return base / f"embedded-corpus-v{_CORPUS_VERSION}-py{platform.python_version()}.jsonl"
+
+
+@lru_cache(maxsize=1)
+def _embedded_documents() -> tuple[dict[str, str], ...]:
+    path = _cache_file()
+    if path.exists():
+        try:
+            with open(path, encoding="utf-8") as f:
+                return tuple(json.loads(line) for line in f)
+        except (OSError, json.JSONDecodeError):
+            pass  # unreadable cache: rebuild below
+    docs = _collect_documents()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for d in docs:
+                f.write(json.dumps(d) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home only costs the rebuild next time
+    return tuple(docs)
+
+
+def embedded_corpus(split: str = "train"):
+    """The embedded default corpus as a `datasets.Dataset` with `id` and `text` columns.
+
+    English prose shipped with Python itself: the `pydoc_data.topics` help texts plus the
+    docstrings (at least 120 characters) of standard-library modules, classes and functions,
+    about 1.6 MB. Documents are sorted by id; every 20th (index % 20 == 19) is in `"test"`, the
+    rest in `"train"` (`"all"` gives both). Deterministic for a given Python version; built once
+    (a few seconds) and cached under ~/.cache/saekit.
+    """
+    from datasets import Dataset
+
+    docs = _embedded_documents()
+    if split == "train":
+        rows = [d for i, d in enumerate(docs) if i % TEST_EVERY != TEST_EVERY - 1]
+    elif split == "test":
+        rows = [d for i, d in enumerate(docs) if i % TEST_EVERY == TEST_EVERY - 1]
+    elif split == "all":
+        rows = list(docs)
+    else:
+        raise ValueError(f"embedded corpus split must be 'train', 'test' or 'all', got {split!r}")
+    return Dataset.from_dict({"id": [d["id"] for d in rows], "text": [d["text"] for d in rows]})
+
+
+# --- loading any source -----------------------------------------------------------------------
+def _looks_local(source: str) -> bool:
+    return (
+        Path(source).suffix.lower() in _LOCAL_SUFFIXES
+        or source.startswith((".", "/", "~"))
+        or os.sep in source.rstrip(os.sep) and Path(source).exists()
+    )
+
+
+def load_text(
+    source: Any = None,
+    split: str = "train",
+    config: str | None = None,
+    text_column: str = "text",
+    streaming: bool = False,
+    **load_kwargs: Any,
+):
+    """A `datasets` dataset with a text column, from any source.
+
+    - `None` or `"embedded"`: the embedded default corpus (`split` "train" or "test").
+    - a `datasets.Dataset` / `IterableDataset` / `DatasetDict`: used as given (`split` picks from a dict).
+    - a path to a `.txt` (one document per line), `.json`/`.jsonl` or `.parquet` file, a glob of
+      them, or a folder of them: local files.
+    - anything else: a hub dataset name, loaded with `load_dataset(source, config, split=split)`.
+
+    `streaming=True` gives an `IterableDataset` so the corpus never has to fit in memory. The
+    dataset must have `text_column`; a missing column, or a local path that does not exist,
+    raises a ValueError / FileNotFoundError naming it.
+    """
+    import datasets
+
+    if source is None or (isinstance(source, str) and source == "embedded"):
+        ds = embedded_corpus(split)
+        return ds.to_iterable_dataset() if streaming else ds
+    if isinstance(source, datasets.DatasetDict | datasets.IterableDatasetDict):
+        if split not in source:
+            raise ValueError(f"split {split!r} not in the dataset; it has {sorted(source)}")
+        source = source[split]
+    if isinstance(source, datasets.Dataset | datasets.IterableDataset):
+        _check_column(source, text_column, "the dataset given")
+        return source
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if not isinstance(source, str):
+        raise TypeError(f"dataset must be None, a name, a path or a datasets.Dataset, got {type(source).__name__}")
+    if _looks_local(source) or Path(os.path.expanduser(source)).exists():
+        ds = _load_local(os.path.expanduser(source), streaming, **load_kwargs)
+        _check_column(ds, text_column, source)
+        return ds
+    ds = datasets.load_dataset(source, config, split=split, streaming=streaming, **load_kwargs)
+    _check_column(ds, text_column, source)
+    return ds
+
+
+def _load_local(source: str, streaming: bool, **kwargs: Any):
+    import datasets
+
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in _LOCAL_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(
+                f"no .txt/.json/.jsonl/.parquet files in dataset folder {source!r}")
+    elif any(ch in source for ch in "*?["):
+        files = sorted(Path(p) for p in __import__("glob").glob(source))
+        if not files:
+            raise FileNotFoundError(f"dataset pattern {source!r} matches no file")
+    else:
+        if not path.exists():
+            raise FileNotFoundError(f"dataset file {source!r} does not exist")
+        files = [path]
+    kinds = {_LOCAL_SUFFIXES.get(p.suffix.lower()) for p in files}
+    if None in kinds or len(kinds) != 1:
+        raise ValueError(
+            f"local dataset {source!r}: expected files of one kind among "
+            f"{sorted(_LOCAL_SUFFIXES)}, got {sorted({p.suffix for p in files})}")
+    builder = kinds.pop()
+    for p in files:
+        if p.stat().st_size == 0:
+            raise ValueError(f"dataset file {str(p)!r} is empty")
+    return datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train",
+                                 streaming=streaming, **kwargs)
+
+
+def _check_column(ds, column: str, what: str) -> None:
+    names = ds.column_names
+    if names is None:  # some streaming datasets only know their columns after the first row
+        first = next(iter(ds), None)
+        names = list(first) if first is not None else []
+    if column not in names:
+        raise ValueError(f"text column {column!r} not in {what}; its columns are {list(names)}")
+
+
+def describe_source(source: Any, split: str, config: str | None = None) -> str:
+    """A stable string naming a dataset source, for cache manifests."""
+    if source is None or source == "embedded":
+        return f"embedded-v{_CORPUS_VERSION}-py{platform.python_version()}:{split}"
+    if isinstance(source, str | os.PathLike):
+        p = Path(os.fspath(source))
+        if p.exists():
+            return f"file:{p.resolve()}"
+        return f"hub:{source}:{config}:{split}"
+    fp = getattr(source, "_fingerprint", None)
+    return f"{type(source).__name__}:{fp or id(source)}"
+
+
+def iter_texts(ds, text_column: str = "text") -> Iterator[str]:
+    """The non-empty texts of a dataset, in order."""
+    for row in ds:
+        text = row[text_column]
+        if text is not None and text.strip():
+            yield text
+
+
+# --- packing ----------------------------------------------------------------------------------
+def pack_contexts(
+    texts: Iterable[str],
+    tokenizer,
+    context_len: int,
+    bos_token_id: int | None,
+    sep_token_id: int | None,
+    doc_batch: int = 64,
+) -> Iterator[torch.Tensor]:
+    """Pack documents into `[context_len]` int64 contexts.
+
+    Each context starts with `bos_token_id` (when not None) and is filled with the tokens of
+    consecutive documents, each document followed by `sep_token_id` (when not None). A document
+    longer than a context continues in the next one. The final partial context is dropped, so no
+    position is padding. Tokenizes `doc_batch` documents per call.
+    """
+    body = context_len - (1 if bos_token_id is not None else 0)
+    if body < 1:
+        raise ValueError(f"context_len {context_len} leaves no room for text after the BOS token")
+    head = [bos_token_id] if bos_token_id is not None else []
+    tail = [sep_token_id] if sep_token_id is not None else []
+    buf: list[int] = []
+    batch: list[str] = []
+
+    def flush(batch: list[str]) -> Iterator[torch.Tensor]:
+        nonlocal buf
+        ids = tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]
+        for doc in ids:
+            if doc:
+                buf.extend(doc)
+                buf.extend(tail)
+        n_full = len(buf) // body
+        for i in range(n_full):
+            yield torch.tensor(head + buf[i * body : (i + 1) * body], dtype=torch.long)
+        buf = buf[n_full * body :]
+
+    for text in texts:
+        batch.append(text)
+        if len(batch) == doc_batch:
+            yield from flush(batch)
+            batch = []
+    if batch:
+        yield from flush(batch)
+
+
+def corpus_digest(texts: Iterable[str]) -> str:
+    """A short hash of a text sequence (for tests and manifests)."""
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()[:16]

@@ -1,0 +1,90 @@
+import pytest
+import torch
+from transformers import AutoModel
+
+from activations import load_model
+from activations.models import HFAdapter, minilm_path
+
+
+@pytest.fixture(scope="module")
+def tokens(minilm):
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(1000, 20000, (2, 24), generator=g)
+    t[:, 0] = minilm.bos_token_id
+    return t
+
+
+@pytest.fixture(scope="module")
+def hf_hidden(tokens):
+    model = AutoModel.from_pretrained(minilm_path()).eval()
+    with torch.inference_mode():
+        return model(tokens, output_hidden_states=True).hidden_states
+
+
+def test_minilm_adapter_facts(minilm):
+    assert minilm.name == "minilm" and minilm.backend == "transformer_lens"
+    assert (minilm.d_model, minilm.n_layers, minilm.max_context) == (384, 6, 512)
+    assert minilm.bos_token_id == minilm.tokenizer.cls_token_id
+    assert minilm.sep_token_id == minilm.tokenizer.sep_token_id
+    assert {minilm.tokenizer.cls_token_id, minilm.tokenizer.sep_token_id, minilm.tokenizer.pad_token_id} <= set(
+        minilm.special_token_ids)
+    names = minilm.hook_names()
+    assert "blocks.3.hook_resid_pre" in names and "blocks.5.hook_resid_post" in names
+
+
+def test_hooks_equal_hf_hidden_states_in_one_pass(minilm, minilm_hf, tokens, hf_hidden):
+    hooks = ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post", "blocks.3.hook_resid_pre"]
+    for adapter in (minilm, minilm_hf):
+        out = adapter.run(tokens, hooks)
+        assert list(out) == hooks
+        torch.testing.assert_close(out["blocks.0.hook_resid_post"], hf_hidden[1], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(out["blocks.2.hook_resid_post"], hf_hidden[3], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(out["blocks.3.hook_resid_pre"], hf_hidden[3], atol=1e-4, rtol=1e-4)
+        assert out["blocks.3.hook_resid_pre"].is_inference()  # ran under torch.inference_mode()
+
+
+def test_hf_named_module_hook(minilm_hf, tokens, hf_hidden):
+    assert isinstance(minilm_hf, HFAdapter)
+    out = minilm_hf.run(tokens, ["encoder.layer.1"])
+    torch.testing.assert_close(out["encoder.layer.1"], hf_hidden[2], atol=1e-5, rtol=1e-5)
+
+
+def test_forward_stops_after_last_needed_layer(minilm, minilm_hf, tokens):
+    assert minilm.stop_layer(["blocks.3.hook_resid_pre"]) == 4
+    assert minilm.stop_layer(["blocks.1.hook_resid_post", "blocks.2.hook_resid_pre"]) == 3
+    assert minilm.stop_layer(["blocks.5.hook_resid_post"]) is None
+    # count which blocks actually run, on both backends
+    for adapter, layers in ((minilm, minilm.model.blocks), (minilm_hf, minilm_hf._layers)):
+        ran = []
+        handles = [m.register_forward_hook(lambda mod, a, o, i=i, ran=ran: ran.append(i)) for i, m in enumerate(layers)]
+        try:
+            adapter.run(tokens, ["blocks.1.hook_resid_post"])
+        finally:
+            for h in handles:
+                h.remove()
+        assert max(ran) <= 2, f"{adapter.backend} ran blocks {ran}"
+
+
+def test_unknown_hook_lists_close_matches(minilm):
+    with pytest.raises(ValueError, match=r"'blocks\.3\.hook_resid_pr'.*blocks\.3\.hook_resid_pre"):
+        minilm.check_hooks("blocks.3.hook_resid_pr")
+    with pytest.raises(ValueError, match="blocks.99"):
+        load_model(minilm).hook_dims("blocks.99.hook_resid_pre")
+
+
+def test_hook_without_batch_pos_d_shape_is_refused(minilm, tokens):
+    with pytest.raises(ValueError, match=r"hook_pattern.*\[batch, pos, d\]"):
+        minilm.run(tokens, "blocks.0.attn.hook_pattern")
+
+
+def test_context_longer_than_model_maximum(minilm):
+    with pytest.raises(ValueError, match="513.*512"):
+        minilm.run(torch.zeros(1, 513, dtype=torch.long), "blocks.0.hook_resid_post")
+
+
+def test_load_model_passes_adapters_and_rejects_junk(minilm):
+    assert load_model(minilm) is minilm
+    with pytest.raises(TypeError, match="int"):
+        load_model(3)
+    with pytest.raises(ValueError, match="backend"):
+        load_model("minilm", backend="tf")

@@ -1,0 +1,108 @@
+import json
+
+import pytest
+import torch
+from datasets import Dataset, IterableDataset
+
+from activations import embedded_corpus, load_text
+from activations.text import iter_texts, pack_contexts
+
+
+def test_embedded_corpus_splits_are_disjoint_deterministic_and_sized():
+    train, test = embedded_corpus("train"), embedded_corpus("test")
+    assert train.column_names == ["id", "text"] and "text" in test.column_names
+    assert set(train["id"]).isdisjoint(test["id"])
+    n = len(train) + len(test)
+    assert abs(len(test) / n - 0.05) < 0.01
+    assert 1_000_000 < sum(map(len, train["text"])) + sum(map(len, test["text"])) < 4_000_000
+    assert embedded_corpus("test")["id"] == test["id"]  # same rule, same documents
+    every = embedded_corpus("all")["id"]
+    assert every == sorted(every) and test["id"] == every[19::20]
+    with pytest.raises(ValueError, match="'validation'"):
+        embedded_corpus("validation")
+
+
+def test_load_text_default_is_embedded():
+    assert load_text()["id"] == embedded_corpus("train")["id"]
+    assert load_text("embedded", split="test")["id"] == embedded_corpus("test")["id"]
+    assert isinstance(load_text(None, streaming=True), IterableDataset)
+
+
+def test_pack_contexts_bos_separators_no_padding(minilm):
+    tok = minilm.tokenizer
+    docs = ["The cat sat on the mat.", "A second document, somewhat longer than the first one.", "Third."] * 5
+    ctxs = list(pack_contexts(docs, tok, 16, minilm.bos_token_id, minilm.sep_token_id, doc_batch=4))
+    body = []
+    for d in docs:
+        body += tok(d, add_special_tokens=False)["input_ids"] + [minilm.sep_token_id]
+    assert len(ctxs) == len(body) // 15
+    for i, c in enumerate(ctxs):
+        assert c.dtype == torch.long and c.shape == (16,)
+        assert c[0] == minilm.bos_token_id == tok.cls_token_id
+        assert c[1:].tolist() == body[i * 15 : (i + 1) * 15]  # documents concatenated in order
+        assert tok.pad_token_id not in c.tolist()
+    assert sum(c.tolist().count(minilm.sep_token_id) for c in ctxs) >= len(docs) - 2
+
+
+def test_pack_contexts_without_bos():
+    class Tok:
+        def __call__(self, texts, add_special_tokens, verbose):
+            return {"input_ids": [[len(w) for w in t.split()] for t in texts]}
+
+    ctxs = list(pack_contexts(["a bb ccc", "dddd"], Tok(), 3, None, 9))
+    assert [c.tolist() for c in ctxs] == [[1, 2, 3], [9, 4, 9]]
+
+
+def _write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("kind", ["txt", "jsonl", "json", "parquet"])
+def test_local_files(tmp_path, kind):
+    texts = ["first document here", "second document there", "third one"]
+    if kind == "txt":
+        path = _write(tmp_path, "c.txt", "\n".join(texts) + "\n")
+    elif kind in ("jsonl", "json"):
+        path = _write(tmp_path, f"c.{kind}", "\n".join(json.dumps({"text": t, "n": i}) for i, t in enumerate(texts)))
+    else:
+        path = tmp_path / "c.parquet"
+        Dataset.from_dict({"text": texts}).to_parquet(str(path))
+    ds = load_text(str(path))
+    assert list(iter_texts(ds)) == texts
+    streamed = load_text(path, streaming=True)
+    assert isinstance(streamed, IterableDataset) and list(iter_texts(streamed)) == texts
+
+
+def test_local_folder_and_other_column(tmp_path):
+    _write(tmp_path, "a.jsonl", json.dumps({"body": "alpha"}) + "\n")
+    _write(tmp_path, "b.jsonl", json.dumps({"body": "beta"}) + "\n")
+    assert list(iter_texts(load_text(str(tmp_path), text_column="body"), "body")) == ["alpha", "beta"]
+
+
+def test_in_memory_dataset():
+    ds = Dataset.from_dict({"text": ["x y z"]})
+    assert load_text(ds) is ds
+
+
+def test_missing_local_path_is_named(tmp_path):
+    missing = str(tmp_path / "nope" / "corpus.jsonl")
+    with pytest.raises(FileNotFoundError, match="corpus.jsonl"):
+        load_text(missing)
+    with pytest.raises(FileNotFoundError, match="nothing_here"):
+        load_text("./nothing_here")
+
+
+def test_missing_text_column_lists_columns(tmp_path):
+    path = _write(tmp_path, "c.jsonl", json.dumps({"body": "alpha"}) + "\n")
+    with pytest.raises(ValueError, match=r"'text'.*\['body'\]"):
+        load_text(str(path))
+    with pytest.raises(ValueError, match="'content'"):
+        load_text(Dataset.from_dict({"text": ["a"]}), text_column="content")
+
+
+def test_empty_local_file(tmp_path):
+    path = _write(tmp_path, "empty.txt", "")
+    with pytest.raises(ValueError, match="empty.txt"):
+        load_text(str(path))

@@ -73,9 +73,7 @@ class SparseAutoencoder(nn.Module):
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-activations (x - b_dec) W_enc + b_enc for raw activations x: [B, n]."""
         x_n, _ = self._prepare(x)
-        pre = (x_n - self.b_dec) @ self.W_enc
-        if self.family.uses_b_enc:
-            pre = pre + self.b_enc
+        pre = self.family.pre(self, x_n)
         return pre / self._out_scale(pre)
 
     def encode(self, x: torch.Tensor, **kw) -> SparseCode:

@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+from sae.families.abstopk import AbsTopK
+from sae.families.adaptivek import AdaptiveK
 from sae.families.base import Family, fvu
+from sae.families.batchtopk import BatchTopK
+from sae.families.choice import FeatureChoice, MutualChoice
+from sae.families.hierarchical import HierarchicalTopK
+from sae.families.jumprelu import JumpReLU
+from sae.families.matryoshka import Matryoshka
+from sae.families.topafa import TopAFA
 from sae.families.topk import TopK
+from sae.families.vsae import VariationalTopK
 
 FAMILIES: dict[str, type[Family]] = {
     "topk": TopK,
+    "batchtopk": BatchTopK,
+    "abstopk": AbsTopK,
+    "adaptivek": AdaptiveK,
+    "featurechoice": FeatureChoice,
+    "mutualchoice": MutualChoice,
+    "topafa": TopAFA,
+    "hierarchicaltopk": HierarchicalTopK,
+    "matryoshka": Matryoshka,
+    "vsae": VariationalTopK,
+    "jumprelu": JumpReLU,
 }
 
 

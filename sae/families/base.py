@@ -20,6 +20,15 @@ if TYPE_CHECKING:
     from sae.model import SparseAutoencoder
 
 
+def regather(pre: torch.Tensor, code: SparseCode, relu: bool = True) -> SparseCode:
+    """Re-read a selected code's values from `pre` so gradients reach it (kernels may return detached
+    values); padding (value 0) stays 0."""
+    vals = pre.gather(1, code.indices)
+    if relu:
+        vals = vals.relu()
+    return SparseCode(torch.where(code.values != 0, vals, torch.zeros_like(vals)), code.indices)
+
+
 def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     """Fraction of variance unexplained over the batch: sum|x - x_hat|^2 / sum|x - mean(x)|^2."""
     err = (x - x_hat).float().pow(2).sum()
@@ -59,6 +68,11 @@ class Family(nn.Module):
             )
 
     # --- the forward ----------------------------------------------------------------
+    def pre(self, sae: SparseAutoencoder, x_n: torch.Tensor) -> torch.Tensor:
+        """Dense pre-activations [B, n] of normalised inputs: (x_n - b_dec) W_enc (+ b_enc)."""
+        pre = (x_n - sae.b_dec) @ sae.W_enc
+        return pre + sae.b_enc if self.uses_b_enc else pre
+
     def encode(
         self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None
     ) -> Encoding:

@@ -1,0 +1,53 @@
+"""AbsTopK (Zhu, Khalili, Zhu 2025): hard thresholding H_k, the proximal step of l0-constrained coding.
+
+Keep the k pre-activations of largest magnitude with their signs: no ReLU and no b_enc, so
+a = (x - b_dec) W_enc and a latent can fire negative (one direction, two opposite meanings).
+The batch variant keeps the k*B largest |a| of the whole batch in training; inference is per token.
+AuxK picks dead latents by |a| and keeps the signs; firing, dead and L0 use |z| > 0.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+import kernels
+from kernels import Encoding, SparseCode
+from sae.families.base import Family, regather
+
+if TYPE_CHECKING:
+    from sae.config import SAEConfig
+    from sae.model import SparseAutoencoder
+
+
+class AbsTopK(Family):
+    """Top-k by |a| with signs kept; option `batch` selects top k*B by |a| over the batch in training."""
+
+    name = "abstopk"
+    rule = "abs"
+    uses_b_enc = False
+    signed = True
+    saelens_architecture = "abstopk"
+    option_names = ("batch",)
+
+    @classmethod
+    def validate(cls, cfg: SAEConfig) -> None:
+        super().validate(cfg)
+        if not isinstance(cfg.options.get("batch", False), bool):
+            raise ValueError(f"family 'abstopk': batch={cfg.options['batch']!r}; expected true or false")
+
+    def encode(
+        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None
+    ) -> Encoding:
+        if not (self.training and self.cfg.options.get("batch", False)):
+            return super().encode(sae, x_n, dead=dead, k=k)
+        pre = self.pre(sae, x_n)
+        # batch H_k: the k*B largest magnitudes of the batch, read back with their signs
+        chosen = kernels.select(pre.abs(), "batch", k=k or self.cfg.k)
+        code = regather(pre, chosen, relu=False)
+        aux = kernels.aux_select(pre, dead, self.cfg.k_aux, signed=True) if dead is not None else None
+        return Encoding(code, aux)
+
+    def select(self, pre: torch.Tensor, k: int | None = None) -> SparseCode:
+        return kernels.select(pre, "abs", k=k or self.cfg.k)

@@ -1,0 +1,122 @@
+"""BatchTopK (Bussmann, Leask, Nanda 2024); inference threshold as in dictionary_learning's trainer.
+
+Training keeps the k*B largest ReLU'd pre-activations of the whole batch, so tokens share one
+budget and rows hold varying counts. A batch-level rule cannot run on one token, so the model keeps
+a threshold theta: an EMA (beta = 0.999, fp32, no gradient) of each batch's smallest selected value,
+started after `threshold_start_step` steps. In eval mode z = a * 1[a > theta]: a JumpReLU with a
+constant threshold, which is how SAELens saves BatchTopK dictionaries.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+import kernels
+from kernels import Encoding, SparseCode
+from sae.families.base import Family, regather
+
+if TYPE_CHECKING:
+    from sae.config import SAEConfig
+    from sae.model import SparseAutoencoder
+
+
+class ThresholdInference(Family):
+    """Shared by the batch-dependent families: a saved `threshold` [n] buffer used when not training."""
+
+    per_latent_threshold = False  # True: each latent keeps its own EMA (Feature Choice)
+    option_names = ("threshold_beta", "threshold_start_step")
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__(cfg)
+        # -1 = not estimated yet; fp32 whatever the parameter dtype (SAELens JumpReLU layout: [d_sae])
+        self.register_buffer("threshold", torch.full((cfg.n_latents,), -1.0, dtype=torch.float32))
+        self.beta = float(cfg.options.get("threshold_beta", 0.999))
+        self.start_step = int(cfg.options.get("threshold_start_step", 1000))
+
+    @classmethod
+    def validate(cls, cfg: SAEConfig) -> None:
+        super().validate(cfg)
+        beta = cfg.options.get("threshold_beta", 0.999)
+        if not isinstance(beta, (int, float)) or not 0 <= beta < 1:
+            raise ValueError(f"family {cls.name!r}: threshold_beta={beta!r}; expected a float in [0, 1)")
+        start = cfg.options.get("threshold_start_step", 1000)
+        if not isinstance(start, int) or start < 0:
+            raise ValueError(f"family {cls.name!r}: threshold_start_step={start!r}; expected an int >= 0")
+
+    @property
+    def has_threshold(self) -> bool:
+        return bool((self.threshold >= 0).any())
+
+    def threshold_select(self, pre: torch.Tensor) -> SparseCode | None:
+        """The inference code a * 1[a > theta], or None while theta has not been estimated."""
+        if not self.has_threshold:
+            warnings.warn(
+                f"{self.name}: the inference threshold has not been estimated yet (it starts after "
+                f"threshold_start_step={self.start_step} training steps); using the batch rule, so codes depend "
+                "on the batch",
+                stacklevel=3,
+            )
+            return None
+        # a latent never selected in training (threshold still -1) never fires at inference
+        theta = torch.where(self.threshold >= 0, self.threshold, torch.full_like(self.threshold, float("inf")))
+        code = kernels.select(pre, "threshold", threshold=theta.to(pre.dtype))
+        return regather(pre, code)
+
+    @torch.no_grad()
+    def update_threshold(self, code: SparseCode, step: int) -> None:
+        """EMA of the smallest selected positive value (per latent when per_latent_threshold)."""
+        if step < self.start_step:
+            return
+        vals = code.values.detach().float()
+        pos = vals > 0
+        if not pos.any():
+            return
+        if self.per_latent_threshold:
+            big = torch.full_like(vals, float("inf"))
+            mins = torch.full((self.cfg.n_latents,), float("inf"), device=vals.device)
+            mins.scatter_reduce_(0, code.indices[pos], torch.where(pos, vals, big)[pos], reduce="amin")
+            seen = torch.isfinite(mins)
+        else:
+            mins = vals[pos].min().expand(self.cfg.n_latents)
+            seen = torch.ones_like(mins, dtype=torch.bool)
+        fresh = seen & (self.threshold < 0)
+        ema = self.beta * self.threshold + (1 - self.beta) * mins
+        self.threshold.copy_(torch.where(fresh, mins, torch.where(seen & ~fresh, ema, self.threshold)))
+
+    @torch.no_grad()
+    def fold_scale(self, scale: float) -> None:
+        self.threshold.copy_(torch.where(self.threshold >= 0, self.threshold / scale, self.threshold))
+
+    def saelens_cfg(self) -> dict[str, Any]:
+        # SAELens saves batch-dependent dictionaries as JumpReLU with their inference threshold
+        return {"architecture": "jumprelu", "k": self.cfg.k}
+
+
+class BatchTopK(ThresholdInference):
+    """Top k*B of the ReLU'd batch in training; the estimated threshold at inference."""
+
+    name = "batchtopk"
+    rule = "batch"
+
+    def encode(
+        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None
+    ) -> Encoding:
+        if not self.training and k is None:
+            code = self.threshold_select(self.pre(sae, x_n))
+            if code is not None:
+                return Encoding(code, None)
+        return super().encode(sae, x_n, dead=dead, k=k)
+
+    def select(self, pre: torch.Tensor, k: int | None = None) -> SparseCode:
+        if not self.training and k is None:
+            code = self.threshold_select(pre)
+            if code is not None:
+                return code
+        return super().select(pre, k)
+
+    @torch.no_grad()
+    def after_step(self, sae: SparseAutoencoder, enc: Encoding, step: int) -> None:
+        self.update_threshold(enc.code, step)

@@ -491,6 +491,8 @@ class ActivationStream:
         if m is None:
             m = {"format": FORMAT, "version": FORMAT_VERSION, **self._identity(), "d_in": self.d_ins,
                  "shards": [], "complete": False, "tokens": 0}
+        for stray in self.cache_dir.glob("*.tmp*"):  # left by a harvest killed mid-write
+            stray.unlink()
         # keep the prefix of listed shards that are intact; the rest is redone
         good = []
         for entry in m["shards"]:

@@ -88,3 +88,11 @@ def test_load_model_passes_adapters_and_rejects_junk(minilm):
         load_model(3)
     with pytest.raises(ValueError, match="backend"):
         load_model("minilm", backend="tf")
+
+
+def test_activations_never_imports_sae():
+    import subprocess
+    import sys
+
+    code = "import sys, activations; sys.exit(any(m == 'sae' or m.startswith('sae.') for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

@@ -1,0 +1,206 @@
+"""Every SAE family side by side on MiniLM's layer-3 residual stream (the embedded default corpus).
+
+Same activations (one harvest, cached), same token budget, same dictionary size, k = 32 wherever the
+family has a k. Writes docs/results/families.json, families_table.md and families.html (FVU vs L0;
+HierarchicalTopK and Matryoshka as curves over k, per-k TopK dictionaries as the reference curve).
+
+    python examples/compare_families.py        # the committed study (about 20 min on 2 busy CPU cores)
+    python examples/compare_families.py --tokens 400000 --tokens-per-family 2000000 --n-latents 3072 \
+        --batch-size 4096 --dead-window 200000   # closer to the papers' regime, where compute allows
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from activations import ActivationStream, load_model
+from sae import SAEConfig, SparseAutoencoder, TrainConfig, train
+from sae.analysis.metrics import evaluate
+from sae.data import TensorBatches
+
+HOOK = "blocks.3.hook_resid_pre"
+
+
+def family_runs(k: int, steps: int) -> list[tuple[str, str, dict]]:
+    """(label, family, SAEConfig kwargs) for every run of the study."""
+    # thresholds: dictionary_learning starts the EMA at step 1000 with beta 0.999 on runs of ~10^5 steps;
+    # scaled here to a run of `steps` steps (start at a quarter, time constant ~ a tenth of the run)
+    thr = {"threshold_start_step": steps // 4, "threshold_beta": round(1 - 1 / max(10, steps // 10), 4)}
+    return [
+        ("topk", "topk", {"k": k}),
+        ("batchtopk", "batchtopk", {"k": k, "options": thr}),
+        ("abstopk", "abstopk", {"k": k}),
+        ("adaptivek", "adaptivek", {"k": k, "options": {"probe_fit_at": 0.3}}),
+        ("featurechoice", "featurechoice", {"k": k, "options": thr}),
+        ("mutualchoice", "mutualchoice", {"k": k, "options": thr}),
+        ("topafa", "topafa", {"k": None}),
+        ("hierarchicaltopk", "hierarchicaltopk", {"k": k}),
+        ("matryoshka", "matryoshka", {"k": k, "options": thr}),
+        ("vsae", "vsae", {"k": k}),
+        # per-k TopK dictionaries: the reference curve for HierarchicalTopK
+        ("topk_k8", "topk", {"k": k // 4}),
+        ("topk_k16", "topk", {"k": k // 2}),
+        # the same TopK run with another seed: the scale of run-to-run noise
+        ("topk_seed1", "topk", {"k": k, "seed": 1}),
+    ]
+
+
+def harvest(tokens: int, eval_tokens: int, cache: Path, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    model = load_model("minilm")
+    train_stream = ActivationStream(model, hook=HOOK, split="train", total_tokens=tokens, batch_size=4096,
+                                    seed=seed, cache_dir=cache / "train", progress=False)
+    test_stream = ActivationStream(model, hook=HOOK, split="test", total_tokens=eval_tokens, batch_size=4096,
+                                   seed=seed, cache_dir=cache / "test", progress=False)
+    return torch.cat(list(train_stream)), torch.cat(list(test_stream))
+
+
+@torch.no_grad()
+def fvu_at(sae: SparseAutoencoder, x: torch.Tensor, k: int) -> tuple[float, float]:
+    """FVU and mean L0 of the dictionary's code at a given k (batch rule for batch families)."""
+    was = sae.training
+    sae.eval()
+    err, l0 = 0.0, 0.0
+    for xb in x.split(4096):
+        code = sae.encode(xb, k=k)
+        err += (xb - sae.decode(code)).double().pow(2).sum().item()
+        l0 += (code.values != 0).sum().item()
+    sae.train(was)
+    return err / (x.double() - x.double().mean(0)).pow(2).sum().item(), l0 / x.shape[0]
+
+
+def run_one(label, family, kw, train_x, test_x, args) -> tuple[dict, SparseAutoencoder]:
+    kw = dict(kw)
+    seed = kw.pop("seed", args.seed)
+    cfg = SAEConfig(d_in=train_x.shape[1], n_latents=args.n_latents, family=family, hook_name=HOOK,
+                    model_name="minilm", **kw)
+    sae = SparseAutoencoder(cfg, seed=seed)
+    tcfg = TrainConfig(tokens=args.tokens_per_family, batch_size=args.batch_size, seed=seed,
+                       dead_window_tokens=args.dead_window, checkpoint_every=10**9, log_every=10**9)
+    data = TensorBatches(train_x, args.batch_size, seed=seed)
+    with contextlib.redirect_stderr(io.StringIO()):  # no progress bars in the study's log
+        result = train(sae, data, tcfg, out_dir=None)
+    sae.fold_input_scale()
+    metrics = evaluate(sae, list(test_x.split(4096)))
+    row = {
+        "family": label,
+        "fvu": metrics["fvu"],
+        "l0": metrics["l0"],
+        "dead_fraction": result.dead_fraction,
+        "eval_dead_fraction": metrics["eval_dead_fraction"],
+        "tokens_per_s": result.tokens / max(result.seconds, 1e-9),
+        "k": kw.get("k"),
+        "seed": seed,
+        "train_tokens": result.tokens,
+    }
+    if family in ("batchtopk", "mutualchoice", "featurechoice", "matryoshka"):
+        # the threshold's inference L0 is not exactly k: also score the batch rule at exactly k (equal L0)
+        row["fvu_batch_rule"], row["l0_batch_rule"] = fvu_at(sae, test_x, kw["k"])
+        row["threshold"] = sae.family.threshold[sae.family.threshold >= 0].mean().item()
+    if family == "adaptivek":
+        row.update(sae.family.k_stats(sae, test_x))
+    if family == "hierarchicaltopk":
+        row["curve"] = [dict(zip(("k", "fvu", "l0"), (k, *fvu_at(sae, test_x, k)))) for k in args.curve_ks]
+    if family == "matryoshka":
+        row["curve"] = [dict(zip(("k", "fvu", "l0"), (k, *fvu_at(sae, test_x, k)))) for k in args.curve_ks]
+        with torch.no_grad():
+            sae.eval()
+            code = sae.encode(test_x[:4096])
+            x_n = test_x[:4096]
+            row["prefix_fvu"] = {m: v.item() for m, v in zip(sae.family.prefixes,
+                                                           sae.family.prefix_losses(sae, x_n, code))}
+    if family == "topafa":
+        from sae.families.topafa import afa_diagnostic
+
+        diag = afa_diagnostic(sae, test_x[:4096])
+        row.update({k: diag[k] for k in ("eps_lbo", "over_activated_fraction", "max_abs_cos", "mean_abs_cos")})
+        l0 = sae.encode(test_x[:4096]).l0().float()
+        row.update({"l0_std": l0.std().item(), "l0_min": l0.min().item(), "l0_max": l0.max().item()})
+    return row, sae
+
+
+def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "families.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    lines = ["| family | FVU | L0 | FVU, batch rule at L0 = k | dead (train) | dead (eval) | tokens/s |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        at_k = f"{r['fvu_batch_rule']:.4f} (L0 {r['l0_batch_rule']:.1f})" if "fvu_batch_rule" in r else ""
+        lines.append(f"| {r['family']} | {r['fvu']:.4f} | {r['l0']:.1f} | {at_k} | {r['dead_fraction']:.3f} | "
+                     f"{r['eval_dead_fraction']:.3f} | {r['tokens_per_s']:.0f} |")
+    (out / "families_table.md").write_text("\n".join(lines) + "\n")
+    try:
+        import plotly.graph_objects as go
+    except ImportError:
+        print("plotly is not installed: no figure")
+        return
+    fig = go.Figure()
+    ref = sorted((r for r in rows if r["family"] in ("topk", "topk_k8", "topk_k16")), key=lambda r: r["l0"])
+    fig.add_trace(go.Scatter(x=[r["l0"] for r in ref], y=[r["fvu"] for r in ref], mode="lines+markers",
+                             name="TopK, one dictionary per k", line={"dash": "dot"}))
+    for r in rows:
+        if "curve" in r:
+            fig.add_trace(go.Scatter(x=[c["l0"] for c in r["curve"]], y=[c["fvu"] for c in r["curve"]],
+                                     mode="lines+markers", name=f"{r['family']} (one dictionary, k varied)"))
+    for r in rows:
+        if not r["family"].startswith("topk_"):
+            fig.add_trace(go.Scatter(x=[r["l0"]], y=[r["fvu"]], mode="markers+text", text=[r["family"]],
+                                     textposition="top center", name=r["family"], marker={"size": 10}))
+    fig.update_layout(title=f"SAE families on MiniLM {HOOK} (n={meta['n_latents']}, "
+                            f"{meta['tokens_per_family']:,} tokens each)",
+                      xaxis_title="L0 (mean active latents per token, held-out)",
+                      yaxis_title="FVU (held-out)", xaxis_type="log", template="plotly_white")
+    fig.write_html(out / "families.html", include_plotlyjs="cdn")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokens", type=int, default=98_304, help="activations harvested for training")
+    p.add_argument("--tokens-per-family", type=int, default=114_688, help="training tokens per dictionary")
+    p.add_argument("--eval-tokens", type=int, default=8192)
+    p.add_argument("--n-latents", type=int, default=1536)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--dead-window", type=int, default=40_960, help="tokens without firing = dead")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", default="runs/families_cache")
+    p.add_argument("--out", default="docs/results")
+    p.add_argument("--only", nargs="*", help="run only these labels")
+    args = p.parse_args()
+    args.curve_ks = [args.k // 8, args.k // 4, args.k // 2, args.k]
+    torch.manual_seed(args.seed)
+
+    t0 = time.perf_counter()
+    train_x, test_x = harvest(args.tokens, args.eval_tokens, Path(args.cache), args.seed)
+    harvest_s = time.perf_counter() - t0
+    print(f"harvested {train_x.shape[0]:,} train + {test_x.shape[0]:,} test activations in {harvest_s:.0f}s")
+    steps = args.tokens_per_family // args.batch_size
+    rows = []
+    for label, family, kw in family_runs(args.k, steps):
+        if args.only and label not in args.only:
+            continue
+        t = time.perf_counter()
+        row, _ = run_one(label, family, kw, train_x, test_x, args)
+        rows.append(row)
+        print(f"{label:18s} fvu {row['fvu']:.4f}  l0 {row['l0']:6.1f}  dead {row['dead_fraction']:.3f}  "
+              f"{row['tokens_per_s']:7.0f} tok/s  ({time.perf_counter() - t:.0f}s)", flush=True)
+    meta = {
+        "model": "minilm (embedded all-MiniLM-L6-v2)", "hook": HOOK, "corpus": "embedded default",
+        "d_in": train_x.shape[1], "n_latents": args.n_latents, "k": args.k, "batch_size": args.batch_size,
+        "harvested_train_tokens": train_x.shape[0], "eval_tokens": test_x.shape[0],
+        "tokens_per_family": args.tokens_per_family, "dead_window_tokens": args.dead_window,
+        "seed": args.seed, "device": "cpu", "threads": torch.get_num_threads(),
+        "harvest_seconds": harvest_s, "total_seconds": time.perf_counter() - t0,
+    }
+    write_outputs(rows, meta, Path(args.out))
+    print(f"wrote {args.out}/families.json, families_table.md, families.html in {meta['total_seconds']:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -528,7 +528,8 @@ class ActivationStream:
                   disable=not self.progress, dynamic_ncols=True) as bar:
             if m["tokens"] < self.total_tokens:
                 self._write_manifest(m)
-                for b, acts, ctx in self._chunks(start_batch, m["tokens"], bar):
+                chunks = _prefetched(lambda: self._chunks(start_batch, m["tokens"], bar), self.prefetch)
+                for b, acts, ctx in chunks:
                     buf.append((acts, ctx))
                     if (b + 1) % self.batches_per_shard == 0:
                         flush()

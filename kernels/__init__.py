@@ -15,7 +15,8 @@ import torch
 from kernels.checks import check_code, check_encode, check_k, check_pre, check_rule
 from kernels.code import SparseCode
 from kernels.decode_torch import decode_torch
-from kernels.encode_torch import Encoding, aux_select
+from kernels.encode_torch import Encoding
+from kernels.encode_torch import aux_select as aux_select_torch
 from kernels.select_torch import select_abs, select_batch, select_row, select_stat, select_threshold
 
 __all__ = ["SparseCode", "Encoding", "select", "decode", "encode", "aux_select"]
@@ -105,3 +106,17 @@ def encode(
     code = select(pre, rule, k=k, threshold=threshold)
     aux = aux_select(pre, dead, k_aux, signed=rule == "abs") if dead is not None else None
     return Encoding(code, aux)
+
+
+def aux_select(pre: torch.Tensor, dead: torch.Tensor, k_aux: int, signed: bool = False) -> SparseCode | None:
+    """Each row's k_aux largest pre-activations among `dead` latents (by magnitude when signed); None when
+    no latent is dead or k_aux < 1. Values are gathered from `pre`, so gradients reach it."""
+    tri = _triton_for(pre)
+    if tri is None:
+        return aux_select_torch(pre, dead, k_aux, signed=signed)
+    n_dead = int(dead.sum().item())
+    if n_dead == 0 or k_aux < 1:
+        return None
+    colmask = dead.to(torch.int8).contiguous()
+    ka = min(k_aux, n_dead)
+    return tri.select_abs(pre, ka, colmask) if signed else tri.select_row(pre, ka, colmask)

@@ -158,14 +158,15 @@ def _prune_kernel(pre_ptr, colmask_ptr, z_ptr, plo_ptr, pcnt_ptr, B, n, stride_b
     jj = tl.arange(0, NPIV)
     z = tl.load(z_ptr + jj)
     pv = mean[:, None] + std[:, None] * z[None, :]
-    pkey = _keys(pv, 0, SHIFT).to(tl.int64)
-    pkey = tl.minimum(tl.maximum(pkey, kmin[:, None].to(tl.int64)), kmax[:, None].to(tl.int64) + 1)
-    pkey = tl.where(jj[None, :] == 0, kmin[:, None].to(tl.int64), pkey)
+    # int32 pivots (cheaper compares than the bisection's int64); kmax + 1 saturates at INT32_MAX (NaN only)
+    pkey = _keys(pv, 0, SHIFT)
+    pkey = tl.minimum(tl.maximum(pkey, kmin[:, None]), kmax[:, None] + (kmax[:, None] < 2147483647).to(tl.int32))
+    pkey = tl.where(jj[None, :] == 0, kmin[:, None], pkey)
     counts = tl.zeros([BLOCK_B, NPIV], tl.int32)
     for start in range(0, n, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         key, m = _load_keys(pre_ptr, colmask_ptr, rows, rmask, cols, n, stride_b, MODE, SHIFT, HAS_COLMASK)
-        counts += tl.sum((key.to(tl.int64)[:, :, None] >= pkey[:, None, :]).to(tl.int32), axis=1)
+        counts += tl.sum((key[:, :, None] >= pkey[:, None, :]).to(tl.int32), axis=1)
     ok = counts >= k
     jstar = tl.maximum(tl.sum(ok.to(tl.int32), axis=1) - 1, 0)
     sel = jj[None, :] == jstar[:, None]
@@ -589,9 +590,8 @@ class EncodeFn(torch.autograd.Function):
         x = x.contiguous()
         W_enc = W_enc.contiguous()
         with torch.no_grad():
-            pre = x @ W_enc
-            if b_enc is not None:
-                pre += b_enc
+            # the bias rides in cuBLAS's epilogue: no extra read + write of [B, n]
+            pre = torch.addmm(b_enc, x, W_enc) if b_enc is not None else x @ W_enc
             code = _select_detached(pre, rule, k, threshold)
             aux = None
             if dead is not None and k_aux >= 1:

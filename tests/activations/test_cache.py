@@ -154,3 +154,41 @@ def test_trainer_consumes_cache_and_live_streams_unchanged(minilm, full, tmp_pat
     live = ActivationStream(minilm, hook=H3_PRE, context_len=16, batch_size=B, total_tokens=9 * B,
                             progress=False, shuffle_contexts=40)
     assert train(sae.SparseAutoencoder(cfg), live, tcfg).steps == 8
+
+
+_KILLED_CHILD = """
+import sys, time
+import activations.store as store
+from activations import ActivationStream
+real = store._atomic_write
+def slow(path, data):
+    real(path, data)
+    if path.name == "shard_00001.safetensors":
+        time.sleep(120)  # the parent kills us here
+store._atomic_write = slow
+ActivationStream("minilm", hook=[{h2!r}, {h3!r}], context_len=16, batch_size={b}, total_tokens={total}, seed=0,
+                 cache_dir=sys.argv[1], shard_tokens=480, progress=False).harvest()
+"""
+
+
+def test_sigkilled_harvest_resumes_to_the_same_cache(minilm, full, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = _KILLED_CHILD.format(h2=H2_POST, h3=H3_PRE, b=B, total=TOTAL)
+    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "shard_00001.safetensors").exists():
+            assert child.poll() is None and time.time() < deadline, "child ended before its second shard"
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert not json.loads((tmp_path / "manifest.json").read_text())["complete"]
+    _stream(minilm, tmp_path).harvest()
+    assert _files(tmp_path) == _files(full)

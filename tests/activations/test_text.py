@@ -106,3 +106,17 @@ def test_empty_local_file(tmp_path):
     path = _write(tmp_path, "empty.txt", "")
     with pytest.raises(ValueError, match="empty.txt"):
         load_text(str(path))
+
+
+def test_hub_name_goes_to_load_dataset(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake(path, name=None, split=None, streaming=False, **kw):
+        calls.append((path, name, split, streaming))
+        return Dataset.from_dict({"text": ["from the hub"]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    ds = load_text("someone/corpus", split="validation", config="en", streaming=True)
+    assert calls == [("someone/corpus", "en", "validation", True)] and ds["text"] == ["from the hub"]

@@ -249,7 +249,9 @@ class HFAdapter(ModelAdapter):
         self.d_model = int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
         self.max_context = int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048))
         self.device = next(model.parameters()).device
-        encoder = not getattr(cfg, "is_decoder", False) and getattr(tokenizer, "cls_token_id", None) is not None
+        causal = getattr(cfg, "is_decoder", False) or any(
+            "CausalLM" in a or "LMHead" in a for a in (getattr(cfg, "architectures", None) or []))
+        encoder = not causal and getattr(tokenizer, "cls_token_id", None) is not None
         self._init_tokens(encoder, True)
         self._modules = dict(model.named_modules())
         self._names = sorted(

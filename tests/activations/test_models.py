@@ -96,3 +96,22 @@ def test_activations_never_imports_sae():
 
     code = "import sys, activations; sys.exit(any(m == 'sae' or m.startswith('sae.') for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_causal_model_from_a_local_folder(tmp_path, minilm):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=30522,
+                                    bos_token_id=None, eos_token_id=None)).eval()
+    hf.save_pretrained(tmp_path)
+    minilm.tokenizer.save_pretrained(tmp_path)
+    ids = torch.randint(1000, 2000, (2, 10))
+    with torch.no_grad():
+        hs = hf(ids, output_hidden_states=True).hidden_states
+    for backend in ("auto", "hf"):
+        adapter = load_model(str(tmp_path), backend=backend)
+        assert (adapter.d_model, adapter.n_layers, adapter.max_context) == (64, 2, 64)
+        out = adapter.run(ids, ["blocks.1.hook_resid_pre"])
+        torch.testing.assert_close(out["blocks.1.hook_resid_pre"], hs[1], atol=1e-5, rtol=1e-5)
+    assert adapter.backend == "hf" and adapter.bos_token_id != minilm.tokenizer.cls_token_id

@@ -4,9 +4,10 @@ Same activations (one harvest, cached), same token budget, same dictionary size,
 family has a k. Writes docs/results/families.json, families_table.md and families.html (FVU vs L0;
 HierarchicalTopK and Matryoshka as curves over k, per-k TopK dictionaries as the reference curve).
 
-    python examples/compare_families.py        # the committed study (about 20 min on 2 busy CPU cores)
-    python examples/compare_families.py --tokens 400000 --tokens-per-family 2000000 --n-latents 3072 \
-        --batch-size 4096 --dead-window 200000   # closer to the papers' regime, where compute allows
+    python examples/compare_families.py       # the committed study (about 40 min on 2 CPU cores)
+    python examples/compare_families.py --tokens 98304 --tokens-per-family 114688 --n-latents 1536 \
+        --batch-size 1024 --dead-window 40960    # a quick look (a few minutes)
+    python examples/compare_families.py --only topk batchtopk   # re-run some rows, keep the others
 """
 
 from __future__ import annotations
@@ -55,9 +56,9 @@ def family_runs(k: int, steps: int) -> list[tuple[str, str, dict]]:
 def harvest(tokens: int, eval_tokens: int, cache: Path, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     model = load_model("minilm")
     train_stream = ActivationStream(model, hook=HOOK, split="train", total_tokens=tokens, batch_size=4096,
-                                    seed=seed, cache_dir=cache / "train", progress=False)
+                                    seed=seed, cache_dir=cache / f"train_{tokens}", progress=False)
     test_stream = ActivationStream(model, hook=HOOK, split="test", total_tokens=eval_tokens, batch_size=4096,
-                                   seed=seed, cache_dir=cache / "test", progress=False)
+                                   seed=seed, cache_dir=cache / f"test_{eval_tokens}", progress=False)
     return torch.cat(list(train_stream)), torch.cat(list(test_stream))
 
 
@@ -105,6 +106,18 @@ def run_one(label, family, kw, train_x, test_x, args) -> tuple[dict, SparseAutoe
         row["threshold"] = sae.family.threshold[sae.family.threshold >= 0].mean().item()
     if family == "adaptivek":
         row.update(sae.family.k_stats(sae, test_x))
+        # the training allocation (mean k exactly k per batch of the held-out set): equal L0 by construction
+        with torch.no_grad():
+            sae.eval()
+            sae.family.train()
+            err, l0 = 0.0, 0.0
+            for xb in test_x.split(args.batch_size):
+                code = sae.encode(xb)
+                err += (xb - sae.decode(code)).double().pow(2).sum().item()
+                l0 += (code.values != 0).sum().item()
+            sae.family.eval()
+        row["fvu_batch_rule"] = err / (test_x.double() - test_x.double().mean(0)).pow(2).sum().item()
+        row["l0_batch_rule"] = l0 / test_x.shape[0]
     if family == "hierarchicaltopk":
         row["curve"] = [dict(zip(("k", "fvu", "l0"), (k, *fvu_at(sae, test_x, k)))) for k in args.curve_ks]
     if family == "matryoshka":
@@ -161,13 +174,13 @@ def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokens", type=int, default=98_304, help="activations harvested for training")
-    p.add_argument("--tokens-per-family", type=int, default=114_688, help="training tokens per dictionary")
-    p.add_argument("--eval-tokens", type=int, default=8192)
-    p.add_argument("--n-latents", type=int, default=1536)
+    p.add_argument("--tokens", type=int, default=400_000, help="activations harvested for training")
+    p.add_argument("--tokens-per-family", type=int, default=1_638_400, help="training tokens per dictionary")
+    p.add_argument("--eval-tokens", type=int, default=16_384)
+    p.add_argument("--n-latents", type=int, default=3072)
     p.add_argument("--k", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--dead-window", type=int, default=40_960, help="tokens without firing = dead")
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--dead-window", type=int, default=400_000, help="tokens without firing = dead")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default="runs/families_cache")
     p.add_argument("--out", default="docs/results")
@@ -198,6 +211,11 @@ def main() -> None:
         "seed": args.seed, "device": "cpu", "threads": torch.get_num_threads(),
         "harvest_seconds": harvest_s, "total_seconds": time.perf_counter() - t0,
     }
+    if args.only and (Path(args.out) / "families.json").exists():  # re-run some rows, keep the others
+        old = json.loads((Path(args.out) / "families.json").read_text())
+        fresh = {r["family"]: r for r in rows}
+        rows = [fresh.pop(r["family"], r) for r in old["rows"]] + list(fresh.values())
+        meta = {**old["meta"], "rerun": sorted(args.only)}
     write_outputs(rows, meta, Path(args.out))
     print(f"wrote {args.out}/families.json, families_table.md, families.html in {meta['total_seconds']:.0f}s")
 

@@ -312,7 +312,6 @@ class ActivationStream:
         """
         if self.cache_dir is not None:
             return self._cache_reader().stats
-            return self._reader.stats
         out = {h: s.result() for h, s in self._stats.items()}
         return out if self.multi else out[self.hooks[0]]
 

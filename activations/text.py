@@ -133,7 +133,8 @@ def load_text(
     - `None` or `"embedded"`: the embedded default corpus (`split` "train" or "test").
     - a `datasets.Dataset` / `IterableDataset` / `DatasetDict`: used as given (`split` picks from a dict).
     - a path to a `.txt` (one document per line), `.json`/`.jsonl` or `.parquet` file, a glob of
-      them, or a folder of them: local files.
+      them, or a folder of them: local files. They have no splits of their own: as in the embedded
+      corpus, every 20th document (index % 20 == 19) is `"test"`, the rest `"train"`; `"all"` is both.
     - anything else: a hub dataset name, loaded with `load_dataset(source, config, split=split)`.
 
     `streaming=True` gives an `IterableDataset` so the corpus never has to fit in memory. The
@@ -159,7 +160,7 @@ def load_text(
     if _looks_local(source) or Path(os.path.expanduser(source)).exists():
         ds = _load_local(os.path.expanduser(source), streaming, **load_kwargs)
         _check_column(ds, text_column, source)
-        return ds
+        return _local_split(ds, split, source)
     ds = datasets.load_dataset(source, config, split=split, streaming=streaming, **load_kwargs)
     _check_column(ds, text_column, source)
     return ds
@@ -195,6 +196,26 @@ def _load_local(source: str, streaming: bool, **kwargs: Any):
                                  streaming=streaming, **kwargs)
 
 
+def _in_split(index: int, split: str) -> bool:
+    return (index % TEST_EVERY == TEST_EVERY - 1) == (split == "test")
+
+
+def _local_split(ds, split: str, source: str):
+    """Local files have no splits: hold out every 20th document as "test", as the embedded corpus does.
+
+    Without this a run's held-out metrics would be scored on its own training text.
+    """
+    import datasets
+
+    if split == "all":
+        return ds
+    if split not in ("train", "test"):
+        raise ValueError(f"local dataset {source!r}: split must be 'train', 'test' or 'all', got {split!r}")
+    if isinstance(ds, datasets.Dataset):
+        return ds.select([i for i in range(len(ds)) if _in_split(i, split)])
+    return ds.filter(lambda _row, i: _in_split(i, split), with_indices=True)
+
+
 def _check_column(ds, column: str, what: str) -> None:
     names = ds.column_names
     if names is None:  # some streaming datasets only know their columns after the first row
@@ -211,7 +232,7 @@ def describe_source(source: Any, split: str, config: str | None = None) -> str:
     if isinstance(source, str | os.PathLike):
         p = Path(os.fspath(source))
         if p.exists():
-            return f"file:{p.resolve()}"
+            return f"file:{p.resolve()}:{split}"
         return f"hub:{source}:{config}:{split}"
     fp = getattr(source, "_fingerprint", None)
     return f"{type(source).__name__}:{fp or id(source)}"

@@ -137,6 +137,13 @@ class RunConfig:
     """Hook point whose activations the dictionary reads."""
     dataset: str = ""
     """Text: a hub dataset name or a local .txt/.json/.jsonl/.parquet file; empty = the embedded corpus."""
+    dataset_config: str = ""
+    """Configuration of a hub dataset (the second argument of datasets.load_dataset), e.g. 'wikitext-103-raw-v1'."""
+    text_column: str = "text"
+    """Column holding the text, for hub datasets and .json/.jsonl/.parquet files."""
+    cache_dir: str = ""
+    """Harvest into this folder first (safetensors shards + manifest, one subfolder per split and size) and read
+    batches back from it; a later run with the same model, hook and data reuses it. Empty: no disk cache."""
     context_len: int = 128
     """Tokens per context."""
     harvest_tokens: int = 0

@@ -21,6 +21,7 @@ from sae.train import train
 def _stream(run: RunConfig, model, split: str, tokens: int, batch_size: int, seed: int):
     from activations import ActivationStream
 
+    cache = Path(run.cache_dir) / f"{split}-{tokens}" if run.cache_dir else None
     return ActivationStream(
         model,
         hook=run.hook,
@@ -30,6 +31,9 @@ def _stream(run: RunConfig, model, split: str, tokens: int, batch_size: int, see
         batch_size=batch_size,
         total_tokens=tokens,
         seed=seed,
+        cache_dir=cache,
+        dataset_config=run.dataset_config or None,
+        text_column=run.text_column,
     )
 
 

@@ -120,3 +120,16 @@ def test_hub_name_goes_to_load_dataset(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake)
     ds = load_text("someone/corpus", split="validation", config="en", streaming=True)
     assert calls == [("someone/corpus", "en", "validation", True)] and ds["text"] == ["from the hub"]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_local_files_hold_out_every_twentieth_document(tmp_path, streaming):
+    texts = [f"document number {i}" for i in range(45)]
+    path = _write(tmp_path, "c.jsonl", "\n".join(json.dumps({"text": t}) for t in texts))
+    train = list(iter_texts(load_text(str(path), split="train", streaming=streaming)))
+    test = list(iter_texts(load_text(str(path), split="test", streaming=streaming)))
+    assert test == [texts[19], texts[39]]
+    assert train == [t for t in texts if t not in test]
+    assert list(iter_texts(load_text(str(path), split="all", streaming=streaming))) == texts
+    with pytest.raises(ValueError, match="'validation'"):
+        load_text(str(path), split="validation")

@@ -1,0 +1,43 @@
+"""The CLI end to end on a local JSONL corpus: harvest through a disk cache, train, evaluate, reuse the cache."""
+
+import json
+
+from sae.cli import main
+from sae.model import SparseAutoencoder
+
+
+def _corpus(path, n_docs=400):
+    import pydoc_data.topics as topics
+
+    texts = [t for t in topics.topics.values() if len(t) > 400][:n_docs]
+    path.write_text("\n".join(json.dumps({"body": t}) for t in texts) + "\n")
+    return path
+
+
+def test_train_from_local_jsonl_through_a_cache(tmp_path, capsys):
+    corpus = _corpus(tmp_path / "corpus.jsonl")
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    argv = ["train", "--dataset", str(corpus), "--text-column", "body", "--cache-dir", str(cache),
+            "--context-len", "64", "--tokens", "8192", "--batch-size", "1024", "--n-latents", "256", "--k", "8",
+            "--eval-tokens", "1024", "--pca-tokens", "2048", "--checkpoint-every", "4", "--out", str(out)]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"fvu", "l0", "dead_fraction", "pca_fvu"} <= set(metrics) and 0 < metrics["l0"] <= 8
+    assert metrics["train_tokens"] == 8192
+    sae = SparseAutoencoder.load(out)
+    assert sae.cfg.d_in == 384 and sae.cfg.hook_name == "blocks.3.hook_resid_pre"
+    assert len((out / "log.jsonl").read_text().splitlines()) >= 1
+
+    manifests = {p.parent.name: json.loads(p.read_text()) for p in cache.glob("*/manifest.json")}
+    assert set(manifests) == {"train-8192", "test-1024", "train-2048"}
+    train_m, test_m = manifests["train-8192"], manifests["test-1024"]
+    assert train_m["dataset"].endswith(":train") and test_m["dataset"].endswith(":test")
+    assert train_m["text_column"] == "body"
+
+    shards = sorted(cache.rglob("*.safetensors"))
+    stamps = [p.stat().st_mtime_ns for p in shards]
+    assert main(argv[:-1] + [str(tmp_path / "again")]) == 0  # the same settings: read back, not harvested again
+    assert [p.stat().st_mtime_ns for p in shards] == stamps
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["fvu"] == metrics["fvu"]
+    capsys.readouterr()

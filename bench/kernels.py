@@ -55,15 +55,34 @@ CUDA = torch.cuda.is_available() and not ARGS.smoke
 DEV = torch.device("cuda" if CUDA else "cpu")
 kernels.BACKEND = "triton"  # ours = the Triton path, on CPU too for the smoke run
 
-try:  # the peer
-    import sparsify as _sp
-    from sparsify.fused_encoder import fused_encoder as _sp_encoder
-    from sparsify.utils import decoder_impl as _sp_decoder
 
-    SPARSIFY = getattr(_sp, "__version__", "installed")
+
+def _import_sparsify_kernels():
+    """sparsify's fused encoder and decoder, without its package __init__ (which needs datasets, simple-parsing,
+    schedulefree, natsort: absent on the GPU machine; the two kernel modules need only torch, triton,
+    accelerate and transformers, which are there). So carrying the one eai-sparsify wheel is enough."""
+    import importlib.metadata
+    import importlib.util
+    import types
+
+    spec = importlib.util.find_spec("sparsify")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("eai-sparsify is not installed")
+    if "sparsify" not in sys.modules:
+        pkg = types.ModuleType("sparsify")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        sys.modules["sparsify"] = pkg
+    from sparsify.fused_encoder import fused_encoder
+    from sparsify.utils import decoder_impl
+
+    return fused_encoder, decoder_impl, importlib.metadata.version("eai-sparsify")
+
+
+try:  # the peer
+    _sp_encoder, _sp_decoder, SPARSIFY = _import_sparsify_kernels()
 except Exception as exc:  # noqa: BLE001
     _sp_encoder = _sp_decoder = None
-    SPARSIFY = f"absent ({type(exc).__name__})"
+    SPARSIFY = f"absent ({type(exc).__name__}: {exc})"
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -212,7 +212,22 @@ def _read_manifest(cache_dir: Path) -> dict[str, Any] | None:
 
 
 # --- the stream ---------------------------------------------------------------------------------
-class ActivationStream:
+class _BatchIterable:
+    """Iteration in terms of `iter_with_contexts`, shared by the live stream and the cache reader."""
+
+    def iter_with_contexts(self, batch_index: int = 0) -> Iterator[tuple[Any, torch.Tensor]]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.iter_from(0)
+
+    def iter_from(self, batch_index: int) -> Iterator[Any]:
+        """Batches from `batch_index` on; identical to plain iteration from that point."""
+        for x, _ in self.iter_with_contexts(batch_index):
+            yield x
+
+
+class ActivationStream(_BatchIterable):
     """An iterable of shuffled float32 CPU activation batches `[batch_size, d_in]`.
 
     Args:
@@ -319,14 +334,6 @@ class ActivationStream:
         if self._reader is not None:
             return len(self._reader)
         return self.total_tokens // self.batch_size
-
-    def __iter__(self) -> Iterator[Any]:
-        return self.iter_from(0)
-
-    def iter_from(self, batch_index: int) -> Iterator[Any]:
-        """Batches from `batch_index` on; identical to plain iteration from that point."""
-        for x, _ in self.iter_with_contexts(batch_index):
-            yield x
 
     def iter_with_contexts(self, batch_index: int = 0) -> Iterator[tuple[Any, torch.Tensor]]:
         """Like `iter_from`, with each row's context index (`[batch_size]` int64) alongside."""
@@ -545,7 +552,7 @@ class ActivationStream:
         self._write_manifest(m)
 
 
-class _CacheReader:
+class _CacheReader(_BatchIterable):
     """Batches from a finished cache (see `ActivationStream.from_cache`)."""
 
     def __init__(self, cache_dir: Path, batch_size: int, seed: int, hook: Any, epochs: int | None,
@@ -619,14 +626,6 @@ class _CacheReader:
                  for s in range(len(self.shards)) if cuts[s] < cuts[s + 1]]
         out[_CTX_KEY] = torch.from_numpy(np.concatenate(parts).astype(np.int64))
         return out
-
-    def __iter__(self) -> Iterator[Any]:
-        return self.iter_from(0)
-
-    def iter_from(self, batch_index: int) -> Iterator[Any]:
-        """Batches from `batch_index` on; identical to plain iteration from that point."""
-        for x, _ in self.iter_with_contexts(batch_index):
-            yield x
 
     def iter_with_contexts(self, batch_index: int = 0) -> Iterator[tuple[Any, torch.Tensor]]:
         """Like `iter_from`, with each row's context index alongside."""

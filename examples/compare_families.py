@@ -153,23 +153,48 @@ def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
     except ImportError:
         print("plotly is not installed: no figure")
         return
-    fig = go.Figure()
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    main_rows = [r for r in rows if not r["family"].startswith("topk_")]
+    color = {r["family"]: qualitative.Plotly[i % 10] for i, r in enumerate(main_rows)}
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.16,
+                        subplot_titles=("FVU against L0 (held-out)", f"FVU at L0 = {meta['k']} (batch rule where it applies)"))
     ref = sorted((r for r in rows if r["family"] in ("topk", "topk_k8", "topk_k16")), key=lambda r: r["l0"])
     fig.add_trace(go.Scatter(x=[r["l0"] for r in ref], y=[r["fvu"] for r in ref], mode="lines+markers",
-                             name="TopK, one dictionary per k", line={"dash": "dot"}))
-    for r in rows:
+                             name="TopK, one dictionary per k", line={"dash": "dot", "color": "black"},
+                             marker={"color": "black"}), row=1, col=1)
+    for r in main_rows:
+        c = color[r["family"]]
         if "curve" in r:
-            fig.add_trace(go.Scatter(x=[c["l0"] for c in r["curve"]], y=[c["fvu"] for c in r["curve"]],
-                                     mode="lines+markers", name=f"{r['family']} (one dictionary, k varied)"))
-    for r in rows:
-        if not r["family"].startswith("topk_"):
-            fig.add_trace(go.Scatter(x=[r["l0"]], y=[r["fvu"]], mode="markers+text", text=[r["family"]],
-                                     textposition="top center", name=r["family"], marker={"size": 10}))
+            fig.add_trace(go.Scatter(x=[p["l0"] for p in r["curve"]], y=[p["fvu"] for p in r["curve"]],
+                                     mode="lines+markers", name=f"{r['family']}, one dictionary, k varied",
+                                     line={"color": c}, marker={"color": c}), row=1, col=1)
+        fig.add_trace(go.Scatter(x=[r["l0"]], y=[r["fvu"]], mode="markers", name=r["family"],
+                                 marker={"size": 11, "color": c, "line": {"width": 1, "color": "white"}}),
+                      row=1, col=1)
+    matched = sorted(((r["family"], r.get("fvu_batch_rule", r["fvu"])) for r in main_rows
+                      if r["k"] is not None), key=lambda t: -t[1])
+    fig.add_trace(go.Bar(y=[f for f, _ in matched], x=[v for _, v in matched], orientation="h",
+                         marker={"color": [color[f] for f, _ in matched]}, showlegend=False,
+                         text=[f"{v:.4f}" for _, v in matched], textposition="outside"), row=1, col=2)
+    seeds = [r["fvu"] for r in rows if r["family"] in ("topk", "topk_seed1")]
+    if len(seeds) == 2:
+        for v in seeds:
+            fig.add_vline(x=v, line={"dash": "dot", "color": "gray"}, row=1, col=2)
+    lo = min(v for _, v in matched)
+    fig.update_xaxes(title_text="L0 (mean active latents per token)", type="log", row=1, col=1)
+    fig.update_yaxes(title_text="FVU", row=1, col=1)
+    fig.update_xaxes(title_text="FVU (dotted: TopK, two seeds)", range=[lo * 0.9, max(v for _, v in matched) * 1.04],
+                     row=1, col=2)
     fig.update_layout(title=f"SAE families on MiniLM {HOOK} (n={meta['n_latents']}, "
-                            f"{meta['tokens_per_family']:,} tokens each)",
-                      xaxis_title="L0 (mean active latents per token, held-out)",
-                      yaxis_title="FVU (held-out)", xaxis_type="log", template="plotly_white")
+                            f"{meta['tokens_per_family']:,} training tokens each)",
+                      template="plotly_white", legend={"orientation": "h", "y": -0.18})
     fig.write_html(out / "families.html", include_plotlyjs="cdn")
+    try:  # a static copy for the markdown report (kaleido needs a Chrome/Chromium on the machine)
+        fig.write_image(out / "families.png", width=1300, height=720, scale=1)
+    except Exception as e:  # noqa: BLE001 - the PNG is optional
+        print(f"no PNG ({type(e).__name__}: {e})")
 
 
 def main() -> None:
@@ -185,7 +210,12 @@ def main() -> None:
     p.add_argument("--cache", default="runs/families_cache")
     p.add_argument("--out", default="docs/results")
     p.add_argument("--only", nargs="*", help="run only these labels")
+    p.add_argument("--replot", action="store_true", help="rewrite the table and figures from OUT/families.json")
     args = p.parse_args()
+    if args.replot:
+        saved = json.loads((Path(args.out) / "families.json").read_text())
+        write_outputs(saved["rows"], saved["meta"], Path(args.out))
+        return
     args.curve_ks = [args.k // 8, args.k // 4, args.k // 2, args.k]
     torch.manual_seed(args.seed)
 

@@ -4,8 +4,12 @@ Approximate feature activation: with epsilon-quasi-orthogonal unit decoder rows,
 where f_i = z_i |d_i|. So per token: a = ReLU((x - b_dec) W_enc) (no b_enc), target A = |x - b_dec|,
 s_i = (a_i |d_i|)^2 sorted decreasing, r_t = sqrt(cumsum(s)_t), and
     k(x) = 1 + argmin_t |r_t - A|        (the nearest crossing, not the first exceedance)
-over a top-K_max buffer (prefix sums, no full sort). Loss: FVU + AuxK + c_AFA * mean(|z| - A)^2,
-the last term divided by the batch variance like the FVU. `afa_diagnostic` gives the ZF plot's
+over a top-K_max buffer (prefix sums, no full sort; K_max = min(n, d) unless given, where the reference
+code sorts all n). Loss: FVU + AuxK + c_AFA * mean(|z| - A)^2, the last term divided by the per-element
+variance of the batch: the FVU is the per-element MSE over that same variance, so the two weigh as the
+reference code's per-element MSE + c_AFA * mean gap (dividing by the per-token variance instead makes the
+term d times weaker: on MiniLM every token then hit K_max). The reference code's loss compares |z| with |x|;
+we use |x - b_dec|, the selection's own target. `afa_diagnostic` gives the ZF plot's
 data and quasi-orthogonality measures for any dictionary.
 """
 
@@ -83,7 +87,9 @@ class TopAFA(Family):
             return {}
         f_norm = (enc.code.values * sae.W_dec.norm(dim=1)[enc.code.indices]).float().norm(dim=1)
         target = (x_n - sae.b_dec).float().norm(dim=1)
-        var = (x_n - x_n.mean(0, keepdim=True)).float().pow(2).sum(1).mean().clamp_min(1e-12)
+        # per-element variance: the FVU is the per-element MSE over it, so this keeps the reference code's
+        # balance (per-element MSE + c * mean over tokens of the squared norm gap)
+        var = (x_n - x_n.mean(0, keepdim=True)).float().pow(2).mean().clamp_min(1e-12)
         return {"afa_loss": self.afa_coef * (f_norm - target).pow(2).mean() / var}
 
     def saelens_cfg(self) -> dict:

@@ -38,7 +38,7 @@ def test_afa_loss_term(x):
     out = sae(x)
     f = out.code.values.norm(dim=1)
     t = (x - sae.b_dec).norm(dim=1)
-    var = (x - x.mean(0)).pow(2).sum(1).mean()
+    var = (x - x.mean(0)).pow(2).mean()  # per element, as the FVU's denominator is
     torch.testing.assert_close(out.extras["afa_loss"], 0.5 * (f - t).pow(2).mean() / var)
 
 

@@ -4,7 +4,7 @@ Same activations (one harvest, cached), same token budget, same dictionary size,
 family has a k. Writes docs/results/families.json, families_table.md and families.html (FVU vs L0;
 HierarchicalTopK and Matryoshka as curves over k, per-k TopK dictionaries as the reference curve).
 
-    python examples/compare_families.py       # the committed study (about 40 min on 2 CPU cores)
+    python examples/compare_families.py       # the committed study (about 50 min on 2 CPU cores)
     python examples/compare_families.py --tokens 98304 --tokens-per-family 114688 --n-latents 1536 \
         --batch-size 1024 --dead-window 40960    # a quick look (a few minutes)
     python examples/compare_families.py --only topk batchtopk   # re-run some rows, keep the others

@@ -37,12 +37,22 @@ def _stream(run: RunConfig, model, split: str, tokens: int, batch_size: int, see
     )
 
 
-def harvest(run: RunConfig, model, split: str, tokens: int, seed: int, batch_size: int = 4096) -> torch.Tensor:
-    """Up to `tokens` activations of `split` as one in-memory [N, d] tensor."""
-    batches = list(_stream(run, model, split, tokens, batch_size, seed))
+def harvest(run: RunConfig, model, split: str, tokens: int, seed: int, batch_size: int = 4096,
+            stream=None) -> torch.Tensor:
+    """Up to `tokens` activations of `split` as one in-memory [N, d] tensor (from `stream` when given)."""
+    batches = list(stream if stream is not None else _stream(run, model, split, tokens, batch_size, seed))
     if not batches:
         raise ValueError(f"no activations harvested from the {split!r} split of {run.dataset or 'the embedded corpus'}")
     return torch.cat(batches)[:tokens]
+
+
+def _held_out_stream(run: RunConfig, model, seed: int, batch_size: int):
+    """The test split's stream, opened before training so a dataset without one fails in seconds, not after."""
+    try:
+        return _stream(run, model, "test", run.eval_tokens, batch_size, seed)
+    except ValueError as e:
+        raise ValueError(f"dataset {run.dataset!r} has no usable 'test' split for the held-out metrics ({e}); "
+                         "use a dataset that has one, or local files (every 20th document is held out)") from e
 
 
 def run_training(run: RunConfig, sae_kwargs: dict[str, Any], tcfg: TrainConfig) -> dict[str, float]:
@@ -62,6 +72,8 @@ def run_training(run: RunConfig, sae_kwargs: dict[str, Any], tcfg: TrainConfig) 
         data = _stream(run, model, "train", tcfg.tokens, tcfg.batch_size, tcfg.seed)
         pca_sample = None
     d_in = data.d_in
+    eval_batch = min(tcfg.batch_size, 4096)
+    held_out_stream = _held_out_stream(run, model, tcfg.seed, eval_batch)
     harvest_s = time.perf_counter() - t0
     cfg = SAEConfig(d_in=d_in, hook_name=run.hook, model_name=run.model, **sae_kwargs)
     sae = SparseAutoencoder(cfg, device=tcfg.device, seed=tcfg.seed)
@@ -69,7 +81,7 @@ def run_training(run: RunConfig, sae_kwargs: dict[str, Any], tcfg: TrainConfig) 
     sae.fold_input_scale()
     sae.save(out)
 
-    held_out = harvest(run, model, "test", run.eval_tokens, tcfg.seed, min(tcfg.batch_size, 4096))
+    held_out = harvest(run, model, "test", run.eval_tokens, tcfg.seed, eval_batch, stream=held_out_stream)
     eval_batches = list(held_out.split(4096))
     metrics = evaluate(sae, eval_batches)
     if pca_sample is None:

@@ -41,3 +41,21 @@ def test_train_from_local_jsonl_through_a_cache(tmp_path, capsys):
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert again["fvu"] == metrics["fvu"]
     capsys.readouterr()
+
+
+def test_hub_dataset_without_a_test_split_fails_before_training(tmp_path, monkeypatch, capsys):
+    import datasets
+
+    def fake(path, name=None, split=None, streaming=False, **kw):
+        if split != "train":
+            raise ValueError(f'Unknown split "{split}". Should be one of [\'train\'].')
+        return datasets.Dataset.from_dict({"text": ["some words of text"] * 200})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", "someone/train-only", "--tokens", "4096", "--batch-size", "1024",
+                 "--n-latents", "64", "--k", "4", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "'someone/train-only' has no usable 'test' split" in err and 'Unknown split "test"' in err
+    assert not (out / "sae_weights.safetensors").exists() and not (out / "checkpoints").exists()

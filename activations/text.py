@@ -88,6 +88,11 @@ def _embedded_documents() -> tuple[dict[str, str], ...]:
     return tuple(docs)
 
 
+def _in_split(index: int, split: str) -> bool:
+    """Document `index` belongs to `split` ("train" or "test"): every TEST_EVERY-th document is "test"."""
+    return (index % TEST_EVERY == TEST_EVERY - 1) == (split == "test")
+
+
 def embedded_corpus(split: str = "train"):
     """The embedded default corpus as a `datasets.Dataset` with `id` and `text` columns.
 
@@ -100,10 +105,8 @@ def embedded_corpus(split: str = "train"):
     from datasets import Dataset
 
     docs = _embedded_documents()
-    if split == "train":
-        rows = [d for i, d in enumerate(docs) if i % TEST_EVERY != TEST_EVERY - 1]
-    elif split == "test":
-        rows = [d for i, d in enumerate(docs) if i % TEST_EVERY == TEST_EVERY - 1]
+    if split in ("train", "test"):
+        rows = [d for i, d in enumerate(docs) if _in_split(i, split)]
     elif split == "all":
         rows = list(docs)
     else:
@@ -194,10 +197,6 @@ def _load_local(source: str, streaming: bool, **kwargs: Any):
             raise ValueError(f"dataset file {str(p)!r} is empty")
     return datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train",
                                  streaming=streaming, **kwargs)
-
-
-def _in_split(index: int, split: str) -> bool:
-    return (index % TEST_EVERY == TEST_EVERY - 1) == (split == "test")
 
 
 def _local_split(ds, split: str, source: str):

@@ -56,7 +56,6 @@ DEV = torch.device("cuda" if CUDA else "cpu")
 kernels.BACKEND = "triton"  # ours = the Triton path, on CPU too for the smoke run
 
 
-
 def _import_sparsify_kernels():
     """sparsify's fused encoder and decoder, without its package __init__ (which needs datasets, simple-parsing,
     schedulefree, natsort: absent on the GPU machine; the two kernel modules need only torch, triton,

@@ -62,18 +62,24 @@ def harvest(tokens: int, eval_tokens: int, cache: Path, seed: int) -> tuple[torc
     return torch.cat(list(train_stream)), torch.cat(list(test_stream))
 
 
-@torch.no_grad()
+def fvu_l0(x: torch.Tensor, encode, decode, block: int = 4096) -> tuple[float, float]:
+    """FVU and mean L0 of `decode(encode(xb))` over x in blocks."""
+    err, l0 = 0.0, 0.0
+    with torch.no_grad():
+        for xb in x.split(block):
+            code = encode(xb)
+            err += (xb - decode(code)).double().pow(2).sum().item()
+            l0 += (code.values != 0).sum().item()
+    return err / (x.double() - x.double().mean(0)).pow(2).sum().item(), l0 / x.shape[0]
+
+
 def fvu_at(sae: SparseAutoencoder, x: torch.Tensor, k: int) -> tuple[float, float]:
     """FVU and mean L0 of the dictionary's code at a given k (batch rule for batch families)."""
     was = sae.training
     sae.eval()
-    err, l0 = 0.0, 0.0
-    for xb in x.split(4096):
-        code = sae.encode(xb, k=k)
-        err += (xb - sae.decode(code)).double().pow(2).sum().item()
-        l0 += (code.values != 0).sum().item()
+    out = fvu_l0(x, lambda xb: sae.encode(xb, k=k), sae.decode)
     sae.train(was)
-    return err / (x.double() - x.double().mean(0)).pow(2).sum().item(), l0 / x.shape[0]
+    return out
 
 
 def run_one(label, family, kw, train_x, test_x, args) -> tuple[dict, SparseAutoencoder]:
@@ -107,17 +113,10 @@ def run_one(label, family, kw, train_x, test_x, args) -> tuple[dict, SparseAutoe
     if family == "adaptivek":
         row.update(sae.family.k_stats(sae, test_x))
         # the training allocation (mean k exactly k per batch of the held-out set): equal L0 by construction
-        with torch.no_grad():
-            sae.eval()
-            sae.family.train()
-            err, l0 = 0.0, 0.0
-            for xb in test_x.split(args.batch_size):
-                code = sae.encode(xb)
-                err += (xb - sae.decode(code)).double().pow(2).sum().item()
-                l0 += (code.values != 0).sum().item()
-            sae.family.eval()
-        row["fvu_batch_rule"] = err / (test_x.double() - test_x.double().mean(0)).pow(2).sum().item()
-        row["l0_batch_rule"] = l0 / test_x.shape[0]
+        sae.eval()
+        sae.family.train()
+        row["fvu_batch_rule"], row["l0_batch_rule"] = fvu_l0(test_x, sae.encode, sae.decode, args.batch_size)
+        sae.family.eval()
     if family == "hierarchicaltopk":
         row["curve"] = [dict(zip(("k", "fvu", "l0"), (k, *fvu_at(sae, test_x, k)))) for k in args.curve_ks]
     if family == "matryoshka":

@@ -37,13 +37,16 @@ def _stream(run: RunConfig, model, split: str, tokens: int, batch_size: int, see
     )
 
 
-def harvest(run: RunConfig, model, split: str, tokens: int, seed: int, batch_size: int = 4096,
-            stream=None) -> torch.Tensor:
-    """Up to `tokens` activations of `split` as one in-memory [N, d] tensor (from `stream` when given)."""
-    batches = list(stream if stream is not None else _stream(run, model, split, tokens, batch_size, seed))
+def _collect(run: RunConfig, stream, split: str, tokens: int) -> torch.Tensor:
+    batches = list(stream)
     if not batches:
         raise ValueError(f"no activations harvested from the {split!r} split of {run.dataset or 'the embedded corpus'}")
     return torch.cat(batches)[:tokens]
+
+
+def harvest(run: RunConfig, model, split: str, tokens: int, seed: int, batch_size: int = 4096) -> torch.Tensor:
+    """Up to `tokens` activations of `split` as one in-memory [N, d] tensor."""
+    return _collect(run, _stream(run, model, split, tokens, batch_size, seed), split, tokens)
 
 
 def _held_out_stream(run: RunConfig, model, seed: int, batch_size: int):
@@ -81,7 +84,7 @@ def run_training(run: RunConfig, sae_kwargs: dict[str, Any], tcfg: TrainConfig) 
     sae.fold_input_scale()
     sae.save(out)
 
-    held_out = harvest(run, model, "test", run.eval_tokens, tcfg.seed, eval_batch, stream=held_out_stream)
+    held_out = _collect(run, held_out_stream, "test", run.eval_tokens)
     eval_batches = list(held_out.split(4096))
     metrics = evaluate(sae, eval_batches)
     if pca_sample is None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import pickle
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -11,16 +12,20 @@ import torch
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then rename tmp over `path`: a crash never leaves a half-written file."""
+    """Call write(tmp_path), then rename tmp over `path`: a crash never leaves a half-written file.
+
+    The temporary file is created with mode 0o666 so the result gets the permissions the user's
+    umask gives any new file (`tempfile.mkstemp` would make it owner-only).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        write(tmp)
+        write(str(tmp))
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -28,7 +33,14 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint holding only tensors and plain data (`weights_only=True`): a file that would
+    run code when unpickled is refused, never executed."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = next((ln for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "").strip()
+        raise ValueError(
+            f"checkpoint {path} holds objects other than tensors and plain data, so loading it could run code: "
+            f"refused{f' ({why})' if why else ''}; delete it or train without --resume") from e
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
         raise ValueError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from e

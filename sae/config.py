@@ -11,6 +11,8 @@ import torch
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 NORMALIZATIONS = ("dataset_scalar", "none", "layer_norm", "unit_norm")
+DEFAULT_K = 32  # k of the top-k families when not given
+DEFAULT_EXPANSION = 8  # n_latents = 8 * d_in when neither n_latents nor expansion is given
 
 
 @dataclass
@@ -22,11 +24,12 @@ class SAEConfig:
     n_latents: int | None = None
     """Number of latents (dictionary size); or give `expansion`."""
     expansion: int | None = None
-    """n_latents = expansion * d_in when n_latents is not given."""
+    """n_latents = expansion * d_in when n_latents is not given (8 when neither is given)."""
     family: str = "topk"
     """SAE family (see sae.families.FAMILIES)."""
-    k: int | None = 32
-    """Active latents per token for the top-k families."""
+    k: int | None = None
+    """Active latents per token for the top-k families (32 when not given; families that choose k
+    themselves refuse an explicit k)."""
     dtype: str = "float32"
     """Parameter dtype: float32, float64, bfloat16 or float16."""
     normalize: str = "dataset_scalar"
@@ -44,14 +47,15 @@ class SAEConfig:
     """Model the dictionary was trained on."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.d_in, int) or self.d_in < 1:
+        _check_types(self)
+        if self.d_in < 1:
             raise ValueError(f"d_in must be a positive int, got {self.d_in!r}")
         if self.n_latents is None:
             if self.expansion is None:
-                raise ValueError("give n_latents or expansion")
+                self.expansion = DEFAULT_EXPANSION
             if self.expansion < 1:
                 raise ValueError(f"expansion must be >= 1, got {self.expansion}")
-            self.n_latents = int(self.expansion * self.d_in)
+            self.n_latents = self.expansion * self.d_in
         if self.n_latents < 1:
             raise ValueError(f"n_latents must be >= 1, got {self.n_latents}")
         if self.dtype not in DTYPES:
@@ -60,9 +64,17 @@ class SAEConfig:
             raise ValueError(f"unknown normalize {self.normalize!r}; expected one of {NORMALIZATIONS}")
         if self.k_aux < 0:
             raise ValueError(f"k_aux must be >= 0, got {self.k_aux}")
+        if not math.isfinite(self.aux_coef) or self.aux_coef < 0:
+            raise ValueError(f"aux_coef must be a finite float >= 0, got {self.aux_coef!r}")
         from sae.families import get_family  # late import: families import this module
 
-        get_family(self.family).validate(self)
+        family = get_family(self.family)
+        if self.k is None and family.uses_k:
+            self.k = DEFAULT_K  # the default; an explicit k is what families without one refuse
+        try:
+            family.validate(self)
+        except (TypeError, KeyError, AttributeError, OverflowError) as e:  # an option of the wrong type
+            raise ValueError(f"family {self.family!r}: options {self.options!r} do not fit it ({e})") from e
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -73,8 +85,30 @@ class SAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SAEConfig:
+        """Build from a dict (cfg.json); unknown keys are ignored, a missing d_in is a ValueError."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a dictionary config must be a JSON object, got {type(d).__name__}")
+        if "d_in" not in d:
+            raise ValueError(f"a dictionary config needs d_in; got keys {sorted(map(str, d))}")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _check_types(cfg: SAEConfig) -> None:
+    """Refuse a field of the wrong type (as from a hand-edited cfg.json) with its name, before any arithmetic."""
+    kinds = {"d_in": (int,), "n_latents": (int, None), "expansion": (int, None), "family": (str,),
+             "k": (int, None), "dtype": (str,), "normalize": (str,), "k_aux": (int,), "aux_coef": (float, int),
+             "options": (dict,), "hook_name": (str,), "model_name": (str,)}
+    for name, allowed in kinds.items():
+        v = getattr(cfg, name)
+        ok = (v is None and None in allowed) or (
+            not isinstance(v, bool) and isinstance(v, tuple(t for t in allowed if t is not None)))
+        if not ok:
+            names = " or ".join("None" if t is None else t.__name__ for t in allowed)
+            raise ValueError(f"SAEConfig.{name} must be {names}, got {v!r}")
+    bad_keys = [k for k in cfg.options if not isinstance(k, str)]
+    if bad_keys:
+        raise ValueError(f"SAEConfig.options keys must be strings, got {bad_keys!r}")
 
 
 @dataclass

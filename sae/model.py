@@ -77,7 +77,14 @@ class SparseAutoencoder(nn.Module):
         return pre / self._out_scale(pre)
 
     def encode(self, x: torch.Tensor, **kw) -> SparseCode:
-        """Sparse code of raw activations x [B, d]: values [B, w], indices [B, w]."""
+        """Sparse code of raw activations x [B, d]: values [B, w], indices [B, w].
+
+        `k=` asks for another number of active latents where the family allows it; a k that is not
+        an int in [1, n_latents] is refused (k=0 would otherwise fall back to the configured k)."""
+        k = kw.get("k")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.cfg.n_latents):
+            raise ValueError(f"encode: k={k!r}; expected an int with 1 <= k <= n_latents={self.cfg.n_latents} "
+                             "(or no k for the configured one)")
         x_n, _ = self._prepare(x)
         code = self.family.encode(self, x_n, **kw).code
         return SparseCode(code.values / self._out_scale(code.values), code.indices)

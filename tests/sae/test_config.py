@@ -25,9 +25,8 @@ def test_unknown_dtype_and_normalisation():
         SAEConfig(d_in=32, n_latents=128, normalize="zscore")
 
 
-def test_missing_size_and_unknown_options():
-    with pytest.raises(ValueError, match="n_latents or expansion"):
-        SAEConfig(d_in=32)
+def test_missing_size_defaults_to_expansion_8_and_unknown_options():
+    assert SAEConfig(d_in=32).n_latents == 256
     with pytest.raises(ValueError, match=r"unknown options \['m'\]"):
         SAEConfig(d_in=32, n_latents=128, options={"m": 3})
 
@@ -43,3 +42,24 @@ def test_train_config_checks():
 def test_config_dict_round_trip():
     cfg = SAEConfig(d_in=32, n_latents=128, k=8, hook_name="blocks.3.hook_resid_pre")
     assert SAEConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_families_without_k_accept_the_default_and_refuse_an_explicit_one():
+    cfg = SAEConfig(d_in=32, n_latents=128, family="topafa")
+    assert cfg.k is None
+    assert SAEConfig(d_in=32, n_latents=128).k == 32  # the top-k default is still 32
+    with pytest.raises(ValueError, match="family 'topafa' chooses k per token.*k=32"):
+        SAEConfig(d_in=32, n_latents=128, family="topafa", k=32)
+
+
+@pytest.mark.parametrize("field, value", [("d_in", "32"), ("n_latents", 12.5), ("k", True), ("options", [1]),
+                                          ("aux_coef", "big"), ("family", 3)])
+def test_a_field_of_the_wrong_type_is_a_value_error_naming_it(field, value):
+    kw = {"d_in": 32, "n_latents": 128, field: value}
+    with pytest.raises(ValueError, match=rf"SAEConfig\.{field} must be"):
+        SAEConfig(**kw)
+
+
+def test_an_option_value_of_the_wrong_type_is_a_value_error():
+    with pytest.raises(ValueError, match="family 'adaptivek'"):
+        SAEConfig(d_in=32, n_latents=128, family="adaptivek", options={"k_min": "1"})

@@ -103,3 +103,9 @@ def test_wrong_width_is_a_clear_error(tiny_sae):
         tiny_sae(torch.randn(4, 31))
     with pytest.raises(ValueError, match="empty batch"):
         tiny_sae.encode(torch.randn(0, 32))
+
+
+@pytest.mark.parametrize("k", [0, -3, 129, 2.0])
+def test_encode_refuses_a_k_out_of_range(tiny_sae, acts, k):
+    with pytest.raises(ValueError, match=rf"encode: k={k!r}; expected an int with 1 <= k <= n_latents=128"):
+        tiny_sae.encode(acts[:8], k=k)

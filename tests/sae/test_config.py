@@ -62,4 +62,4 @@ def test_a_field_of_the_wrong_type_is_a_value_error_naming_it(field, value):
 
 def test_an_option_value_of_the_wrong_type_is_a_value_error():
     with pytest.raises(ValueError, match="family 'adaptivek'"):
-        SAEConfig(d_in=32, n_latents=128, family="adaptivek", options={"k_min": "1"})
+        SAEConfig(d_in=32, n_latents=128, family="adaptivek", options={"k_min": [1]})

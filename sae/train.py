@@ -19,6 +19,8 @@ from sae.init import init_from_sample
 from sae.model import SparseAutoencoder
 
 CHECKPOINT = "checkpoints/latest.pt"
+# TrainConfig fields that may differ on resume: they change where the run is logged and saved, not its result
+RESUMABLE_CHANGES = ("checkpoint_every", "log_every", "wandb_project", "device")
 
 
 class NonFiniteError(RuntimeError):
@@ -77,11 +79,13 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state["sae_cfg"] != self.sae.cfg.to_dict():
-            raise ValueError(
-                "checkpoint was written for a different dictionary config; "
-                f"checkpoint has {state['sae_cfg']}, this run has {self.sae.cfg.to_dict()}"
-            )
+        """Continue from `state`; refused when it was written by a run with another dictionary or
+        training config (a changed seed, lr, batch size or token count would silently be another run)."""
+        changed = _config_changes("dictionary", state["sae_cfg"], self.sae.cfg.to_dict())
+        changed += _config_changes("training", state.get("train_cfg", {}), asdict(self.cfg), ignore=RESUMABLE_CHANGES)
+        if changed:
+            raise ValueError("cannot resume: the checkpoint was written by a different run: " + "; ".join(changed)
+                             + ". Use the checkpoint's settings, or a fresh --out")
         self.sae.load_state_dict(state["sae"])
         self.opt.load_state_dict(state["opt"])
         self.step, self.tokens = state["step"], state["tokens"]
@@ -223,6 +227,20 @@ def train(
 ) -> TrainResult:
     """Train `sae` on `data` (an iterable of raw [B, d] activations); checkpoints go to out_dir/checkpoints."""
     return Trainer(sae, cfg, out_dir).fit(data, resume=resume, on_step=on_step)
+
+
+def _config_changes(what: str, saved: dict, now: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """One 'field: checkpoint X, this run Y' line per differing field."""
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        if key in ignore:
+            continue
+        old, new = saved.get(key, "<absent>"), now.get(key, "<absent>")
+        if isinstance(old, list | tuple) and isinstance(new, list | tuple):
+            old, new = tuple(old), tuple(new)
+        if old != new:
+            out.append(f"{what} {key}: checkpoint {old!r}, this run {new!r}")
+    return out
 
 
 def _truncate_log(path: Path, step: int) -> None:

@@ -110,3 +110,19 @@ def test_lr_schedule_warms_up_and_decays():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == 1.0 and lrs[50] == 1.0
     assert lrs[80] == 1.0 and lrs[99] == pytest.approx(0.05)
     assert all(a >= b for a, b in zip(lrs[80:], lrs[81:]))
+
+
+def test_resume_with_a_changed_training_config_names_each_field_and_both_values(acts, tmp_path):
+    cfg = _cfg(tokens=512 * 10)
+    train(_sae(), TensorBatches(acts, 512, seed=0), cfg, out_dir=tmp_path)
+    changed = _cfg(tokens=512 * 20, seed=4, lr=1e-3, batch_size=256, log_every=2)  # log_every may change
+    with pytest.raises(ValueError, match="cannot resume") as err:
+        train(_sae(), TensorBatches(acts, 256, seed=0), changed, out_dir=tmp_path, resume=True)
+    msg = str(err.value)
+    for line in ("training seed: checkpoint 3, this run 4", "training lr: checkpoint None, this run 0.001",
+                 "training batch_size: checkpoint 512, this run 256", "training tokens: checkpoint 5120, this run 10240"):
+        assert line in msg
+    assert "log_every" not in msg and "{" not in msg  # the differing fields, not two whole dicts
+    with pytest.raises(ValueError, match="dictionary k: checkpoint 4, this run 8"):
+        sae = SparseAutoencoder(SAEConfig(d_in=32, n_latents=128, k=8), seed=1)
+        train(sae, TensorBatches(acts, 512, seed=0), cfg, out_dir=tmp_path, resume=True)

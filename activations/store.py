@@ -33,7 +33,7 @@ from safetensors.torch import save as st_save
 from tqdm.auto import tqdm
 
 from activations.models import ModelAdapter, load_model
-from activations.text import describe_source, iter_texts, load_text, pack_contexts
+from activations.text import content_fingerprint, describe_source, iter_texts, load_text, pack_contexts
 
 __all__ = ["ActivationStream", "CacheError", "interleave_order"]
 
@@ -83,6 +83,27 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# shards whose checksum this process has seen match: path -> (size, mtime_ns, sha256). A shard is hashed
+# once per process (or again after it changes on disk), not on every read of the cache.
+_VERIFIED: dict[str, tuple[int, int, str]] = {}
+
+
+def _stamp(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns
+
+
+def _shard_intact(path: Path, sha256: str) -> bool:
+    """The shard's bytes hash to `sha256` (memoised per process on path, size and mtime)."""
+    key, size, mtime = _stamp(path)
+    if _VERIFIED.get(key) == (size, mtime, sha256):
+        return True
+    if _sha256_file(path) != sha256:
+        return False
+    _VERIFIED[key] = (size, mtime, sha256)
+    return True
 
 
 class _Stats:
@@ -172,16 +193,18 @@ class _Shard:
             raise CacheError(
                 f"shard {str(path)!r} is {size} bytes but the manifest says {entry['bytes']}: "
                 "it is corrupt or half-written; delete it and resume the harvest (same cache_dir)")
-        if verify and _sha256_file(path) != entry["sha256"]:
+        if verify and not _shard_intact(path, entry["sha256"]):
             raise CacheError(
                 f"shard {str(path)!r} does not match its checksum in the manifest: it is corrupt; "
                 "delete it and resume the harvest (same cache_dir)")
         with open(path, "rb") as f:
-            (hlen,) = struct.unpack("<Q", f.read(8))
             try:
+                (hlen,) = struct.unpack("<Q", f.read(8))
                 header = json.loads(f.read(hlen))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            except (struct.error, ValueError) as e:
                 raise CacheError(f"shard {str(path)!r} has an unreadable header: it is corrupt") from e
+        if not isinstance(header, dict):
+            raise CacheError(f"shard {str(path)!r} has an unreadable header: it is corrupt")
         self.rows = entry["rows"]
         base = 8 + hlen
         self.arrays: dict[str, np.ndarray] = {}
@@ -199,16 +222,51 @@ class _Shard:
 
 
 def _read_manifest(cache_dir: Path) -> dict[str, Any] | None:
+    """The cache's manifest, checked field by field; None when there is none. Anything else is a CacheError."""
     path = cache_dir / MANIFEST
     if not path.exists():
         return None
     try:
-        m = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CacheError(f"manifest {str(path)!r} is not valid JSON: {e}") from e
-    if m.get("format") != FORMAT:
-        raise CacheError(f"{str(path)!r} is not an activation-cache manifest (format {m.get('format')!r})")
+        m = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CacheError(f"manifest {str(path)!r} is not valid JSON: {e}") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        fmt = m.get("format") if isinstance(m, dict) else type(m).__name__
+        raise CacheError(f"{str(path)!r} is not an activation-cache manifest (format {fmt!r})")
+    _check_manifest(m, path)
     return m
+
+
+def _check_manifest(m: dict[str, Any], path: Path) -> None:
+    """Refuse a manifest whose fields have the wrong type (hand-edited or damaged), naming the field."""
+    def bad(what: str) -> CacheError:
+        return CacheError(f"manifest {str(path)!r} is damaged: {what}")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    hooks = m.get("hooks")
+    if not isinstance(hooks, list) or not hooks or not all(isinstance(h, str) for h in hooks):
+        raise bad(f"hooks {hooks!r} is not a list of hook names")
+    if not isinstance(m.get("model"), str):
+        raise bad(f"model {m.get('model')!r} is not a name")
+    d_in = m.get("d_in")
+    if not isinstance(d_in, dict) or any(not is_int(d_in.get(h)) or d_in[h] == 0 for h in hooks):
+        raise bad(f"d_in {d_in!r} does not give a width for each of {hooks}")
+    if not is_int(m.get("tokens")) or not isinstance(m.get("complete", False), bool):
+        raise bad(f"tokens {m.get('tokens')!r} / complete {m.get('complete')!r} are not a count and a flag")
+    shards = m.get("shards")
+    if not isinstance(shards, list):
+        raise bad(f"shards {shards!r} is not a list")
+    for e in shards:
+        ok = (isinstance(e, dict) and isinstance(e.get("file"), str) and Path(e["file"]).name == e["file"]
+              and e["file"] not in ("", ".", "..") and is_int(e.get("rows")) and is_int(e.get("bytes"))
+              and isinstance(e.get("sha256"), str) and isinstance(e.get("sums"), dict))
+        if not ok:
+            raise bad(f"shard entry {e!r} lacks a plain file name, rows, bytes, sha256 or sums")
+    stats = m.get("stats")
+    if m.get("complete") and (not isinstance(stats, dict) or not all(isinstance(stats.get(h), dict) for h in hooks)):
+        raise bad("a complete cache lacks its stats per hook")
 
 
 # --- the stream ---------------------------------------------------------------------------------
@@ -306,6 +364,7 @@ class ActivationStream(_BatchIterable):
         if hasattr(self.dataset, "__len__") and len(self.dataset) == 0:
             raise ValueError(f"dataset {describe_source(dataset, split, dataset_config)!r} is empty")
         self.dataset_desc = describe_source(dataset, split, dataset_config)
+        self.dataset_content = content_fingerprint(dataset)  # a cache of an edited local corpus is not reused
         self.d_ins = self.model.hook_dims(self.hooks)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._stats = {h: _Stats(self.d_ins[h]) for h in self.hooks}
@@ -344,6 +403,21 @@ class ActivationStream(_BatchIterable):
         for i, item in enumerate(it):
             if i >= batch_index:
                 yield item
+
+    def check_not_empty(self) -> None:
+        """Raise a ValueError now if the dataset yields no whole context (a cache with tokens counts as data).
+
+        Cheap: tokenizes only until the first context is full. Use it before long work that needs this stream."""
+        if self.cache_dir is not None:
+            m = _read_manifest(self.cache_dir)
+            if m is not None and m.get("tokens", 0) > 0 and m.get("dataset_content") == self.dataset_content:
+                return
+        if next(self._contexts(), None) is None:
+            raise self._too_short()
+
+    def _too_short(self) -> ValueError:
+        return ValueError(f"dataset {self.dataset_desc!r} yields no context of {self.context_len} tokens: "
+                          "it is empty or too short")
 
     def harvest(self) -> Path:
         """Fill `cache_dir` (resuming an interrupted harvest); return the folder."""
@@ -406,8 +480,7 @@ class ActivationStream(_BatchIterable):
             yield b, acts, ctx[:n].clone()
             b += 1
         if not seen_any:
-            raise ValueError(f"dataset {self.dataset_desc!r} yields no context of {self.context_len} tokens: "
-                             "it is empty or too short")
+            raise self._too_short()
         if got < self.total_tokens:
             warnings.warn(f"dataset {self.dataset_desc!r} ran out after {got} of {self.total_tokens} tokens",
                           stacklevel=2)
@@ -455,6 +528,7 @@ class ActivationStream(_BatchIterable):
     def _identity(self) -> dict[str, Any]:
         return {
             "model": self.model.name, "hooks": list(self.hooks), "dataset": self.dataset_desc,
+            "dataset_content": self.dataset_content,
             "text_column": self.text_column, "context_len": self.context_len,
             "exclude_special_tokens": self.exclude_special_tokens, "total_tokens": self.total_tokens,
             "model_batch_size": self.model_batch_size, "batches_per_shard": self.batches_per_shard,
@@ -472,7 +546,7 @@ class ActivationStream(_BatchIterable):
                     f"cache {str(self.cache_dir)!r} holds activations of {key} {m.get(key)!r}, not {want[key]!r}: "
                     "refusing to mix them; use another cache_dir")
         for key, value in want.items():
-            if m.get(key) != value:
+            if key != "dataset_content" and m.get(key) != value:
                 raise CacheError(
                     f"cache {str(self.cache_dir)!r} was harvested with {key}={m.get(key)!r}, this stream asks "
                     f"for {key}={value!r}; use another cache_dir or the same settings")
@@ -482,7 +556,7 @@ class ActivationStream(_BatchIterable):
         if self._reader is None:
             self._write_cache()
             self._reader = _CacheReader(self.cache_dir, self.batch_size, self.seed,
-                                        self.hooks if self.multi else self.hooks[0], 1, False, self.model.name)
+                                        self.hooks if self.multi else self.hooks[0], 1, True, self.model.name)
         return self._reader
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
@@ -492,6 +566,13 @@ class ActivationStream(_BatchIterable):
         """Harvest into cache_dir; an interrupted harvest resumes after its last whole shard."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         m = self._check_cache_identity()
+        if m is not None and m.get("dataset_content") != self.dataset_content:
+            warnings.warn(f"cache {str(self.cache_dir)!r}: the files of dataset {self.dataset_desc!r} changed since "
+                          f"it was harvested (content {m.get('dataset_content')} -> {self.dataset_content}): "
+                          "harvesting them again", stacklevel=2)
+            for entry in m.get("shards", []):
+                (self.cache_dir / entry["file"]).unlink(missing_ok=True)
+            m = None
         if m is not None and m.get("complete"):
             return
         if m is None:
@@ -503,7 +584,7 @@ class ActivationStream(_BatchIterable):
         good = []
         for entry in m["shards"]:
             path = self.cache_dir / entry["file"]
-            if path.exists() and path.stat().st_size == entry["bytes"] and _sha256_file(path) == entry["sha256"]:
+            if path.exists() and path.stat().st_size == entry["bytes"] and _shard_intact(path, entry["sha256"]):
                 good.append(entry)
             else:
                 warnings.warn(f"shard {str(path)!r} is missing or damaged: harvesting it again", stacklevel=2)
@@ -524,8 +605,11 @@ class ActivationStream(_BatchIterable):
             data = st_save({**{h: t.contiguous() for h, t in tensors.items()}, _CTX_KEY: ctx.contiguous()})
             name = f"shard_{len(m['shards']):05d}.safetensors"
             _atomic_write(self.cache_dir / name, data)
-            m["shards"].append({"file": name, "rows": int(ctx.numel()), "bytes": len(data),
-                                "sha256": hashlib.sha256(data).hexdigest(), "sums": sums})
+            sha = hashlib.sha256(data).hexdigest()
+            key, size, mtime = _stamp(self.cache_dir / name)
+            _VERIFIED[key] = (size, mtime, sha)  # hashed from the very bytes just written
+            m["shards"].append({"file": name, "rows": int(ctx.numel()), "bytes": len(data), "sha256": sha,
+                                "sums": sums})
             m["tokens"] += int(ctx.numel())
             self._write_manifest(m)
             buf.clear()

@@ -9,6 +9,8 @@ separator token (SEP/EOS), no padding.
 from __future__ import annotations
 
 import ast
+import codecs
+import glob
 import hashlib
 import json
 import os
@@ -21,7 +23,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["embedded_corpus", "load_text", "pack_contexts", "iter_texts", "describe_source"]
+__all__ = ["embedded_corpus", "load_text", "pack_contexts", "iter_texts", "describe_source", "check_local_text",
+           "content_fingerprint"]
 
 # Document i of the sorted embedded corpus belongs to "test" when i % TEST_EVERY == TEST_EVERY - 1.
 TEST_EVERY = 20
@@ -123,6 +126,10 @@ def _looks_local(source: str) -> bool:
     )
 
 
+def _is_local(source: str) -> bool:
+    return _looks_local(source) or Path(os.path.expanduser(source)).exists()
+
+
 def load_text(
     source: Any = None,
     split: str = "train",
@@ -160,7 +167,7 @@ def load_text(
         source = os.fspath(source)
     if not isinstance(source, str):
         raise TypeError(f"dataset must be None, a name, a path or a datasets.Dataset, got {type(source).__name__}")
-    if _looks_local(source) or Path(os.path.expanduser(source)).exists():
+    if _is_local(source):
         ds = _load_local(os.path.expanduser(source), streaming, **load_kwargs)
         _check_column(ds, text_column, source)
         return _local_split(ds, split, source)
@@ -169,9 +176,8 @@ def load_text(
     return ds
 
 
-def _load_local(source: str, streaming: bool, **kwargs: Any):
-    import datasets
-
+def _local_files(source: str) -> list[Path]:
+    """The files a local source names (a file, a glob, or a folder), of one kind, none empty."""
     path = Path(source)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in _LOCAL_SUFFIXES)
@@ -179,7 +185,7 @@ def _load_local(source: str, streaming: bool, **kwargs: Any):
             raise FileNotFoundError(
                 f"no .txt/.json/.jsonl/.parquet files in dataset folder {source!r}")
     elif any(ch in source for ch in "*?["):
-        files = sorted(Path(p) for p in __import__("glob").glob(source))
+        files = sorted(Path(p) for p in glob.glob(source))
         if not files:
             raise FileNotFoundError(f"dataset pattern {source!r} matches no file")
     else:
@@ -191,10 +197,76 @@ def _load_local(source: str, streaming: bool, **kwargs: Any):
         raise ValueError(
             f"local dataset {source!r}: expected files of one kind among "
             f"{sorted(_LOCAL_SUFFIXES)}, got {sorted({p.suffix for p in files})}")
-    builder = kinds.pop()
     for p in files:
         if p.stat().st_size == 0:
             raise ValueError(f"dataset file {str(p)!r} is empty")
+    return files
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256: each file read once per process
+
+
+def _file_digest(path: Path) -> str:
+    """SHA-256 of a corpus file; a text kind (.txt, .json, .jsonl) must also be UTF-8, else a ValueError
+    names the file and the byte offset of the first bad byte (not a traceback from deep inside datasets)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _DIGESTS:
+        return _DIGESTS[key]
+    text = _LOCAL_SUFFIXES.get(path.suffix.lower()) != "parquet"
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    h, offset = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+            if text:
+                _decode(decoder, block, offset, path)
+            offset += len(block)
+    if text:
+        _decode(decoder, b"", offset, path, final=True)
+    _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def _decode(decoder: codecs.IncrementalDecoder, block: bytes, offset: int, path: Path, final: bool = False) -> None:
+    pending = len(decoder.getstate()[0])  # bytes of an unfinished character carried from the previous block
+    try:
+        decoder.decode(block, final=final)
+    except UnicodeDecodeError as e:
+        at = offset - pending + e.start
+        raise ValueError(f"dataset file {str(path)!r} is not UTF-8 text: byte offset {at} ({e.reason}); "
+                         "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
+def check_local_text(source: Any) -> None:
+    """For a local source: its files exist, are of one kind, and (text kinds) decode as UTF-8. Others: nothing."""
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if isinstance(source, str) and source != "embedded" and _is_local(source):
+        for p in _local_files(os.path.expanduser(source)):
+            _file_digest(p)
+
+
+def content_fingerprint(source: Any) -> str | None:
+    """A hash of a local source's files (names and contents), so a cache of an edited corpus is not reused;
+    None for hub, embedded and in-memory sources (their descriptions already pin them)."""
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if not (isinstance(source, str) and source != "embedded" and _is_local(source)):
+        return None
+    h = hashlib.sha256()
+    for p in _local_files(os.path.expanduser(source)):
+        h.update(f"{p.name}\0{_file_digest(p)}\0".encode())
+    return h.hexdigest()[:16]
+
+
+def _load_local(source: str, streaming: bool, **kwargs: Any):
+    import datasets
+
+    files = _local_files(source)
+    for p in files:
+        _file_digest(p)  # refuse a non-UTF-8 text file here, naming it and the byte offset
+    builder = _LOCAL_SUFFIXES[files[0].suffix.lower()]
     return datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train",
                                  streaming=streaming, **kwargs)
 

@@ -190,3 +190,13 @@ class RunConfig:
     """Output folder: cfg.json, sae_weights.safetensors, metrics.json, log.jsonl."""
     resume: bool = False
     """Continue from out/checkpoints/latest.pt."""
+    overwrite: bool = False
+    """Replace the run already in out (without it, and without --resume, a non-empty out is refused)."""
+
+    def __post_init__(self) -> None:
+        for name, least in (("context_len", 2), ("eval_tokens", 1), ("pca_tokens", 1), ("harvest_tokens", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise ValueError(f"{name} must be an int >= {least}, got {v!r}")
+        if not self.out:
+            raise ValueError("out must name a folder for the run's files")

@@ -66,11 +66,21 @@ def read_cfg(path: Path) -> SAEConfig:
     if not cfg_path.exists():
         raise FileNotFoundError(f"no {CFG_FILE} in {path}: expected a folder written by SparseAutoencoder.save")
     try:
-        raw = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
+        raw = json.loads(cfg_path.read_bytes())
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise ValueError(f"{cfg_path} holds a JSON {type(raw).__name__}, expected an object of config keys")
     if FORMAT_KEY in raw:
         return SAEConfig.from_dict(raw[FORMAT_KEY])
+    try:
+        return _saelens_cfg(raw)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{cfg_path} is not a SAELens or saekit config: {type(e).__name__} {e}") from e
+
+
+def _saelens_cfg(raw: dict[str, Any]) -> SAEConfig:
+    """SAEConfig from a plain SAELens cfg.json (v6 or the older flat keys)."""
     meta = raw.get("metadata", {})
     arch = raw.get("architecture", "topk" if "k" in raw else "standard")
     k = raw.get("k") or raw.get("activation_fn_kwargs", {}).get("k")

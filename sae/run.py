@@ -9,13 +9,16 @@ from typing import Any
 
 import torch
 
+from activations.text import TEST_EVERY, check_local_text
 from sae.analysis.metrics import evaluate
 from sae.analysis.pca import pca_fvu
 from sae.config import RunConfig, SAEConfig, TrainConfig
 from sae.data import TensorBatches
-from sae.families import get_family
 from sae.model import SparseAutoencoder
+from sae.run_folder import run_folder
 from sae.train import train
+
+_PROBE_D_IN = 4096  # a stand-in width for checking options before the model (and its true width) is loaded
 
 
 def _stream(run: RunConfig, model, split: str, tokens: int, batch_size: int, seed: int):
@@ -50,23 +53,61 @@ def harvest(run: RunConfig, model, split: str, tokens: int, seed: int, batch_siz
 
 
 def _held_out_stream(run: RunConfig, model, seed: int, batch_size: int):
-    """The test split's stream, opened before training so a dataset without one fails in seconds, not after."""
+    """The test split's stream, opened and checked to yield text before training: a dataset without held-out
+    text fails in seconds, not after training."""
     try:
-        return _stream(run, model, "test", run.eval_tokens, batch_size, seed)
+        stream = _stream(run, model, "test", run.eval_tokens, batch_size, seed)
+        stream.check_not_empty()
     except ValueError as e:
-        raise ValueError(f"dataset {run.dataset!r} has no usable 'test' split for the held-out metrics ({e}); "
-                         "use a dataset that has one, or local files (every 20th document is held out)") from e
+        raise ValueError(f"dataset {run.dataset or 'embedded'!r} has no usable 'test' split for the held-out metrics "
+                         f"({e}); use a hub dataset that has one, or local files with at least {TEST_EVERY} documents "
+                         "(every 20th is held out)") from e
+    return stream
+
+
+def check_run(run: RunConfig, sae_kwargs: dict[str, Any], tcfg: TrainConfig) -> None:
+    """Everything that can be checked before the model loads, each a one-line error: the dictionary's options
+    (k, family, family options; the final check with the model's width follows), the device, the corpus files."""
+    SAEConfig(d_in=_PROBE_D_IN, hook_name=run.hook, model_name=run.model, **sae_kwargs)
+    check_device(tcfg.device)
+    if run.dataset:
+        check_local_text(run.dataset)
+
+
+def check_device(device: str) -> None:
+    """Refuse a device name torch does not know, or one this machine lacks (--device cuda without a GPU)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"device {device!r} is not a device name torch knows ({e}); expected e.g. cpu, cuda, cuda:1") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA GPU is available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r}: expected cpu, cuda or mps")
 
 
 def run_training(run: RunConfig, sae_kwargs: dict[str, Any], tcfg: TrainConfig) -> dict[str, float]:
-    """Train one dictionary end to end and write cfg.json, sae_weights.safetensors, metrics.json, log.jsonl."""
-    get_family(sae_kwargs.get("family", "topk"))  # fail on a bad family before any harvesting
+    """Train one dictionary end to end and write cfg.json, sae_weights.safetensors, metrics.json, log.jsonl.
+
+    Options are checked before the model loads; the output folder must be empty unless `run.resume` or
+    `run.overwrite`, and is locked for the run's life (see `sae.run_folder`)."""
+    check_run(run, sae_kwargs, tcfg)
+    with run_folder(run.out, resume=run.resume, overwrite=run.overwrite) as out:
+        return _train_into(out, run, sae_kwargs, tcfg)
+
+
+def _train_into(out: Path, run: RunConfig, sae_kwargs: dict[str, Any], tcfg: TrainConfig) -> dict[str, float]:
     from activations import load_model
 
-    out = Path(run.out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model = load_model(run.model, device=tcfg.device)
+    eval_batch = min(tcfg.batch_size, 4096)
+    held_out_stream = _held_out_stream(run, model, tcfg.seed, eval_batch)
     if run.harvest_tokens:
         train_acts = harvest(run, model, "train", run.harvest_tokens, tcfg.seed, tcfg.batch_size)
         data = TensorBatches(train_acts, tcfg.batch_size, seed=tcfg.seed)
@@ -75,8 +116,6 @@ def run_training(run: RunConfig, sae_kwargs: dict[str, Any], tcfg: TrainConfig) 
         data = _stream(run, model, "train", tcfg.tokens, tcfg.batch_size, tcfg.seed)
         pca_sample = None
     d_in = data.d_in
-    eval_batch = min(tcfg.batch_size, 4096)
-    held_out_stream = _held_out_stream(run, model, tcfg.seed, eval_batch)
     harvest_s = time.perf_counter() - t0
     cfg = SAEConfig(d_in=d_in, hook_name=run.hook, model_name=run.model, **sae_kwargs)
     sae = SparseAutoencoder(cfg, device=tcfg.device, seed=tcfg.seed)

@@ -192,3 +192,35 @@ def test_sigkilled_harvest_resumes_to_the_same_cache(minilm, full, tmp_path):
     assert not json.loads((tmp_path / "manifest.json").read_text())["complete"]
     _stream(minilm, tmp_path).harvest()
     assert _files(tmp_path) == _files(full)
+
+
+def test_a_corrupt_shard_of_a_finished_cache_is_refused_on_every_read(minilm, full, tmp_path):
+    d = tmp_path / "c"
+    shutil.copytree(full, d)
+    assert len(list(_stream(minilm, d))) == TOTAL // B  # intact: read back
+    shard = d / "shard_00001.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-400:] = np.full(100, 1e30, dtype=np.float32).tobytes()  # huge values, the same file size
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match=r"shard_00001\.safetensors.*does not match its checksum"):
+        list(_stream(minilm, d))  # the path `--cache-dir` takes, not only from_cache
+
+
+def _docs(start, n):
+    import pydoc_data.topics as topics
+
+    texts = [" ".join(t.split()) for t in topics.topics.values() if len(t) > 300]
+    return "\n".join(texts[start : start + n]) + "\n"
+
+
+def test_a_cache_of_an_edited_local_corpus_is_harvested_again(minilm, tmp_path):
+    corpus, cache = tmp_path / "corpus.txt", tmp_path / "cache"
+    kw = dict(hook=H3_PRE, dataset=str(corpus), split="all", total_tokens=4 * B)
+    corpus.write_text(_docs(0, 6))
+    before = list(_stream(minilm, cache, **kw))
+    corpus.write_text(_docs(6, 6))  # edited in place: same path, other text
+    with pytest.warns(UserWarning, match="changed since it was harvested.*harvesting them again"):
+        after = list(_stream(minilm, cache, **kw))
+    fresh = list(_stream(minilm, tmp_path / "fresh", **kw))
+    assert all(torch.equal(a, f) for a, f in zip(after, fresh)) and len(after) == len(fresh) == 4
+    assert not torch.equal(after[0], before[0])

@@ -2,8 +2,40 @@
 
 import json
 
+import pytest
+import torch
+
+import activations
 from sae.cli import main
 from sae.model import SparseAutoencoder
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return activations.load_model("minilm")
+
+
+@pytest.fixture
+def model_loads(monkeypatch, minilm):
+    """The embedded model, loaded once for this file; records each load the CLI asks for."""
+    calls = []
+
+    def load(name, device="cpu", **kw):
+        calls.append(name)
+        return minilm
+
+    monkeypatch.setattr(activations, "load_model", load)
+    return calls
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if the CLI loads a model: what it checks must come first."""
+
+    def load(*a, **kw):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(activations, "load_model", load)
 
 
 def _corpus(path, n_docs=400):
@@ -14,7 +46,7 @@ def _corpus(path, n_docs=400):
     return path
 
 
-def test_train_from_local_jsonl_through_a_cache(tmp_path, capsys):
+def test_train_from_local_jsonl_through_a_cache(tmp_path, capsys, model_loads):
     corpus = _corpus(tmp_path / "corpus.jsonl")
     out, cache = tmp_path / "run", tmp_path / "cache"
     argv = ["train", "--dataset", str(corpus), "--text-column", "body", "--cache-dir", str(cache),
@@ -43,7 +75,7 @@ def test_train_from_local_jsonl_through_a_cache(tmp_path, capsys):
     capsys.readouterr()
 
 
-def test_hub_dataset_without_a_test_split_fails_before_training(tmp_path, monkeypatch, capsys):
+def test_hub_dataset_without_a_test_split_fails_before_training(tmp_path, monkeypatch, capsys, model_loads):
     import datasets
 
     def fake(path, name=None, split=None, streaming=False, **kw):
@@ -58,4 +90,57 @@ def test_hub_dataset_without_a_test_split_fails_before_training(tmp_path, monkey
     err = capsys.readouterr().err
     assert code == 2
     assert "'someone/train-only' has no usable 'test' split" in err and 'Unknown split "test"' in err
-    assert not (out / "sae_weights.safetensors").exists() and not (out / "checkpoints").exists()
+    assert not out.exists()  # a failed run leaves no empty folder behind
+
+
+def test_a_local_corpus_with_no_held_out_text_fails_before_training(tmp_path, capsys, model_loads):
+    corpus = tmp_path / "one.txt"
+    corpus.write_text("a single long document of plain words " * 400 + "\n")  # line 0: train; no test line
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", str(corpus), "--tokens", "4096", "--batch-size", "1024", "--n-latents", "64",
+                 "--k", "4", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "has no usable 'test' split" in err and "yields no context" in err
+    assert not out.exists()
+
+
+_SMALL = ["--tokens", "4096", "--batch-size", "1024", "--n-latents", "64"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--k", "0"], "k=0 out of range"),
+    (["--family", "topk", "--options", '{"m": 3}'], "unknown options ['m']"),
+    (["--family", "topafa", "--k", "8"], "family 'topafa' chooses k per token"),
+    (["--device", "cuda"], "no CUDA GPU is available"),
+    (["--device", "tpu9"], "device 'tpu9'"),
+    (["--context-len", "1"], "context_len must be an int >= 2"),
+    (["--resume", "--overwrite"], "give one of them"),
+])
+def test_bad_options_fail_in_one_line_before_the_model_loads(tmp_path, capsys, no_model, args, message):
+    if args == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "run"
+    assert main(["train", *_SMALL, "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_an_out_that_is_a_file_or_holds_a_finished_run_is_refused_before_the_model_loads(tmp_path, capsys, no_model):
+    (tmp_path / "file").write_text("")
+    assert main(["train", *_SMALL, "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text('{"fvu": 0.1}')
+    assert main(["train", *_SMALL, "--out", str(run)]) == 2
+    assert "pass --resume to continue the run in it, --overwrite to replace it" in capsys.readouterr().err
+    assert (run / "metrics.json").read_text() == '{"fvu": 0.1}'
+
+
+def test_a_non_utf8_corpus_names_the_file_and_byte_offset_before_the_model_loads(tmp_path, capsys, no_model):
+    corpus = tmp_path / "latin1.txt"
+    corpus.write_bytes("caf\u00e9 ol\u00e9\n".encode("utf-8") * 3 + "na\u00efve\n".encode("latin-1"))
+    assert main(["train", *_SMALL, "--dataset", str(corpus), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"dataset file {str(corpus)!r} is not UTF-8 text: byte offset {3 * 11 + 2}" in err

@@ -42,7 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sae.run import run_training
 
             presets = DEMO if args.command == "demo" else {"run": {}, "sae": {}, "train": {}}
-            run = RunConfig(**{**presets["run"], **dataclass_kwargs(args, RunConfig)})
+            run_kwargs = {**presets["run"], **dataclass_kwargs(args, RunConfig)}
+            if args.command == "demo" and not run_kwargs.get("resume"):
+                run_kwargs.setdefault("overwrite", True)  # `make demo` again rebuilds the demo from scratch
+            run = RunConfig(**run_kwargs)
             sae_kwargs = {**presets["sae"], **dataclass_kwargs(args, SAEConfig)}
             tcfg = TrainConfig(**{**presets["train"], **dataclass_kwargs(args, TrainConfig)})
             metrics = run_training(run, sae_kwargs, tcfg)

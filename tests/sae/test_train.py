@@ -113,14 +113,14 @@ def test_lr_schedule_warms_up_and_decays():
 
 
 def test_resume_with_a_changed_training_config_names_each_field_and_both_values(acts, tmp_path):
-    cfg = _cfg(tokens=512 * 10)
+    cfg = _cfg(tokens=512 * 5)
     train(_sae(), TensorBatches(acts, 512, seed=0), cfg, out_dir=tmp_path)
-    changed = _cfg(tokens=512 * 20, seed=4, lr=1e-3, batch_size=256, log_every=2)  # log_every may change
+    changed = _cfg(tokens=512 * 10, seed=4, lr=1e-3, batch_size=256, log_every=2)  # log_every may change
     with pytest.raises(ValueError, match="cannot resume") as err:
         train(_sae(), TensorBatches(acts, 256, seed=0), changed, out_dir=tmp_path, resume=True)
     msg = str(err.value)
     for line in ("training seed: checkpoint 3, this run 4", "training lr: checkpoint None, this run 0.001",
-                 "training batch_size: checkpoint 512, this run 256", "training tokens: checkpoint 5120, this run 10240"):
+                 "training batch_size: checkpoint 512, this run 256", "training tokens: checkpoint 2560, this run 5120"):
         assert line in msg
     assert "log_every" not in msg and "{" not in msg  # the differing fields, not two whole dicts
     with pytest.raises(ValueError, match="dictionary k: checkpoint 4, this run 8"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,17 +96,25 @@ class SAEConfig:
 
 
 def _check_types(cfg: SAEConfig) -> None:
-    """Refuse a field of the wrong type (as from a hand-edited cfg.json) with its name, before any arithmetic."""
-    kinds = {"d_in": (int,), "n_latents": (int, None), "expansion": (int, None), "family": (str,),
-             "k": (int, None), "dtype": (str,), "normalize": (str,), "k_aux": (int,), "aux_coef": (float, int),
-             "options": (dict,), "hook_name": (str,), "model_name": (str,)}
+    """Refuse a field of the wrong type (as from a hand-edited cfg.json) with its name, before any arithmetic.
+
+    Integers of other types (numpy, torch) become Python ints, so the config stays JSON-serialisable."""
+    kinds = {"d_in": (numbers.Integral,), "n_latents": (numbers.Integral, None), "expansion": (numbers.Integral, None),
+             "family": (str,), "k": (numbers.Integral, None), "dtype": (str,), "normalize": (str,),
+             "k_aux": (numbers.Integral,), "aux_coef": (numbers.Real,), "options": (dict,), "hook_name": (str,),
+             "model_name": (str,)}
     for name, allowed in kinds.items():
         v = getattr(cfg, name)
-        ok = (v is None and None in allowed) or (
-            not isinstance(v, bool) and isinstance(v, tuple(t for t in allowed if t is not None)))
-        if not ok:
-            names = " or ".join("None" if t is None else t.__name__ for t in allowed)
+        if v is None and None in allowed:
+            continue
+        if isinstance(v, bool) or not isinstance(v, allowed[0]):
+            names = " or ".join("None" if t is None else {"Integral": "int", "Real": "float"}.get(t.__name__, t.__name__)
+                                for t in allowed)
             raise ValueError(f"SAEConfig.{name} must be {names}, got {v!r}")
+        if allowed[0] is numbers.Integral:
+            setattr(cfg, name, int(v))
+        elif allowed[0] is numbers.Real:
+            setattr(cfg, name, float(v))
     bad_keys = [k for k in cfg.options if not isinstance(k, str)]
     if bad_keys:
         raise ValueError(f"SAEConfig.options keys must be strings, got {bad_keys!r}")

@@ -224,3 +224,13 @@ def test_a_cache_of_an_edited_local_corpus_is_harvested_again(minilm, tmp_path):
     fresh = list(_stream(minilm, tmp_path / "fresh", **kw))
     assert all(torch.equal(a, f) for a, f in zip(after, fresh)) and len(after) == len(fresh) == 4
     assert not torch.equal(after[0], before[0])
+
+
+def test_cache_files_get_the_permissions_the_umask_gives(full):
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in full.iterdir()}
+    assert modes and set(modes.values()) == {0o666 & ~umask}, modes

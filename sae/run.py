@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sae.analysis.metrics import evaluate
+from sae.analysis.evaluate import evaluate, open_text, write_evaluation
 from sae.analysis.pca import pca_fvu
 from sae.config import RunConfig, SAEConfig, TrainConfig
 from sae.data import TensorBatches
@@ -49,10 +48,16 @@ def harvest(run: RunConfig, model, split: str, tokens: int, seed: int, batch_siz
     return _collect(run, _stream(run, model, split, tokens, batch_size, seed), split, tokens)
 
 
-def _held_out_stream(run: RunConfig, model, seed: int, batch_size: int):
-    """The test split's stream, opened before training so a dataset without one fails in seconds, not after."""
+def eval_settings(run: RunConfig) -> dict[str, Any]:
+    """What decides the held-out tokens of metrics.json; `python -m sae eval` defaults to them."""
+    return {"dataset": run.dataset, "dataset_config": run.dataset_config, "text_column": run.text_column,
+            "context_len": run.context_len, "eval_tokens": run.eval_tokens}
+
+
+def _check_held_out(run: RunConfig) -> None:
+    """Open the test split before training, so a dataset without one fails in seconds, not after."""
     try:
-        return _stream(run, model, "test", run.eval_tokens, batch_size, seed)
+        open_text(run.dataset, "test", run.dataset_config, run.text_column)
     except ValueError as e:
         raise ValueError(f"dataset {run.dataset!r} has no usable 'test' split for the held-out metrics ({e}); "
                          "use a dataset that has one, or local files (every 20th document is held out)") from e
@@ -75,8 +80,7 @@ def run_training(run: RunConfig, sae_kwargs: dict[str, Any], tcfg: TrainConfig) 
         data = _stream(run, model, "train", tcfg.tokens, tcfg.batch_size, tcfg.seed)
         pca_sample = None
     d_in = data.d_in
-    eval_batch = min(tcfg.batch_size, 4096)
-    held_out_stream = _held_out_stream(run, model, tcfg.seed, eval_batch)
+    _check_held_out(run)
     harvest_s = time.perf_counter() - t0
     cfg = SAEConfig(d_in=d_in, hook_name=run.hook, model_name=run.model, **sae_kwargs)
     sae = SparseAutoencoder(cfg, device=tcfg.device, seed=tcfg.seed)
@@ -84,9 +88,11 @@ def run_training(run: RunConfig, sae_kwargs: dict[str, Any], tcfg: TrainConfig) 
     sae.fold_input_scale()
     sae.save(out)
 
-    held_out = _collect(run, held_out_stream, "test", run.eval_tokens)
-    eval_batches = list(held_out.split(4096))
-    metrics = evaluate(sae, eval_batches)
+    held_out: list[torch.Tensor] = []
+    metrics = evaluate(sae, model, run.dataset or None, tokens=run.eval_tokens, context_len=run.context_len,
+                       dataset_config=run.dataset_config or None, text_column=run.text_column,
+                       keep_activations=held_out, return_distributions=True)
+    eval_batches = list(torch.cat(held_out).split(4096))
     if pca_sample is None:
         pca_sample = harvest(run, model, "train", run.pca_tokens, tcfg.seed, tcfg.batch_size)
     rank = max(1, min(round(metrics["l0"]), d_in))
@@ -100,7 +106,7 @@ def run_training(run: RunConfig, sae_kwargs: dict[str, Any], tcfg: TrainConfig) 
             "train_tokens_per_s": result.tokens / max(result.seconds, 1e-9) if result.steps else 0.0,
             "harvest_seconds": harvest_s,
             "total_seconds": time.perf_counter() - t0,
+            "eval_settings": eval_settings(run),
         }
     )
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+    return write_evaluation(out, metrics, merge=False)

@@ -25,3 +25,19 @@ def tiny_gpt2_path(tmp_path_factory):
                                bos_token_id=None, eos_token_id=None)).save_pretrained(path)
     AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The embedded model through transformer-lens, loaded once per session."""
+    from activations import load_model
+
+    return load_model("minilm")
+
+
+@pytest.fixture(scope="session")
+def minilm_hf():
+    """The embedded model through plain Hugging Face forward hooks."""
+    from activations import load_model
+
+    return load_model("minilm", backend="hf")

@@ -46,6 +46,7 @@ __all__ = ["DENSE_THRESHOLD", "ReconstructionStats", "VarianceAccumulator", "eva
            "open_text", "reconstruction_metrics", "write_evaluation"]
 
 DENSE_THRESHOLD = 0.1  # a latent firing on more than this fraction of tokens is "dense" (SAEBench)
+SAMPLE_TOKENS = 4096  # activations kept for the AFA measures
 
 
 class VarianceAccumulator:
@@ -85,7 +86,9 @@ class ReconstructionStats:
         self.err = self.cos = 0.0
         self.fired = torch.zeros(n, dtype=torch.float64, device=dev)  # tokens each latent fired on
         self.act_sum = torch.zeros(n, dtype=torch.float64, device=dev)  # sum of each latent's activation
+        self.abs_sum = torch.zeros(n, dtype=torch.float64, device=dev)  # sum of its magnitude
         self.l0: list[torch.Tensor] = []
+        self.sample: list[torch.Tensor] = []  # the first SAMPLE_TOKENS activations (AFA measures)
 
     @torch.no_grad()
     def add(self, x: torch.Tensor) -> None:
@@ -100,6 +103,10 @@ class ReconstructionStats:
         n = self.sae.cfg.n_latents
         self.fired += torch.bincount(out.code.indices[active], minlength=n).double()
         self.act_sum.index_add_(0, out.code.indices[active], out.code.values[active].double())
+        self.abs_sum.index_add_(0, out.code.indices[active], out.code.values[active].double().abs())
+        have = sum(s.shape[0] for s in self.sample)
+        if have < SAMPLE_TOKENS:
+            self.sample.append(x[: SAMPLE_TOKENS - have])
 
     def result(self) -> dict[str, float]:
         """Scalar metrics (keys of metrics.json)."""
@@ -126,6 +133,7 @@ class ReconstructionStats:
         return {
             "latent_frequency": (self.fired / n_tok).float().cpu(),
             "latent_mean_activation": (self.act_sum / n_tok).float().cpu(),
+            "latent_mean_abs_activation": (self.abs_sum / n_tok).float().cpu(),
             "l0": torch.cat(self.l0).to(torch.int32) if self.l0 else torch.zeros(0, dtype=torch.int32),
         }
 
@@ -245,12 +253,14 @@ def evaluate(
     dataset_config: str | None = None,
     text_column: str = "text",
     spliced: bool = True,
+    geometry: bool = True,
     keep_activations: list[torch.Tensor] | None = None,
     return_distributions: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Reconstruction metrics and, with `spliced`, the model's output with the dictionary spliced in.
 
+    With `geometry`, the superposition and decoder measures of `sae.analysis.geometry` too.
     `dataset` is what `ActivationStream` takes (None: the embedded corpus); `tokens` held-out
     positions of its `split` are scored, `batch_size` contexts of `context_len` tokens per forward.
     `keep_activations`, when a list, receives the scored activations (e.g. for the PCA baseline).
@@ -280,6 +290,11 @@ def evaluate(
                 batches.append((ids, keep))
                 bar.update(int(keep.sum()))
         metrics: dict[str, Any] = {**stats.result(), "eval_hook": hook, "eval_context_len": context_len}
+        if geometry:
+            from sae.analysis.geometry import geometry as measure
+
+            dists = stats.distributions()
+            metrics.update(measure(sae, torch.cat(stats.sample), dists["latent_mean_abs_activation"]))
         if spliced:
             metrics.update(_spliced(sae, model, hook, batches, stats.var.mean.float(), progress))
         if return_distributions:

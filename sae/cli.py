@@ -31,10 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(p, RunConfig, skip=_EVAL_SKIP)
     p.add_argument("--tokens", dest="eval_tokens", type=int, default=None, help="same as --eval-tokens")
     p.add_argument("--batch-size", type=int, default=16, help="contexts per forward pass (default: 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the probing task's sampling and split (default: 0)")
     p.add_argument("--force", action="store_true",
                    help="evaluate with a --model / --hook other than the ones the dictionary records")
     p.add_argument("--no-splice", dest="splice", action="store_false",
                    help="reconstruction metrics only (no forwards with the dictionary spliced in)")
+    p.add_argument("--no-probe", dest="probe", action="store_false",
+                   help="skip sparse probing on the default task (embedded-corpus docstrings by stdlib module)")
     p.add_argument("--plots", action="store_true", help="write eval/*.html figures (plotly, offline)")
     return parser
 
@@ -101,6 +104,11 @@ def _eval(args: argparse.Namespace) -> dict:
                        context_len=run.context_len, hook=run.hook, dataset_config=run.dataset_config or None,
                        text_column=run.text_column, spliced=args.splice, return_distributions=True)
     metrics["eval_settings"] = eval_settings(run)
+    if args.probe:
+        from sae.analysis.probing import sparse_probe
+
+        metrics.update(sparse_probe(sae, model, hook=run.hook, context_len=run.context_len,
+                                    batch_size=args.batch_size, seed=args.seed))
     merged = write_evaluation(args.path, metrics)
     if args.plots:
         from sae.analysis.plots import write_run_plots

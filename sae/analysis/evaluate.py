@@ -294,11 +294,15 @@ def evaluate(
             from sae.analysis.geometry import geometry as measure
 
             dists = stats.distributions()
-            metrics.update(measure(sae, torch.cat(stats.sample), dists["latent_mean_abs_activation"]))
+            geo = measure(sae, torch.cat(stats.sample), dists["latent_mean_abs_activation"])
+            hist = geo.pop("decoder_cos_hist")  # a distribution: eval/, not metrics.json
+            metrics.update(geo)
         if spliced:
             metrics.update(_spliced(sae, model, hook, batches, stats.var.mean.float(), progress))
         if return_distributions:
             metrics["distributions"] = stats.distributions()
+            if geometry:
+                metrics["distributions"].update({f"decoder_cos_hist_{k}": torch.tensor(v) for k, v in hist.items()})
         return metrics
     finally:
         sae.train(was_training)

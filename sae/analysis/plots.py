@@ -120,10 +120,10 @@ def write_run_plots(run_dir: str | Path) -> Path:
     if latents.exists():
         dists = load_file(str(latents))
         figures += [density_histogram(dists["latent_frequency"]), l0_distribution(dists["l0"])]
+        if "decoder_cos_hist_counts" in dists:
+            figures.append(decoder_cosine_histogram(dists["decoder_cos_hist_edges"].tolist(),
+                                                    dists["decoder_cos_hist_counts"].tolist()))
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
-    if "decoder_cos_hist" in metrics:
-        figures.append(decoder_cosine_histogram(metrics["decoder_cos_hist"]["edges"],
-                                                metrics["decoder_cos_hist"]["counts"]))
     if "fvu" in metrics and not math.isnan(metrics["fvu"]):
         siblings = sorted(p.parent for p in run_dir.resolve().parent.glob("*/metrics.json"))
         figures.append(fvu_vs_l0(siblings or [run_dir]))

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModel, GPT2LMHeadModel
 
 from activations import load_model
-from activations.models import minilm_path
+from activations.models import minilm_path, transformer_lens_major
 
 HOOK = "blocks.1.hook_resid_pre"
 
@@ -31,6 +31,8 @@ def gpt2_ref(tiny_gpt2_path, ids):
 
 @pytest.mark.parametrize("backend", ["transformer_lens", "hf"])
 def test_causal_forward_gives_logits_and_applies_edits(tiny_gpt2_path, ids, gpt2_ref, backend):
+    if backend == "transformer_lens" and (transformer_lens_major() or 4) < 4:
+        pytest.skip("a local folder boots through transformer-lens only from version 4 (TransformerBridge)")
     clean, doubled = gpt2_ref
     model = load_model(tiny_gpt2_path, backend=backend)
     assert model.is_causal
@@ -71,3 +73,22 @@ def test_bad_edits_are_refused(minilm, ids):
     with pytest.raises(TypeError, match="must be callable"):
         with minilm.edit("blocks.2.hook_resid_pre", 3):
             pass
+
+
+@pytest.mark.skipif((transformer_lens_major() or 4) >= 4, reason="HookedTransformer exists in transformer-lens < 4 "
+                    "only (run in .venv-interop)")
+def test_hooked_transformer_forward_and_edits():
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformers import AutoTokenizer
+
+    cfg = HookedTransformerConfig(n_layers=2, d_model=64, d_head=16, n_heads=4, d_mlp=256, n_ctx=64, d_vocab=30522,
+                                  act_fn="gelu", model_name="tiny")
+    hooked = HookedTransformer(cfg, tokenizer=AutoTokenizer.from_pretrained(minilm_path()))
+    model = load_model(hooked)
+    ids = torch.randint(1000, 2000, (2, 10), generator=torch.Generator().manual_seed(0))
+    assert model.backend == "transformer_lens<4" and model.is_causal
+    clean = model.forward(ids)
+    torch.testing.assert_close(clean, hooked(ids))
+    doubled = hooked.run_with_hooks(ids, fwd_hooks=[(HOOK, lambda a, hook: a * 2)])
+    torch.testing.assert_close(model.forward(ids, {HOOK: lambda a: a * 2}), doubled)
+    assert torch.equal(model.forward(ids), clean) and not hooked.hook_dict[HOOK]._forward_hooks

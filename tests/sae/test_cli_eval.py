@@ -49,7 +49,7 @@ def test_a_disagreeing_model_or_hook_is_refused_unless_forced(run_dir, capsys):
     err = capsys.readouterr().err
     assert "--hook 'blocks.0.hook_resid_pre' disagrees with the dictionary's recorded hook 'blocks.1.hook_resid_pre'" in err
     assert "--force" in err
-    assert main(["eval", str(run_dir), "--hook", "blocks.0.hook_resid_pre", "--force", "--no-splice",
+    assert main(["eval", str(run_dir), "--hook", "blocks.0.hook_resid_pre", "--force", "--no-splice", "--no-probe",
                  "--eval-tokens", "128"]) == 0
     assert json.loads(capsys.readouterr().out)["eval_hook"] == "blocks.0.hook_resid_pre"
 

@@ -4,10 +4,9 @@ import datasets
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 
 from activations import load_model
-from activations.models import minilm_path
 from sae.analysis.evaluate import evaluate as run_evaluation
 from sae.analysis.evaluate import held_out_contexts, reconstruction_metrics
 from sae.config import SAEConfig
@@ -102,13 +101,13 @@ def test_spliced_causal_metrics_by_hand(gpt2, tiny_gpt2_path):
     assert m["kl_div_score"] == pytest.approx((kz - kl(runs["spliced"].logits)) / kz, rel=1e-3)
 
 
-def test_spliced_encoder_metrics_by_hand(minilm):
+def test_spliced_encoder_metrics_by_hand(minilm, minilm_hf):
     hook = "blocks.3.hook_resid_pre"
     sae, ds = _sae(384, hook), datasets.Dataset.from_dict({"text": TEXTS})
     m = run_evaluation(sae, minilm, ds, tokens=60, batch_size=4, context_len=24, progress=False)
     assert m["eval_model_kind"] == "encoder" and "ce_loss_clean" not in m
 
-    bert = AutoModel.from_pretrained(minilm_path()).eval()
+    bert = minilm_hf.model  # the Hugging Face BertModel itself
     batches = list(held_out_contexts(minilm, ds, tokens=60, context_len=24, batch_size=4))
     ids, keep = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
     assert not keep[:, 0].any()  # CLS is never scored nor spliced

@@ -21,9 +21,14 @@ def sae():
     return SparseAutoencoder(SAEConfig(d_in=64, n_latents=256, k=8, hook_name=HOOK), seed=0).eval()
 
 
+@pytest.fixture(scope="module")
+def bridge(tiny_gpt2_path):
+    return load_model(tiny_gpt2_path)
+
+
 @pytest.mark.parametrize("backend", ["transformer_lens", "hf"])
-def test_each_intervention_edits_the_hook_and_restores_the_model(tiny_gpt2_path, ids, sae, backend):
-    model = load_model(tiny_gpt2_path, backend=backend)
+def test_each_intervention_edits_the_hook_and_restores_the_model(tiny_gpt2_path, bridge, ids, sae, backend):
+    model = bridge if backend == "transformer_lens" else load_model(tiny_gpt2_path, backend=backend)
     clean, x = model.forward(ids), model.run(ids, [HOOK])[HOOK]
     flat = x.reshape(-1, 64)
     z = sae.encode_dense(flat)
@@ -52,8 +57,8 @@ def test_each_intervention_edits_the_hook_and_restores_the_model(tiny_gpt2_path,
     assert torch.equal(model.run(ids, [HOOK])[HOOK], x)
 
 
-def test_a_mask_limits_the_edit_to_its_positions(tiny_gpt2_path, ids, sae):
-    model = load_model(tiny_gpt2_path)
+def test_a_mask_limits_the_edit_to_its_positions(bridge, ids, sae):
+    model = bridge
     x = model.run(ids, [HOOK])[HOOK]
     mask = torch.zeros(ids.shape, dtype=torch.bool)
     mask[:, 3:] = True
@@ -62,8 +67,8 @@ def test_a_mask_limits_the_edit_to_its_positions(tiny_gpt2_path, ids, sae):
     assert torch.equal(edited[:, :3], x[:, :3]) and not torch.allclose(edited[:, 3:], x[:, 3:])
 
 
-def test_the_model_is_restored_after_an_error_inside_the_block(tiny_gpt2_path, ids, sae):
-    model = load_model(tiny_gpt2_path)
+def test_the_model_is_restored_after_an_error_inside_the_block(bridge, ids, sae):
+    model = bridge
     clean = model.forward(ids)
     with pytest.raises(RuntimeError, match="boom"):
         with steer(model, sae, 0, alpha=5.0):
@@ -71,8 +76,8 @@ def test_the_model_is_restored_after_an_error_inside_the_block(tiny_gpt2_path, i
     assert torch.equal(model.forward(ids), clean)
 
 
-def test_bad_interventions_are_refused(tiny_gpt2_path, sae):
-    model = load_model(tiny_gpt2_path)
+def test_bad_interventions_are_refused(bridge, sae):
+    model = bridge
     with pytest.raises(ValueError, match=r"latents \[256\] out of range for a dictionary of 256 latents"):
         ablate(model, sae, [1, 256])
     with pytest.raises(ValueError, match="mode='mean' needs means"):

@@ -25,6 +25,22 @@ def _sae(d: int, hook: str, seed: int = 0) -> SparseAutoencoder:
     return sae.eval()
 
 
+def _hf_run(hf, layer, ids, replace=None):
+    """The Hugging Face model's own outputs, the input of `layer` replaced by replace(input) when given."""
+    def pre(mod, args, kwargs):
+        if args:
+            return (replace(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": replace(kwargs["hidden_states"])}
+
+    handle = layer.register_forward_pre_hook(pre, with_kwargs=True) if replace else None
+    try:
+        with torch.no_grad():
+            return hf(ids, output_hidden_states=True)
+    finally:
+        if handle:
+            handle.remove()
+
+
 def test_reconstruction_metrics_match_direct_computation(tiny_sae, acts):
     x = acts[:1000]
     m = reconstruction_metrics(tiny_sae, x.split(300))
@@ -56,16 +72,7 @@ def test_spliced_causal_metrics_by_hand(gpt2, tiny_gpt2_path):
     assert int(keep.sum()) == budget and not keep.all()
 
     def logits(replace=None):
-        def pre(mod, args, kwargs):
-            h = args[0] if args else kwargs["hidden_states"]
-            new = replace(h)
-            return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
-        handle = hf.transformer.h[1].register_forward_pre_hook(pre, with_kwargs=True) if replace else None
-        with torch.no_grad():
-            out = hf(ids, output_hidden_states=True)
-        if handle:
-            handle.remove()
-        return out
+        return _hf_run(hf, hf.transformer.h[1], ids, replace)
 
     clean = logits()
     x = clean.hidden_states[1]
@@ -113,14 +120,7 @@ def test_spliced_encoder_metrics_by_hand(minilm, minilm_hf):
     assert not keep[:, 0].any()  # CLS is never scored nor spliced
 
     def hidden(replace=None):
-        handle = bert.encoder.layer[3].register_forward_pre_hook(
-            lambda mod, args, kw: ((replace(args[0]), *args[1:]), kw) if args
-            else (args, {**kw, "hidden_states": replace(kw["hidden_states"])}), with_kwargs=True) if replace else None
-        with torch.no_grad():
-            out = bert(ids, output_hidden_states=True)
-        if handle:
-            handle.remove()
-        return out
+        return _hf_run(bert, bert.encoder.layer[3], ids, replace)
 
     clean = hidden()
     x = clean.hidden_states[3]

@@ -17,6 +17,9 @@ DEMO = {
     "train": {"tokens": 1_600_000, "batch_size": 4096, "checkpoint_every": 50, "dead_window_tokens": 400_000},
 }
 
+# RunConfig fields that concern training only; `eval` defaults the rest to what the run recorded.
+_EVAL_SKIP = ("cache_dir", "harvest_tokens", "pca_tokens", "out", "resume")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sae", description=__doc__)
@@ -38,12 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reconstruction metrics only (no forwards with the dictionary spliced in)")
     p.add_argument("--no-probe", dest="probe", action="store_false",
                    help="skip sparse probing on the default task (embedded-corpus docstrings by stdlib module)")
-    p.add_argument("--plots", action="store_true", help="write eval/*.html figures (plotly, offline)")
+    p.add_argument("--plots", action="store_true", help="write eval/plots.html (plotly figures, viewable offline)")
     return parser
 
-
-# RunConfig fields that concern training only; `eval` defaults the rest to what the run recorded.
-_EVAL_SKIP = ("cache_dir", "harvest_tokens", "pca_tokens", "out", "resume")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,6 +4,16 @@
 context and hook names, and `run(tokens, hooks)` returns `{hook: [batch, pos, d]}` from one
 forward pass under `torch.inference_mode()`, stopping after the last block that is needed.
 
+Full forwards with activation edits (splicing a dictionary in, ablating, steering):
+- `adapter.is_causal`: True for a next-token language model, False for an encoder (BERT-style).
+- `adapter.forward(tokens, edits={hook: fn})` runs the whole model on a `[batch, pos]` token batch
+  and returns its output: the logits `[batch, pos, vocab]` of a causal LM, or the final-layer hidden
+  states `[batch, pos, d_model]` of an encoder (the embedded MiniLM's job is sentence embeddings;
+  the masked-LM head transformer-lens attaches to it is random and is never read).
+- `with adapter.edit(hook, fn): ...` replaces the activation `a` `[batch, pos, d]` at `hook` by
+  `fn(a)` (same shape) in every forward of the model inside the block, `run()` included; edits nest
+  and chain in the order entered, and leaving the block removes exactly that edit.
+
 Backends:
 - transformer-lens >= 4: `TransformerBridge` (hook names like `blocks.3.hook_resid_pre`).
 - transformer-lens < 4: `HookedTransformer` / `HookedEncoder`.
@@ -18,13 +28,16 @@ import difflib
 import importlib.metadata
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["ModelAdapter", "load_model", "minilm_path", "transformer_lens_major"]
+__all__ = ["Edit", "ModelAdapter", "load_model", "minilm_path", "transformer_lens_major"]
+
+Edit = Callable[[torch.Tensor], torch.Tensor]  # an activation [batch, pos, d] in, its replacement out
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 # Hooks that run before the first block (stopping after block 0 is then enough).
@@ -61,7 +74,8 @@ class ModelAdapter:
     Attributes: `name`, `tokenizer`, `d_model`, `n_layers`, `max_context`, `device`,
     `bos_token_id` (prepended to each context, None when the model expects none),
     `sep_token_id` (between documents), `special_token_ids` (positions dropped on request),
-    `backend` ("transformer_lens", "transformer_lens<4" or "hf").
+    `backend` ("transformer_lens", "transformer_lens<4" or "hf"), `is_causal` (a next-token LM:
+    `forward` returns logits; otherwise an encoder: `forward` returns final hidden states).
     """
 
     name: str
@@ -74,12 +88,21 @@ class ModelAdapter:
     bos_token_id: int | None
     sep_token_id: int | None
     special_token_ids: frozenset[int]
+    is_causal: bool
 
     def hook_names(self) -> list[str]:
         """Every hook point this model offers."""
         raise NotImplementedError
 
     def _forward(self, tokens: torch.Tensor, hooks: list[str], stop: int | None) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _add_edit(self, hook: str, fn: Edit) -> Any:
+        """Install `fn` at `hook`; return a handle whose `remove()` takes it out again."""
+        raise NotImplementedError
+
+    def _output(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The whole model's output: logits (causal) or final hidden states (encoder)."""
         raise NotImplementedError
 
     # --- shared logic ---------------------------------------------------------------------------
@@ -126,11 +149,7 @@ class ModelAdapter:
     def run(self, tokens: torch.Tensor, hooks: str | Sequence[str]) -> dict[str, torch.Tensor]:
         """Run a `[batch, pos]` token batch; return `{hook: [batch, pos, d]}` (model dtype, model device)."""
         hooks = self.check_hooks(hooks)
-        if tokens.dim() != 2:
-            raise ValueError(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}")
-        if tokens.shape[1] > self.max_context:
-            raise ValueError(f"context of {tokens.shape[1]} tokens is longer than the maximum "
-                             f"{self.max_context} of model {self.name!r}")
+        self._check_tokens(tokens)
         with torch.inference_mode():
             out = self._forward(tokens.to(self.device), hooks, self.stop_layer(hooks))
         for h in hooks:
@@ -144,6 +163,45 @@ class ModelAdapter:
                     f"[{tokens.shape[0]}, {tokens.shape[1]}, d]; pick a residual-stream-like hook "
                     "such as blocks.N.hook_resid_pre")
         return {h: out[h] for h in hooks}
+
+    def _check_tokens(self, tokens: torch.Tensor) -> None:
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}")
+        if tokens.shape[1] > self.max_context:
+            raise ValueError(f"context of {tokens.shape[1]} tokens is longer than the maximum "
+                             f"{self.max_context} of model {self.name!r}")
+
+    @contextmanager
+    def edit(self, hook: str, fn: Edit) -> Iterator[None]:
+        """Inside the block, every forward replaces the activation at `hook` by `fn(activation)`."""
+        (hook,) = self.check_hooks([hook])
+        if not callable(fn):
+            raise TypeError(f"the edit at {hook!r} must be callable, got {type(fn).__name__}")
+
+        def checked(a: torch.Tensor) -> torch.Tensor:
+            new = fn(a)
+            if not isinstance(new, torch.Tensor) or new.shape != a.shape:
+                shape = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+                raise ValueError(f"the edit at {hook!r} returned {shape}, expected shape {tuple(a.shape)}")
+            return new.to(a.dtype)
+
+        handle = self._add_edit(hook, checked)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def forward(self, tokens: torch.Tensor, edits: Mapping[str, Edit] | None = None) -> torch.Tensor:
+        """The model's output on `[batch, pos]` tokens, with `edits` `{hook: fn}` applied for this call.
+
+        Causal LMs give logits `[batch, pos, vocab]`; encoders the final-layer hidden states
+        `[batch, pos, d_model]`. Runs under `torch.inference_mode()`.
+        """
+        self._check_tokens(tokens)
+        with ExitStack() as stack, torch.inference_mode():
+            for hook, fn in (edits or {}).items():
+                stack.enter_context(self.edit(hook, fn))
+            return self._output(tokens.to(self.device))
 
     def hook_dims(self, hooks: str | Sequence[str]) -> dict[str, int]:
         """Width of each hook's output, probed with a tiny batch (this also checks the shape)."""
@@ -173,6 +231,7 @@ class BridgeAdapter(ModelAdapter):
         self.max_context = int(cfg.n_ctx)
         self.device = torch.device(cfg.device or "cpu")
         encoder = getattr(cfg, "attention_dir", "causal") == "bidirectional"
+        self.is_causal = not encoder
         self._init_tokens(encoder, bool(getattr(cfg, "default_prepend_bos", True)))
         self._names = sorted(bridge.hook_dict.keys())
 
@@ -182,6 +241,15 @@ class BridgeAdapter(ModelAdapter):
     def _forward(self, tokens, hooks, stop):
         _, cache = self.model.run_with_cache(tokens, names_filter=list(hooks), stop_at_layer=stop)
         return {h: cache[h] for h in hooks if h in cache}
+
+    def _add_edit(self, hook, fn):
+        return _edit_output(self.model.hook_dict[hook], fn)
+
+    def _output(self, tokens):
+        if self.is_causal:
+            return self.model(tokens)
+        final = self.model.hook_dict[f"blocks.{self.n_layers - 1}.hook_resid_post"]
+        return _capture_output(final, lambda: self.model(tokens))
 
 
 class HookedAdapter(ModelAdapter):
@@ -197,11 +265,16 @@ class HookedAdapter(ModelAdapter):
         self.d_model, self.n_layers, self.max_context = int(cfg.d_model), int(cfg.n_layers), int(cfg.n_ctx)
         self.device = torch.device(cfg.device or "cpu")
         encoder = type(model).__name__ == "HookedEncoder"
+        self.is_causal = not encoder
         self._init_tokens(encoder, bool(getattr(cfg, "default_prepend_bos", True)))
         self._names = sorted(model.hook_dict.keys())
 
     def hook_names(self) -> list[str]:
         return self._names
+
+    # transformer-lens hook points are nn.Modules in both major versions: the same edit and output code
+    _add_edit = BridgeAdapter._add_edit
+    _output = BridgeAdapter._output
 
     def _forward(self, tokens, hooks, stop):
         out: dict[str, torch.Tensor] = {}
@@ -219,6 +292,40 @@ class HookedAdapter(ModelAdapter):
         finally:
             self.model.reset_hooks()
         return out
+
+
+def _first(x: Any) -> Any:
+    return x[0] if isinstance(x, tuple | list) else x
+
+
+def _edit_output(module: nn.Module, fn: Edit) -> Any:
+    """Forward hook replacing `module`'s output (or its first element, for tuple outputs) by fn(output)."""
+    def hook(mod, args, output):
+        if isinstance(output, tuple | list):
+            return type(output)([fn(output[0]), *output[1:]])
+        return fn(output)
+
+    return module.register_forward_hook(hook)
+
+
+def _capture_output(module: nn.Module, call: Callable[[], Any]) -> torch.Tensor:
+    """`module`'s output during `call()`, stopping the forward right there."""
+    got: dict[str, torch.Tensor] = {}
+
+    def grab(mod, args, output):
+        got["out"] = _first(output)
+        raise _StopForward
+
+    handle = module.register_forward_hook(grab)
+    try:
+        call()
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    if "out" not in got:
+        raise RuntimeError(f"{type(module).__name__} did not run in the forward pass")
+    return got["out"]
 
 
 def _layer_list(model: nn.Module, n_layers: int | None) -> tuple[str, nn.ModuleList] | None:
@@ -252,6 +359,7 @@ class HFAdapter(ModelAdapter):
         causal = getattr(cfg, "is_decoder", False) or any(
             "CausalLM" in a or "LMHead" in a for a in (getattr(cfg, "architectures", None) or []))
         encoder = not causal and getattr(tokenizer, "cls_token_id", None) is not None
+        self.is_causal = bool(causal)
         self._init_tokens(encoder, True)
         self._modules = dict(model.named_modules())
         self._names = sorted(
@@ -270,12 +378,9 @@ class HFAdapter(ModelAdapter):
         out: dict[str, torch.Tensor] = {}
         handles = []
 
-        def first(x):
-            return x[0] if isinstance(x, tuple | list) else x
-
         def make_post(h):
             def fn(mod, args, output):
-                out[h] = first(output)
+                out[h] = _first(output)
                 if len(out) == len(hooks):
                     raise _StopForward
             return fn
@@ -307,6 +412,32 @@ class HFAdapter(ModelAdapter):
                 hd.remove()
         return out
 
+    def _add_edit(self, hook, fn):
+        m = re.match(r"^blocks\.(\d+)\.hook_resid_(pre|post)$", hook)
+        if m is None:
+            return _edit_output(self._modules[hook], fn)
+        layer = self._layers[int(m.group(1))]
+        if m.group(2) == "post":
+            return _edit_output(layer, fn)
+
+        def pre(mod, args, kwargs):
+            if args:
+                return (fn(args[0]), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
+
+        return layer.register_forward_pre_hook(pre, with_kwargs=True)
+
+    def _output(self, tokens):
+        out = self.model(input_ids=tokens, output_hidden_states=not self.is_causal)
+        if self.is_causal:
+            logits = getattr(out, "logits", None)
+            if logits is None:
+                raise ValueError(f"{type(self.model).__name__} has no language-model head: load the causal LM "
+                                 "(AutoModelForCausalLM) to get logits")
+            return logits
+        hidden = getattr(out, "last_hidden_state", None)
+        return hidden if hidden is not None else out.hidden_states[-1]
+
 
 # --- loading ------------------------------------------------------------------------------------
 def _boot_minilm_hooked_encoder(path: str, device: str, dtype: torch.dtype | None):  # pragma: no cover
@@ -326,9 +457,12 @@ def _boot_minilm_hooked_encoder(path: str, device: str, dtype: torch.dtype | Non
 
 
 def _load_hf(path: str, device: str, dtype: torch.dtype | None) -> HFAdapter:
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModel.from_pretrained(path, dtype=dtype or torch.float32).to(device)
+    archs = getattr(AutoConfig.from_pretrained(path), "architectures", None) or []
+    causal = any("CausalLM" in a or "LMHead" in a for a in archs)  # keep the LM head: forward() gives logits
+    model = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(path, dtype=dtype or torch.float32)
+    model = model.to(device)
     return HFAdapter(model, AutoTokenizer.from_pretrained(path), name=path)
 
 

@@ -23,7 +23,7 @@ import torch
 
 from activations import ActivationStream, load_model
 from sae import SAEConfig, SparseAutoencoder, TrainConfig, train
-from sae.analysis.metrics import evaluate
+from sae.analysis.evaluate import reconstruction_metrics
 from sae.data import TensorBatches
 
 HOOK = "blocks.3.hook_resid_pre"
@@ -94,7 +94,7 @@ def run_one(label, family, kw, train_x, test_x, args) -> tuple[dict, SparseAutoe
     with contextlib.redirect_stderr(io.StringIO()):  # no progress bars in the study's log
         result = train(sae, data, tcfg, out_dir=None)
     sae.fold_input_scale()
-    metrics = evaluate(sae, list(test_x.split(4096)))
+    metrics = reconstruction_metrics(sae, list(test_x.split(4096)))
     row = {
         "family": label,
         "fvu": metrics["fvu"],

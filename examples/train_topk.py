@@ -11,7 +11,7 @@ import torch
 
 from activations import ActivationStream, load_model
 from sae import SAEConfig, SparseAutoencoder, TrainConfig, train
-from sae.analysis.metrics import evaluate
+from sae.analysis.evaluate import reconstruction_metrics
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     sae.save(args.out)
 
     held_out = ActivationStream(model, hook=hook, split="test", batch_size=4096, total_tokens=32_768, seed=0)
-    print(evaluate(sae, held_out))
+    print(reconstruction_metrics(sae, held_out))
     x = next(iter(held_out))
     dense = sae.encode_dense(x)
     freq = (dense > 0).float().mean(0)

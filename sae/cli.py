@@ -17,6 +17,9 @@ DEMO = {
     "train": {"tokens": 1_600_000, "batch_size": 4096, "checkpoint_every": 50, "dead_window_tokens": 400_000},
 }
 
+# RunConfig fields that concern training only; `eval` defaults the rest to what the run recorded.
+_EVAL_SKIP = ("cache_dir", "harvest_tokens", "pca_tokens", "out", "resume")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sae", description=__doc__)
@@ -26,11 +29,21 @@ def build_parser() -> argparse.ArgumentParser:
         add_dataclass_args(p, RunConfig)
         add_dataclass_args(p, SAEConfig, skip=("d_in", "hook_name", "model_name"))
         add_dataclass_args(p, TrainConfig)
-    p = sub.add_parser("eval", help="evaluate a saved dictionary on held-out tokens")
+    p = sub.add_parser("eval", help="evaluate a saved dictionary on held-out tokens, spliced into its model")
     p.add_argument("path", help="dictionary folder (cfg.json + sae_weights.safetensors)")
-    add_dataclass_args(p, RunConfig)
-    p.add_argument("--seed", type=int, default=0)
+    add_dataclass_args(p, RunConfig, skip=_EVAL_SKIP)
+    p.add_argument("--tokens", dest="eval_tokens", type=int, default=None, help="same as --eval-tokens")
+    p.add_argument("--batch-size", type=int, default=16, help="contexts per forward pass (default: 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the probing task's sampling and split (default: 0)")
+    p.add_argument("--force", action="store_true",
+                   help="evaluate with a --model / --hook other than the ones the dictionary records")
+    p.add_argument("--no-splice", dest="splice", action="store_false",
+                   help="reconstruction metrics only (no forwards with the dictionary spliced in)")
+    p.add_argument("--no-probe", dest="probe", action="store_false",
+                   help="skip sparse probing on the default task (embedded-corpus docstrings by stdlib module)")
+    p.add_argument("--plots", action="store_true", help="write eval/plots.html (plotly figures, viewable offline)")
     return parser
+
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,14 +69,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _eval(args: argparse.Namespace) -> dict[str, float]:
-    from activations import load_model
-    from sae.analysis.metrics import evaluate
+def eval_run_config(args: argparse.Namespace, cfg: SAEConfig, recorded: dict) -> RunConfig:
+    """The eval's settings: the command line, else what the run recorded, else the defaults.
+
+    The dictionary's `model_name` and `hook_name` win over the defaults; a `--model` or `--hook`
+    that disagrees with them is refused unless `--force`.
+    """
+    given = dataclass_kwargs(args, RunConfig)
+    for flag, key, value in (("--model", "model", cfg.model_name), ("--hook", "hook", cfg.hook_name)):
+        if value and key in given and given[key] != value and not args.force:
+            raise ValueError(f"{flag} {given[key]!r} disagrees with the dictionary's recorded {key} {value!r}; "
+                             f"leave {flag} out to use {value!r}, or add --force")
+    known = {f for f in RunConfig.__dataclass_fields__ if f not in _EVAL_SKIP}
+    defaults = {k: v for k, v in recorded.items() if k in known}
+    defaults.update({k: v for k, v in (("model", cfg.model_name), ("hook", cfg.hook_name)) if v})
+    return RunConfig(**{**defaults, **given})
+
+
+def _eval(args: argparse.Namespace) -> dict:
+    from pathlib import Path
+
     from sae.model import SparseAutoencoder
-    from sae.run import harvest
 
     sae = SparseAutoencoder.load(args.path)
-    run = RunConfig(**{"hook": sae.cfg.hook_name or RunConfig.hook, **dataclass_kwargs(args, RunConfig)})
-    model = load_model(run.model or sae.cfg.model_name)
-    held_out = harvest(run, model, "test", run.eval_tokens, args.seed)
-    return evaluate(sae, held_out.split(4096))
+    metrics_path = Path(args.path) / "metrics.json"
+    recorded = json.loads(metrics_path.read_text()).get("eval_settings", {}) if metrics_path.exists() else {}
+    run = eval_run_config(args, sae.cfg, recorded)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+
+    from activations import load_model
+    from sae.analysis.evaluate import evaluate, write_evaluation
+    from sae.run import eval_settings
+
+    model = load_model(run.model)
+    metrics = evaluate(sae, model, run.dataset or None, tokens=run.eval_tokens, batch_size=args.batch_size,
+                       context_len=run.context_len, hook=run.hook, dataset_config=run.dataset_config or None,
+                       text_column=run.text_column, spliced=args.splice, return_distributions=True)
+    metrics["eval_settings"] = eval_settings(run)
+    if args.probe:
+        from sae.analysis.probing import sparse_probe
+
+        metrics.update(sparse_probe(sae, model, hook=run.hook, context_len=run.context_len,
+                                    batch_size=args.batch_size, seed=args.seed))
+    merged = write_evaluation(args.path, metrics)
+    if args.plots:
+        from sae.analysis.plots import write_run_plots
+
+        write_run_plots(args.path)
+    return merged

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import torch
 
 from activations.text import TEST_EVERY, check_local_text
-from sae.analysis.metrics import evaluate
+from sae.analysis.evaluate import evaluate, write_evaluation
 from sae.analysis.pca import pca_fvu
 from sae.config import RunConfig, SAEConfig, TrainConfig
 from sae.data import TensorBatches
@@ -52,17 +51,21 @@ def harvest(run: RunConfig, model, split: str, tokens: int, seed: int, batch_siz
     return _collect(run, _stream(run, model, split, tokens, batch_size, seed), split, tokens)
 
 
-def _held_out_stream(run: RunConfig, model, seed: int, batch_size: int):
-    """The test split's stream, opened and checked to yield text before training: a dataset without held-out
-    text fails in seconds, not after training."""
+def eval_settings(run: RunConfig) -> dict[str, Any]:
+    """What decides the held-out tokens of metrics.json; `python -m sae eval` defaults to them."""
+    return {"dataset": run.dataset, "dataset_config": run.dataset_config, "text_column": run.text_column,
+            "context_len": run.context_len, "eval_tokens": run.eval_tokens}
+
+
+def _check_held_out(run: RunConfig, model, seed: int, batch_size: int) -> None:
+    """Check that the test split yields held-out text before training: a dataset without it fails in seconds,
+    not after training."""
     try:
-        stream = _stream(run, model, "test", run.eval_tokens, batch_size, seed)
-        stream.check_not_empty()
+        _stream(run, model, "test", run.eval_tokens, batch_size, seed).check_not_empty()
     except ValueError as e:
         raise ValueError(f"dataset {run.dataset or 'embedded'!r} has no usable 'test' split for the held-out metrics "
                          f"({e}); use a hub dataset that has one, or local files with at least {TEST_EVERY} documents "
                          "(every 20th is held out)") from e
-    return stream
 
 
 def check_run(run: RunConfig, sae_kwargs: dict[str, Any], tcfg: TrainConfig) -> None:
@@ -107,7 +110,7 @@ def _train_into(out: Path, run: RunConfig, sae_kwargs: dict[str, Any], tcfg: Tra
     t0 = time.perf_counter()
     model = load_model(run.model, device=tcfg.device)
     eval_batch = min(tcfg.batch_size, 4096)
-    held_out_stream = _held_out_stream(run, model, tcfg.seed, eval_batch)
+    _check_held_out(run, model, tcfg.seed, eval_batch)
     if run.harvest_tokens:
         train_acts = harvest(run, model, "train", run.harvest_tokens, tcfg.seed, tcfg.batch_size)
         data = TensorBatches(train_acts, tcfg.batch_size, seed=tcfg.seed)
@@ -123,9 +126,11 @@ def _train_into(out: Path, run: RunConfig, sae_kwargs: dict[str, Any], tcfg: Tra
     sae.fold_input_scale()
     sae.save(out)
 
-    held_out = _collect(run, held_out_stream, "test", run.eval_tokens)
-    eval_batches = list(held_out.split(4096))
-    metrics = evaluate(sae, eval_batches)
+    held_out: list[torch.Tensor] = []
+    metrics = evaluate(sae, model, run.dataset or None, tokens=run.eval_tokens, context_len=run.context_len,
+                       dataset_config=run.dataset_config or None, text_column=run.text_column,
+                       keep_activations=held_out, return_distributions=True)
+    eval_batches = list(torch.cat(held_out).split(4096))
     if pca_sample is None:
         pca_sample = harvest(run, model, "train", run.pca_tokens, tcfg.seed, tcfg.batch_size)
     rank = max(1, min(round(metrics["l0"]), d_in))
@@ -139,7 +144,7 @@ def _train_into(out: Path, run: RunConfig, sae_kwargs: dict[str, Any], tcfg: Tra
             "train_tokens_per_s": result.tokens / max(result.seconds, 1e-9) if result.steps else 0.0,
             "harvest_seconds": harvest_s,
             "total_seconds": time.perf_counter() - t0,
+            "eval_settings": eval_settings(run),
         }
     )
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+    return write_evaluation(out, metrics, merge=False)

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import torch
 
-from sae.analysis.metrics import VarianceAccumulator
+from sae.analysis.evaluate import VarianceAccumulator
 
 
 class PCA:

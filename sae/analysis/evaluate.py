@@ -1,0 +1,348 @@
+"""Evaluation of a dictionary: reconstruction on held-out activations, and the model with it spliced in.
+
+Definitions (SAEBench "core" / SAELens `get_recons_loss`, where they have one):
+- reconstruction over held-out token positions (BOS/CLS/SEP/PAD excluded): FVU = sum|x - x_hat|^2 /
+  sum|x - mean x|^2 (Gao et al.; 1 - explained variance), MSE per element, mean cosine(x, x_hat), L0
+  (mean and per-token distribution), dead latents (never fired in the evaluation), dense latents
+  (fire on more than 10% of tokens), per-latent firing frequency (the log10 density histogram).
+- spliced into a causal LM at the hook (SAEBench: the reconstruction replaces the activation at
+  non-special positions; the ablations replace it at every position): next-token cross-entropy of
+  the clean model, with the reconstruction, with reconstruction + error (must equal clean), with the
+  hook zero-ablated and mean-ablated (the hook's mean activation over the evaluation tokens);
+  loss recovered = (CE_ablated - CE_spliced) / (CE_ablated - CE_clean) for each ablation;
+  KL(clean || spliced) of the next-token distributions, and SAEBench's kl_div_score =
+  (KL_zero - KL_spliced) / KL_zero. Averages over the positions whose token is not special.
+- spliced into an encoder (the embedded MiniLM, a sentence-embedding model): cosine of the pooled
+  embedding (mean over the context's tokens, normalised, as sentence-transformers pools) and of the
+  final-layer hidden states with the clean ones; embedding recovered = (cos_spliced - cos_ablated) /
+  (1 - cos_ablated) for each ablation, the loss-recovered scale with 1 - cos as the loss.
+
+The held-out tokens are the first `tokens` non-special positions of the dataset's `test` split,
+packed into `context_len` contexts exactly as the activation stream packs them: the same arguments
+always score the same tokens, whatever the seed or batch size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from activations.models import ModelAdapter
+from activations.text import describe_source, iter_texts, load_text, pack_contexts
+from sae.analysis.interventions import check_fit, splice_edit
+from sae.model import SparseAutoencoder
+
+__all__ = ["DENSE_THRESHOLD", "ReconstructionStats", "VarianceAccumulator", "evaluate", "held_out_contexts",
+           "open_text", "reconstruction_metrics", "write_evaluation"]
+
+DENSE_THRESHOLD = 0.1  # a latent firing on more than this fraction of tokens is "dense" (SAEBench)
+SAMPLE_TOKENS = 4096  # activations kept for the AFA measures
+
+
+class VarianceAccumulator:
+    """Streams sum|x|^2 and sum x so the total variance of many batches is exact (float64)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sum_sq = 0.0
+        self.sum: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.double()
+        self.n += x.shape[0]
+        self.sum_sq += x.pow(2).sum().item()
+        s = x.sum(0)
+        self.sum = s if self.sum is None else self.sum + s
+
+    @property
+    def mean(self) -> torch.Tensor:
+        assert self.sum is not None
+        return self.sum / self.n
+
+    @property
+    def total_variance(self) -> float:
+        """sum over tokens of |x - mean|^2."""
+        assert self.sum is not None
+        return self.sum_sq - self.sum.pow(2).sum().item() / self.n
+
+
+class ReconstructionStats:
+    """Reconstruction metrics of one dictionary, accumulated batch by batch of raw activations [N, d]."""
+
+    def __init__(self, sae: SparseAutoencoder) -> None:
+        self.sae = sae
+        n, dev = sae.cfg.n_latents, sae.W_enc.device
+        self.var = VarianceAccumulator()
+        self.err = self.cos = 0.0
+        self.fired = torch.zeros(n, dtype=torch.float64, device=dev)  # tokens each latent fired on
+        self.act_sum = torch.zeros(n, dtype=torch.float64, device=dev)  # sum of each latent's activation
+        self.abs_sum = torch.zeros(n, dtype=torch.float64, device=dev)  # sum of its magnitude
+        self.l0: list[torch.Tensor] = []
+        self.sample: list[torch.Tensor] = []  # the first SAMPLE_TOKENS activations (AFA measures)
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor) -> None:
+        x = x.to(device=self.sae.W_enc.device)
+        out = self.sae(x)
+        self.var.add(x)
+        x64, x_hat = x.double(), out.x_hat.double()
+        self.err += (x64 - x_hat).pow(2).sum().item()
+        self.cos += F.cosine_similarity(x64, x_hat, dim=1, eps=1e-12).sum().item()
+        active = out.code.values != 0
+        self.l0.append(active.sum(1).cpu())
+        n = self.sae.cfg.n_latents
+        self.fired += torch.bincount(out.code.indices[active], minlength=n).double()
+        self.act_sum.index_add_(0, out.code.indices[active], out.code.values[active].double())
+        self.abs_sum.index_add_(0, out.code.indices[active], out.code.values[active].double().abs())
+        have = sum(s.shape[0] for s in self.sample)
+        if have < SAMPLE_TOKENS:
+            self.sample.append(x[: SAMPLE_TOKENS - have])
+
+    def result(self) -> dict[str, float]:
+        """Scalar metrics (keys of metrics.json)."""
+        n_tok = self.var.n
+        if n_tok == 0:
+            raise ValueError("evaluation data is empty")
+        freq = self.fired / n_tok
+        l0 = torch.cat(self.l0).double()
+        return {
+            "fvu": self.err / self.var.total_variance,
+            "mse": self.err / (n_tok * self.sae.cfg.d_in),
+            "cosine": self.cos / n_tok,
+            "l0": l0.mean().item(),
+            "l0_std": l0.std().item() if l0.numel() > 1 else 0.0,
+            "eval_dead_fraction": (freq == 0).double().mean().item(),
+            "dead_latents": int((freq == 0).sum().item()),
+            "dense_latents": int((freq > DENSE_THRESHOLD).sum().item()),
+            "eval_tokens": n_tok,
+        }
+
+    def distributions(self) -> dict[str, torch.Tensor]:
+        """Per-latent firing frequency and mean activation [n], per-token L0 [tokens] (eval/ folder)."""
+        n_tok = max(self.var.n, 1)
+        return {
+            "latent_frequency": (self.fired / n_tok).float().cpu(),
+            "latent_mean_activation": (self.act_sum / n_tok).float().cpu(),
+            "latent_mean_abs_activation": (self.abs_sum / n_tok).float().cpu(),
+            "l0": torch.cat(self.l0).to(torch.int32) if self.l0 else torch.zeros(0, dtype=torch.int32),
+        }
+
+
+@torch.no_grad()
+def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[torch.Tensor]) -> dict[str, float]:
+    """FVU, MSE, cosine, L0, dead and dense latents of `sae` over raw activation batches [B, d]."""
+    was_training = sae.training
+    sae.eval()
+    try:
+        stats = ReconstructionStats(sae)
+        for x in batches:
+            stats.add(x)
+        return stats.result()
+    finally:
+        sae.train(was_training)
+
+
+# --- held-out text ----------------------------------------------------------------------------
+def open_text(dataset: Any = None, split: str = "test", dataset_config: str | None = None,
+              text_column: str = "text"):
+    """The dataset's `split` as the activation stream reads it (hub names and local files streamed)."""
+    streaming = isinstance(dataset, str | os.PathLike) and dataset != "embedded"
+    return load_text(dataset or None, split=split, config=dataset_config or None, text_column=text_column,
+                     streaming=streaming)
+
+
+def held_out_contexts(model: ModelAdapter, dataset: Any = None, *, tokens: int, context_len: int = 128,
+                      batch_size: int = 16, split: str = "test", dataset_config: str | None = None,
+                      text_column: str = "text") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`(contexts [B, T], scored [B, T] bool)`: the first `tokens` non-special positions of `split`, in order."""
+    ds = open_text(dataset, split, dataset_config, text_column)
+    contexts = pack_contexts(iter_texts(ds, text_column), model.tokenizer, context_len, model.bos_token_id,
+                             model.sep_token_id)
+    special = torch.tensor(sorted(model.special_token_ids), dtype=torch.long)
+    got = 0
+    while got < tokens:
+        batch = list(islice(contexts, batch_size))
+        if not batch:
+            break
+        ids = torch.stack(batch)
+        keep = ~torch.isin(ids, special)
+        flat = keep.flatten()
+        flat &= flat.cumsum(0) <= tokens - got  # the budget ends mid-batch: later positions are not scored
+        keep = flat.view_as(ids)
+        got += int(keep.sum())
+        yield ids, keep
+    if got == 0:
+        raise ValueError(f"dataset {describe_source(dataset, split, dataset_config)!r} yields no context of "
+                         f"{context_len} tokens: it is empty or too short")
+    if got < tokens:
+        warnings.warn(f"dataset {describe_source(dataset, split, dataset_config)!r} ran out after {got} of "
+                      f"{tokens} held-out tokens", stacklevel=2)
+
+
+# --- the model with the dictionary spliced in ---------------------------------------------------
+class _Downstream:
+    """Sums over scored positions of CE / KL (causal) or cosines (encoder), per condition."""
+
+    def __init__(self, causal: bool) -> None:
+        self.causal = causal
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def _add(self, key: str, values: torch.Tensor) -> None:
+        self.sums[key] = self.sums.get(key, 0.0) + values.double().sum().item()
+        self.counts[key] = self.counts.get(key, 0) + values.numel()
+
+    def add(self, name: str, ids: torch.Tensor, keep: torch.Tensor, clean: torch.Tensor, out: torch.Tensor) -> None:
+        """`clean`: the clean run's log-probabilities (causal) or final hidden states (encoder)."""
+        keep = keep.to(out.device)
+        if self.causal:
+            logp = out.float().log_softmax(-1)
+            target = ids[:, 1:].to(out.device)
+            ce = -logp[:, :-1].gather(-1, target[..., None])[..., 0]
+            self._add(f"ce_loss_{name}", ce[keep[:, :-1]])
+            if name != "clean":
+                kl = (clean.exp() * (clean - logp)).sum(-1)  # KL(clean || edited) per position
+                self._add(f"kl_div_{name}", kl[keep])
+        elif name != "clean":
+            self._add(f"hidden_cos_{name}", F.cosine_similarity(out.float(), clean.float(), dim=-1)[keep])
+            pooled = F.cosine_similarity(out.float().mean(1), clean.float().mean(1), dim=-1)
+            self._add(f"embedding_cos_{name}", pooled)
+
+    def result(self) -> dict[str, float]:
+        m = {k: self.sums[k] / max(self.counts[k], 1) for k in self.sums}
+        for abl in ("zero_ablation", "mean_ablation"):
+            short = abl.split("_")[0]
+            if self.causal:
+                m[f"loss_recovered_{short}"] = _recovered(m[f"ce_loss_{abl}"], m["ce_loss_spliced"], m["ce_loss_clean"])
+            else:
+                for what in ("embedding", "hidden"):
+                    m[f"{what}_recovered_{short}"] = _recovered(1 - m[f"{what}_cos_{abl}"],
+                                                                1 - m[f"{what}_cos_spliced"], 0.0)
+        if self.causal:
+            m["kl_div_score"] = _recovered(m["kl_div_zero_ablation"], m["kl_div_spliced"], 0.0)
+        return m
+
+
+def _recovered(ablated: float, spliced: float, clean: float) -> float:
+    """(ablated - spliced) / (ablated - clean): 1 = as good as clean, 0 = as bad as the ablation."""
+    gap = ablated - clean
+    return (ablated - spliced) / gap if gap != 0 else math.nan
+
+
+@torch.no_grad()
+def evaluate(
+    sae: SparseAutoencoder,
+    model: ModelAdapter,
+    dataset: Any = None,
+    *,
+    tokens: int = 65_536,
+    batch_size: int = 16,
+    context_len: int = 128,
+    hook: str | None = None,
+    split: str = "test",
+    dataset_config: str | None = None,
+    text_column: str = "text",
+    spliced: bool = True,
+    geometry: bool = True,
+    keep_activations: list[torch.Tensor] | None = None,
+    return_distributions: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Reconstruction metrics and, with `spliced`, the model's output with the dictionary spliced in.
+
+    With `geometry`, the superposition and decoder measures of `sae.analysis.geometry` too.
+    `dataset` is what `ActivationStream` takes (None: the embedded corpus); `tokens` held-out
+    positions of its `split` are scored, `batch_size` contexts of `context_len` tokens per forward.
+    `keep_activations`, when a list, receives the scored activations (e.g. for the PCA baseline).
+    With `return_distributions` the result holds a `"distributions"` dict of tensors (eval/ folder).
+    """
+    for name, v in (("tokens", tokens), ("batch_size", batch_size)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    hook = check_fit(model, sae, hook)
+    if context_len > model.max_context:
+        raise ValueError(f"context_len {context_len} is longer than the maximum context {model.max_context} "
+                         f"of model {model.name!r}")
+    was_training = sae.training
+    sae.eval()
+    try:
+        stats = ReconstructionStats(sae)
+        batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        contexts = held_out_contexts(model, dataset, tokens=tokens, context_len=context_len, batch_size=batch_size,
+                                     split=split, dataset_config=dataset_config, text_column=text_column)
+        with tqdm(total=tokens, desc="eval: reconstruction", unit="tok", disable=not progress, leave=False) as bar:
+            for ids, keep in contexts:
+                acts = model.run(ids, [hook])[hook]
+                x = acts[keep.to(acts.device)].float()
+                stats.add(x)
+                if keep_activations is not None:
+                    keep_activations.append(x.cpu())
+                batches.append((ids, keep))
+                bar.update(int(keep.sum()))
+        metrics: dict[str, Any] = {**stats.result(), "eval_hook": hook, "eval_context_len": context_len}
+        if geometry:
+            from sae.analysis.geometry import geometry as measure
+
+            dists = stats.distributions()
+            geo = measure(sae, torch.cat(stats.sample), dists["latent_mean_abs_activation"])
+            hist = geo.pop("decoder_cos_hist")  # a distribution: eval/, not metrics.json
+            metrics.update(geo)
+        if spliced:
+            metrics.update(_spliced(sae, model, hook, batches, stats.var.mean.float(), progress))
+        if return_distributions:
+            metrics["distributions"] = stats.distributions()
+            if geometry:
+                metrics["distributions"].update({f"decoder_cos_hist_{k}": torch.tensor(v) for k, v in hist.items()})
+        return metrics
+    finally:
+        sae.train(was_training)
+
+
+def _spliced(sae: SparseAutoencoder, model: ModelAdapter, hook: str, batches, mean: torch.Tensor,
+             progress: bool) -> dict[str, float]:
+    acc = _Downstream(model.is_causal)
+    for ids, keep in tqdm(batches, desc="eval: spliced", unit="batch", disable=not progress, leave=False):
+        clean = model.forward(ids)
+        acc.add("clean", ids, keep, clean, clean)
+        if model.is_causal:
+            clean = clean.float().log_softmax(-1)
+        conditions = {
+            "spliced": splice_edit(sae, mask=keep),
+            "spliced_with_error": splice_edit(sae, error_term=True, mask=keep),
+            "zero_ablation": torch.zeros_like,
+            "mean_ablation": lambda a: mean.to(a.device, a.dtype).expand_as(a).clone(),
+        }
+        for name, edit in conditions.items():
+            acc.add(name, ids, keep, clean, model.forward(ids, {hook: edit}))
+    out = acc.result()
+    out["eval_model_kind"] = "causal" if model.is_causal else "encoder"
+    return out
+
+
+def write_evaluation(out_dir: str | Path, metrics: dict[str, Any], merge: bool = True) -> dict[str, Any]:
+    """Write out_dir/metrics.json (merged into the one there with `merge`) and the eval/ distributions."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    metrics = dict(metrics)
+    dists = metrics.pop("distributions", None)
+    path = out / "metrics.json"
+    old = json.loads(path.read_text()) if merge and path.exists() else {}
+    merged = {**old, **metrics}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(merged, indent=2))
+    os.replace(tmp, path)
+    if dists is not None:
+        (out / "eval").mkdir(exist_ok=True)
+        save_file({k: v.contiguous() for k, v in dists.items()}, str(out / "eval" / "latents.safetensors"))
+    return merged

@@ -22,7 +22,7 @@ def run_dir(tiny_gpt2_path, tmp_path_factory):
     corpus.write_text("\n".join(json.dumps({"text": t}) for t in list(topics.topics.values())[:200]) + "\n")
     out = tmp / "run"
     argv = ["train", "--model", tiny_gpt2_path, "--hook", HOOK, "--dataset", str(corpus), "--context-len", "32",
-            "--tokens", "4096", "--batch-size", "1024", "--n-latents", "128", "--k", "4", "--eval-tokens", "500",
+            "--tokens", "4096", "--batch-size", "1024", "--n-latents", "128", "--k", "4", "--eval-tokens", "200",
             "--pca-tokens", "1024", "--harvest-tokens", "4096", "--out", str(out)]
     assert main(argv) == 0
     return out
@@ -30,11 +30,11 @@ def run_dir(tiny_gpt2_path, tmp_path_factory):
 
 def test_eval_defaults_to_the_recorded_settings_and_reproduces_metrics_json(run_dir, capsys):
     trained = json.loads((run_dir / "metrics.json").read_text())
-    assert trained["eval_settings"]["eval_tokens"] == 500 and trained["eval_tokens"] == 500
+    assert trained["eval_settings"]["eval_tokens"] == 200 and trained["eval_tokens"] == 200
     assert {"ce_loss_clean", "ce_loss_spliced", "loss_recovered_zero", "kl_div_spliced"} <= set(trained)
     capsys.readouterr()
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no "ran out after N tokens": the recorded 500 tokens exist
+        warnings.simplefilter("error")  # no "ran out after N tokens": the recorded 200 tokens exist
         assert main(["eval", str(run_dir), "--no-probe"]) == 0
     printed = json.loads(capsys.readouterr().out)
     again = json.loads((run_dir / "metrics.json").read_text())

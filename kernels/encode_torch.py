@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from kernels.code import SparseCode
 from kernels.decode_torch import decode_torch
@@ -38,6 +39,24 @@ def aux_select(pre: torch.Tensor, dead: torch.Tensor, k_aux: int, signed: bool =
     return select_row(torch.where(dead, pre, torch.full_like(pre, fill)), k_aux)
 
 
+def _scatter_rows(idx: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, n: int) -> torch.Tensor:
+    """out[i] = sum over (b, j) with idx[b, j] = i of grad[b, j] * x[b]: the index-add of B*m rank-one rows, [n, d].
+
+    On CPU in float32/64 the entries are sorted by latent and each latent's rows gathered and summed by
+    embedding_bag (a segmented gather-sum, no B*m*d temporary); otherwise chunked index-adds."""
+    B, m = idx.shape
+    flat = idx.flatten()
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        order = flat.to(torch.int32 if n < 2**31 else torch.int64).argsort()  # int32 keys sort faster
+        offsets = torch.searchsorted(flat[order], torch.arange(n, device=flat.device))
+        return F.embedding_bag(order // m, x, offsets, per_sample_weights=grad.flatten()[order], mode="sum")
+    out = x.new_zeros(n, x.shape[1])
+    rows = max(1, _INDEX_ADD_ELEMENTS // max(1, m * x.shape[1]))
+    for g_c, i_c, x_c in zip(grad.split(rows), idx.split(rows), x.split(rows)):
+        out.index_add_(0, i_c.flatten(), (g_c[:, :, None] * x_c[:, None, :]).flatten(0, 1))
+    return out
+
+
 class _GatherPre(torch.autograd.Function):
     """pre[b, idx[b, j]] of pre = x @ W_enc (+ b_enc), given pre; the backward reads only those entries:
     grad x = gather-sum of W_enc's selected columns, grad W_enc = index-add of B*m rank-one rows,
@@ -52,17 +71,13 @@ class _GatherPre(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         x, W_enc, idx = ctx.saved_tensors
-        d, n = W_enc.shape
+        n = W_enc.shape[1]
         grad = grad.contiguous()
         gx = gW = gb = None
         if ctx.needs_input_grad[0]:
             gx = decode_torch(SparseCode(grad, idx), W_enc.t().contiguous())
         if ctx.needs_input_grad[1]:
-            gW_t = W_enc.new_zeros(n, d)
-            rows = max(1, _INDEX_ADD_ELEMENTS // max(1, idx.shape[1] * d))
-            for g_c, i_c, x_c in zip(grad.split(rows), idx.split(rows), x.split(rows)):
-                gW_t.index_add_(0, i_c.flatten(), (g_c[:, :, None] * x_c[:, None, :]).flatten(0, 1))
-            gW = gW_t.t()
+            gW = _scatter_rows(idx, grad, x, n).t()
         if ctx.needs_input_grad[2]:
             gb = W_enc.new_zeros(n).index_add_(0, idx.flatten(), grad.flatten())
         return gx, gW, gb, None, None

@@ -95,8 +95,9 @@ class TrainConfig:
     """Fraction of steps of linear lr warm-up."""
     decay_frac: float = 0.2
     """Fraction of steps, at the end, of linear lr decay to zero."""
-    dead_window_tokens: int = 1_000_000
-    """A latent that has not fired for this many tokens is dead (AuxK trains it)."""
+    dead_window_tokens: int | None = None
+    """A latent that has not fired for this many tokens is dead (AuxK trains it); default a quarter of the
+    run, at most 1M tokens (`dead_window`)."""
     init_tokens: int = 32_768
     """Tokens used to initialise b_dec (geometric median) and the input scale."""
     seed: int = 0
@@ -116,12 +117,22 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.tokens < self.batch_size:
             raise ValueError(f"tokens={self.tokens} is less than one batch of {self.batch_size}")
+        if self.dead_window_tokens is not None and self.dead_window_tokens < 1:
+            raise ValueError(f"dead_window_tokens must be >= 1 (or None for the default), got {self.dead_window_tokens}")
         if not 0 <= self.warmup_frac < 1 or not 0 <= self.decay_frac <= 1:
             raise ValueError(f"warmup_frac and decay_frac must lie in [0, 1), got {self.warmup_frac}, {self.decay_frac}")
 
     @property
     def steps(self) -> int:
         return self.tokens // self.batch_size
+
+    @property
+    def dead_window(self) -> int:
+        """Tokens without firing after which a latent is dead: given, or min(1M, tokens // 4), so AuxK gets
+        three quarters of a short run to revive latents while a long run keeps Gao et al.'s order of window."""
+        if self.dead_window_tokens is not None:
+            return self.dead_window_tokens
+        return min(1_000_000, max(self.batch_size, self.tokens // 4))
 
     def learning_rate(self, n_latents: int) -> float:
         return self.lr if self.lr is not None else 2e-4 / math.sqrt(n_latents / 2**14)

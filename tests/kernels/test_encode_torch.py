@@ -89,3 +89,19 @@ def test_no_grad_inputs_give_detached_codes():
     enc = kernels.encode(x, W, b, "row", k=3)
     assert not enc.code.values.requires_grad
     assert torch.equal(enc.code.values, (x @ W + b).topk(3).values.relu())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_scatter_rows_is_the_index_add_of_rank_one_rows(dtype):
+    """Both ways of forming grad W_enc (embedding_bag over sorted entries; chunked index-add) against a loop."""
+    from kernels.encode_torch import _scatter_rows
+
+    B, m, d, n = 30, 5, 7, 40
+    idx = torch.randint(0, n, (B, m), generator=torch.Generator().manual_seed(0))
+    grad, x = rand(B, m, seed=1), rand(B, d, seed=2)
+    ref = torch.zeros(n, d, dtype=torch.float64)
+    for b in range(B):
+        for j in range(m):
+            ref[idx[b, j]] += grad[b, j].double() * x[b].double()
+    out = _scatter_rows(idx, grad.to(dtype), x.to(dtype), n)
+    assert out.dtype == dtype and rel(out, ref) <= (1e-6 if dtype == torch.float32 else 2e-2)

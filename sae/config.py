@@ -11,6 +11,9 @@ import torch
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 NORMALIZATIONS = ("dataset_scalar", "none", "layer_norm", "unit_norm")
+# the default lr's budget rule (TrainConfig.learning_rate): from the study in docs/results/recipe.md
+LR_LONG_RUN_STEPS = 8000
+LR_SHORT_RUN_BOOST = 8.0
 
 
 @dataclass
@@ -86,7 +89,7 @@ class TrainConfig:
     batch_size: int = 4096
     """Tokens per step."""
     lr: float | None = None
-    """Adam learning rate; default 2e-4 / sqrt(n_latents / 2**14) as in Gao et al."""
+    """Adam learning rate; default from the dictionary's size and the run's length (`learning_rate`)."""
     betas: tuple[float, float] = (0.9, 0.999)
     """Adam betas."""
     eps: float = 6.25e-10
@@ -135,7 +138,13 @@ class TrainConfig:
         return min(1_000_000, max(self.batch_size, self.tokens // 4))
 
     def learning_rate(self, n_latents: int) -> float:
-        return self.lr if self.lr is not None else 2e-4 / math.sqrt(n_latents / 2**14)
+        """The given lr, or Gao et al.'s 2e-4 / sqrt(n / 2^14) raised by sqrt(LR_LONG_RUN_STEPS / steps) (at most
+        LR_SHORT_RUN_BOOST times) for runs shorter than LR_LONG_RUN_STEPS: Gao's rate was fitted on runs of
+        billions of tokens and under-trains a run of a few hundred steps (docs/results/recipe.md)."""
+        if self.lr is not None:
+            return self.lr
+        boost = min(LR_SHORT_RUN_BOOST, max(1.0, math.sqrt(LR_LONG_RUN_STEPS / self.steps)))
+        return boost * 2e-4 / math.sqrt(n_latents / 2**14)
 
 
 @dataclass

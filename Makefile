@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint bench-harvest bench-kernels clean
+.PHONY: demo test lint bench-harvest bench-kernels bench-train-step clean
 
 $(STAMP): setup.cfg constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,11 @@ bench-harvest: $(STAMP)
 
 bench-kernels: $(STAMP)
 	$(BIN)/python bench/kernels.py
+
+# ours against sparsify and SAELens, one process: the peers need their own environment (transformer-lens < 4)
+bench-train-step:
+	test -x .venv-interop/bin/python || ($(PY) -m venv .venv-interop && .venv-interop/bin/pip install -q -c constraints.txt sae-lens eai-sparsify)
+	PYTHONPATH=$(CURDIR) .venv-interop/bin/python bench/train_step.py
 
 clean:
 	rm -rf $(VENV) runs

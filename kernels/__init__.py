@@ -15,9 +15,9 @@ import torch
 from kernels.checks import check_code, check_encode, check_k, check_pre, check_rule
 from kernels.code import SparseCode
 from kernels.decode_torch import decode_torch
-from kernels.encode_torch import Encoding
+from kernels.encode_torch import Encoding, encode_twin
 from kernels.encode_torch import aux_select as aux_select_torch
-from kernels.select_torch import select_abs, select_batch, select_row, select_stat, select_threshold
+from kernels.select_torch import select_by_rule
 
 __all__ = ["SparseCode", "Encoding", "select", "decode", "encode", "aux_select"]
 
@@ -54,15 +54,7 @@ def select(
     tri = _triton_for(pre)
     if tri is not None:
         return tri._select_detached(pre, rule, k, threshold)
-    if rule == "row":
-        return select_row(pre, k)
-    if rule == "abs":
-        return select_abs(pre, k)
-    if rule == "batch":
-        return select_batch(pre, k)
-    if rule == "stat":
-        return select_stat(pre, k)
-    return select_threshold(pre, threshold)
+    return select_by_rule(pre, rule, k, threshold)
 
 
 def decode(code: SparseCode, W_dec: torch.Tensor, b_dec: torch.Tensor | None = None) -> torch.Tensor:
@@ -86,8 +78,8 @@ def encode(
 ) -> Encoding:
     """Pre-activations x @ W_enc + b_enc, selected by `rule`; plus the AuxK code over `dead` latents.
 
-    On Triton the backward touches only the selected entries (main and AuxK codes): gradients reach
-    x, W_enc and b_enc without a dense [B, n] gradient.
+    The backward touches only the selected entries (main and AuxK codes), on Triton and on the torch
+    twin alike: gradients reach x, W_enc and b_enc without a dense [B, n] gradient.
     """
     check_rule(rule)
     check_encode(x, W_enc, b_enc, dead)
@@ -100,12 +92,7 @@ def encode(
     if tri is not None:
         code, aux = tri.encode(x, W_enc, b_enc, rule, k, threshold, dead, k_aux)
         return Encoding(code, aux)
-    pre = x @ W_enc
-    if b_enc is not None:
-        pre = pre + b_enc
-    code = select(pre, rule, k=k, threshold=threshold)
-    aux = aux_select(pre, dead, k_aux, signed=rule == "abs") if dead is not None else None
-    return Encoding(code, aux)
+    return encode_twin(x, W_enc, b_enc, rule, k, threshold, dead, k_aux)
 
 
 def aux_select(pre: torch.Tensor, dead: torch.Tensor, k_aux: int, signed: bool = False) -> SparseCode | None:

@@ -1,13 +1,22 @@
-"""Plain-torch encode: pre-activations, then the selection rule (and the AuxK selection beside it)."""
+"""Plain-torch encode: pre-activations, then the selection rule (and the AuxK selection beside it).
+
+The backward is sparse, as the Triton kernel's: the dense [B, n] pre-activations are computed without
+autograd, and only the selected entries (main and AuxK codes) carry gradient back to x, W_enc and b_enc.
+"""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from kernels.code import SparseCode
-from kernels.select_torch import select_abs, select_row
+from kernels.decode_torch import decode_torch
+from kernels.select_torch import select_abs, select_by_rule, select_row
+
+# rank-one rows materialised at once by the W_enc gradient's index-add (bounds its memory to ~32 MB in fp32)
+_INDEX_ADD_ELEMENTS = 1 << 23
 
 
 class Encoding(NamedTuple):
@@ -28,3 +37,82 @@ def aux_select(pre: torch.Tensor, dead: torch.Tensor, k_aux: int, signed: bool =
         masked = torch.where(dead, pre, torch.zeros_like(pre))
         return select_abs(masked, k_aux)
     return select_row(torch.where(dead, pre, torch.full_like(pre, fill)), k_aux)
+
+
+def _scatter_rows(idx: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, n: int) -> torch.Tensor:
+    """out[i] = sum over (b, j) with idx[b, j] = i of grad[b, j] * x[b]: the index-add of B*m rank-one rows, [n, d].
+
+    On CPU in float32/64 the entries are sorted by latent and each latent's rows gathered and summed by
+    embedding_bag (a segmented gather-sum, no B*m*d temporary); otherwise chunked index-adds."""
+    B, m = idx.shape
+    flat = idx.flatten()
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        order = flat.to(torch.int32 if n < 2**31 else torch.int64).argsort()  # int32 keys sort faster
+        offsets = torch.searchsorted(flat[order], torch.arange(n, device=flat.device))
+        return F.embedding_bag(order // m, x, offsets, per_sample_weights=grad.flatten()[order], mode="sum")
+    out = x.new_zeros(n, x.shape[1])
+    rows = max(1, _INDEX_ADD_ELEMENTS // max(1, m * x.shape[1]))
+    for g_c, i_c, x_c in zip(grad.split(rows), idx.split(rows), x.split(rows)):
+        out.index_add_(0, i_c.flatten(), (g_c[:, :, None] * x_c[:, None, :]).flatten(0, 1))
+    return out
+
+
+class _GatherPre(torch.autograd.Function):
+    """pre[b, idx[b, j]] of pre = x @ W_enc (+ b_enc), given pre; the backward reads only those entries:
+    grad x = gather-sum of W_enc's selected columns, grad W_enc = index-add of B*m rank-one rows,
+    grad b_enc = index-add of the entries' gradients. B*m*d work where autograd of the dense pre
+    would do two B*n*d matmuls."""
+
+    @staticmethod
+    def forward(ctx, x, W_enc, b_enc, pre, indices):  # noqa: ANN001, ANN205 - autograd signature
+        ctx.save_for_backward(x, W_enc, indices)
+        return pre.gather(1, indices)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        x, W_enc, idx = ctx.saved_tensors
+        n = W_enc.shape[1]
+        grad = grad.contiguous()
+        gx = gW = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = decode_torch(SparseCode(grad, idx), W_enc.t().contiguous())
+        if ctx.needs_input_grad[1]:
+            gW = _scatter_rows(idx, grad, x, n).t()
+        if ctx.needs_input_grad[2]:
+            gb = W_enc.new_zeros(n).index_add_(0, idx.flatten(), grad.flatten())
+        return gx, gW, gb, None, None
+
+
+def _regathered(vals: torch.Tensor, code: SparseCode, relu: bool) -> SparseCode:
+    """The code with values read from `vals` (which carry gradient); padding (value 0) stays 0."""
+    vals = vals.relu() if relu else vals
+    return SparseCode(torch.where(code.values != 0, vals, torch.zeros_like(vals)), code.indices)
+
+
+def encode_twin(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor | None,
+    rule: str,
+    k: int | None,
+    threshold: torch.Tensor | float | None,
+    dead: torch.Tensor | None,
+    k_aux: int,
+) -> Encoding:
+    """Select on pre-activations computed without autograd, then re-read the selected values through
+    `_GatherPre` so gradients reach x, W_enc and b_enc only at the main and AuxK entries."""
+    with torch.no_grad():
+        pre = x @ W_enc
+        if b_enc is not None:
+            pre += b_enc
+    code = select_by_rule(pre, rule, k, threshold)
+    signed = rule == "abs"
+    aux = aux_select(pre, dead, k_aux, signed=signed) if dead is not None else None
+    params = (x, W_enc) if b_enc is None else (x, W_enc, b_enc)
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in params)):
+        return Encoding(code, aux)
+    idx = code.indices if aux is None else torch.cat([code.indices, aux.indices], dim=1)
+    vals = _GatherPre.apply(x, W_enc, b_enc, pre, idx)
+    w = code.indices.shape[1]
+    main = _regathered(vals[:, :w], code, relu=rule in ("row", "batch"))
+    return Encoding(main, None if aux is None else _regathered(vals[:, w:], aux, relu=not signed))

@@ -62,3 +62,10 @@ def select_stat(pre: torch.Tensor, k: int) -> SparseCode:
     on Gaussian rows; more on heavy-tailed ones). Values kept as they are (all positive)."""
     thr = stat_threshold(pre.detach(), k)
     return _mask_to_code(pre, pre.float() > thr[:, None])
+
+
+def select_by_rule(pre: torch.Tensor, rule: str, k: int | None, threshold: torch.Tensor | float | None) -> SparseCode:
+    """The plain-torch selection for `rule` (arguments already checked by `kernels.select`)."""
+    if rule == "threshold":
+        return select_threshold(pre, threshold)
+    return {"row": select_row, "abs": select_abs, "batch": select_batch, "stat": select_stat}[rule](pre, k)

@@ -14,7 +14,7 @@ from sae.config import RunConfig, SAEConfig, TrainConfig
 DEMO = {
     "run": {"out": "runs/demo", "harvest_tokens": 400_000, "eval_tokens": 16_384},
     "sae": {"family": "topk", "k": 32, "n_latents": 3072},
-    "train": {"tokens": 1_600_000, "batch_size": 4096, "checkpoint_every": 50, "dead_window_tokens": 400_000},
+    "train": {"tokens": 1_600_000, "batch_size": 4096, "checkpoint_every": 50},
 }
 
 # RunConfig fields that concern training only; `eval` defaults the rest to what the run recorded.

@@ -14,6 +14,9 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 NORMALIZATIONS = ("dataset_scalar", "none", "layer_norm", "unit_norm")
 DEFAULT_K = 32  # k of the top-k families when not given
 DEFAULT_EXPANSION = 8  # n_latents = 8 * d_in when neither n_latents nor expansion is given
+# the default lr's budget rule (TrainConfig.learning_rate): from the study in docs/results/recipe.md
+LR_LONG_RUN_STEPS = 8000
+LR_SHORT_RUN_BOOST = 8.0
 
 
 @dataclass
@@ -129,7 +132,7 @@ class TrainConfig:
     batch_size: int = 4096
     """Tokens per step."""
     lr: float | None = None
-    """Adam learning rate; default 2e-4 / sqrt(n_latents / 2**14) as in Gao et al."""
+    """Adam learning rate; default from the dictionary's size and the run's length (`learning_rate`)."""
     betas: tuple[float, float] = (0.9, 0.999)
     """Adam betas."""
     eps: float = 6.25e-10
@@ -138,8 +141,9 @@ class TrainConfig:
     """Fraction of steps of linear lr warm-up."""
     decay_frac: float = 0.2
     """Fraction of steps, at the end, of linear lr decay to zero."""
-    dead_window_tokens: int = 1_000_000
-    """A latent that has not fired for this many tokens is dead (AuxK trains it)."""
+    dead_window_tokens: int | None = None
+    """A latent that has not fired for this many tokens is dead (AuxK trains it); default a quarter of the
+    run, at most 1M tokens (`dead_window`)."""
     init_tokens: int = 32_768
     """Tokens used to initialise b_dec (geometric median) and the input scale."""
     seed: int = 0
@@ -159,6 +163,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.tokens < self.batch_size:
             raise ValueError(f"tokens={self.tokens} is less than one batch of {self.batch_size}")
+        if self.dead_window_tokens is not None and self.dead_window_tokens < 1:
+            raise ValueError(f"dead_window_tokens must be >= 1 (or None for the default), got {self.dead_window_tokens}")
         if not 0 <= self.warmup_frac < 1 or not 0 <= self.decay_frac <= 1:
             raise ValueError(f"warmup_frac and decay_frac must lie in [0, 1), got {self.warmup_frac}, {self.decay_frac}")
 
@@ -166,8 +172,22 @@ class TrainConfig:
     def steps(self) -> int:
         return self.tokens // self.batch_size
 
+    @property
+    def dead_window(self) -> int:
+        """Tokens without firing after which a latent is dead: given, or min(1M, tokens // 4), so AuxK gets
+        three quarters of a short run to revive latents while a long run keeps Gao et al.'s order of window."""
+        if self.dead_window_tokens is not None:
+            return self.dead_window_tokens
+        return min(1_000_000, max(self.batch_size, self.tokens // 4))
+
     def learning_rate(self, n_latents: int) -> float:
-        return self.lr if self.lr is not None else 2e-4 / math.sqrt(n_latents / 2**14)
+        """The given lr, or Gao et al.'s 2e-4 / sqrt(n / 2^14) raised by sqrt(LR_LONG_RUN_STEPS / steps) (at most
+        LR_SHORT_RUN_BOOST times) for runs shorter than LR_LONG_RUN_STEPS: Gao's rate was fitted on runs of
+        billions of tokens and under-trains a run of a few hundred steps (docs/results/recipe.md)."""
+        if self.lr is not None:
+            return self.lr
+        boost = min(LR_SHORT_RUN_BOOST, max(1.0, math.sqrt(LR_LONG_RUN_STEPS / self.steps)))
+        return boost * 2e-4 / math.sqrt(n_latents / 2**14)
 
 
 @dataclass

@@ -53,11 +53,11 @@ class Trainer:
         self.sae, self.cfg = sae, cfg
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.base_lr = cfg.learning_rate(sae.cfg.n_latents)
-        fused = sae.W_enc.device.type == "cuda"
-        self.opt = torch.optim.Adam(sae.parameters(), lr=self.base_lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
+        # fused Adam: one pass over each parameter's state, on CPU as on CUDA
+        self.opt = torch.optim.Adam(sae.parameters(), lr=self.base_lr, betas=cfg.betas, eps=cfg.eps, fused=True)
         self.step = 0
         self.tokens = 0
-        # tokens since each latent last fired: dead beyond cfg.dead_window_tokens
+        # tokens since each latent last fired: dead beyond cfg.dead_window
         self.since_fired = torch.zeros(sae.cfg.n_latents, dtype=torch.long, device=sae.W_enc.device)
 
     # --- checkpoints ------------------------------------------------------------------
@@ -100,7 +100,7 @@ class Trainer:
 
     # --- one step ---------------------------------------------------------------------
     def dead_mask(self) -> torch.Tensor:
-        return self.since_fired >= self.cfg.dead_window_tokens
+        return self.since_fired >= self.cfg.dead_window
 
     def train_step(self, x: torch.Tensor) -> dict[str, float]:
         sae, steps = self.sae, self.cfg.steps

@@ -35,8 +35,28 @@ def test_train_config_checks():
     with pytest.raises(ValueError, match="less than one batch"):
         TrainConfig(tokens=100, batch_size=4096)
     assert TrainConfig(tokens=8192, batch_size=4096).steps == 2
-    assert TrainConfig().learning_rate(2**14) == pytest.approx(2e-4)
-    assert TrainConfig().learning_rate(2**16) == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="dead_window_tokens must be >= 1"):
+        TrainConfig(dead_window_tokens=0)
+
+
+def test_default_lr_rule():
+    """Gao et al.'s rate from 8000 steps on; raised by sqrt(8000 / steps) below, at most 8x; a given lr wins."""
+    long_run = TrainConfig(tokens=4096 * 8000)
+    assert long_run.learning_rate(2**14) == pytest.approx(2e-4)
+    assert long_run.learning_rate(2**16) == pytest.approx(1e-4)
+    demo = TrainConfig(tokens=1_600_000, batch_size=4096)  # 390 steps
+    assert demo.learning_rate(3072) == pytest.approx(2e-4 / (3072 / 2**14) ** 0.5 * (8000 / 390) ** 0.5)
+    assert 2e-3 < demo.learning_rate(3072) < 2.2e-3
+    assert TrainConfig(tokens=4096 * 10).learning_rate(2**14) == pytest.approx(8 * 2e-4)
+    assert TrainConfig(tokens=4096 * 10, lr=1e-5).learning_rate(2**14) == 1e-5
+
+
+def test_dead_window_default():
+    """A quarter of the run, at most 1M tokens, at least one batch; the demo's 1.6M tokens give 400k."""
+    assert TrainConfig(tokens=1_600_000).dead_window == 400_000
+    assert TrainConfig(tokens=10**9).dead_window == 1_000_000
+    assert TrainConfig(tokens=4096, batch_size=4096).dead_window == 4096
+    assert TrainConfig(tokens=10**9, dead_window_tokens=123).dead_window == 123
 
 
 def test_config_dict_round_trip():

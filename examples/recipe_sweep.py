@@ -1,0 +1,171 @@
+"""The default-recipe study: held-out FVU against the learning rate, over budgets, sizes and layers.
+
+Harvests MiniLM's residual stream once per layer (cached under --cache), then trains one TopK dictionary
+per (point, lr) and appends a line to --out (JSON lines) as each finishes, so a partial sweep is usable
+and a rerun skips what is done. `--defaults` trains each point once more with no lr given (the
+TrainConfig rule); `--plot` writes docs/results/recipe.html/.png and the table from the lines.
+
+    nice -n 10 python examples/recipe_sweep.py                 # the lr grid (hours on a busy 2-core machine)
+    nice -n 10 python examples/recipe_sweep.py --defaults      # the defaults at every point
+    python examples/recipe_sweep.py --plot                     # figure + table into docs/results/
+    python examples/recipe_sweep.py --points L3-n1536-s400     # some points only
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from activations import ActivationStream, load_model
+from sae import SAEConfig, SparseAutoencoder, TrainConfig, train
+from sae.analysis.metrics import evaluate
+from sae.data import TensorBatches
+
+TRAIN_TOKENS, TEST_TOKENS = 400_000, 16_384
+LRS = (5e-4, 1e-3, 2e-3, 4e-3, 8e-3)
+# (layer, n_latents, steps, batch): budgets from hundreds to thousands of steps, 4x and 16x of d = 384,
+# three layers; the demo's own point (n 3072, 390 steps of 4096) last, as the most expensive
+POINTS = [
+    (3, 1536, 400, 512),
+    (1, 1536, 400, 512),
+    (5, 1536, 400, 512),
+    (3, 6144, 400, 512),
+    (3, 1536, 3200, 512),
+    (3, 3072, 390, 4096),
+]
+
+
+def point_name(layer: int, n: int, steps: int, batch: int) -> str:
+    return f"L{layer}-n{n}-s{steps}" + ("" if batch == 512 else f"-b{batch}")
+
+
+def activations(layer: int, cache: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train and held-out activations of blocks.{layer}.hook_resid_pre, harvested once into `cache`."""
+    hook = f"blocks.{layer}.hook_resid_pre"
+    out = []
+    for split, tokens in (("train", TRAIN_TOKENS), ("test", TEST_TOKENS)):
+        folder = cache / f"L{layer}-{split}-{tokens}"
+        if not (folder / "manifest.json").exists():
+            ActivationStream(load_model("minilm"), hook=hook, split=split, total_tokens=tokens, batch_size=4096,
+                             seed=0, cache_dir=folder, progress=False).harvest()
+        out.append(torch.cat(list(ActivationStream.from_cache(folder, batch_size=4096, verify=False))))
+    return out[0], out[1]
+
+
+def run_point(layer: int, n: int, steps: int, batch: int, lr: float | None, data, seed: int = 0) -> dict:
+    """Train one TopK (k 32) dictionary and score it on the held-out activations."""
+    train_x, test_x = data
+    sae = SparseAutoencoder(SAEConfig(d_in=train_x.shape[1], n_latents=n, k=32), seed=seed)
+    tcfg = TrainConfig(tokens=steps * batch, batch_size=batch, lr=lr, seed=seed,
+                       checkpoint_every=10**9, log_every=10**9)
+    with contextlib.redirect_stderr(io.StringIO()):
+        result = train(sae, TensorBatches(train_x, batch, seed=seed), tcfg)
+    sae.fold_input_scale()
+    m = evaluate(sae, list(test_x.split(4096)))
+    return {"point": point_name(layer, n, steps, batch), "layer": layer, "n_latents": n, "steps": steps,
+            "batch_size": batch, "lr": tcfg.learning_rate(n) if lr is None else lr, "default": lr is None,
+            "fvu": m["fvu"], "l0": m["l0"], "dead_fraction": result.dead_fraction,
+            "eval_dead_fraction": m["eval_dead_fraction"], "seconds": result.seconds}
+
+
+def load_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    """Per point: the best swept lr and FVU, the default's lr and FVU, and the default's gap to the best."""
+    out = []
+    for name in dict.fromkeys(r["point"] for r in rows):
+        swept = [r for r in rows if r["point"] == name and not r["default"]]
+        default = [r for r in rows if r["point"] == name and r["default"]]
+        if not swept:
+            continue
+        best = min(swept, key=lambda r: r["fvu"])
+        row = {"point": name, "best_lr": best["lr"], "best_fvu": best["fvu"], "swept": len(swept)}
+        if default:
+            d = default[-1]
+            row.update(default_lr=d["lr"], default_fvu=d["fvu"], gap=d["fvu"] / best["fvu"] - 1,
+                       default_dead=d["dead_fraction"])
+        out.append(row)
+    return out
+
+
+def plot(rows: list[dict], out_dir: Path) -> None:
+    """FVU against lr, one panel per point, the default as a star; table beside it in recipe_table.md."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    names = list(dict.fromkeys(r["point"] for r in rows))
+    cols = 3
+    fig = make_subplots(rows=-(-len(names) // cols), cols=cols, subplot_titles=names)
+    for i, name in enumerate(names):
+        r, c = divmod(i, cols)
+        swept = sorted((x for x in rows if x["point"] == name and not x["default"]), key=lambda x: x["lr"])
+        fig.add_trace(go.Scatter(x=[x["lr"] for x in swept], y=[x["fvu"] for x in swept], mode="lines+markers",
+                                 line={"color": "#1f77b4"}, showlegend=i == 0, name="swept lr"), row=r + 1, col=c + 1)
+        for d in (x for x in rows if x["point"] == name and x["default"]):
+            fig.add_trace(go.Scatter(x=[d["lr"]], y=[d["fvu"]], mode="markers", name="default",
+                                     marker={"symbol": "star", "size": 14, "color": "#d62728"},
+                                     showlegend=i == 0), row=r + 1, col=c + 1)
+        fig.update_xaxes(type="log", title_text="lr", row=r + 1, col=c + 1)
+        fig.update_yaxes(title_text="held-out FVU", row=r + 1, col=c + 1)
+    fig.update_layout(title="TopK (k = 32) on MiniLM: held-out FVU against Adam's lr (point = layer, n, steps)",
+                      template="plotly_white", height=330 * -(-len(names) // cols), width=1300)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig.write_html(out_dir / "recipe.html", include_plotlyjs="cdn")
+    try:  # kaleido needs a Chrome/Chromium on the machine
+        fig.write_image(out_dir / "recipe.png", width=1300, height=330 * -(-len(names) // cols))
+    except Exception as e:  # noqa: BLE001 - the PNG is optional
+        print(f"no PNG ({type(e).__name__}: {e})")
+    lines = ["| point | best lr | best FVU | default lr | default FVU | default vs best | dead (default) |",
+             "|---|---|---|---|---|---|---|"]
+    for s in summary(rows):
+        tail = (f"{s['default_lr']:.2e} | {s['default_fvu']:.4f} | {s['gap']:+.1%} | {s['default_dead']:.1%}"
+                if "gap" in s else " | | | ")
+        lines.append(f"| {s['point']} | {s['best_lr']:.0e} | {s['best_fvu']:.4f} | {tail} |")
+    (out_dir / "recipe_table.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cache", default="runs/recipe_cache", help="harvested activations, one folder per layer/split")
+    p.add_argument("--out", default="docs/results/recipe.jsonl", help="one JSON line per trained dictionary")
+    p.add_argument("--points", nargs="*", help="only these points (names as in the output)")
+    p.add_argument("--lrs", type=float, nargs="*", default=list(LRS))
+    p.add_argument("--defaults", action="store_true", help="train each point with the default lr instead")
+    p.add_argument("--plot", action="store_true", help="write the figure and table from --out")
+    args = p.parse_args()
+    out = Path(args.out)
+    if args.plot:
+        plot(load_rows(out), out.parent)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for layer, n, steps, batch in POINTS:
+        name = point_name(layer, n, steps, batch)
+        if args.points and name not in args.points:
+            continue
+        done = {(r["default"], r["lr"]) for r in load_rows(out) if r["point"] == name}
+        todo = [None] if args.defaults else [lr for lr in args.lrs if (False, lr) not in done]
+        if args.defaults:
+            rule_lr = TrainConfig(tokens=steps * batch, batch_size=batch).learning_rate(n)
+            todo = [] if (True, rule_lr) in done else todo
+        if not todo:
+            continue
+        data = activations(layer, Path(args.cache))
+        for lr in todo:
+            t = time.perf_counter()
+            row = run_point(layer, n, steps, batch, lr, data)
+            with open(out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"{name} lr {row['lr']:.2e}{' (default)' if lr is None else ''}: fvu {row['fvu']:.4f} "
+                  f"dead {row['dead_fraction']:.3f} ({time.perf_counter() - t:.0f}s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

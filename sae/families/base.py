@@ -45,6 +45,8 @@ class Family(nn.Module):
     uses_b_enc: ClassVar[bool] = True
     signed: ClassVar[bool] = False  # codes may be negative (firing is |z| > 0)
     saelens_architecture: ClassVar[str] = "topk"
+    saelens_renames: ClassVar[dict[str, str]] = {}  # our tensor name -> SAELens's, where they differ
+    saelens_unsupported: ClassVar[str] = ""  # why SAELens cannot represent the family ("" = it can)
     option_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: SAEConfig) -> None:

@@ -10,6 +10,7 @@ Every format lands in our one SparseAutoencoder (see FORMATS.md and each module'
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,17 +20,10 @@ from sae.io import CFG_FILE, SPARSIFY_WEIGHTS_FILE, WEIGHTS_FILE, check_dtype, l
 from sae.model import SparseAutoencoder
 from sae.pretrained.common import layer_hook
 from sae.pretrained.compat import check_compatible
-from sae.pretrained.others import (
-    DICT_LEARNING_CFG,
-    DICT_LEARNING_WEIGHTS,
-    GEMMA_SCOPE_FILE,
-    LLAMA_SCOPE_CFG,
-    LLAMA_SCOPE_WEIGHTS,
-    load_dictionary_learning,
-    load_gemma_scope,
-    load_llama_scope,
-    load_openai,
-)
+from sae.pretrained.dictlearning import DICT_LEARNING_CFG, DICT_LEARNING_WEIGHTS, load_dictionary_learning
+from sae.pretrained.gemmascope import GEMMA_SCOPE_FILE, load_gemma_scope
+from sae.pretrained.llamascope import LLAMA_SCOPE_CFG, LLAMA_SCOPE_WEIGHTS, load_llama_scope
+from sae.pretrained.openai import load_openai
 from sae.pretrained.registry import Release, find_release, list_releases
 from sae.pretrained.saelens import load_saelens
 from sae.pretrained.sparsify import load_sparsify
@@ -122,7 +116,7 @@ def choose(root: Path, hook: str | None) -> Path:
     if hook is None:
         if len(found) == 1:
             return next(iter(found.values()))
-        raise ValueError(f"{root} holds {len(found)} dictionaries {sorted(found)[:12]}: pass hook= to choose one")
+        raise ValueError(f"{root} holds several dictionaries {sorted(found)[:12]}: pass hook= to choose one")
     hits = [p for rel, p in found.items() if _matches(rel, hook)]
     if len(hits) == 1:
         return hits[0]
@@ -157,13 +151,13 @@ def load_path(
     return sae
 
 
-def _download(repo: str, patterns: list[str] | None) -> Path:
+def _download(repo: str, patterns: list[str] | None, revision: str | None = None) -> Path:
     """snapshot_download into the HF cache; an offline miss names the repo and the cache."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        return Path(snapshot_download(repo, allow_patterns=patterns))
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns))
     except LocalEntryNotFoundError as e:
         raise FileNotFoundError(
             f"{repo} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and cannot be downloaded "
@@ -177,7 +171,7 @@ def _download(repo: str, patterns: list[str] | None) -> Path:
 
 
 def fetch(
-    source: str | Path, hook: str | None = None, *, sae_id: str | None = None
+    source: str | Path, hook: str | None = None, *, sae_id: str | None = None, revision: str | None = None
 ) -> tuple[Path, Release | None, str | None]:
     """Bring `source` onto this machine: (local root, the release if it was one, its sae_id)."""
     path = Path(source).expanduser()
@@ -187,17 +181,22 @@ def fetch(
     release = find_release(text)
     if release is not None:
         if release.format not in FORMATS:
-            raise ValueError(f"release {text!r} is converted by SAELens with {release.format.split(':', 1)[-1]!r}, a layout we do not read")
+            conversion = release.format.split(":", 1)[-1]
+            raise ValueError(f"release {text!r} is converted by SAELens with {conversion!r}, a layout we do not read")
         sid, sub = release.find(sae_id, hook)
-        root = _download(release.repo, [f"{sub}/*", f"{sub}/**", sub])
+        root = _download(release.repo, [f"{sub}/*", f"{sub}/**", sub], revision)
         return root / sub, release, sid
     if text.startswith((".", "/", "~")) or text.count("/") != 1:
         raise FileNotFoundError(
-            f"{text!r} is neither a local path, a release id (see `python -m sae pretrained list`), nor a Hub repo id (owner/name)"
+            f"{text!r} is neither a local path, a release id (see `python -m sae pretrained list`), "
+            "nor a Hub repo id (owner/name)"
         )
     sub = sae_id or hook
     patterns = [f"{sub}/*", f"{sub}/**", "*.json"] if sub else None
-    root = _download(text, patterns)
+    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook or "")
+    if patterns and m and sae_id is None:  # sparsify names the folders after the layer
+        patterns += [f"{name}{m.group(1)}/*" for name in ("layers.", "layer_")]
+    root = _download(text, patterns, revision)
     return root, None, sae_id
 
 
@@ -209,6 +208,7 @@ def load_pretrained(
     format: str | None = None,
     device: torch.device | str | None = None,
     dtype: str | torch.dtype | None = None,
+    revision: str | None = None,
 ) -> SparseAutoencoder:
     """A dictionary from a local folder or file, a Hub repo id or a release id, in any known format.
 
@@ -218,16 +218,20 @@ def load_pretrained(
     if format is not None and format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; expected one of {sorted(FORMATS)}")
     dtype_name = check_dtype(dtype) if dtype is not None else None
-    root, release, sid = fetch(source, hook, sae_id=sae_id)
+    root, release, sid = fetch(source, hook, sae_id=sae_id, revision=revision)
     target = root if release is not None else choose(root / sid if sid else root, hook)
     return load_path(target, format, device=device, dtype=dtype_name, release=release, sae_id=sid)
 
 
 def load_all(
-    repo: str | Path, *, device: torch.device | str | None = None, dtype: str | torch.dtype | None = None
+    repo: str | Path,
+    *,
+    device: torch.device | str | None = None,
+    dtype: str | torch.dtype | None = None,
+    revision: str | None = None,
 ) -> dict[str, SparseAutoencoder]:
     """Every dictionary of a multi-hook folder or Hub repo, keyed by its folder (e.g. 'layers.10')."""
-    root, _, _ = fetch(repo)
+    root, _, _ = fetch(repo, revision=revision)
     found = find_dictionaries(root)
     if not found:
         raise _undetectable(root)

@@ -74,7 +74,7 @@ def saelens_config(raw: dict[str, Any], source: str | Path, dtype: str | None = 
     raw = migrate(raw)
     arch = raw.get("architecture")
     if isinstance(arch, str) and "transcoder" in arch:
-        raise ValueError(f"{source}: SAELens architecture {arch!r}: transcoders are not supported yet (only dictionaries of their input)")
+        raise ValueError(f"{source}: SAELens architecture {arch!r}: transcoders are not supported yet (only SAEs)")
     if arch not in ARCHITECTURES:
         raise ValueError(f"{source}: SAELens architecture {arch!r} is not supported; expected one of {ARCHITECTURES}")
     norm = raw.get("normalize_activations", "none")

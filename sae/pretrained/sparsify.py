@@ -30,7 +30,7 @@ def load_sparsify(
     cfg_path = folder / CFG_FILE
     raw = read_json(cfg_path)
     if raw.get("transcode"):
-        raise ValueError(f"{cfg_path}: a sparsify transcoder (transcode=true) is not supported yet: it is not a dictionary of its input")
+        raise ValueError(f"{cfg_path}: sparsify transcoders (transcode=true) are not supported yet (only SAEs)")
     if raw.get("skip_connection"):
         raise ValueError(f"{cfg_path}: sparsify skip-connection checkpoints (W_skip) are not supported yet")
     activation = raw.get("activation", "topk")

@@ -1,7 +1,6 @@
 """Hub repos and release ids through a Hugging Face cache laid out by the test (HF_HUB_OFFLINE=1: nothing is
 downloaded), SAELens's registry read as data, the CLI, and the model-compatibility check."""
 
-import json
 
 import huggingface_hub.constants
 import pytest

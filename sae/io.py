@@ -163,6 +163,8 @@ def _saelens_tensors(sae: SparseAutoencoder, strict: bool) -> dict[str, torch.Te
         if strict and _strip(name) == "threshold":
             # our "never selected" marker (-1) must never fire; SAELens's JumpReLU is ReLU(pre) * 1[pre > theta]
             t = torch.where(t < 0, torch.full_like(t, torch.finfo(t.dtype).max), t)
+        if name == "b_enc" and not sae.family.uses_b_enc:
+            t = torch.zeros_like(t)  # unused by our encoder (AbsTopK): SAELens adds b_enc, so it must read zeros
         tensors[renames.get(_strip(name), _strip(name))] = t
     return tensors
 

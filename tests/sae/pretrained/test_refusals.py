@@ -121,3 +121,39 @@ def test_dtype_and_device_arguments(tmp_path):
 def test_missing_local_path_is_not_sent_to_the_hub():
     with pytest.raises(FileNotFoundError, match="neither a local path, a release id"):
         load_pretrained("./no/such/folder")
+
+
+@pytest.mark.parametrize("family", ["adaptivek", "topafa", "vsae"])
+def test_saelens_strict_refuses_families_it_cannot_represent(tmp_path, family):
+    kw = {"k": None} if family == "topafa" else {"k": 2}
+    sae = SparseAutoencoder(SAEConfig(d_in=8, n_latents=16, family=family, **kw))
+    with pytest.raises(ValueError, match=f"family '{family}' cannot be saved for SAELens"):
+        sae.save(tmp_path / "strict", format="saelens-strict")
+    assert not (tmp_path / "strict" / "cfg.json").exists()
+    sae.save(tmp_path / "ours")  # our own layout keeps everything
+    assert SparseAutoencoder.load(tmp_path / "ours").cfg.family == family
+
+
+def test_saelens_strict_refuses_unestimated_threshold_and_inexact_normalisation(tmp_path):
+    with pytest.raises(ValueError, match="threshold has not been estimated"):
+        SparseAutoencoder(SAEConfig(d_in=8, n_latents=16, family="batchtopk", k=2)).save(tmp_path, format="saelens-strict")
+    with pytest.raises(ValueError, match="normalize='layer_norm' has no exact SAELens twin"):
+        SparseAutoencoder(SAEConfig(d_in=8, n_latents=16, k=2, normalize="layer_norm")).save(tmp_path, format="saelens-strict")
+
+
+def test_sparsify_save_refuses_what_sparsify_cannot_encode(tmp_path):
+    with pytest.raises(ValueError, match="family 'batchtopk' cannot be saved for sparsify"):
+        SparseAutoencoder(SAEConfig(d_in=8, n_latents=16, family="batchtopk", k=2)).save(tmp_path, format="sparsify")
+    with pytest.raises(ValueError, match="unknown save format 'parquet'"):
+        SparseAutoencoder(SAEConfig(d_in=8, n_latents=16, k=2)).save(tmp_path, format="parquet")
+
+
+def test_sparsify_save_round_trips_through_our_loader(tmp_path):
+    sae = SparseAutoencoder(SAEConfig(d_in=8, n_latents=16, k=2, normalize="dataset_scalar"), seed=0)
+    sae.input_scale.fill_(1.5)
+    sae.save(tmp_path / "layers.4", format="sparsify")
+    back = load_pretrained(tmp_path / "layers.4")
+    x = torch.randn(16, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x).x_hat, sae(x).x_hat)
+    assert back.cfg.hook_name == "blocks.4.hook_resid_post"

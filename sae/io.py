@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from sae.checkpoint import atomic_write
 from sae.config import DTYPES, SAEConfig
+from sae.families import get_family
 from sae.model import SparseAutoencoder
 
 CFG_FILE = "cfg.json"
@@ -97,8 +98,9 @@ def build_sae(
         if tuple(tensors[name].shape) != tuple(shape):
             raise ValueError(f"{source}: tensor {name} has shape {tuple(tensors[name].shape)}, expected {tuple(shape)}")
     check_tensors(tensors, source)
-    with torch.device("meta"):
+    with torch.device("meta"):  # the big matrices come from the file: no random init, no allocation here
         sae = SparseAutoencoder(cfg, device="meta")
+    sae.family = get_family(cfg.family)(cfg)  # small, and may hold derived non-persistent buffers: built for real
     family_names = {_strip(n) for n in sae.state_dict() if n.startswith(FAMILY_PREFIX)}
     state = {
         (FAMILY_PREFIX + n if n in family_names else n): tensors[n].to(dtype=dtype).contiguous()
@@ -260,8 +262,6 @@ def load_sae(
 
 
 def get_renames(cfg: SAEConfig) -> dict[str, str]:
-    from sae.families import get_family
-
     return get_family(cfg.family).saelens_renames
 
 

@@ -40,10 +40,8 @@ class AbsTopK(Family):
     @classmethod
     def validate(cls, cfg: SAEConfig) -> None:
         super().validate(cfg)
-        if not isinstance(cfg.options.get("batch", False), bool):
-            raise ValueError(f"family 'abstopk': batch={cfg.options['batch']!r}; expected true or false")
-        if not isinstance(cfg.options.get("encoder_bias", False), bool):
-            raise ValueError(f"family 'abstopk': encoder_bias={cfg.options['encoder_bias']!r}; expected true or false")
+        cls.check_flag(cfg, "batch")
+        cls.check_flag(cfg, "encoder_bias")
 
     def encode(
         self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None

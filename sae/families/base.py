@@ -69,6 +69,12 @@ class Family(nn.Module):
                 f"family {cls.name!r} got unknown options {sorted(unknown)}; it takes {list(cls.option_names) or 'none'}"
             )
 
+    @classmethod
+    def check_flag(cls, cfg: SAEConfig, name: str) -> None:
+        """Refuse a non-boolean value for the on/off option `name`."""
+        if name in cfg.options and not isinstance(cfg.options[name], bool):
+            raise ValueError(f"family {cls.name!r}: {name}={cfg.options[name]!r}; expected true or false")
+
     # --- the forward ----------------------------------------------------------------
     def pre(self, sae: SparseAutoencoder, x_n: torch.Tensor) -> torch.Tensor:
         """Dense pre-activations [B, n] of normalised inputs: (x_n - b_dec) W_enc (+ b_enc)."""

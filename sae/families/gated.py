@@ -42,10 +42,7 @@ class Gated(Family):
     @classmethod
     def validate(cls, cfg: SAEConfig) -> None:
         super().validate(cfg)
-        if not isinstance(cfg.options.get("apply_b_dec_to_input", True), bool):
-            raise ValueError(
-                f"family 'gated': apply_b_dec_to_input={cfg.options['apply_b_dec_to_input']!r}; expected true or false"
-            )
+        cls.check_flag(cfg, "apply_b_dec_to_input")
 
     def _hidden(self, sae: SparseAutoencoder, x_n: torch.Tensor) -> torch.Tensor:
         return (x_n - sae.b_dec if self.apply_b_dec else x_n) @ sae.W_enc

@@ -46,10 +46,7 @@ class Standard(Family):
         coef = cfg.options.get("l1_coef", DEFAULT_L1_COEF)
         if isinstance(coef, bool) or not isinstance(coef, (int, float)) or not coef >= 0:
             raise ValueError(f"family {cls.name!r}: l1_coef={coef!r}; expected a float >= 0")
-        if not isinstance(cfg.options.get("apply_b_dec_to_input", True), bool):
-            raise ValueError(
-                f"family {cls.name!r}: apply_b_dec_to_input={cfg.options['apply_b_dec_to_input']!r}; expected true or false"
-            )
+        cls.check_flag(cfg, "apply_b_dec_to_input")
 
     def encoder_input(self, sae: SparseAutoencoder, x_n: torch.Tensor) -> torch.Tensor:
         """What the encoder reads: x - b_dec, or x itself when apply_b_dec_to_input is false."""

@@ -155,8 +155,14 @@ def _folded(sae: SparseAutoencoder) -> SparseAutoencoder:
     return sae
 
 
+# the tensors SAELens's inference classes hold (its load_state_dict is strict about extra ones)
+SAELENS_TENSORS = {"W_enc", "b_enc", "W_dec", "b_dec"}
+SAELENS_EXTRA_TENSORS = {"jumprelu": {"threshold"}, "gated": {"b_gate", "r_mag", "b_mag"}}
+
+
 def _saelens_tensors(sae: SparseAutoencoder, strict: bool) -> dict[str, torch.Tensor]:
     renames = sae.family.saelens_renames
+    keep = SAELENS_TENSORS | SAELENS_EXTRA_TENSORS.get(sae.family.saelens_cfg()["architecture"], set())
     tensors = {}
     for name, t in sae.state_dict().items():
         if name == "input_scale":
@@ -167,7 +173,9 @@ def _saelens_tensors(sae: SparseAutoencoder, strict: bool) -> dict[str, torch.Te
             t = torch.where(t < 0, torch.full_like(t, torch.finfo(t.dtype).max), t)
         if name == "b_enc" and not sae.family.uses_b_enc:
             t = torch.zeros_like(t)  # unused by our encoder (AbsTopK): SAELens adds b_enc, so it must read zeros
-        tensors[renames.get(_strip(name), _strip(name))] = t
+        saved_name = renames.get(_strip(name), _strip(name))
+        if not strict or saved_name in keep:  # strict: training state (firing rates, probes) stays out
+            tensors[saved_name] = t
     return tensors
 
 
@@ -231,8 +239,12 @@ def read_cfg(path: Path) -> SAEConfig:
         ours = raw[FORMAT_KEY]
         if not isinstance(ours, dict):
             raise ValueError(f"{cfg_path}: '{FORMAT_KEY}' holds {type(ours).__name__}; expected an object")
-        check_size(ours.get("d_in"), ours.get("n_latents"), cfg_path)
-        return SAEConfig.from_dict(ours)
+        if ours.get("n_latents") is not None:
+            check_size(ours.get("d_in"), ours["n_latents"], cfg_path)
+        try:
+            return SAEConfig.from_dict(ours)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{cfg_path}: {e}") from e
     from sae.pretrained.saelens import saelens_config
 
     return saelens_config(raw, cfg_path).cfg

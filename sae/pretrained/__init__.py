@@ -21,7 +21,13 @@ from sae.model import SparseAutoencoder
 from sae.pretrained.common import layer_hook
 from sae.pretrained.compat import check_compatible
 from sae.pretrained.dictlearning import DICT_LEARNING_CFG, DICT_LEARNING_WEIGHTS, load_dictionary_learning
-from sae.pretrained.gemmascope import GEMMA_SCOPE_FILE, load_gemma_scope
+from sae.pretrained.gemmascope import (
+    GEMMA_SCOPE_2_CFG,
+    GEMMA_SCOPE_2_FILE,
+    GEMMA_SCOPE_FILE,
+    load_gemma_scope,
+    load_gemma_scope_2,
+)
 from sae.pretrained.llamascope import LLAMA_SCOPE_CFG, LLAMA_SCOPE_WEIGHTS, load_llama_scope
 from sae.pretrained.openai import load_openai
 from sae.pretrained.registry import Release, find_release, list_releases
@@ -33,6 +39,7 @@ FORMATS: dict[str, tuple[str, Callable[..., SparseAutoencoder]]] = {
     "saelens": (f"{CFG_FILE} + {WEIGHTS_FILE} (ours too)", lambda p, device, dtype: load_sae(p, device=device, dtype=dtype)),
     "sparsify": (f"{CFG_FILE} + {SPARSIFY_WEIGHTS_FILE}", load_sparsify),
     "gemma-scope": (GEMMA_SCOPE_FILE, load_gemma_scope),
+    "gemma-scope-2": (f"{GEMMA_SCOPE_2_CFG} + {GEMMA_SCOPE_2_FILE}", load_gemma_scope_2),
     "llama-scope": (f"{LLAMA_SCOPE_CFG} + {LLAMA_SCOPE_WEIGHTS}", load_llama_scope),
     "dictionary-learning": (f"{DICT_LEARNING_WEIGHTS} + {DICT_LEARNING_CFG}", load_dictionary_learning),
     "openai": ("a .pt state dict (OpenAI sparse_autoencoder)", load_openai),
@@ -60,6 +67,8 @@ def detect_format(path: Path) -> str | None:
         return "sparsify"
     if has(GEMMA_SCOPE_FILE):
         return "gemma-scope"
+    if has(GEMMA_SCOPE_2_FILE) and has(GEMMA_SCOPE_2_CFG):
+        return "gemma-scope-2"
     if has(LLAMA_SCOPE_CFG) and has(LLAMA_SCOPE_WEIGHTS):
         return "llama-scope"
     if has(DICT_LEARNING_WEIGHTS) and has(DICT_LEARNING_CFG):

@@ -19,6 +19,7 @@ RELEASES_FILE = Path(__file__).with_name("releases.json")
 SAELENS_CONVERSIONS = {
     None: "saelens",
     "gemma_2": "gemma-scope",
+    "gemma_3": "gemma-scope-2",
     "llama_scope": "llama-scope",
     "sparsify": "sparsify",
     "dictionary_learning_1": "dictionary-learning",

@@ -42,6 +42,8 @@ def _ours() -> dict[str, tuple[SparseAutoencoder, str]]:
         "abstopk": ({"family": "abstopk", "k": K}, "saelens-strict"),
         "batchtopk": ({"family": "batchtopk", "k": K}, "saelens-strict"),
         "matryoshka": ({"family": "matryoshka", "k": K}, "saelens-strict"),
+        "featurechoice": ({"family": "featurechoice", "k": K}, "saelens-strict"),
+        "mutualchoice": ({"family": "mutualchoice", "k": K}, "saelens-strict"),
         "jumprelu": ({"family": "jumprelu", "k": None, "options": {"apply_b_dec_to_input": False}}, "saelens-strict"),
         "gated": ({"family": "gated", "k": None}, "saelens-strict"),
         "layer_norm_std": ({"family": "topk", "k": K, "normalize": "layer_norm_std"}, "saelens-strict"),
@@ -58,7 +60,8 @@ def _ours() -> dict[str, tuple[SparseAutoencoder, str]]:
                 p.add_(torch.randn(p.shape, generator=g) * 0.1)
             if hasattr(sae.family, "threshold"):
                 thr = torch.rand(N, generator=g) * 0.2
-                thr[:5] = -1.0 if name in ("batchtopk", "matryoshka") else thr[:5]  # never selected: never fires
+                if name != "jumprelu":
+                    thr[:5] = -1.0  # never selected in training: must never fire in theirs either
                 sae.family.threshold.copy_(thr)
             sae.input_scale.fill_(1.7 if kw.get("normalize") == "dataset_scalar" else 1.0)
         out[name] = (sae.eval(), layout)
@@ -128,6 +131,31 @@ def test_ours_load_in_theirs(work, name):
     assert (codes != 0).sum(1).float().mean() > 1
     assert rel_err(work["ours_in_theirs"][f"{name}.out"], out) < 1e-5
     assert rel_err(work["ours_in_theirs"][f"{name}.codes"], codes) < 1e-5
+
+
+def test_saelens_registry_yaml_resolves(work, monkeypatch):
+    """SAELens's real pretrained_saes.yaml, read as data by our registry."""
+    import sae.pretrained.registry as registry
+
+    python = interop_python()
+    where = subprocess.run([str(python), "-c", "import importlib.util as u; print(u.find_spec('sae_lens').origin)"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    monkeypatch.setattr(registry, "saelens_yaml_path", lambda: Path(where).with_name("pretrained_saes.yaml"))
+    registry.saelens_releases.cache_clear()
+    try:
+        releases = registry.saelens_releases()
+        readable = [r for r in releases.values() if not r.format.startswith("saelens:")]
+        # SAELens 6.54: 170 releases; 141 use a layout we read (the rest: transcoders, Qwen/Goodfire/... conversions)
+        assert len(releases) > 100 and len(readable) > 0.75 * len(releases)
+        jb = releases["gpt2-small-res-jb"]
+        assert jb.format == "saelens" and jb.saes["blocks.8.hook_resid_pre"] == "blocks.8.hook_resid_pre"
+        assert releases["gemma-scope-2b-pt-res-canonical"].format == "gemma-scope"
+        assert any(r.format == "gemma-scope-2" for r in readable)
+        assert releases["llama_scope_lxr_8x"].norm_scaling_factor["l0r_8x"] > 0
+        print(f"SAELens registry: {len(releases)} releases, {len(readable)} in formats we read, "
+              f"{sum(len(r.saes) for r in readable)} dictionaries")
+    finally:
+        registry.saelens_releases.cache_clear()
 
 
 def test_peer_script_never_imports_saekit():

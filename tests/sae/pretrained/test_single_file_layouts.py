@@ -40,6 +40,26 @@ def test_gemma_scope_npz(tmp_path):
     check(sae, x, z, z @ p["W_dec"] + p["b_dec"])
 
 
+def test_gemma_scope_2_folder(tmp_path):
+    p = {"w_enc": rnd(D, N), "w_dec": rnd(N, D), "b_enc": rnd(N, scale=0.1), "b_dec": rnd(D), "threshold": rnd(N).abs()}
+    folder = tmp_path / "resid_post" / "layer_7_width_16k_l0_medium"
+    folder.mkdir(parents=True)
+    save_file(p, folder / "params.safetensors")
+    (folder / "config.json").write_text(json.dumps({"architecture": "jump_relu", "model_name": "gemma-v3-1b-pt"}))
+    sae = load_pretrained(folder)
+    assert (sae.cfg.hook_name, sae.cfg.model_name) == ("blocks.7.hook_resid_post", "gemma-v3-1b-pt")
+    x = rnd(32, D, scale=2)
+    pre = x @ p["w_enc"] + p["b_enc"]
+    z = pre.relu() * (pre > p["threshold"])
+    check(sae, x, z, z @ p["w_dec"] + p["b_dec"])
+    transcoder = tmp_path / "transcoder" / "layer_7_width_16k"
+    transcoder.mkdir(parents=True)
+    save_file(p, transcoder / "params.safetensors")
+    (transcoder / "config.json").write_text(json.dumps({"architecture": "jump_relu", "affine_connection": True}))
+    with pytest.raises(ValueError, match="transcoders are not supported yet"):
+        load_pretrained(transcoder)
+
+
 def test_llama_scope_folder(tmp_path):
     folder = tmp_path / "Llama3_1-8B-Base-L5R-8x"
     (folder / "checkpoints").mkdir(parents=True)

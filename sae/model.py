@@ -154,11 +154,15 @@ class SparseAutoencoder(nn.Module):
         self.input_scale.fill_(1.0)
 
     # --- persistence ----------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write cfg.json and sae_weights.safetensors (SAELens layout), input scale folded in."""
+    def save(self, path: str | Path, format: str = "saelens") -> Path:
+        """Write cfg.json and sae_weights.safetensors (SAELens layout), input scale folded in.
+
+        format="sparsify" writes sparsify's cfg.json + sae.safetensors; "saelens-strict" refuses families
+        and normalisations that SAELens would misread instead of writing them.
+        """
         from sae.io import save_sae
 
-        return save_sae(self, path)
+        return save_sae(self, path, format=format)
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> SparseAutoencoder:

@@ -13,10 +13,16 @@ def normalize(x: torch.Tensor, mode: str, scale: torch.Tensor) -> tuple[torch.Te
         return x * scale, None
     if mode == "none":
         return x, None
+    if mode == "constant_norm_rescale":
+        norm = x.norm(dim=-1, keepdim=True) / x.shape[-1] ** 0.5
+        return x / norm, (torch.zeros_like(norm), norm)
     mu = x.mean(-1, keepdim=True)
     centred = x - mu
     if mode == "layer_norm":
         sd = centred.pow(2).mean(-1, keepdim=True).add(1e-5).sqrt()
+    elif mode == "layer_norm_std":  # OpenAI sparse_autoencoder's LN, SAELens's layer_norm: undone with std alone
+        std = centred.std(-1, keepdim=True)
+        return centred / (std + 1e-5), (mu, std)
     elif mode == "unit_norm":
         sd = centred.norm(dim=-1, keepdim=True).clamp_min(1e-8)
     else:

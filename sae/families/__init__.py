@@ -7,9 +7,11 @@ from sae.families.adaptivek import AdaptiveK
 from sae.families.base import Family, fvu
 from sae.families.batchtopk import BatchTopK
 from sae.families.choice import FeatureChoice, MutualChoice
+from sae.families.gated import Gated
 from sae.families.hierarchical import HierarchicalTopK
 from sae.families.jumprelu import JumpReLU
 from sae.families.matryoshka import Matryoshka
+from sae.families.standard import Standard
 from sae.families.topafa import TopAFA
 from sae.families.topk import TopK
 from sae.families.vsae import VariationalTopK
@@ -26,6 +28,8 @@ FAMILIES: dict[str, type[Family]] = {
     "matryoshka": Matryoshka,
     "vsae": VariationalTopK,
     "jumprelu": JumpReLU,
+    "standard": Standard,
+    "gated": Gated,
 }
 
 

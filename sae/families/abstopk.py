@@ -4,6 +4,7 @@ Keep the k pre-activations of largest magnitude with their signs: no ReLU and no
 a = (x - b_dec) W_enc and a latent can fire negative (one direction, two opposite meanings).
 The batch variant keeps the k*B largest |a| of the whole batch in training; inference is per token.
 AuxK picks dead latents by |a| and keeps the signs; firing, dead and L0 use |z| > 0.
+Option `encoder_bias` adds b_enc to a (sparsify's early `signed` dictionaries have one).
 """
 
 from __future__ import annotations
@@ -29,13 +30,18 @@ class AbsTopK(Family):
     uses_b_enc = False
     signed = True
     saelens_architecture = "abstopk"
-    option_names = ("batch",)
+    option_names = ("batch", "encoder_bias")
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__(cfg)
+        # sparsify's early `signed` dictionaries keep an encoder bias: a = (x - b_dec) W_enc + b_enc
+        self.uses_b_enc = bool(cfg.options.get("encoder_bias", False))
 
     @classmethod
     def validate(cls, cfg: SAEConfig) -> None:
         super().validate(cfg)
-        if not isinstance(cfg.options.get("batch", False), bool):
-            raise ValueError(f"family 'abstopk': batch={cfg.options['batch']!r}; expected true or false")
+        cls.check_flag(cfg, "batch")
+        cls.check_flag(cfg, "encoder_bias")
 
     def encode(
         self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None

@@ -63,6 +63,7 @@ class AdaptiveK(Family):
     """Per-token k from a complexity probe; mean k held to cfg.k."""
 
     name = "adaptivek"
+    saelens_unsupported = "its per-token k comes from a learned probe, which SAELens has no place for"
     option_names = ("k_min", "k_max", "probe_target", "probe_fit_at", "l1_coef", "shift_beta")
 
     def __init__(self, cfg: SAEConfig) -> None:

@@ -45,6 +45,8 @@ class Family(nn.Module):
     uses_b_enc: ClassVar[bool] = True
     signed: ClassVar[bool] = False  # codes may be negative (firing is |z| > 0)
     saelens_architecture: ClassVar[str] = "topk"
+    saelens_renames: ClassVar[dict[str, str]] = {}  # our tensor name -> SAELens's, where they differ
+    saelens_unsupported: ClassVar[str] = ""  # why SAELens cannot represent the family ("" = it can)
     option_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: SAEConfig) -> None:
@@ -66,6 +68,12 @@ class Family(nn.Module):
             raise ValueError(
                 f"family {cls.name!r} got unknown options {sorted(unknown)}; it takes {list(cls.option_names) or 'none'}"
             )
+
+    @classmethod
+    def check_flag(cls, cfg: SAEConfig, name: str) -> None:
+        """Refuse a non-boolean value for the on/off option `name`."""
+        if name in cfg.options and not isinstance(cfg.options[name], bool):
+            raise ValueError(f"family {cls.name!r}: {name}={cfg.options[name]!r}; expected true or false")
 
     # --- the forward ----------------------------------------------------------------
     def pre(self, sae: SparseAutoencoder, x_n: torch.Tensor) -> torch.Tensor:

@@ -37,10 +37,7 @@ class JumpReLU(Family):
     @classmethod
     def validate(cls, cfg: SAEConfig) -> None:
         super().validate(cfg)
-        if not isinstance(cfg.options.get("apply_b_dec_to_input", True), bool):
-            raise ValueError(
-                f"family 'jumprelu': apply_b_dec_to_input={cfg.options['apply_b_dec_to_input']!r}; expected true or false"
-            )
+        cls.check_flag(cfg, "apply_b_dec_to_input")
 
     def pre(self, sae: SparseAutoencoder, x_n: torch.Tensor) -> torch.Tensor:
         x_in = x_n - sae.b_dec if self.apply_b_dec else x_n

@@ -32,6 +32,7 @@ class TopAFA(Family):
     """Per-token k chosen so sqrt(sum of the kept squared activations) is nearest |x - b_dec|."""
 
     name = "topafa"
+    saelens_unsupported = "its per-token budget comes from the activation-norm bound, which SAELens has no place for"
     uses_k = False
     uses_b_enc = False
     option_names = ("k_max", "afa_coef")

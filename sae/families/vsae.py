@@ -35,6 +35,7 @@ class VariationalTopK(Family):
     """Gaussian posterior on pre-activations, sampled in training, the mean path at inference."""
 
     name = "vsae"
+    saelens_unsupported = "its variance encoder (W_enc_var, b_enc_var) has no place in SAELens's TopK"
     option_names = ("kl_coef", "learned_var", "kl_warmup", "log_var_init")
 
     def __init__(self, cfg: SAEConfig) -> None:

@@ -24,6 +24,7 @@ TRAINABLE = {
     "hierarchicaltopk": {"k": 8},
     "matryoshka": {"options": {"threshold_start_step": 5, "threshold_beta": 0.9, "prefixes": [16, 32, 64, 128]}},
     "vsae": {},
+    "standard": {"k": None, "options": {"l1_coef": 0.1}},
 }
 
 

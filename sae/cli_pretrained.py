@@ -1,0 +1,48 @@
+"""`python -m sae pretrained list|download`: the release registry on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_pretrained_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `pretrained list` and `pretrained download` under the main parser."""
+    p = sub.add_parser("pretrained", help="list or download published dictionaries")
+    cmds = p.add_subparsers(dest="pretrained_command", required=True)
+    ls = cmds.add_parser("list", help="print the release registry")
+    ls.add_argument("--model", help="only releases for this model (substring, case-insensitive)")
+    ls.add_argument("--all", action="store_true", help="also SAELens's registry (when sae_lens is installed)")
+    dl = cmds.add_parser("download", help="fetch one dictionary (or a whole repo) into the Hugging Face cache")
+    dl.add_argument("id", help="a release id (see `list`) or a Hub repo id")
+    dl.add_argument("--hook", help="hook point (or the repo's folder name) to fetch")
+    dl.add_argument("--sae-id", help="the release's sae_id to fetch")
+
+
+def run_pretrained(args: argparse.Namespace) -> int:
+    """Run a `pretrained` subcommand; errors are printed in one line with exit status 2."""
+    from sae.pretrained import fetch, list_releases, load_path
+
+    try:
+        if args.pretrained_command == "list":
+            releases = list_releases(args.model, include_saelens=args.all)
+            if not releases:
+                print(f"no release for model {args.model!r}", file=sys.stderr)
+                return 1
+            print(f"{'id':40s} {'format':20s} {'model':28s} {'d_in':>5s} {'width':>7s}  repo")
+            for r in releases:
+                print(f"{r.id:40s} {r.format:20s} {r.model:28s} {r.d_in or '':>5} {r.width or '':>7}  {r.repo}")
+            return 0
+        root, release, sae_id = fetch(args.id, args.hook, sae_id=args.sae_id)
+        if release is not None or args.hook or args.sae_id:
+            from sae.pretrained import choose
+
+            target = root if release is not None else choose(root / sae_id if sae_id else root, args.hook)
+            sae = load_path(target, release=release, sae_id=sae_id)
+            print(f"{target}: {sae.cfg.family} d_in={sae.cfg.d_in} latents={sae.cfg.n_latents} hook={sae.cfg.hook_name!r}")
+        else:
+            print(root)
+        return 0
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

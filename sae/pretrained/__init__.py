@@ -1,0 +1,259 @@
+"""Load published dictionaries in any of the known layouts, from a local path, a Hub repo or a release id.
+
+    sae = load_pretrained("gpt2-small-res-jb", "blocks.8.hook_resid_pre")      # a release id
+    sae = load_pretrained("EleutherAI/sae-llama-3-8b-32x", "layers.10")        # a Hub repo
+    sae = load_pretrained("path/to/folder")                                   # any local layout
+    saes = load_all("EleutherAI/sae-pythia-160m-32x")                         # every hook of a repo
+
+Every format lands in our one SparseAutoencoder (see FORMATS.md and each module's docstring).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from sae.io import CFG_FILE, SPARSIFY_WEIGHTS_FILE, WEIGHTS_FILE, check_dtype, load_sae
+from sae.model import SparseAutoencoder
+from sae.pretrained.common import layer_hook
+from sae.pretrained.compat import check_compatible
+from sae.pretrained.dictlearning import DICT_LEARNING_CFG, DICT_LEARNING_WEIGHTS, load_dictionary_learning
+from sae.pretrained.gemmascope import (
+    GEMMA_SCOPE_2_CFG,
+    GEMMA_SCOPE_2_FILE,
+    GEMMA_SCOPE_FILE,
+    load_gemma_scope,
+    load_gemma_scope_2,
+)
+from sae.pretrained.llamascope import LLAMA_SCOPE_CFG, LLAMA_SCOPE_WEIGHTS, load_llama_scope
+from sae.pretrained.openai import load_openai
+from sae.pretrained.registry import Release, find_release, list_releases
+from sae.pretrained.saelens import load_saelens
+from sae.pretrained.sparsify import load_sparsify
+
+# format -> (what identifies it, loader(path, device, dtype))
+FORMATS: dict[str, tuple[str, Callable[..., SparseAutoencoder]]] = {
+    "saelens": (f"{CFG_FILE} + {WEIGHTS_FILE} (ours too)", lambda p, device, dtype: load_sae(p, device=device, dtype=dtype)),
+    "sparsify": (f"{CFG_FILE} + {SPARSIFY_WEIGHTS_FILE}", load_sparsify),
+    "gemma-scope": (GEMMA_SCOPE_FILE, load_gemma_scope),
+    "gemma-scope-2": (f"{GEMMA_SCOPE_2_CFG} + {GEMMA_SCOPE_2_FILE}", load_gemma_scope_2),
+    "llama-scope": (f"{LLAMA_SCOPE_CFG} + {LLAMA_SCOPE_WEIGHTS}", load_llama_scope),
+    "dictionary-learning": (f"{DICT_LEARNING_WEIGHTS} + {DICT_LEARNING_CFG}", load_dictionary_learning),
+    "openai": ("a .pt state dict (OpenAI sparse_autoencoder)", load_openai),
+}
+MAX_DEPTH = 4  # how deep under a repo dictionaries are looked for
+
+
+def detect_format(path: Path) -> str | None:
+    """The format of one dictionary at `path` (a folder or a file), or None."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix == ".npz":
+            return "gemma-scope"
+        if path.name == DICT_LEARNING_WEIGHTS and (path.parent / DICT_LEARNING_CFG).exists():
+            return "dictionary-learning"
+        if path.suffix in (".pt", ".pth"):
+            return "openai"
+        return None
+    if not path.is_dir():
+        return None
+    has = lambda name: (path / name).exists()  # noqa: E731
+    if has(CFG_FILE) and has(WEIGHTS_FILE):
+        return "saelens"
+    if has(CFG_FILE) and has(SPARSIFY_WEIGHTS_FILE):
+        return "sparsify"
+    if has(GEMMA_SCOPE_FILE):
+        return "gemma-scope"
+    if has(GEMMA_SCOPE_2_FILE) and has(GEMMA_SCOPE_2_CFG):
+        return "gemma-scope-2"
+    if has(LLAMA_SCOPE_CFG) and has(LLAMA_SCOPE_WEIGHTS):
+        return "llama-scope"
+    if has(DICT_LEARNING_WEIGHTS) and has(DICT_LEARNING_CFG):
+        return "dictionary-learning"
+    pts = [p for p in path.iterdir() if p.suffix in (".pt", ".pth")]
+    if len(pts) == 1 and not any(p.is_dir() for p in path.iterdir()):
+        return "openai"
+    return None
+
+
+def _known_formats() -> str:
+    return "; ".join(f"{name}: {what}" for name, (what, _) in FORMATS.items())
+
+
+def find_dictionaries(root: Path) -> dict[str, Path]:
+    """Every dictionary under `root` (root itself included), keyed by its path relative to root ('.' for root)."""
+    root = Path(root)
+    if detect_format(root) is not None:
+        return {".": root}
+    found: dict[str, Path] = {}
+
+    def walk(folder: Path, depth: int) -> None:
+        for child in sorted(folder.iterdir()):
+            if child.name.startswith("."):
+                continue
+            if detect_format(child) is not None and (child.is_dir() or child.suffix in (".npz", ".pt", ".pth")):
+                if child.name != DICT_LEARNING_WEIGHTS:
+                    found[str(child.relative_to(root))] = child
+            elif child.is_dir() and depth < MAX_DEPTH:
+                walk(child, depth + 1)
+
+    if root.is_dir():
+        walk(root, 1)
+    return found
+
+
+def _undetectable(root: Path) -> ValueError:
+    listing = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())[:20] if root.is_dir() else [root.name]
+    return ValueError(f"cannot tell the format of {root}: found {listing or 'no files'}; known formats: {_known_formats()}")
+
+
+def _matches(rel: str, hook: str) -> bool:
+    name = Path(rel).name
+    return hook in (rel, name, layer_hook(name), Path(name).stem, layer_hook(Path(name).stem))
+
+
+def choose(root: Path, hook: str | None) -> Path:
+    """The one dictionary under `root` for `hook` (any dictionary when root holds just one)."""
+    found = find_dictionaries(root)
+    if not found:
+        raise _undetectable(root)
+    if "." in found:
+        return found["."]
+    if hook is None:
+        if len(found) == 1:
+            return next(iter(found.values()))
+        raise ValueError(f"{root} holds several dictionaries {sorted(found)[:12]}: pass hook= to choose one")
+    hits = [p for rel, p in found.items() if _matches(rel, hook)]
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        raise ValueError(f"no dictionary for hook {hook!r} under {root}; found {sorted(found)[:12]}")
+    raise ValueError(f"several dictionaries under {root} match hook {hook!r}: {sorted(str(h) for h in hits)}")
+
+
+def load_path(
+    path: Path,
+    format: str | None = None,
+    device: torch.device | str | None = None,
+    dtype: str | None = None,
+    release: Release | None = None,
+    sae_id: str | None = None,
+) -> SparseAutoencoder:
+    """Load one dictionary folder or file, its format detected unless given."""
+    fmt = format or detect_format(path)
+    if fmt is None:
+        raise _undetectable(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {sorted(FORMATS)}")
+    if fmt == "saelens" and release is not None and sae_id in release.norm_scaling_factor:
+        sae = load_saelens(path, device=device, dtype=dtype, norm_scaling_factor=release.norm_scaling_factor[sae_id])
+    else:
+        sae = FORMATS[fmt][1](path, device=device, dtype=dtype)
+    if release is not None:
+        if not sae.cfg.model_name:
+            sae.cfg.model_name = release.model
+        if sae_id in release.hooks and not sae.cfg.hook_name.startswith("blocks."):
+            sae.cfg.hook_name = release.hooks[sae_id]
+    return sae
+
+
+def _download(repo: str, patterns: list[str] | None, revision: str | None = None) -> Path:
+    """snapshot_download into the HF cache; an offline miss names the repo and the cache."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns))
+    except LocalEntryNotFoundError as e:
+        raise FileNotFoundError(
+            f"{repo} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and cannot be downloaded "
+            f"(HF_HUB_OFFLINE={int(constants.HF_HUB_OFFLINE)} or no network): download it once online, e.g. "
+            f"`python -m sae pretrained download {repo}`"
+        ) from e
+    except RepositoryNotFoundError as e:
+        raise FileNotFoundError(f"Hub repo {repo!r} does not exist (or is private)") from e
+    except HfHubHTTPError as e:
+        raise FileNotFoundError(f"downloading {repo} failed: {e}") from e
+
+
+def fetch(
+    source: str | Path, hook: str | None = None, *, sae_id: str | None = None, revision: str | None = None
+) -> tuple[Path, Release | None, str | None]:
+    """Bring `source` onto this machine: (local root, the release if it was one, its sae_id)."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return path, None, sae_id
+    text = str(source)
+    release = find_release(text)
+    if release is not None:
+        if release.format not in FORMATS:
+            conversion = release.format.split(":", 1)[-1]
+            raise ValueError(f"release {text!r} is converted by SAELens with {conversion!r}, a layout we do not read")
+        sid, sub = release.find(sae_id, hook)
+        root = _download(release.repo, [f"{sub}/*", f"{sub}/**", sub], revision)
+        return root / sub, release, sid
+    if text.startswith((".", "/", "~")) or text.count("/") != 1:
+        raise FileNotFoundError(
+            f"{text!r} is neither a local path, a release id (see `python -m sae pretrained list`), "
+            "nor a Hub repo id (owner/name)"
+        )
+    sub = sae_id or hook
+    patterns = [f"{sub}/*", f"{sub}/**", "*.json"] if sub else None
+    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook or "")
+    if patterns and m and sae_id is None:  # sparsify names the folders after the layer
+        patterns += [f"{name}{m.group(1)}/*" for name in ("layers.", "layer_")]
+    root = _download(text, patterns, revision)
+    return root, None, sae_id
+
+
+def load_pretrained(
+    source: str | Path,
+    hook: str | None = None,
+    *,
+    sae_id: str | None = None,
+    format: str | None = None,
+    device: torch.device | str | None = None,
+    dtype: str | torch.dtype | None = None,
+    revision: str | None = None,
+) -> SparseAutoencoder:
+    """A dictionary from a local folder or file, a Hub repo id or a release id, in any known format.
+
+    `hook` picks one dictionary of a multi-hook folder or repo (folder names such as `layers.10` or the
+    TransformerLens hook they stand for); `sae_id` picks one of a release (or a sub-folder of a repo).
+    """
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; expected one of {sorted(FORMATS)}")
+    dtype_name = check_dtype(dtype) if dtype is not None else None
+    root, release, sid = fetch(source, hook, sae_id=sae_id, revision=revision)
+    target = root if release is not None else choose(root / sid if sid else root, hook)
+    return load_path(target, format, device=device, dtype=dtype_name, release=release, sae_id=sid)
+
+
+def load_all(
+    repo: str | Path,
+    *,
+    device: torch.device | str | None = None,
+    dtype: str | torch.dtype | None = None,
+    revision: str | None = None,
+) -> dict[str, SparseAutoencoder]:
+    """Every dictionary of a multi-hook folder or Hub repo, keyed by its folder (e.g. 'layers.10')."""
+    root, _, _ = fetch(repo, revision=revision)
+    found = find_dictionaries(root)
+    if not found:
+        raise _undetectable(root)
+    dtype_name = check_dtype(dtype) if dtype is not None else None
+    return {rel: load_path(p, device=device, dtype=dtype_name) for rel, p in found.items()}
+
+
+__all__ = [
+    "FORMATS",
+    "check_compatible",
+    "detect_format",
+    "find_dictionaries",
+    "list_releases",
+    "load_all",
+    "load_pretrained",
+]

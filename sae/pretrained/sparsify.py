@@ -1,0 +1,114 @@
+"""EleutherAI sparsify: one folder per hook point holding cfg.json + sae.safetensors (read from eai-sparsify 1.3).
+
+Tensors: encoder.weight [n, d] (transposed relative to SAELens), encoder.bias [n], W_dec [n, d], b_dec [d].
+Encode: ReLU((x - b_dec) W^T + b) then top-k (= our TopK); decode: gather-sum of W_dec rows + b_dec.
+`multi_topk` only changes the training loss (inference is top-k). Early files carry `signed` (top-k by
+magnitude, sign kept, with an encoder bias): our AbsTopK with its encoder_bias option. Transcoders and
+skip connections (W_skip) are refused: they are not dictionaries of the input.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from sae.checkpoint import atomic_write
+from sae.io import CFG_FILE, SPARSIFY_WEIGHTS_FILE, _folded, build_sae, read_json, read_safetensors
+from sae.model import SparseAutoencoder
+from sae.pretrained.common import layer_hook, make_cfg
+
+
+def load_sparsify(
+    folder: Path, device: torch.device | str | None = None, dtype: str | None = None, model_name: str = ""
+) -> SparseAutoencoder:
+    """One sparsify hook folder as our dictionary (TopK, or AbsTopK for early `signed` files)."""
+    folder = Path(folder)
+    cfg_path = folder / CFG_FILE
+    raw = read_json(cfg_path)
+    if raw.get("transcode"):
+        raise ValueError(f"{cfg_path}: sparsify transcoders (transcode=true) are not supported yet (only SAEs)")
+    if raw.get("skip_connection"):
+        raise ValueError(f"{cfg_path}: sparsify skip-connection checkpoints (W_skip) are not supported yet")
+    activation = raw.get("activation", "topk")
+    if activation != "topk":
+        raise ValueError(f"{cfg_path}: sparsify activation {activation!r} is not supported; expected 'topk'")
+    state = read_safetensors(folder / SPARSIFY_WEIGHTS_FILE)
+    if "W_skip" in state:
+        raise ValueError(f"{folder / SPARSIFY_WEIGHTS_FILE} holds W_skip: skip-connection checkpoints are not supported yet")
+    weight = state.get("encoder.weight")
+    if weight is None or weight.dim() != 2:
+        raise ValueError(f"{folder / SPARSIFY_WEIGHTS_FILE} lacks a 2-D 'encoder.weight'; it holds {sorted(state)}")
+    n, d = weight.shape
+    d_in = raw.get("d_in", d)
+    num_latents = raw.get("num_latents") or 0
+    expected_n = num_latents or (d_in * raw["expansion_factor"] if isinstance(raw.get("expansion_factor"), int) else n)
+    if (d_in, expected_n) != (d, n):
+        raise ValueError(f"{cfg_path} says d_in={d_in}, {expected_n} latents; encoder.weight has shape {(n, d)}")
+    signed = bool(raw.get("signed", False))
+    cfg = make_cfg(
+        cfg_path,
+        d_in=d,
+        d_sae=n,
+        dtype=dtype or str(weight.dtype),
+        family="abstopk" if signed else "topk",
+        k=raw.get("k"),
+        normalize="none",
+        options={"encoder_bias": True} if signed else {},
+        hook_name=layer_hook(folder.name),
+        model_name=model_name,
+    )
+    tensors = {
+        "W_enc": weight.T,
+        "b_enc": state.get("encoder.bias"),
+        "W_dec": state.get("W_dec"),
+        "b_dec": state.get("b_dec"),
+    }
+    missing = [k for k, v in tensors.items() if v is None]
+    if missing:
+        names = {"b_enc": "encoder.bias"}
+        raise ValueError(f"{folder / SPARSIFY_WEIGHTS_FILE} lacks {[names.get(m, m) for m in missing]}; it holds {sorted(state)}")
+    return build_sae(cfg, tensors, folder / SPARSIFY_WEIGHTS_FILE, device=device)
+
+
+def sparsify_cfg(sae: SparseAutoencoder) -> dict[str, Any]:
+    """sparsify's cfg.json for a TopK dictionary (SparseCoderConfig fields plus d_in)."""
+    cfg = sae.cfg
+    return {
+        "activation": "topk",
+        "expansion_factor": max(1, cfg.n_latents // cfg.d_in),
+        "normalize_decoder": True,
+        "num_latents": cfg.n_latents,
+        "k": cfg.k,
+        "multi_topk": False,
+        "skip_connection": False,
+        "transcode": False,
+        "d_in": cfg.d_in,
+    }
+
+
+def save_sparsify(sae: SparseAutoencoder, path: str | Path) -> Path:
+    """Write one sparsify hook folder; only per-token top-k dictionaries on raw activations fit the layout."""
+    if sae.cfg.family not in ("topk", "hierarchicaltopk"):
+        raise ValueError(
+            f"family {sae.cfg.family!r} cannot be saved for sparsify: its SparseCoder encodes ReLU + per-token top-k "
+            "only (families topk and hierarchicaltopk at its k)"
+        )
+    if sae.cfg.normalize not in ("none", "dataset_scalar"):
+        raise ValueError(f"normalize={sae.cfg.normalize!r} cannot be saved for sparsify: it reads raw activations")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    sae = _folded(sae)
+    tensors = {
+        "encoder.weight": sae.W_enc.detach().T.contiguous().cpu(),
+        "encoder.bias": sae.b_enc.detach().contiguous().cpu(),
+        "W_dec": sae.W_dec.detach().contiguous().cpu(),
+        "b_dec": sae.b_dec.detach().contiguous().cpu(),
+    }
+    atomic_write(path / SPARSIFY_WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp))
+    text = json.dumps(sparsify_cfg(sae), indent=2)
+    atomic_write(path / CFG_FILE, lambda tmp: Path(tmp).write_text(text))
+    return path

@@ -194,83 +194,91 @@ class FeatureStats:
         """Display strings of token ids (-1, outside a context, is '')."""
         return [self.token_text.get(int(i), f"<{int(i)}>") if int(i) >= 0 else "" for i in ids]
 
-    def _window_ids(self, ctx: int, pos: int) -> list[int]:
-        left = int(self.meta["window"][0])
-        width = self.tensors["top.window"].shape[2]
-        contexts = self.tensors["contexts"]
-        row = contexts[ctx].tolist()
-        return [row[p] if 0 <= p < len(row) else -1 for p in range(pos - left, pos - left + width)]
-
-    def _examples(self, prefix: str, i: int) -> list[dict[str, Any]]:
+    def _examples(self, prefix: str, lo: int, hi: int) -> list[list[dict[str, Any]]]:
+        """Per latent in [lo, hi): its stored examples (value, token ids, activations, peak index)."""
         t = self.tensors
+        ctx, pos = t[f"{prefix}.ctx"][lo:hi], t[f"{prefix}.pos"][lo:hi].long()
+        left, width = int(self.meta["window"][0]), t[f"{prefix}.window"].shape[2]
+        contexts = t["contexts"].long()
+        q = pos[..., None] - left + torch.arange(width)  # [L, K, W] positions
+        ok = (ctx[..., None] >= 0) & (q >= 0) & (q < contexts.shape[1])
+        ids = torch.where(ok, contexts[ctx.clamp_min(0)[..., None], q.clamp(0, contexts.shape[1] - 1)], -1)
+        ids, ok, acts = ids.tolist(), ok.tolist(), t[f"{prefix}.window"][lo:hi].float().tolist()
+        values, ctx = t[f"{prefix}.value"][lo:hi].tolist(), ctx.tolist()
         out = []
-        for j in range(t[f"{prefix}.ctx"].shape[1]):
-            ctx = int(t[f"{prefix}.ctx"][i, j])
-            if ctx < 0:
-                continue
-            ids = self._window_ids(ctx, int(t[f"{prefix}.pos"][i, j]))
-            acts = t[f"{prefix}.window"][i, j].float().tolist()
-            keep = [k for k, tok in enumerate(ids) if tok >= 0]
-            out.append({"value": float(t[f"{prefix}.value"][i, j]), "ids": [ids[k] for k in keep],
-                        "acts": [round(acts[k], 4) for k in keep],
-                        "peak": keep.index(int(self.meta["window"][0])) if int(self.meta["window"][0]) in keep else 0})
+        for r in range(hi - lo):
+            rows = []
+            for j, c in enumerate(ctx[r]):
+                if c < 0:
+                    continue
+                keep = [w for w in range(width) if ok[r][j][w]]
+                rows.append({"value": round(values[r][j], 5), "ids": [ids[r][j][w] for w in keep],
+                             "acts": [round(acts[r][j][w], 4) for w in keep], "peak": keep.index(left)})
+            out.append(rows)
+        return out
+
+    def latents(self, lo: int, hi: int) -> list[dict[str, Any]]:
+        """Panels of latents lo..hi-1 as plain data (what the browser and `show` display)."""
+        if not 0 <= lo < hi <= self.n_latents:
+            raise IndexError(f"latents {lo}..{hi - 1} out of range: this dictionary has {self.n_latents} latents")
+        t = self.tensors
+        q = int(self.meta["quantiles"])
+        top = self._examples("top", lo, hi)
+        has_samples = "sample.ctx" in t
+        samples = self._examples("sample", lo, hi) if has_samples else [[] for _ in top]
+        quants = [[x for x, c in zip(qr, cr, strict=True) if c >= 0] for qr, cr in
+                  zip(t["sample.quantile"][lo:hi].tolist(), t["sample.ctx"][lo:hi].tolist(), strict=True)
+                  ] if has_samples else [[] for _ in top]
+        count, total, peak = t["count"][lo:hi].tolist(), t["sum"][lo:hi].tolist(), t["max"][lo:hi].tolist()
+        upper, hist = t["hist.upper"][lo:hi].tolist(), t["hist.counts"][lo:hi].tolist()
+        cl, cj = t["cooc.latent"][lo:hi].tolist(), t["cooc.jaccard"][lo:hi].tolist()
+        kind = self.meta["tokens_kind"]
+        if kind:
+            vocab = [t[f"tokens.{k}"][lo:hi].tolist() for k in ("top_ids", "top_values", "bottom_ids", "bottom_values")]
+        out = []
+        for r in range(hi - lo):
+            groups: dict[int, list[dict[str, Any]]] = {}
+            for e, quant in zip(samples[r], quants[r], strict=True):
+                groups.setdefault(min(int(quant * q), q - 1), []).append(e)
+            latent = {
+                "id": lo + r, "count": count[r], "frequency": count[r] / max(int(self.meta["tokens"]), 1),
+                "mean": total[r] / max(count[r], 1), "max": peak[r],
+                "hist": {"upper": upper[r], "counts": hist[r]},
+                "top": sorted(top[r], key=lambda e: -e["value"]),
+                "quantiles": [{"group": g, "low": g / q, "high": (g + 1) / q,
+                               "examples": sorted(groups[g], key=lambda e: -e["value"])}
+                              for g in sorted(groups, reverse=True)],
+                "cooccurring": [(j, round(s, 4)) for j, s in zip(cl[r], cj[r], strict=True) if j >= 0],
+                "tokens_kind": kind,
+            }
+            if kind:
+                latent["tokens_top"] = [(a, round(b, 4)) for a, b in zip(vocab[0][r], vocab[1][r], strict=True)]
+                latent["tokens_bottom"] = [(a, round(b, 4)) for a, b in zip(vocab[2][r], vocab[3][r], strict=True)]
+            out.append(latent)
         return out
 
     def latent(self, i: int) -> dict[str, Any]:
         """One latent's panels: summary numbers, histogram, top contexts, quantile samples, tokens, co-occurrence."""
         if not 0 <= i < self.n_latents:
             raise IndexError(f"latent {i} out of range: this dictionary has {self.n_latents} latents")
+        return self.latents(i, i + 1)[0]
+
+    def peak_tokens(self, n: int = 3) -> list[list[int]]:
+        """Per latent, the distinct tokens at the peaks of its top contexts, best first (for search by text)."""
         t = self.tensors
-        top = sorted(self._examples("top", i), key=lambda e: -e["value"])
-        samples = self._examples("sample", i) if "sample.ctx" in t else []
-        groups: dict[int, list[dict[str, Any]]] = {}
-        q = int(self.meta["quantiles"])
-        for e, quant in zip(samples, self._sample_quantiles(i), strict=True):
-            groups.setdefault(min(int(quant * q), q - 1), []).append(e)
-        quantiles = [{"group": g, "low": g / q, "high": (g + 1) / q,
-                      "examples": sorted(groups[g], key=lambda e: -e["value"])} for g in sorted(groups, reverse=True)]
-        cooc = [(int(j), round(float(s), 4)) for j, s in zip(t["cooc.latent"][i], t["cooc.jaccard"][i], strict=True)
-                if int(j) >= 0]
-        out = {
-            "id": i,
-            "count": int(t["count"][i]),
-            "frequency": float(t["count"][i]) / max(int(self.meta["tokens"]), 1),
-            "mean": float(t["sum"][i] / t["count"][i].clamp_min(1)),
-            "max": float(t["max"][i]),
-            "hist": {"upper": float(t["hist.upper"][i]), "counts": t["hist.counts"][i].tolist()},
-            "top": top,
-            "quantiles": quantiles,
-            "cooccurring": cooc,
-            "tokens_kind": self.meta["tokens_kind"],
-        }
-        if self.meta["tokens_kind"]:
-            out["tokens_top"] = [(int(a), round(float(b), 4)) for a, b in
-                                 zip(t["tokens.top_ids"][i], t["tokens.top_values"][i], strict=True)]
-            out["tokens_bottom"] = [(int(a), round(float(b), 4)) for a, b in
-                                    zip(t["tokens.bottom_ids"][i], t["tokens.bottom_values"][i], strict=True)]
+        order = torch.argsort(t["top.value"], dim=1, descending=True)
+        ctx, pos = t["top.ctx"].gather(1, order), t["top.pos"].gather(1, order).long()
+        tok = torch.where(ctx >= 0, t["contexts"].long()[ctx.clamp_min(0), pos], -1).tolist()
+        out = []
+        for row in tok:
+            seen: list[int] = []
+            for x in row:
+                if x >= 0 and x not in seen:
+                    seen.append(x)
+                    if len(seen) == n:
+                        break
+            out.append(seen)
         return out
-
-    def _sample_quantiles(self, i: int) -> list[float]:
-        if "sample.ctx" not in self.tensors:
-            return []
-        ctx = self.tensors["sample.ctx"][i]
-        return [float(x) for x, c in zip(self.tensors["sample.quantile"][i], ctx, strict=True) if int(c) >= 0]
-
-    def peak_tokens(self, i: int, n: int = 3) -> list[int]:
-        """The distinct tokens at the peaks of a latent's top contexts (for search by token text)."""
-        t = self.tensors
-        seen: list[int] = []
-        order = torch.argsort(t["top.value"][i], descending=True)
-        for j in order.tolist():
-            ctx = int(t["top.ctx"][i, j])
-            if ctx < 0:
-                continue
-            tok = int(t["contexts"][ctx, int(t["top.pos"][i, j])])
-            if tok not in seen:
-                seen.append(tok)
-            if len(seen) == n:
-                break
-        return seen
 
 
 # --- the pass ---------------------------------------------------------------------------------

@@ -129,7 +129,7 @@ def test_memory_bounded_at_131072_latents(tmp_path):
     script = textwrap.dedent(f"""
         import resource, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from conftest import corpus, tiny_lm
+        from tiny_lm import corpus, tiny_lm
         from datasets import Dataset
         from sae import SAEConfig, SparseAutoencoder
         from sae.analysis.features import feature_stats

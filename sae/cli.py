@@ -1,4 +1,4 @@
-"""Command line: python -m sae train|eval|demo. Options are generated from the config dataclasses."""
+"""Command line: python -m sae train|eval|demo|dashboard. Options are generated from the config dataclasses."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from sae.cli_args import add_dataclass_args, dataclass_kwargs
+from sae.cli_dashboard import add_dashboard_parser, run_dashboard
 from sae.config import RunConfig, SAEConfig, TrainConfig
 
 # The demo: the embedded default model and corpus, a TopK dictionary, minutes on 2 CPU cores.
@@ -30,12 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="dictionary folder (cfg.json + sae_weights.safetensors)")
     add_dataclass_args(p, RunConfig)
     p.add_argument("--seed", type=int, default=0)
+    add_dashboard_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "dashboard":
+            print(f"feature browser: {run_dashboard(args).resolve()}  (open it in a web browser)")
+            return 0
         if args.command == "eval":
             metrics = _eval(args)
         else:

@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint bench-harvest bench-kernels clean
+.PHONY: demo test lint chromium bench-harvest bench-kernels bench-dashboard clean
 
 $(STAMP): setup.cfg constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,8 +18,14 @@ $(STAMP): setup.cfg constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/python -m sae demo --out runs/demo
+	$(BIN)/python -m sae dashboard runs/demo --out runs/demo/browser --tokens 32768
 
-test: $(STAMP)
+# The browser test drives Debian's chromium through Playwright: installed here when missing and root.
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null || echo "chromium not installed: the browser test will be skipped"; }
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest tests
 
 lint: $(STAMP)
@@ -30,6 +36,9 @@ bench-harvest: $(STAMP)
 
 bench-kernels: $(STAMP)
 	$(BIN)/python bench/kernels.py
+
+bench-dashboard: $(STAMP) chromium
+	$(BIN)/python bench/dashboard.py
 
 clean:
 	rm -rf $(VENV) runs

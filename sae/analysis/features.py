@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,24 +198,25 @@ class FeatureStats:
     def _examples(self, prefix: str, lo: int, hi: int) -> list[list[dict[str, Any]]]:
         """Per latent in [lo, hi): its stored examples (value, token ids, activations, peak index)."""
         t = self.tensors
-        ctx, pos = t[f"{prefix}.ctx"][lo:hi], t[f"{prefix}.pos"][lo:hi].long()
+        ctx = t[f"{prefix}.ctx"][lo:hi]
+        r, j = (ctx >= 0).nonzero(as_tuple=True)  # only the slots that hold an example
         left, width = int(self.meta["window"][0]), t[f"{prefix}.window"].shape[2]
         contexts = t["contexts"].long()
-        q = pos[..., None] - left + torch.arange(width)  # [L, K, W] positions
-        ok = (ctx[..., None] >= 0) & (q >= 0) & (q < contexts.shape[1])
-        ids = torch.where(ok, contexts[ctx.clamp_min(0)[..., None], q.clamp(0, contexts.shape[1] - 1)], -1)
-        ids, ok, acts = ids.tolist(), ok.tolist(), t[f"{prefix}.window"][lo:hi].float().tolist()
-        values, ctx = t[f"{prefix}.value"][lo:hi].tolist(), ctx.tolist()
-        out = []
-        for r in range(hi - lo):
-            rows = []
-            for j, c in enumerate(ctx[r]):
-                if c < 0:
-                    continue
-                keep = [w for w in range(width) if ok[r][j][w]]
-                rows.append({"value": round(values[r][j], 5), "ids": [ids[r][j][w] for w in keep],
-                             "acts": [round(acts[r][j][w], 4) for w in keep], "peak": keep.index(left)})
-            out.append(rows)
+        q = t[f"{prefix}.pos"][lo:hi][r, j].long()[:, None] - left + torch.arange(width)  # [E, W] positions
+        ok = (q >= 0) & (q < contexts.shape[1])
+        ids = torch.where(ok, contexts[ctx[r, j][:, None], q.clamp(0, contexts.shape[1] - 1)], -1)
+        full = ok.all(1).tolist()
+        ids, ok = ids.tolist(), ok.tolist()
+        acts = t[f"{prefix}.window"][lo:hi][r, j].double().mul(1e4).round().div(1e4).tolist()
+        values = t[f"{prefix}.value"][lo:hi][r, j].double().mul(1e5).round().div(1e5).tolist()
+        out: list[list[dict[str, Any]]] = [[] for _ in range(hi - lo)]
+        for e, row in enumerate(r.tolist()):
+            if full[e]:
+                out[row].append({"value": values[e], "ids": ids[e], "acts": acts[e], "peak": left})
+            else:
+                keep = [w for w in range(width) if ok[e][w]]
+                out[row].append({"value": values[e], "ids": [ids[e][w] for w in keep],
+                                 "acts": [acts[e][w] for w in keep], "peak": keep.index(left)})
         return out
 
     def latents(self, lo: int, hi: int) -> list[dict[str, Any]]:
@@ -386,7 +388,7 @@ def feature_stats(
     per_quantile: int = 2,
     window: tuple[int, int] = (8, 4),
     context_len: int = 64,
-    split: str = "test",
+    split: str = "train",
     text_column: str = "text",
     cooc_tokens: int = 4096,
     exclude_special: bool = True,
@@ -399,7 +401,7 @@ def feature_stats(
     """Per-latent statistics of `sae` over `tokens` tokens of `dataset`, in one streaming pass.
 
     `model` is a `ModelAdapter` or a name for `load_model`; `dataset` is anything `load_text`
-    takes (None: the embedded corpus, held-out split by default). With `out` the result is written
+    takes (None: the embedded corpus; its held-out "test" split has only about 18k tokens). With `out` the result is written
     there (a file, or `feature_stats.safetensors` in a folder) and a partial file beside it lets an
     interrupted pass resume. Token windows are `window = (before, after)` tokens around the peak.
     `batch_tokens` (tokens per forward) defaults to what keeps the `[tokens, n_latents]`
@@ -554,6 +556,9 @@ def feature_stats(
         sae.train(sae_was_training)
     if done_tokens == 0:
         raise ValueError(f"no text in the {split!r} split of {dataset or 'the embedded corpus'}: nothing to measure")
+    if done_tokens < tokens:
+        warnings.warn(f"the {split!r} split of {dataset or 'the embedded corpus'} ran out after {done_tokens} tokens "
+                      f"(asked for {tokens})", stacklevel=2)
 
     result = checkpoint(True)
     t = result.tensors

@@ -256,6 +256,7 @@
   $("next").addEventListener("click", () => { state.page += 1; renderList(); });
   window.addEventListener("hashchange", route);
   refresh();
+  document.body.dataset.readyMs = performance.now().toFixed(1);  // first page drawn (read by bench/dashboard.py)
   document.body.dataset.ready = "1";
   route();
 })();

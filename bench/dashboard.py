@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "sae" / "analysis"))  # the Chromium launcher the browser test uses
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "sae" / "analysis")]  # the repo before bench/ (which holds kernels.py);
+# tests/sae/analysis for the Chromium launcher the browser test uses
 
 from browser_helpers import chromium_path, launch  # noqa: E402
 

@@ -29,6 +29,7 @@ def explain_text(sae, model, text: str, top: int = 8) -> TextExplanation:
     Special tokens (CLS/BOS/SEP) are left out of the ranking, as in `feature_stats`.
     """
     from activations import load_model
+    from sae.analysis.features import token_strings
 
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"text must be a non-empty string, got {text!r}")
@@ -49,6 +50,5 @@ def explain_text(sae, model, text: str, top: int = 8) -> TextExplanation:
     dense[special] = 0
     peak = dense.max(0).values
     chosen = [int(i) for i in peak.topk(min(top, peak.numel())).indices if peak[i] > 0]
-    strings = [model.tokenizer.convert_tokens_to_string([t]) or t
-               for t in model.tokenizer.convert_ids_to_tokens(ids)]
-    return TextExplanation(strings, chosen, dense[:, chosen])
+    text_of = token_strings(model.tokenizer, ids)
+    return TextExplanation([text_of[i] for i in ids], chosen, dense[:, chosen])

@@ -350,10 +350,21 @@ def _pad_cat(rows: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([torch.nn.functional.pad(r.long(), (0, w - r.shape[1]), value=-1) for r in rows])
 
 
-def _token_strings(tokenizer, ids) -> dict[int, str]:
+def token_strings(tokenizer, ids) -> dict[int, str]:
+    """Display text of each token id, spacing included, so consecutive tokens read as the text they came from.
+
+    WordPiece (BERT, MiniLM) marks word continuations with '##' and drops spaces: a piece without the mark
+    gets a leading space. Byte-level BPE and SentencePiece pieces carry their space already.
+    """
+    model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    prefix = getattr(model, "continuing_subword_prefix", None) if type(model).__name__ == "WordPiece" else None
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
     out = {}
     for i in sorted({int(x) for x in ids if int(x) >= 0}):
         tok = tokenizer.convert_ids_to_tokens(i)
+        if prefix and i not in special:
+            out[i] = tok[len(prefix):] if tok.startswith(prefix) else " " + tok
+            continue
         try:
             out[i] = tokenizer.convert_tokens_to_string([tok])
         except Exception:  # noqa: BLE001 - some tokenizers cannot render a lone piece; show the raw piece
@@ -572,7 +583,7 @@ def feature_stats(
     kind, vocab = _vocab_effects(sae, model)
     t.update(vocab)
     shown = [t["contexts"].reshape(-1)] + [v.reshape(-1) for k, v in vocab.items() if k.endswith("_ids")]
-    result.token_text = _token_strings(model.tokenizer, torch.unique(torch.cat(shown)).tolist())
+    result.token_text = token_strings(model.tokenizer, torch.unique(torch.cat(shown)).tolist())
     result.meta = {
         "format": _FORMAT, "identity": ident, "n_latents": n, "tokens": done_tokens, "contexts_done": done_ctx,
         "context_len": context_len, "top_n": top_n, "quantiles": quantiles, "window": list(window),

@@ -286,7 +286,7 @@ class FeatureStats:
 # --- the pass ---------------------------------------------------------------------------------
 
 
-def _vocab_effects(sae, model, chunk: int = 2048) -> tuple[str | None, dict[str, torch.Tensor]]:
+def _vocab_effects(sae, model, chunk: int = 1024) -> tuple[str | None, dict[str, torch.Tensor]]:
     """Top / bottom tokens of each latent's decoder direction: logit effects, or nearest input embeddings."""
     W_U = model.unembedding()
     if W_U is not None:

@@ -37,24 +37,28 @@ def _rounded(t: torch.Tensor) -> list[float]:
     return [float(f"{x:.4g}") for x in t.tolist()]
 
 
+_TOKENS_PER_ROW = 6
+
+
 def _index(stats: FeatureStats, shard_size: int) -> dict:
+    """The latent list: columns per latent, the default order (frequency, descending) precomputed."""
     t = stats.tensors
     tokens = stats.peak_tokens()
     if "tokens.top_ids" in t:
         top_vocab = t["tokens.top_ids"][:, :3].tolist()
         tokens = [a + [b for b in v if b not in a] for a, v in zip(tokens, top_vocab, strict=True)]
     used = {i for row in tokens for i in row}
+    flat = [x for row in tokens for x in (row + [-1] * _TOKENS_PER_ROW)[:_TOKENS_PER_ROW]]
     meta = {k: stats.meta[k] for k in ("n_latents", "tokens", "model", "hook", "tokens_kind", "context_len",
                                        "cooc_sample_tokens")}
+    freq = t["count"].double() / max(int(stats.meta["tokens"]), 1)
+    order = torch.sort(-freq, stable=True).indices  # ties by id, as the page sorts
     return {
-        "meta": {**meta, "shard_size": shard_size},
+        "meta": {**meta, "shard_size": shard_size, "tokens_per_row": _TOKENS_PER_ROW},
         "vocab": {str(i): stats.token_text.get(i, f"<{i}>") for i in sorted(used | set(stats.token_text))},
-        "columns": {
-            "frequency": _rounded(t["count"].double() / max(int(stats.meta["tokens"]), 1)),
-            "max": _rounded(t["max"]),
-            "mean": _rounded(t["sum"] / t["count"].clamp_min(1)),
-            "tokens": tokens,
-        },
+        "columns": {"frequency": _rounded(freq), "max": _rounded(t["max"]),
+                    "mean": _rounded(t["sum"] / t["count"].clamp_min(1)), "tokens": flat},
+        "order_frequency": order.tolist(),
     }
 
 
@@ -78,5 +82,6 @@ def write_browser(stats: FeatureStats | str | Path, out: str | Path, shard_size:
     for k in tqdm(range(0, n, shard_size), desc="browser shards", unit="shard", disable=not progress):
         latents = stats.latents(k, min(n, k + shard_size))
         _write(data / f"shard_{k // shard_size:05d}.js", f"window.SAE_SHARD({k // shard_size}, {_json(latents)});\n")
-    _write(data / "index.js", f"window.SAE_INDEX = {_json(_index(stats, shard_size))};\n")
+    # JSON.parse of a string literal parses faster than the same object as a JavaScript literal
+    _write(data / "index.js", f"window.SAE_INDEX = JSON.parse({json.dumps(_json(_index(stats, shard_size)))});\n")
     return out / "index.html"

@@ -45,11 +45,10 @@
       if (text.toLowerCase().includes(q)) hit.add(Number(id));
     }
     const out = [];
-    const toks = INDEX.columns.tokens;
+    const toks = INDEX.columns.tokens, w = INDEX.meta.tokens_per_row;
     for (let i = 0; i < n; i++) {
-      const row = toks[i];
-      for (let j = 0; j < row.length; j++) {
-        if (hit.has(row[j])) { out.push(i); break; }
+      for (let j = i * w; j < (i + 1) * w; j++) {
+        if (hit.has(toks[j])) { out.push(i); break; }
       }
     }
     return out;
@@ -58,6 +57,10 @@
     const n = INDEX.meta.n_latents;
     const found = matches();
     let ids;
+    if (found === null && state.sort === "frequency" && state.desc) {
+      state.order = INDEX.order_frequency;  // the default order comes precomputed
+      return;
+    }
     if (found === null) {
       ids = new Int32Array(n);
       for (let i = 0; i < n; i++) ids[i] = i;
@@ -91,7 +94,8 @@
       tr.appendChild(el("td", fmt(c.frequency[i]), "num"));
       tr.appendChild(el("td", fmt(c.max[i]), "num"));
       tr.appendChild(el("td", fmt(c.mean[i]), "num"));
-      tr.appendChild(el("td", c.tokens[i].map(tokenText).join(" · ")));
+      const w = INDEX.meta.tokens_per_row;
+      tr.appendChild(el("td", c.tokens.slice(i * w, (i + 1) * w).filter((x) => x >= 0).map(tokenText).join(" · ")));
       body.appendChild(tr);
     }
     $("count").textContent = ids.length + " of " + INDEX.meta.n_latents + " latents";

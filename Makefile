@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint bench-harvest bench-kernels bench-train-step clean
+.PHONY: demo test lint chromium bench-harvest bench-kernels bench-train-step bench-dashboard clean
 
 $(STAMP): setup.cfg constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,8 +27,14 @@ $(INTEROP_STAMP): requirements-interop.txt constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/python -m sae demo --out runs/demo
+	$(BIN)/python -m sae dashboard runs/demo --out runs/demo/browser --tokens 32768
 
-test: $(STAMP) $(INTEROP_STAMP)
+# The browser test drives Debian's chromium through Playwright: installed here when missing and root.
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null || echo "chromium not installed: the browser test will be skipped"; }
+
+test: $(STAMP) $(INTEROP_STAMP) chromium
 	SAEKIT_INTEROP_PYTHON=$(CURDIR)/$(INTEROP)/bin/python SAEKIT_REQUIRE_INTEROP=1 $(BIN)/python -m pytest tests
 
 lint: $(STAMP)
@@ -44,6 +50,9 @@ bench-kernels: $(STAMP)
 bench-train-step:
 	test -x .venv-interop/bin/python || ($(PY) -m venv .venv-interop && .venv-interop/bin/pip install -q -c constraints.txt sae-lens eai-sparsify)
 	PYTHONPATH=$(CURDIR) .venv-interop/bin/python bench/train_step.py
+
+bench-dashboard: $(STAMP) chromium
+	$(BIN)/python bench/dashboard.py
 
 clean:
 	rm -rf $(VENV) $(INTEROP) runs

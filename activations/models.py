@@ -216,6 +216,36 @@ class ModelAdapter:
         return (f"{type(self).__name__}(name={self.name!r}, backend={self.backend!r}, d_model={self.d_model}, "
                 f"n_layers={self.n_layers}, max_context={self.max_context})")
 
+    # --- vocabulary-space matrices, for feature analysis (logit effects, nearest tokens) ----------
+    def is_encoder(self) -> bool:
+        """True for a BERT-style encoder (contexts start with the tokenizer's CLS token)."""
+        cls_id = getattr(self.tokenizer, "cls_token_id", None)
+        return cls_id is not None and self.bos_token_id == cls_id
+
+    def unembedding(self) -> torch.Tensor | None:
+        """The unembedding `W_U [d_model, vocab]` of a causal LM; None for an encoder or a model without one.
+
+        Encoders get None on purpose: the embedded MiniLM's transformer-lens MLM head is randomly
+        initialised (its checkpoint has no trained head), so reading it would give noise.
+        """
+        if self.is_encoder():
+            return None
+        model = self.model
+        if self.backend != "hf":
+            return model.W_U.detach()
+        head = model.get_output_embeddings()
+        if head is not None:
+            return head.weight.detach().T
+        if getattr(model.config, "tie_word_embeddings", False):
+            return self.input_embedding().T  # a base model loaded without its head: the tied head is W_E
+        return None
+
+    def input_embedding(self) -> torch.Tensor:
+        """The token embedding matrix `W_E [vocab, d_model]`."""
+        if self.backend != "hf":
+            return self.model.W_E.detach()
+        return self.model.get_input_embeddings().weight.detach()
+
 
 class BridgeAdapter(ModelAdapter):
     """transformer-lens >= 4 `TransformerBridge`."""

@@ -1,4 +1,4 @@
-"""Command line: python -m sae train|eval|demo|pretrained. Options are generated from the config dataclasses."""
+"""Command line: python -m sae train|eval|demo|pretrained|dashboard. Options are generated from the config dataclasses."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from sae.cli_args import add_dataclass_args, dataclass_kwargs
+from sae.cli_dashboard import add_dashboard_parser, run_dashboard
 from sae.cli_pretrained import add_pretrained_parser, run_pretrained
 from sae.config import RunConfig, SAEConfig, TrainConfig
 
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip sparse probing on the default task (embedded-corpus docstrings by stdlib module)")
     p.add_argument("--plots", action="store_true", help="write eval/plots.html (plotly figures, viewable offline)")
     add_pretrained_parser(sub)
+    add_dashboard_parser(sub)
     return parser
 
 
@@ -53,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "pretrained":
         return run_pretrained(args)
     try:
+        if args.command == "dashboard":
+            print(f"feature browser: {run_dashboard(args).resolve()}  (open it in a web browser)")
+            return 0
         if args.command == "eval":
             metrics = _eval(args)
         else:

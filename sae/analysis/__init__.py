@@ -1,7 +1,13 @@
-"""Analysis downstream of a trained dictionary: evaluation, interventions, probes, geometry, figures."""
+"""Analysis downstream of a trained dictionary: evaluation, interventions, probes, geometry, feature statistics,
+the feature browser, figures."""
 
+from sae.analysis.dashboard import write_browser
 from sae.analysis.evaluate import evaluate, reconstruction_metrics
+from sae.analysis.explain import explain_text
+from sae.analysis.features import FeatureStats, feature_stats
 from sae.analysis.interventions import ablate, splice, steer
 from sae.analysis.probing import sparse_probe
+from sae.analysis.show import show, show_text
 
-__all__ = ["ablate", "evaluate", "reconstruction_metrics", "sparse_probe", "splice", "steer"]
+__all__ = ["FeatureStats", "ablate", "evaluate", "explain_text", "feature_stats", "reconstruction_metrics", "show",
+           "show_text", "sparse_probe", "splice", "steer", "write_browser"]

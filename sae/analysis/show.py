@@ -1,0 +1,111 @@
+"""Feature panels inline in a notebook: static HTML (escaped), so a saved notebook shows them too.
+
+`show(sae, latent, stats)` renders what the browser shows for one latent; `show_text(sae, model,
+text)` the per-token activations of the latents that respond most to a text.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from sae.analysis.explain import TextExplanation, explain_text
+from sae.analysis.features import FeatureStats
+
+__all__ = ["LatentView", "show", "show_text", "text_html"]
+
+_STYLE = ("<style>.saek{font:13px system-ui,sans-serif}.saek .ctx{font-family:monospace;font-size:12px;"
+          "white-space:pre-wrap;margin:1px 0}.saek .v{color:#777;font-size:11px;margin-right:6px}"
+          ".saek h4{margin:8px 0 2px}.saek td{padding:0 6px}</style>")
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _token(text: str, act: float, top: float, peak: bool = False) -> str:
+    alpha = min(1.0, 0.15 + 0.85 * act / top) if act > 0 and top > 0 else 0.0
+    style = f"background:rgba(255,120,0,{alpha:.3f});" if alpha else ""
+    if peak:
+        style += "outline:1px solid #e65100;"
+    return f'<span style="{style}" title="{_fmt(act)}">{html.escape(text)}</span>'
+
+
+def _context(ex: dict[str, Any], text: FeatureStats, top: float) -> str:
+    toks = "".join(_token(t, a, top, j == ex["peak"])
+                   for j, (t, a) in enumerate(zip(text.text(ex["ids"]), ex["acts"], strict=True)))
+    return f'<div class="ctx"><span class="v">{_fmt(ex["value"])}</span>{toks}</div>'
+
+
+def _histogram(h: dict[str, Any], width: int = 360, height: int = 70) -> str:
+    counts, n = h["counts"], len(h["counts"])
+    top = max(max(counts), 1)
+    bars = "".join(
+        f'<rect x="{b * width / n:.1f}" y="{height - height * c / top:.1f}" width="{width / n - 1:.1f}" '
+        f'height="{height * c / top:.1f}" fill="#ef6c00"/>' for b, c in enumerate(counts))
+    return (f'<svg width="{width}" height="{height + 14}">{bars}<text x="0" y="{height + 12}" font-size="10">0</text>'
+            f'<text x="{width}" y="{height + 12}" font-size="10" text-anchor="end">{_fmt(h["upper"])}</text></svg>')
+
+
+def latent_html(panel: dict[str, Any], stats: FeatureStats) -> str:
+    """One latent's panels (the dict of `FeatureStats.latent`) as static, escaped HTML."""
+    parts = [_STYLE, '<div class="saek">', f"<h3>latent {panel['id']}</h3>",
+             f"<div>fires on {panel['count']} of {stats.meta['tokens']} tokens (frequency {_fmt(panel['frequency'])}),"
+             f" mean when active {_fmt(panel['mean'])}, max {_fmt(panel['max'])}</div>"]
+    if panel["count"]:
+        parts.append(_histogram(panel["hist"]))
+    parts.append("<h4>top activating contexts</h4>")
+    parts += [_context(ex, stats, panel["max"]) for ex in panel["top"]]
+    for g in panel["quantiles"]:
+        parts.append(f"<h4>quantile {_fmt(g['low'])}–{_fmt(g['high'])}</h4>")
+        parts += [_context(ex, stats, panel["max"]) for ex in g["examples"]]
+    if panel["tokens_kind"]:
+        rows = "".join(f"<tr><td>{html.escape(a)}</td><td>{_fmt(va)}</td><td>{html.escape(b)}</td><td>{_fmt(vb)}</td></tr>"
+                       for (a, va), (b, vb) in zip(
+                           [(stats.text([i])[0], v) for i, v in panel["tokens_top"]],
+                           [(stats.text([i])[0], v) for i, v in panel["tokens_bottom"]], strict=True))
+        parts.append(f"<h4>{html.escape(panel['tokens_kind'])}</h4><table><tr><th>top</th><th></th>"
+                     f"<th>bottom</th><th></th></tr>{rows}</table>")
+    cooc = ", ".join(f"{j} ({_fmt(s)})" for j, s in panel["cooccurring"]) or "none"
+    parts.append(f"<h4>co-occurring latents (Jaccard)</h4><div>{cooc}</div></div>")
+    return "".join(parts)
+
+
+class LatentView:
+    """What `show` returns: the panels as HTML in a notebook, the panel data in `.panel`."""
+
+    def __init__(self, panel: dict[str, Any], stats: FeatureStats) -> None:
+        self.panel, self._stats = panel, stats
+
+    def _repr_html_(self) -> str:
+        return latent_html(self.panel, self._stats)
+
+    def __repr__(self) -> str:
+        p = self.panel
+        return f"LatentView(latent={p['id']}, count={p['count']}, max={_fmt(p['max'])})"
+
+
+def show(sae, latent: int, stats: FeatureStats | str) -> LatentView:
+    """The browser's panels for one latent, inline; `stats` is a `FeatureStats` or its file."""
+    if not isinstance(stats, FeatureStats):
+        stats = FeatureStats.load(stats)
+    if stats.n_latents != sae.cfg.n_latents:
+        raise ValueError(f"these statistics are of a dictionary with {stats.n_latents} latents, "
+                         f"this one has {sae.cfg.n_latents}")
+    return LatentView(stats.latent(int(latent)), stats)
+
+
+def text_html(ex: TextExplanation) -> str:
+    """Each top latent as a row of the text's tokens, coloured by that latent's activation."""
+    rows = []
+    for j, lat in enumerate(ex.latents):
+        col = ex.acts[:, j].tolist()
+        top = max(col)
+        toks = "".join(_token(t, a, top) for t, a in zip(ex.tokens, col, strict=True))
+        rows.append(f'<div class="ctx"><span class="v">latent {lat} · max {_fmt(top)}</span>{toks}</div>')
+    return _STYLE + '<div class="saek">' + ("".join(rows) or "no latent is active on this text") + "</div>"
+
+
+def show_text(sae, model, text: str, top: int = 8) -> TextExplanation:
+    """`explain_text`, shown inline: per-token activations of the `top` latents on `text`."""
+    return explain_text(sae, model, text, top=top)

@@ -1,0 +1,67 @@
+"""`python -m sae dashboard DIR --out browser/`: feature statistics of a saved dictionary, then the offline browser."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from sae.cli_args import add_dataclass_args, dataclass_kwargs
+
+
+@dataclass
+class DashboardConfig:
+    """Options of `python -m sae dashboard`."""
+
+    out: str = ""
+    """Browser folder (index.html + data/); empty = DIR/browser."""
+    tokens: int = 65_536
+    """Tokens the statistics pass reads."""
+    model: str = ""
+    """Model: empty = the model_name the dictionary records."""
+    dataset: str = ""
+    """Text: a hub dataset name or local .txt/.json/.jsonl/.parquet files; empty = the embedded corpus."""
+    text_column: str = "text"
+    """Column holding the text, for hub datasets and .json/.jsonl/.parquet files."""
+    split: str = "train"
+    """Dataset split the statistics are measured on (the embedded corpus's 'test' split has about 18k tokens)."""
+    context_len: int = 64
+    """Tokens per context."""
+    top_n: int = 20
+    """Top-activating contexts kept per latent."""
+    quantiles: int = 10
+    """Activation quantile groups sampled per latent."""
+    device: str = "cpu"
+    """Device of the model and the dictionary."""
+    seed: int = 0
+    """Seed of the firing and co-occurrence samples."""
+
+
+def add_dashboard_parser(sub: argparse._SubParsersAction) -> None:
+    """The `dashboard` subcommand."""
+    p = sub.add_parser("dashboard", help="write the offline feature browser of a saved dictionary")
+    p.add_argument("path", help="dictionary folder (cfg.json + sae_weights.safetensors)")
+    add_dataclass_args(p, DashboardConfig)
+
+
+def run_dashboard(args: argparse.Namespace) -> Path:
+    """Statistics into DIR/feature_stats.safetensors (resumable), the browser into --out; returns index.html."""
+    from activations import load_model
+    from sae.analysis.dashboard import write_browser
+    from sae.analysis.features import STATS_FILE, feature_stats
+    from sae.model import SparseAutoencoder
+
+    cfg = DashboardConfig(**dataclass_kwargs(args, DashboardConfig))
+    path = Path(args.path)
+    out = Path(cfg.out) if cfg.out else path / "browser"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; the browser needs a folder")
+    sae = SparseAutoencoder.load(path, device=cfg.device)
+    model_name = cfg.model or sae.cfg.model_name
+    if not model_name:
+        raise ValueError(f"{path}/cfg.json records no model_name: pass --model")
+    model = load_model(model_name, device=cfg.device)
+    stats = feature_stats(sae, model, cfg.dataset or None, tokens=cfg.tokens, top_n=cfg.top_n,
+                          quantiles=cfg.quantiles, context_len=cfg.context_len, split=cfg.split,
+                          text_column=cfg.text_column, out=path / STATS_FILE, seed=cfg.seed)
+    return write_browser(stats, out)

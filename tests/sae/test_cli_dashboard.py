@@ -1,0 +1,46 @@
+"""python -m sae dashboard: statistics file and browser from a saved dictionary; bad --out refused first."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "analysis"))  # tiny_lm.py
+
+from tiny_lm import corpus, tiny_lm  # noqa: E402
+
+from sae import SAEConfig, SparseAutoencoder  # noqa: E402
+from sae.analysis.features import FeatureStats  # noqa: E402
+from sae.cli import main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dash")
+    lm = tiny_lm()
+    lm.model.save_pretrained(root / "model")
+    lm.tokenizer.save_pretrained(root / "model")
+    (root / "docs.txt").write_text("\n".join(corpus(200)))
+    sae = SparseAutoencoder(SAEConfig(d_in=32, n_latents=96, k=4, hook_name="blocks.1.hook_resid_pre",
+                                      model_name=str(root / "model")), seed=0)
+    sae.save(root / "sae")
+    return root
+
+
+def test_dashboard_writes_stats_and_browser(saved, capsys):
+    argv = ["dashboard", str(saved / "sae"), "--out", str(saved / "browser"), "--tokens", "512",
+            "--dataset", str(saved / "docs.txt"), "--context-len", "32", "--top-n", "3", "--quantiles", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"feature browser: {(saved / 'browser' / 'index.html').resolve()}" in out
+    stats = FeatureStats.load(saved / "sae")
+    assert stats.n_latents == 96 and stats.meta["tokens"] >= 512
+    assert len(list((saved / "browser" / "data").glob("shard_*.js"))) == 1
+    with pytest.warns(UserWarning, match=r"'test' split .* ran out after \d+ tokens \(asked for 512\)"):
+        assert main(argv + ["--split", "test"]) == 0  # every 20th line is held out: too few for 512 tokens
+
+
+def test_dashboard_refuses_a_file_as_out(saved, capsys):
+    (saved / "afile").write_text("x")
+    assert main(["dashboard", str(saved / "sae"), "--out", str(saved / "afile")]) == 2
+    assert "is a file; the browser needs a folder" in capsys.readouterr().err

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from kernels.code import SparseCode
+from kernels.triton_launches import candidate_width, dense_blocks, select_blocks
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 POISON = False  # tests set this: every output buffer starts as garbage, so an unwritten element shows
@@ -234,7 +235,7 @@ def _compact_kernel(pre_ptr, colmask_ptr, thr_ptr, cgt_ptr, budget_ptr, thrv_ptr
 def _blocks_select(B: int, n: int) -> tuple[int, int, int]:
     if INTERPRET:  # few large programs: the interpreter's cost is per program
         return min(_p2(B), 64), min(_p2(n), 256), 4
-    return 2, min(_p2(n), 512), 4
+    return select_blocks(n)
 
 
 def _check_kernel_input(pre: torch.Tensor) -> torch.Tensor:
@@ -330,7 +331,7 @@ def select_topk_indices(pre: torch.Tensor, k: int, mode: int, colmask: torch.Ten
     """
     pre = _check_kernel_input(pre)
     B, n = pre.shape
-    C = CAND or min(_p2(n), max(256, _p2(16 * k)))
+    C = CAND or candidate_width(n, k)
     if C < k or (CAND is None and (n < PRUNE_MIN_N or C >= n)):
         return _bisect_indices(pre, k, mode, colmask)
     BB, BN, nw = _blocks_select(B, n)
@@ -501,7 +502,7 @@ def _scatter_bwd_kernel(g_ptr, val_ptr, idx_ptr, w_ptr, gval_ptr, gw_ptr, B, wid
 def _blocks_dense(B: int, d: int) -> tuple[int, int]:
     if INTERPRET:
         return min(_p2(B), 64), min(_p2(d), 256)
-    return 16, min(_p2(d), 128)
+    return dense_blocks(d)
 
 
 def gather_sum(values: torch.Tensor, indices: torch.Tensor, W: torch.Tensor, s_wn: int, s_wd: int, d: int,

@@ -172,6 +172,20 @@ def compile_one(fn, launch: Launch) -> Binary:
                   innermost_loops(k.asm["cubin"]))
 
 
+KERNEL_MODULES = ("kernels.triton_impl", "kernels.triton_gather")
+
+
+def kernel_functions() -> dict:
+    """name -> jit function of every kernel (a `*_kernel` name) in the Triton modules."""
+    import importlib
+
+    out = {}
+    for mod in KERNEL_MODULES:
+        m = importlib.import_module(mod)
+        out.update({name: fn for name, fn in vars(m).items() if name.endswith("_kernel")})
+    return out
+
+
 _JIT: dict = {}
 _TODO: list = []
 
@@ -185,10 +199,11 @@ def compile_all(launches: list[Launch], jobs: int = 2) -> dict[str, Binary]:
     """Compile each distinct binary once (forked workers, a fresh private Triton cache): key -> Binary."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise RuntimeError("TRITON_INTERPRET=1 replaces the jit functions: unset it to compile for sm_90")
-    from kernels import triton_impl
-
     _JIT.clear()
-    _JIT.update({name: getattr(triton_impl, name) for name in {la.kernel for la in launches}})
+    _JIT.update(kernel_functions())
+    missing = {la.kernel for la in launches} - set(_JIT)
+    if missing:
+        raise KeyError(f"no @triton.jit kernel named {sorted(missing)} in {KERNEL_MODULES}")
     keys = [binary_key(_JIT[la.kernel], la) for la in launches]
     first = {}
     for la, key in zip(launches, keys):
@@ -227,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     launches = benchmark_launches()
     bins = compile_all(launches, jobs=a.jobs)
-    rows, bad = [], 0
+    uncovered = sorted(set(kernel_functions()) - {la.kernel for la in launches})
+    rows, bad = [], len(uncovered)
+    if uncovered:
+        print(f"FAILED: kernels no launch compiles: {uncovered}")
     print(f"sm_{ARCH}, Triton {triton.__version__}: {len(launches)} launches, {len(bins)} distinct binaries")
     for la in launches:
         b = bins[binary_key(_JIT[la.kernel], la)]
@@ -243,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             print("   ", b.error.replace("\n", "\n    "))
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"triton": triton.__version__, "arch": ARCH, "launches": rows}, f, indent=1)
+            json.dump({"triton": triton.__version__, "arch": ARCH, "binaries": len(bins), "uncovered": uncovered,
+                       "launches": rows}, f, indent=1)
     return 1 if bad else 0
 
 

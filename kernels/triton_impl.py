@@ -7,11 +7,9 @@ streams the row once and counts the keys at or above 15 pivots, narrowing the ke
 for bf16, up to 8 for fp32, after one min/max pass). A compaction pass then writes the indices above the
 threshold plus the first ties, and only the [B, k] result is ordered (by torch, k values per row).
 
-Decode is a gather-sum over the decoder rows that fired; its backward reads grad_out once per row block and
-(a) dots it with the same rows for the values' gradient, (b) atomically adds value * grad_out into an fp32
-buffer at only those rows for W_dec's gradient. Encode's backward reuses both kernels on the transposed
-encoder: grad_x is a gather-sum over W_enc's columns at the selected indices, grad_W_enc an atomic scatter of
-x at those columns; neither a dense [B, n] gradient nor a [B, k, d] intermediate exists.
+Decode, its backward and the encoder's backward run on the rows a code touches (kernels/triton_gather.py): a
+gather-sum forward, the values' gradient as one dot per entry, and the weight gradients written once per latent
+from the latent-sorted (token, latent) pairs: no dense [B, n] gradient, no fp32 [n, d] buffer, no atomics.
 """
 
 from __future__ import annotations
@@ -24,7 +22,8 @@ import triton
 import triton.language as tl
 
 from kernels.code import SparseCode
-from kernels.triton_launches import candidate_width, dense_blocks, select_blocks
+from kernels.triton_gather import SortedPairs, gather_dot, gather_sum
+from kernels.triton_launches import candidate_width, select_blocks
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 POISON = False  # tests set this: every output buffer starts as garbage, so an unwritten element shows
@@ -75,7 +74,8 @@ def _load_keys(pre_ptr, colmask_ptr, rows, rmask, cols, n, stride_b,
     if HAS_COLMASK == 2:
         rl = tl.load(colmask_ptr + rows, mask=rmask, other=0)
         m = m & (cols[None, :] < rl[:, None])
-    x = tl.load(pre_ptr + rows[:, None] * stride_b + cols[None, :], mask=m, other=0.0).to(tl.float32)
+    # 64-bit row offsets: B * n passes 2^31 at B = 16384, n = 131072
+    x = tl.load(pre_ptr + rows[:, None].to(tl.int64) * stride_b + cols[None, :], mask=m, other=0.0).to(tl.float32)
     key = _keys(x, MODE, SHIFT)
     return tl.where(m, key, -2147483648), m
 
@@ -145,7 +145,8 @@ def _prune_kernel(pre_ptr, colmask_ptr, z_ptr, plo_ptr, pcnt_ptr, B, n, stride_b
         if HAS_COLMASK == 1:
             cmask = cmask & (tl.load(colmask_ptr + cols, mask=cols < n, other=0) != 0)
         m = rmask[:, None] & cmask[None, :]
-        x = tl.load(pre_ptr + rows[:, None] * stride_b + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        x = tl.load(pre_ptr + rows[:, None].to(tl.int64) * stride_b + cols[None, :], mask=m, other=0.0)
+        x = x.to(tl.float32)
         if MODE == 1:
             x = tl.abs(x)
         key = _keys(x, 0, SHIFT)
@@ -201,7 +202,8 @@ def _compact_kernel(pre_ptr, colmask_ptr, thr_ptr, cgt_ptr, budget_ptr, thrv_ptr
             if HAS_COLMASK == 1:
                 cmask = cmask & (tl.load(colmask_ptr + cols, mask=cols < n, other=0) != 0)
             m = rmask[:, None] & cmask[None, :]
-            x = tl.load(pre_ptr + rows[:, None] * stride_b + cols[None, :], mask=m, other=0.0).to(tl.float32)
+            x = tl.load(pre_ptr + rows[:, None].to(tl.int64) * stride_b + cols[None, :], mask=m, other=0.0)
+            x = x.to(tl.float32)
             t = tl.load(thrv_ptr + rows[:, None] * thr_sb + cols[None, :] * thr_sn, mask=m, other=0.0)
             gt = m & (x > t.to(tl.float32))
             eq = gt & (cols[None, :] < 0)
@@ -410,7 +412,7 @@ def select_batch(pre: torch.Tensor, k: int) -> SparseCode:
     mx = p.max().float().clamp_min(0).reshape(1)
     hi = int((mx.view(torch.int32) >> shift).item()) + 1
     lo = zero_key
-    counts = torch.zeros(NPIV, dtype=torch.int32, device=dev)
+    counts = torch.zeros(NPIV, dtype=torch.int64, device=dev)
     while hi - lo > 1:
         step = -(-(hi - lo) // NPIV)
         piv = torch.tensor([lo + j * step for j in range(NPIV)], dtype=torch.int64, device=dev)
@@ -449,87 +451,8 @@ def _count_ge_kernel(pre_ptr, piv_ptr, counts_ptr, B, n, stride_b, SHIFT: tl.con
         key, m = _load_keys(pre_ptr, pre_ptr, rows, rmask, cols, n, stride_b, 2, SHIFT, 0)
         ge = key.to(tl.int64)[:, :, None] >= piv[None, None, :]
         counts += tl.sum(ge.to(tl.int32), axis=1)
-    tl.atomic_add(counts_ptr + jj, tl.sum(counts, axis=0))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# gather-sum and its backward
-# ----------------------------------------------------------------------------------------------------------
-@triton.jit
-def _gather_sum_kernel(val_ptr, idx_ptr, w_ptr, out_ptr, B, width, d, s_wn, s_wd,
-                       BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
-    """out[b, :] = sum_j val[b, j] * W[idx[b, j], :] (W addressed by strides, so W_enc^T works too)."""
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    dc = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    rmask = rows < B
-    dmask = dc < d
-    m = rmask[:, None] & dmask[None, :]
-    acc = tl.zeros([BLOCK_B, BLOCK_D], tl.float32)
-    for j in range(0, width):
-        v = tl.load(val_ptr + rows * width + j, mask=rmask, other=0.0).to(tl.float32)
-        i = tl.load(idx_ptr + rows * width + j, mask=rmask, other=0).to(tl.int64)
-        w = tl.load(w_ptr + i[:, None] * s_wn + dc[None, :].to(tl.int64) * s_wd, mask=m, other=0.0)
-        acc += v[:, None] * w.to(tl.float32)
-    tl.store(out_ptr + rows[:, None].to(tl.int64) * d + dc[None, :], acc.to(out_ptr.dtype.element_ty), mask=m)
-
-
-@triton.jit
-def _scatter_bwd_kernel(g_ptr, val_ptr, idx_ptr, w_ptr, gval_ptr, gw_ptr, B, width, d, s_wn, s_wd,
-                        s_gn, s_gd, GVAL: tl.constexpr, GW: tl.constexpr,
-                        BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
-    """GVAL: gval[b, j] += <g[b, dblock], W[idx[b, j], dblock]>;  GW: gW[idx[b, j], :] += val[b, j] * g[b, :]."""
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    dc = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    rmask = rows < B
-    dmask = dc < d
-    m = rmask[:, None] & dmask[None, :]
-    g = tl.load(g_ptr + rows[:, None].to(tl.int64) * d + dc[None, :], mask=m, other=0.0).to(tl.float32)
-    for j in range(0, width):
-        i = tl.load(idx_ptr + rows * width + j, mask=rmask, other=0).to(tl.int64)
-        if GVAL:
-            w = tl.load(w_ptr + i[:, None] * s_wn + dc[None, :].to(tl.int64) * s_wd, mask=m, other=0.0)
-            part = tl.sum(g * w.to(tl.float32), axis=1)
-            tl.atomic_add(gval_ptr + rows * width + j, part, mask=rmask)
-        if GW:
-            v = tl.load(val_ptr + rows * width + j, mask=rmask, other=0.0).to(tl.float32)
-            tl.atomic_add(gw_ptr + i[:, None] * s_gn + dc[None, :].to(tl.int64) * s_gd, v[:, None] * g, mask=m)
-
-
-def _blocks_dense(B: int, d: int) -> tuple[int, int]:
-    if INTERPRET:
-        return min(_p2(B), 64), min(_p2(d), 256)
-    return dense_blocks(d)
-
-
-def gather_sum(values: torch.Tensor, indices: torch.Tensor, W: torch.Tensor, s_wn: int, s_wd: int, d: int,
-               out_dtype: torch.dtype) -> torch.Tensor:
-    B, width = values.shape
-    # fp32 out, rounded by torch: [B, d] is small, and the interpreter's fp32->bf16 store truncates
-    out = _empty((B, d), torch.float32, values.device)
-    BB, BD = _blocks_dense(B, d)
-    _gather_sum_kernel[(triton.cdiv(B, BB), triton.cdiv(d, BD))](
-        values, indices, W, out, B, width, d, s_wn, s_wd, BLOCK_B=BB, BLOCK_D=BD)
-    return out.to(out_dtype)
-
-
-def scatter_bwd(g, values, indices, W, s_wn, s_wd, gw_shape, gw_strides, want_gval, want_gw):
-    """Returns (grad_values fp32 [B, w] or None, grad_W fp32 buffer (gw_shape) or None)."""
-    B, width = indices.shape
-    d = g.shape[1]
-    dev = g.device
-    gval = torch.zeros((B, width), dtype=torch.float32, device=dev) if want_gval else None
-    gw = torch.zeros(gw_shape, dtype=torch.float32, device=dev) if want_gw else None
-    dummy = torch.zeros(1, dtype=torch.float32, device=dev)
-    BB, BD = _blocks_dense(B, d)
-    _scatter_bwd_kernel[(triton.cdiv(B, BB), triton.cdiv(d, BD))](
-        g, values if values is not None else dummy, indices, W if W is not None else dummy,
-        gval if gval is not None else dummy, gw if gw is not None else dummy, B, width, d, s_wn, s_wd,
-        gw_strides[0], gw_strides[1], GVAL=want_gval, GW=want_gw, BLOCK_B=BB, BLOCK_D=BD)
-    return gval, gw
+    # int64 totals (B * n can pass 2^31); relaxed: the counts are read only after the launch completes
+    tl.atomic_add(counts_ptr + jj, tl.sum(counts, axis=0).to(tl.int64), sem="relaxed")
 
 
 class DecodeFn(torch.autograd.Function):
@@ -537,7 +460,6 @@ class DecodeFn(torch.autograd.Function):
     def forward(ctx, values, indices, W_dec):
         values = values.contiguous()
         indices = indices.contiguous()
-        W_dec = W_dec.contiguous()
         ctx.save_for_backward(values, indices, W_dec)
         return gather_sum(values, indices, W_dec, W_dec.stride(0), W_dec.stride(1), W_dec.shape[1], W_dec.dtype)
 
@@ -545,12 +467,14 @@ class DecodeFn(torch.autograd.Function):
     def backward(ctx, grad_out):
         values, indices, W_dec = ctx.saved_tensors
         want_v, _, want_w = ctx.needs_input_grad
-        if not (want_v or want_w):
-            return None, None, None
         g = grad_out.contiguous()
-        gval, gw = scatter_bwd(g, values, indices, W_dec, W_dec.stride(0), W_dec.stride(1), W_dec.shape,
-                               (W_dec.shape[1], 1), want_v, want_w)
-        return (gval.to(values.dtype) if want_v else None, None, gw.to(W_dec.dtype) if want_w else None)
+        gval = gW = None
+        if want_v:  # <grad_out[b], W_dec[idx[b, j]]>, each written once
+            gval = gather_dot(g, indices, W_dec, W_dec.stride(0), W_dec.stride(1)).to(values.dtype)
+        if want_w:  # W_dec's rows that fired, each written once in W_dec's dtype (zeros elsewhere)
+            gW = torch.empty_like(W_dec)
+            SortedPairs(indices, W_dec.shape[0]).grad(values, g, gW)
+        return gval, None, gW
 
 
 def decode(code: SparseCode, W_dec: torch.Tensor, b_dec: torch.Tensor | None = None) -> torch.Tensor:
@@ -589,7 +513,8 @@ class EncodeFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, W_enc, b_enc, rule, k, threshold, dead, k_aux):
         x = x.contiguous()
-        W_enc = W_enc.contiguous()
+        if 1 not in W_enc.stride():  # row- or column-major both feed cuBLAS and the gathers as they are
+            W_enc = W_enc.contiguous()
         with torch.no_grad():
             # the bias rides in cuBLAS's epilogue: no extra read + write of [B, n]
             pre = torch.addmm(b_enc, x, W_enc) if b_enc is not None else x @ W_enc
@@ -634,21 +559,18 @@ class EncodeFn(torch.autograd.Function):
         gs = torch.where(mask_all, gs, torch.zeros_like(gs)).contiguous()
         d, n = W_enc.shape
         gx = gW = gb = None
-        # Both run on W_enc^T's rows ([n, d], contiguous): one transposed copy of W_enc (2nd bytes each way)
-        # instead of B*k*d loads or atomics strided by n, which would each touch a separate memory sector.
-        if want_x:  # grad_x[b] = sum_j gs[b, j] * W_enc[:, idx[b, j]]: a gather-sum over W_enc^T's rows
-            W_t = W_enc.t().contiguous()
-            gx = gather_sum(gs, idx_all, W_t, d, 1, d, x.dtype)
-            del W_t
-        if want_w:  # grad_W_enc^T[idx[b, j]] += gs[b, j] * x[b]: coalesced atomics into rows that fired
-            _, gw32 = scatter_bwd(x, gs, idx_all, None, 0, 0, (n, d), (d, 1), False, True)
-            gW = torch.empty((d, n), dtype=W_enc.dtype, device=x.device)
-            gW.copy_(gw32.t())  # one transposing cast
-            del gw32
-        if want_b and ctx.has_b:
-            gb = torch.zeros(n, dtype=torch.float32, device=x.device)
-            gb.index_add_(0, idx_all.flatten(), gs.flatten())
-            gb = gb.to(W_enc.dtype)
+        if want_x:  # grad_x[b] = sum_j gs[b, j] * W_enc[:, idx[b, j]]: a gather-sum over W_enc's columns
+            if W_enc.stride(0) == 1:  # columns contiguous (W_enc is an [n, d] tensor's transpose): no copy
+                gx = gather_sum(gs, idx_all, W_enc, W_enc.stride(1), 1, d, x.dtype)
+            else:  # [d, n] row-major: columns strided by n would each touch their own sector; one copy
+                W_t = W_enc.t().contiguous()
+                gx = gather_sum(gs, idx_all, W_t, d, 1, d, x.dtype)
+                del W_t
+        if want_w or (want_b and ctx.has_b):  # each latent's column written once, in W_enc's layout
+            gW = torch.empty_like(W_enc)
+            gb = torch.empty(n, dtype=W_enc.dtype, device=x.device) if want_b and ctx.has_b else None
+            SortedPairs(idx_all, n).grad(gs, x, gW.t(), gb)
+            gW = gW if want_w else None
         return gx, gW, gb, None, None, None, None, None
 
 

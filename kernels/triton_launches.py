@@ -34,6 +34,11 @@ def dense_blocks(d: int) -> tuple[int, int]:
     return 16, min(_p2(d), 128)
 
 
+def grad_blocks(d: int) -> tuple[int, int, int]:
+    """(BLOCK_L latents, BLOCK_P pairs per step, BLOCK_D) of the latent-sorted weight-gradient kernel."""
+    return 32, 32, min(_p2(d), 128)
+
+
 def candidate_width(n: int, k: int) -> int:
     """Width C of the candidate buffer: 16k rounded up to a power of two, at least 256, at most n."""
     return min(_p2(n), max(256, _p2(16 * k)))

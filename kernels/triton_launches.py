@@ -104,26 +104,32 @@ def _select_launches(dt: str, n: int, k: int, B: int) -> list[Launch]:
 def _dense_launches(dt: str, d: int, n: int, k: int, B: int) -> list[Launch]:
     P, es = DTYPES[dt]
     BB, BD = dense_blocks(d)
+    BL, BP, BDg = grad_blocks(d)
     tag = f"{dt} d={d} k={k}"
-    tile = BB * BD
     work = (B * k * d,)
     reread = B * k * (8 + es) * triton.cdiv(d, BD)  # values and indices, once per d block
-    atomics = 2 * 4 * B * k * d  # fp32 read-modify-write of rows that mostly miss L2
+    pairs = B * k * 12  # sorted latent, token (int32) and coefficient (fp32) per pair
     gs = dict(B=B, width=k, d=d, s_wn=d, s_wd=1)
-    sc = dict(B=B, width=k, d=d, s_wn=d, s_wd=1, s_gn=d, s_gd=1)
+    # the weight-gradient kernel gathers rows of a [B, d] source that stays in L2 (6-19 MB here): its DRAM
+    # bytes are the source once, the pairs, and the gradient written once
+    rows = dict(lat_ptr="*i32", tok_ptr="*i32", coef_ptr="*fp32", off_ptr="*i32", src_ptr=P, out_ptr=P, n=n,
+                d=d)
+    rows_cx = dict(DOT_BF16=dt == "bf16", BLOCK_L=BL, BLOCK_P=BP, BLOCK_D=BDg)
+    grad_bytes = B * d * es + pairs + n * d * es
     return [
         Launch(f"decode fwd {tag}", "_gather_sum_kernel", dict(val_ptr=P, idx_ptr="*i64", w_ptr=P,
-               out_ptr="*fp32", **gs), dict(BLOCK_B=BB, BLOCK_D=BD), 4, tile, work,
+               out_ptr="*fp32", **gs), dict(BLOCK_B=BB, BLOCK_D=BD), 4, BB * BD, work,
                B * k * d * es + reread + 4 * B * d),
-        Launch(f"decode bwd {tag}", "_scatter_bwd_kernel", dict(g_ptr=P, val_ptr=P, idx_ptr="*i64", w_ptr=P,
-               gval_ptr="*fp32", gw_ptr="*fp32", **sc), dict(GVAL=True, GW=True, BLOCK_B=BB, BLOCK_D=BD), 4,
-               tile, work, B * d * es + B * k * d * es + atomics + reread),
+        Launch(f"decode bwd values {tag}", "_gather_dot_kernel", dict(g_ptr=P, idx_ptr="*i64", w_ptr=P,
+               out_ptr="*fp32", **gs), dict(BLOCK_B=BB, BLOCK_D=BD), 4, BB * BD, work,
+               B * d * es + B * k * d * es + B * k * 12),
+        Launch(f"decode bwd W_dec {tag}", "_grad_rows_kernel", dict(rows, gb_ptr="*fp32", s_on=d, s_od=1),
+               dict(rows_cx, HAS_BIAS=False), 4, BP * BDg, work, grad_bytes),
         Launch(f"encode bwd grad_x {tag}", "_gather_sum_kernel", dict(val_ptr="*fp32", idx_ptr="*i64", w_ptr=P,
-               out_ptr="*fp32", **gs), dict(BLOCK_B=BB, BLOCK_D=BD), 4, tile, work,
+               out_ptr="*fp32", **gs), dict(BLOCK_B=BB, BLOCK_D=BD), 4, BB * BD, work,
                B * k * d * es + reread + 4 * B * d),
-        Launch(f"encode bwd grad_W {tag}", "_scatter_bwd_kernel", dict(g_ptr=P, val_ptr="*fp32", idx_ptr="*i64",
-               w_ptr="*fp32", gval_ptr="*fp32", gw_ptr="*fp32", **dict(sc, s_wn=0, s_wd=0)),
-               dict(GVAL=False, GW=True, BLOCK_B=BB, BLOCK_D=BD), 4, tile, work, B * d * es + atomics + reread),
+        Launch(f"encode bwd W_enc, b_enc {tag}", "_grad_rows_kernel", dict(rows, gb_ptr=P, s_on=1, s_od=n),
+               dict(rows_cx, HAS_BIAS=True), 4, BP * BDg, work, grad_bytes + n * es),
     ]
 
 
@@ -175,12 +181,12 @@ def step_parts(rule: str, d: int, n: int, k: int, B: int, dt: str = "bf16") -> t
         raise ValueError(f"no step model for rule {rule!r}")
     fwd = sel + torch_op("grad masks, cat", small, 2) + _pick(la, "decode fwd") \
         + torch_op("x_hat cast + b_dec", B * d * (4 + 2 * es), 2) + torch_op("loss", B * d * 3 * es, 3)
-    bwd = torch_op("loss backward", B * d * 3 * es, 3) + torch_op("zero fp32 [n, d] (decode)", 4 * nd) \
-        + _pick(la, "decode bwd") + torch_op("cast grad W_dec", nd * (4 + es)) \
-        + torch_op("encode grad prep", small, 3) + torch_op("W_enc transposed copy", 2 * nd * es) \
-        + _pick(la, "encode bwd grad_x") + torch_op("zero fp32 [n, d] (encode)", 4 * nd) \
-        + _pick(la, "encode bwd grad_W") + torch_op("transposing cast grad W_enc", nd * (4 + es)) \
-        + torch_op("grad b_enc index_add + cast", small, 3) + torch_op("grad b_dec, grad x", B * d * 2 * es, 2)
+    sort = torch_op("sort pairs by latent, block offsets, coef", B * k * 40, 5)
+    bwd = torch_op("loss backward", B * d * 3 * es, 3) + _pick(la, "decode bwd values") + sort \
+        + _pick(la, "decode bwd W_dec") + torch_op("encode grad prep", small, 3) \
+        + torch_op("W_enc transposed copy ([d, n] row-major only)", 2 * nd * es) \
+        + _pick(la, "encode bwd grad_x") + sort + _pick(la, "encode bwd W_enc") \
+        + torch_op("grad b_dec, grad x", B * d * 2 * es, 2)
     return fwd + bwd, syncs
 
 

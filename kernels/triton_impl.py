@@ -81,13 +81,18 @@ def _load_keys(pre_ptr, colmask_ptr, rows, rmask, cols, n, stride_b,
 
 
 @triton.jit
-def _row_kth_kernel(pre_ptr, colmask_ptr, thr_ptr, cgt_ptr, B, n, stride_b, k,
-                    MODE: tl.constexpr, SHIFT: tl.constexpr, HAS_COLMASK: tl.constexpr,
+def _row_kth_kernel(pre_ptr, colmask_ptr, active_ptr, thr_ptr, cgt_ptr, B, n, stride_b, k,
+                    MODE: tl.constexpr, SHIFT: tl.constexpr, HAS_COLMASK: tl.constexpr, HAS_ACTIVE: tl.constexpr,
                     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, NPIV: tl.constexpr):
-    """Per row: the k-th largest key (thr) and how many keys exceed it (cgt < k)."""
+    """Per row: the k-th largest key (thr) and how many keys exceed it (cgt < k). HAS_ACTIVE: only the rows
+    flagged in active[] (the others are left alone; a program without one returns at once)."""
     pid = tl.program_id(0)
     rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
+    if HAS_ACTIVE:
+        rmask = rmask & (tl.load(active_ptr + rows, mask=rmask, other=0) != 0)
+        if tl.max(rmask.to(tl.int32)) == 0:
+            return
     lo = tl.full([BLOCK_B], 2147483647, tl.int64)
     hi = tl.full([BLOCK_B], -2147483648, tl.int64)
     for start in range(0, n, BLOCK_N):
@@ -177,17 +182,22 @@ def _prune_kernel(pre_ptr, colmask_ptr, z_ptr, plo_ptr, pcnt_ptr, B, n, stride_b
 
 
 @triton.jit
-def _compact_kernel(pre_ptr, colmask_ptr, thr_ptr, cgt_ptr, budget_ptr, thrv_ptr, thr_sb, thr_sn,
+def _compact_kernel(pre_ptr, colmask_ptr, active_ptr, thr_ptr, cgt_ptr, budget_ptr, thrv_ptr, thr_sb, thr_sn,
                     idx_ptr, ngt_ptr, neq_ptr, B, n, stride_b, width,
-                    MODE: tl.constexpr, SHIFT: tl.constexpr, HAS_COLMASK: tl.constexpr,
+                    MODE: tl.constexpr, SHIFT: tl.constexpr, HAS_COLMASK: tl.constexpr, HAS_ACTIVE: tl.constexpr,
                     BY_VALUE: tl.constexpr, STORE: tl.constexpr,
                     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
     """Write each row's kept column indices into idx[b, :count] (order of columns; ties at the key threshold
     up to a per-row budget). BY_VALUE: keep x > thrv[b * thr_sb + col * thr_sn] instead (threshold, stat).
-    STORE=False only counts (ngt: kept above threshold, neq: ties), for variable-width rules."""
+    STORE=False only counts (ngt: kept above threshold, neq: ties), for variable-width rules.
+    HAS_ACTIVE: only the rows flagged in active[]."""
     pid = tl.program_id(0)
     rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
+    if HAS_ACTIVE:
+        rmask = rmask & (tl.load(active_ptr + rows, mask=rmask, other=0) != 0)
+        if tl.max(rmask.to(tl.int32)) == 0:
+            return
     if not BY_VALUE:
         thr = tl.load(thr_ptr + rows, mask=rmask, other=0)
         if STORE:
@@ -252,34 +262,35 @@ def _masking(colmask, rowlen) -> tuple[torch.Tensor | None, int]:
     return colmask, int(colmask is not None)
 
 
-def _row_kth(pre: torch.Tensor, k: int, mode: int, colmask: torch.Tensor | None, rowlen=None):
+def _row_kth(pre: torch.Tensor, k: int, mode: int, colmask: torch.Tensor | None, rowlen=None, active=None):
     B, n = pre.shape
     BB, BN, nw = _blocks_select(B, n)
     thr = _empty((B,), torch.int32, pre.device)
     cgt = _empty((B,), torch.int32, pre.device)
     cm, masking = _masking(colmask, rowlen)
     _row_kth_kernel[(triton.cdiv(B, BB),)](
-        pre, cm if cm is not None else thr, thr, cgt, B, n, pre.stride(0), k, MODE=mode, SHIFT=_shift(pre.dtype),
-        HAS_COLMASK=masking, BLOCK_B=BB, BLOCK_N=BN, NPIV=NPIV, num_warps=nw)
+        pre, cm if cm is not None else thr, active if active is not None else thr, thr, cgt, B, n, pre.stride(0),
+        k, MODE=mode, SHIFT=_shift(pre.dtype), HAS_COLMASK=masking, HAS_ACTIVE=active is not None, BLOCK_B=BB,
+        BLOCK_N=BN, NPIV=NPIV, num_warps=nw)
     return thr, cgt
 
 
 def _compact(pre, mode, colmask, thr, cgt, budget, width, by_value=False, thrv=None, thr_strides=(0, 0),
-             store=True, rowlen=None):
+             store=True, rowlen=None, active=None, out=None):
     colmask, masking = _masking(colmask, rowlen)
     B, n = pre.shape
     BB, BN, nw = _blocks_select(B, n)
     dev = pre.device
     dummy = torch.zeros(1, dtype=torch.int32, device=dev)
-    idx = _empty((B, max(width, 1)), torch.int64, dev) if store else dummy
+    idx = (out if out is not None else _empty((B, max(width, 1)), torch.int64, dev)) if store else dummy
     ngt = dummy if store else _empty((B,), torch.int32, dev)
     neq = dummy if store else _empty((B,), torch.int32, dev)
     _compact_kernel[(triton.cdiv(B, BB),)](
-        pre, colmask if colmask is not None else dummy,
+        pre, colmask if colmask is not None else dummy, active if active is not None else dummy,
         thr if thr is not None else dummy, cgt if cgt is not None else dummy,
         budget if budget is not None else dummy, thrv if thrv is not None else pre,
         thr_strides[0], thr_strides[1], idx, ngt, neq, B, n, pre.stride(0), max(width, 1),
-        MODE=mode, SHIFT=_shift(pre.dtype), HAS_COLMASK=masking, BY_VALUE=by_value,
+        MODE=mode, SHIFT=_shift(pre.dtype), HAS_COLMASK=masking, HAS_ACTIVE=active is not None, BY_VALUE=by_value,
         STORE=store, BLOCK_B=BB, BLOCK_N=BN, num_warps=nw)
     return (idx,) if store else (ngt, neq)
 
@@ -308,18 +319,20 @@ PRUNE_MIN_N = 2048  # below this a row is a few blocks: bisect it directly
 LADDER = (64.0, 32.0, 16.0, 8.0, 6.0, 4.0, 3.0, 2.0, 1.5, 1.25, 1.0, 0.75, 0.5, 0.25, 0.1)
 
 
-def _ladder_z(k: int, n: int, device) -> torch.Tensor:
-    q = torch.tensor([1.0 - min(m * k / n, 1.0) for m in LADDER], dtype=torch.float64)
-    z = torch.special.ndtri(q.clamp(1e-12, 1 - 1e-12))
-    z = torch.cat([torch.full((1,), -1e30, dtype=torch.float64), z])
-    return z.to(torch.float32).to(device)
+def _ladder_z(k: int, n, device) -> torch.Tensor:
+    """Gaussian quantiles of the ladder's candidate counts; n may be a device tensor (AuxK's dead count)."""
+    m = torch.tensor(LADDER, dtype=torch.float64, device=device)
+    n = torch.as_tensor(n, device=device).double().clamp_min(1)
+    z = torch.special.ndtri((1.0 - (m * k / n).clamp(max=1.0)).clamp(1e-12, 1 - 1e-12))
+    return torch.cat([torch.full((1,), -1e30, dtype=torch.float64, device=device), z]).float()
 
 
-def _bisect_indices(pre, k, mode, colmask=None, rowlen=None):
-    """v1: exact k-th key by 16-way bisection (one read per pass), then compaction: [B, k] columns."""
-    thr, cgt = _row_kth(pre, k, mode, colmask, rowlen)
+def _bisect_indices(pre, k, mode, colmask=None, rowlen=None, active=None, out=None):
+    """v1: exact k-th key by 16-way bisection (one read per pass), then compaction: [B, k] columns (into `out`
+    and only for the rows flagged in `active` when given)."""
+    thr, cgt = _row_kth(pre, k, mode, colmask, rowlen, active)
     budget = k - cgt
-    (idx,) = _compact(pre, mode, colmask, thr, cgt, budget, k, rowlen=rowlen)
+    (idx,) = _compact(pre, mode, colmask, thr, cgt, budget, k, rowlen=rowlen, active=active, out=out)
     return idx
 
 
@@ -339,7 +352,7 @@ def select_topk_indices(pre: torch.Tensor, k: int, mode: int, colmask: torch.Ten
     BB, BN, nw = _blocks_select(B, n)
     plo = _empty((B,), torch.int32, pre.device)
     pcnt = _empty((B,), torch.int32, pre.device)
-    n_eff = int(colmask.sum().item()) if colmask is not None else n
+    n_eff = colmask.sum() if colmask is not None else n  # a device tensor: no host sync
     _prune_kernel[(triton.cdiv(B, BB),)](
         pre, colmask if colmask is not None else plo, _ladder_z(k, n_eff, pre.device), plo, pcnt, B, n,
         pre.stride(0), k, MODE=mode, SHIFT=_shift(pre.dtype), HAS_COLMASK=int(colmask is not None),
@@ -351,10 +364,10 @@ def select_topk_indices(pre: torch.Tensor, k: int, mode: int, colmask: torch.Ten
     cand = torch.where(valid, cand, torch.zeros_like(cand))
     sub = pre.gather(1, cand)
     idx = cand.gather(1, _bisect_indices(sub, k, mode, rowlen=rowlen))
-    over = pcnt > C
-    if bool(over.any()):  # the rare rows the ladder could not narrow: full bisection on just those
-        rows = over.nonzero().squeeze(1)
-        idx[rows] = _bisect_indices(pre[rows].contiguous(), k, mode, colmask)
+    # the rare rows the ladder could not narrow: full bisection on just those, decided on the device (programs
+    # without such a row return at once), so no host sync
+    over = (pcnt > C).to(torch.int32)
+    _bisect_indices(pre, k, mode, colmask, active=over, out=idx)
     return idx
 
 
@@ -366,6 +379,17 @@ def select_row(pre: torch.Tensor, k: int, colmask: torch.Tensor | None = None) -
 def select_abs(pre: torch.Tensor, k: int, colmask: torch.Tensor | None = None) -> SparseCode:
     idx = select_topk_indices(pre.detach(), k, 1, colmask)
     return _finish(pre, idx, None, "abs")
+
+
+def aux_select(pre: torch.Tensor, dead: torch.Tensor, k_aux: int, signed: bool) -> SparseCode:
+    """AuxK's code: each row's min(k_aux, n) largest entries among the dead latents (by magnitude when signed),
+    zero-valued padding past the dead count. Fixed width, so the dead count never reaches the host."""
+    B, n = pre.shape
+    ka = min(k_aux, n)
+    colmask = dead.to(torch.int8).contiguous()
+    count = dead.sum().clamp(max=ka).expand(B)
+    idx = select_topk_indices(pre.detach(), ka, int(signed), colmask)
+    return _finish(pre, idx, count, "abs" if signed else "relu")
 
 
 def select_by_value(pre: torch.Tensor, thrv: torch.Tensor, strides: tuple[int, int], post: str) -> SparseCode:
@@ -519,13 +543,7 @@ class EncodeFn(torch.autograd.Function):
             # the bias rides in cuBLAS's epilogue: no extra read + write of [B, n]
             pre = torch.addmm(b_enc, x, W_enc) if b_enc is not None else x @ W_enc
             code = _select_detached(pre, rule, k, threshold)
-            aux = None
-            if dead is not None and k_aux >= 1:
-                n_dead = int(dead.sum().item())
-                if n_dead > 0:
-                    colmask = dead.to(torch.int8).contiguous()
-                    ka = min(k_aux, n_dead)
-                    aux = select_abs(pre, ka, colmask) if rule == "abs" else select_row(pre, ka, colmask)
+            aux = aux_select(pre, dead, k_aux, rule == "abs") if dead is not None and k_aux >= 1 else None
         del pre
         w = code.values.shape[1]
         if aux is not None:

@@ -23,7 +23,7 @@ import triton.language as tl
 
 from kernels.code import SparseCode
 from kernels.triton_gather import SortedPairs, gather_dot, gather_sum
-from kernels.triton_launches import candidate_width, select_blocks
+from kernels.triton_launches import PRUNE_MIN_N, candidate_width, select_blocks
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 POISON = False  # tests set this: every output buffer starts as garbage, so an unwritten element shows
@@ -314,7 +314,6 @@ def _finish(pre: torch.Tensor, idx: torch.Tensor, count: torch.Tensor | None, po
 
 
 CAND = None  # candidate-buffer width override (tests force the fallback with a tiny one)
-PRUNE_MIN_N = 2048  # below this a row is a few blocks: bisect it directly
 # the candidate-count ladder of the pruning pivots, in multiples of k (pivot 0 is the row minimum)
 LADDER = (64.0, 32.0, 16.0, 8.0, 6.0, 4.0, 3.0, 2.0, 1.5, 1.25, 1.0, 0.75, 0.5, 0.25, 0.1)
 

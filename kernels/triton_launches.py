@@ -16,6 +16,7 @@ from kernels.aot import Launch
 SIZES = [(768, 24576, 32, 4096), (768, 131072, 32, 4096), (2304, 65536, 64, 4096)]
 DTYPES = {"bf16": ("*bf16", 2), "fp32": ("*fp32", 4)}
 K_AUX = 256  # an AuxK width for the dead-latent path (training only)
+PRUNE_MIN_N = 2048  # below this the selection bisects whole rows (a row is a few blocks)
 # bisection passes over a row's keys: 16-fold narrowing per pass, bf16 keys hold 16 bits, fp32 keys 32
 BISECT_PASSES = {"bf16": 4, "fp32": 8}
 
@@ -54,20 +55,21 @@ def _select_launches(dt: str, n: int, k: int, B: int) -> list[Launch]:
     out = []
 
     def compact(label, n_cols, width, mode, colmask="*i32", has_colmask=0, store=True, by_value=False,
-                thrv=P, thr_strides=(0, 0), idx="*i64"):
-        sig = dict(pre_ptr=P, colmask_ptr=colmask, thr_ptr="*i32", cgt_ptr="*i32", budget_ptr="*i32",
+                thrv=P, thr_strides=(0, 0), idx="*i64", active=False):
+        sig = dict(pre_ptr=P, colmask_ptr=colmask, active_ptr="*i32", thr_ptr="*i32", cgt_ptr="*i32", budget_ptr="*i32",
                    thrv_ptr=thrv, thr_sb=thr_strides[0], thr_sn=thr_strides[1], idx_ptr=idx, ngt_ptr="*i32",
                    neq_ptr="*i32", B=B, n=n_cols, stride_b=n_cols, width=width)
-        cx = dict(MODE=mode, SHIFT=16 if dt == "bf16" else 0, HAS_COLMASK=has_colmask, BY_VALUE=by_value,
+        cx = dict(MODE=mode, SHIFT=16 if dt == "bf16" else 0, HAS_COLMASK=has_colmask, HAS_ACTIVE=active,
+                  BY_VALUE=by_value,
                   STORE=store, BLOCK_B=BB, BLOCK_N=min(_p2(n_cols), BN))
         nbytes = B * n_cols * es + (B * width * 8 if store else B * 8)
         out.append(Launch(label, "_compact_kernel", sig, cx, nw, BB * min(_p2(n_cols), BN), (B * n_cols,), nbytes))
 
-    def kth(label, n_cols, kk, mode, colmask="*i32", has_colmask=0):
-        sig = dict(pre_ptr=P, colmask_ptr=colmask, thr_ptr="*i32", cgt_ptr="*i32", B=B, n=n_cols, stride_b=n_cols,
-                   k=kk)
-        cx = dict(MODE=mode, SHIFT=16 if dt == "bf16" else 0, HAS_COLMASK=has_colmask, BLOCK_B=BB,
-                  BLOCK_N=min(_p2(n_cols), BN), NPIV=16)
+    def kth(label, n_cols, kk, mode, colmask="*i32", has_colmask=0, active=False):
+        sig = dict(pre_ptr=P, colmask_ptr=colmask, active_ptr="*i32", thr_ptr="*i32", cgt_ptr="*i32", B=B,
+                   n=n_cols, stride_b=n_cols, k=kk)
+        cx = dict(MODE=mode, SHIFT=16 if dt == "bf16" else 0, HAS_COLMASK=has_colmask, HAS_ACTIVE=active,
+                  BLOCK_B=BB, BLOCK_N=min(_p2(n_cols), BN), NPIV=16)
         out.append(Launch(label, "_row_kth_kernel", sig, cx, nw, BB * min(_p2(n_cols), BN),
                           (B * n_cols, B * n_cols * passes), B * n_cols * es * (1 + passes)))
 
@@ -83,8 +85,11 @@ def _select_launches(dt: str, n: int, k: int, B: int) -> list[Launch]:
         compact(f"{fam} compact-candidates {tag}", n, C, mode)
         kth(f"{fam} kth-on-candidates C={C} {tag}", C, k, mode, has_colmask=2)
         compact(f"{fam} compact-on-candidates {tag}", C, k, mode, has_colmask=2)
-        kth(f"{fam} kth-full-row (fallback) {tag}", n, k, mode)
-        compact(f"{fam} compact-full-row (fallback) {tag}", n, k, mode)
+        # the fallback for rows over the candidate buffer (launched every step; rows not flagged return at once)
+        kth(f"{fam} kth-full-row (fallback) {tag}", n, k, mode, active=True)
+        compact(f"{fam} compact-full-row (fallback) {tag}", n, k, mode, active=True)
+        kth(f"{fam} kth-full-row (n < {PRUNE_MIN_N}) {tag}", n, k, mode)
+        compact(f"{fam} compact-full-row (n < {PRUNE_MIN_N}) {tag}", n, k, mode)
         CA = candidate_width(n, K_AUX)
         prune(f"{fam} auxk prune {tag}", K_AUX, mode, colmask="*i8", has_colmask=1)
         compact(f"{fam} auxk compact {tag}", n, CA, mode, colmask="*i8", has_colmask=1)
@@ -170,8 +175,10 @@ def step_parts(rule: str, d: int, n: int, k: int, B: int, dt: str = "bf16") -> t
         fam = rule
         sel = _pick(la, f"{fam} prune", f"{fam} compact-candidates") + torch_op("candidate gather", 2 * B * C * 8) \
             + _pick(la, f"{fam} kth-on-candidates", f"{fam} compact-on-candidates") \
+            + [f._replace(work=(0,) * len(f.work), nbytes=B * 4)  # no row flagged: every program returns at once
+               for f in _pick(la, f"{fam} kth-full-row (fallback)", f"{fam} compact-full-row (fallback)")] \
             + torch_op("gather, argsort and reorder of [B, k]", small, 6)
-        syncs = 1  # any row over the candidate buffer?
+        syncs = 0
     elif rule == "batch":
         sel = torch_op("max of pre", B * n * es) + _pick(la, "batch count (") \
             + _pick(la, "batch count-only") + torch_op("tie budget", B * 16, 3) + _pick(la, "batch compact") \

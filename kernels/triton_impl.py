@@ -422,40 +422,38 @@ def select_stat(pre: torch.Tensor, k: int) -> SparseCode:
 
 
 def select_batch(pre: torch.Tensor, k: int) -> SparseCode:
-    """Top k*B of relu(pre) over the batch: a global 16-way bisection (one count launch per pass), then the
-    row compaction with the global threshold and each row's share of the ties (in row order)."""
+    """Top k*B of relu(pre) over the batch: a global 16-way bisection run on the device (a fixed number of
+    count launches: enough to narrow the key range to one key), then the row compaction with the global
+    threshold and each row's share of the ties (in row order). One host read: the code's width."""
     p = _check_kernel_input(pre.detach())
     B, n = p.shape
     total = min(k * B, B * n)
     shift = _shift(p.dtype)
     BB, BN, nw = _blocks_select(B, n)
     dev = p.device
-    zero_key = 0  # key of relu'd 0.0 is 0 at any shift
-    # global range: keys of relu'd values lie in [0, key(max)]
+    # keys of relu'd values lie in [0, key(max)]: 31 - shift bits, narrowed 4 bits per pass
     mx = p.max().float().clamp_min(0).reshape(1)
-    hi = int((mx.view(torch.int32) >> shift).item()) + 1
-    lo = zero_key
+    lo = torch.zeros((), dtype=torch.int64, device=dev)
+    hi = (mx.view(torch.int32) >> shift).to(torch.int64)[0] + 1
+    jj = torch.arange(NPIV, device=dev)
     counts = torch.zeros(NPIV, dtype=torch.int64, device=dev)
-    while hi - lo > 1:
-        step = -(-(hi - lo) // NPIV)
-        piv = torch.tensor([lo + j * step for j in range(NPIV)], dtype=torch.int64, device=dev)
+    for _ in range(-(-(31 - shift) // 4)):
+        step = ((hi - lo + NPIV - 1) // NPIV).clamp_min(1)
+        piv = lo + jj * step
         counts.zero_()
         _count_ge_kernel[(triton.cdiv(B, BB),)](p, piv, counts, B, n, p.stride(0), SHIFT=shift,
                                                 BLOCK_B=BB, BLOCK_N=BN, NPIV=NPIV, num_warps=nw)
-        c = counts.tolist()
-        j = max(i for i in range(NPIV) if c[i] >= total and lo + i * step < hi) if c[0] >= total else 0
-        lo, hi = lo + j * step, min(hi, lo + (j + 1) * step)
-    thr_key = lo
-    thr = torch.full((B,), thr_key, dtype=torch.int32, device=dev)
+        # counts fall with j: the last pivot still holding `total` keys bounds the threshold from below
+        j = (((counts >= total) & (piv < hi)).sum() - 1).clamp_min(0)
+        lo, hi = lo + j * step, torch.minimum(hi, lo + (j + 1) * step)
+    thr = lo.to(torch.int32).expand(B).contiguous()
     ngt, neq = _compact(p, 2, None, thr, None, None, 1, store=False)
-    if thr_key == zero_key:  # fewer than k*B positives: every positive, no zero-valued ties
-        budget = torch.zeros_like(neq)
-    else:
-        left = total - int(ngt.sum().item())
-        before = torch.cumsum(neq, 0) - neq
-        budget = (left - before).clamp(min=0).minimum(neq).to(torch.int32)
+    # threshold key 0 (fewer than k*B positives): every positive, no zero-valued ties
+    before = torch.cumsum(neq, 0) - neq
+    budget = (total - ngt.sum() - before).clamp(min=0).minimum(neq)
+    budget = torch.where(lo == 0, torch.zeros_like(budget), budget).to(torch.int32)
     count = ngt + budget
-    width = max(int(count.max().item()), 1)
+    width = max(int(count.max()), 1)  # the output's shape: the one host read
     (idx,) = _compact(p, 2, None, thr, ngt, budget, width)
     return _finish(pre, idx, count, "relu")
 
@@ -547,8 +545,10 @@ class EncodeFn(torch.autograd.Function):
         w = code.values.shape[1]
         if aux is not None:
             idx_all = torch.cat([code.indices, aux.indices], 1).contiguous()
-            mask_all = torch.cat([_grad_mask(code.values, rule), _grad_mask(aux.values, "abs" if rule == "abs"
-                                                                           else "row")], 1)
+            # AuxK's padding (past the dead count) is a constant: no gradient, also for "abs" entries
+            live = torch.arange(aux.values.shape[1], device=x.device) < dead.sum()
+            aux_mask = _grad_mask(aux.values, "abs" if rule == "abs" else "row") & live
+            mask_all = torch.cat([_grad_mask(code.values, rule), aux_mask], 1)
             aux_vals, aux_idx = aux.values, aux.indices
         else:
             idx_all = code.indices

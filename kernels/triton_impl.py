@@ -130,55 +130,50 @@ def _row_kth_kernel(pre_ptr, colmask_ptr, active_ptr, thr_ptr, cgt_ptr, B, n, st
 
 
 @triton.jit
-def _prune_kernel(pre_ptr, colmask_ptr, z_ptr, plo_ptr, pcnt_ptr, B, n, stride_b, k,
-                  MODE: tl.constexpr, SHIFT: tl.constexpr, HAS_COLMASK: tl.constexpr,
-                  BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, NPIV: tl.constexpr):
-    """Two passes per row: (1) sum, sum of squares, min and max of the (|x| for MODE 1) values; (2) counts
-    at 16 pivots mean + std * z_j (Gaussian quantiles for a ladder of candidate counts, host-computed).
-    Out: the highest pivot key still holding >= k keys, and that count: the candidate set of the row."""
+def _candidates_kernel(pre_ptr, colmask_ptr, z_ptr, cand_ptr, cnt_ptr, B, n, stride_b, width,
+                       MODE: tl.constexpr, HAS_COLMASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Per row: mean and std of the (|x| for MODE 1) values, then every column with x >= mean + z * std (z
+    carried from the previous call) into cand[b, :width] and its count (which may pass width) into cnt[b].
+    Two reads and a float compare per element; the slot cumsum runs only in blocks that hold a candidate."""
     pid = tl.program_id(0)
     rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
+    base = pre_ptr + rows[:, None].to(tl.int64) * stride_b  # 64-bit: B * n passes 2^31 at the largest sizes
     s1 = tl.zeros([BLOCK_B], tl.float32)
     s2 = tl.zeros([BLOCK_B], tl.float32)
     cnt = tl.zeros([BLOCK_B], tl.float32)
-    kmin = tl.full([BLOCK_B], 2147483647, tl.int32)
-    kmax = tl.full([BLOCK_B], -2147483648, tl.int32)
     for start in range(0, n, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         cmask = cols < n
-        if HAS_COLMASK == 1:
+        if HAS_COLMASK:
             cmask = cmask & (tl.load(colmask_ptr + cols, mask=cols < n, other=0) != 0)
         m = rmask[:, None] & cmask[None, :]
-        x = tl.load(pre_ptr + rows[:, None].to(tl.int64) * stride_b + cols[None, :], mask=m, other=0.0)
-        x = x.to(tl.float32)
+        x = tl.load(base + cols[None, :], mask=m, other=0.0).to(tl.float32)
         if MODE == 1:
             x = tl.abs(x)
-        key = _keys(x, 0, SHIFT)
         s1 += tl.sum(x, axis=1)
         s2 += tl.sum(x * x, axis=1)
         cnt += tl.sum(m.to(tl.float32), axis=1)
-        kmin = tl.minimum(kmin, tl.min(tl.where(m, key, 2147483647), axis=1))
-        kmax = tl.maximum(kmax, tl.max(tl.where(m, key, -2147483648), axis=1))
     mean = s1 / tl.maximum(cnt, 1.0)
     std = tl.sqrt(tl.maximum(s2 / tl.maximum(cnt, 1.0) - mean * mean, 0.0))
-    jj = tl.arange(0, NPIV)
-    z = tl.load(z_ptr + jj)
-    pv = mean[:, None] + std[:, None] * z[None, :]
-    # int32 pivots (cheaper compares than the bisection's int64); kmax + 1 saturates at INT32_MAX (NaN only)
-    pkey = _keys(pv, 0, SHIFT)
-    pkey = tl.minimum(tl.maximum(pkey, kmin[:, None]), kmax[:, None] + (kmax[:, None] < 2147483647).to(tl.int32))
-    pkey = tl.where(jj[None, :] == 0, kmin[:, None], pkey)
-    counts = tl.zeros([BLOCK_B, NPIV], tl.int32)
+    thr = mean + std * tl.load(z_ptr)
+    n_c = tl.zeros([BLOCK_B], tl.int32)
     for start in range(0, n, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
-        key, m = _load_keys(pre_ptr, colmask_ptr, rows, rmask, cols, n, stride_b, MODE, SHIFT, HAS_COLMASK)
-        counts += tl.sum((key[:, :, None] >= pkey[:, None, :]).to(tl.int32), axis=1)
-    ok = counts >= k
-    jstar = tl.maximum(tl.sum(ok.to(tl.int32), axis=1) - 1, 0)
-    sel = jj[None, :] == jstar[:, None]
-    tl.store(plo_ptr + rows, tl.sum(tl.where(sel, pkey, 0), axis=1).to(tl.int32), mask=rmask)
-    tl.store(pcnt_ptr + rows, tl.sum(tl.where(sel, counts, 0), axis=1), mask=rmask)
+        cmask = cols < n
+        if HAS_COLMASK:
+            cmask = cmask & (tl.load(colmask_ptr + cols, mask=cols < n, other=0) != 0)
+        m = rmask[:, None] & cmask[None, :]
+        x = tl.load(base + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        if MODE == 1:
+            x = tl.abs(x)
+        hit = (m & (x >= thr[:, None])).to(tl.int32)
+        if tl.max(tl.max(hit, axis=1), axis=0) > 0:
+            slot = n_c[:, None] + tl.cumsum(hit, axis=1) - 1
+            colv = (cols[None, :] + rows[:, None] * 0).to(tl.int64)
+            tl.store(cand_ptr + rows[:, None].to(tl.int64) * width + slot, colv, mask=(hit != 0) & (slot < width))
+            n_c += tl.sum(hit, axis=1)
+    tl.store(cnt_ptr + rows, n_c, mask=rmask)
 
 
 @triton.jit
@@ -314,16 +309,30 @@ def _finish(pre: torch.Tensor, idx: torch.Tensor, count: torch.Tensor | None, po
 
 
 CAND = None  # candidate-buffer width override (tests force the fallback with a tiny one)
-# the candidate-count ladder of the pruning pivots, in multiples of k (pivot 0 is the row minimum)
-LADDER = (64.0, 32.0, 16.0, 8.0, 6.0, 4.0, 3.0, 2.0, 1.5, 1.25, 1.0, 0.75, 0.5, 0.25, 0.1)
+# the carried candidate threshold, in standard deviations above each row's mean, per (n, k, mode, dtype, masked):
+# a device scalar, updated after every call so that about TARGET * k columns pass it in most rows
+_CARRIED: dict = {}
+TARGET = 2.0
 
 
-def _ladder_z(k: int, n, device) -> torch.Tensor:
-    """Gaussian quantiles of the ladder's candidate counts; n may be a device tensor (AuxK's dead count)."""
-    m = torch.tensor(LADDER, dtype=torch.float64, device=device)
-    n = torch.as_tensor(n, device=device).double().clamp_min(1)
-    z = torch.special.ndtri((1.0 - (m * k / n).clamp(max=1.0)).clamp(1e-12, 1 - 1e-12))
-    return torch.cat([torch.full((1,), -1e30, dtype=torch.float64, device=device), z]).float()
+def _z(q: torch.Tensor) -> torch.Tensor:
+    """Standard-normal quantile of a device tensor."""
+    return torch.special.ndtri(q.double().clamp(1e-12, 1 - 1e-12)).float()
+
+
+def _carried_z(key: tuple, k: int, n_eff: torch.Tensor) -> torch.Tensor:
+    if key not in _CARRIED:  # first call: the Gaussian quantile of 2 * TARGET * k columns
+        _CARRIED[key] = _z(1.0 - (2 * TARGET * k / n_eff.double()).clamp(max=1.0)).reshape(1)
+    return _CARRIED[key]
+
+
+def _update_z(key: tuple, z: torch.Tensor, cnt: torch.Tensor, k: int, n_eff: torch.Tensor) -> None:
+    """Move z so that the 10% quantile of the candidate counts lands on TARGET * k (Gaussian-calibrated step),
+    all on the device: rows with fewer than k candidates (and rows over the buffer) take the fallback."""
+    q10 = torch.quantile(cnt.float(), 0.1).clamp_min(0.5)
+    n_eff = n_eff.double().clamp_min(1)
+    step = _z(1.0 - q10 / n_eff) - _z(1.0 - (TARGET * k / n_eff).clamp(max=1.0))
+    _CARRIED[key] = (z - step.clamp(-2.0, 2.0)).reshape(1)
 
 
 def _bisect_indices(pre, k, mode, colmask=None, rowlen=None, active=None, out=None):
@@ -338,10 +347,11 @@ def _bisect_indices(pre, k, mode, colmask=None, rowlen=None, active=None, out=No
 def select_topk_indices(pre: torch.Tensor, k: int, mode: int, colmask: torch.Tensor | None = None):
     """Exact top-k column indices per row ([B, k], column order) by key MODE (0 value, 1 magnitude).
 
-    v2, three reads of [B, n]: statistics, then counts at Gaussian-quantile pivots (a ladder of candidate
-    counts from 64k down to k/10), then a compaction of the candidates (keys >= the highest pivot still
-    holding k) into a [B, C] buffer; the exact top-k runs on the buffer. Rows whose candidates overflow C
-    (far from Gaussian, or ties) take the full bisection. Exact either way; only the speed depends on data.
+    v3, two reads of [B, n] and no host sync: one kernel computes each row's mean and std, then writes the
+    columns at or above mean + z * std into a [B, C] candidate buffer, z carried from the previous call (the
+    pre-activations of a training run drift slowly); the exact top-k runs on the buffer. Rows with fewer than
+    k candidates or more than C take the full bisection, decided on the device (programs without such a row
+    return at once). Exact either way; only the speed depends on how well z was carried.
     """
     pre = _check_kernel_input(pre)
     B, n = pre.shape
@@ -349,24 +359,24 @@ def select_topk_indices(pre: torch.Tensor, k: int, mode: int, colmask: torch.Ten
     if C < k or (CAND is None and (n < PRUNE_MIN_N or C >= n)):
         return _bisect_indices(pre, k, mode, colmask)
     BB, BN, nw = _blocks_select(B, n)
-    plo = _empty((B,), torch.int32, pre.device)
-    pcnt = _empty((B,), torch.int32, pre.device)
-    n_eff = colmask.sum() if colmask is not None else n  # a device tensor: no host sync
-    _prune_kernel[(triton.cdiv(B, BB),)](
-        pre, colmask if colmask is not None else plo, _ladder_z(k, n_eff, pre.device), plo, pcnt, B, n,
-        pre.stride(0), k, MODE=mode, SHIFT=_shift(pre.dtype), HAS_COLMASK=int(colmask is not None),
-        BLOCK_B=BB, BLOCK_N=BN, NPIV=NPIV, num_warps=nw)
-    zeros = torch.zeros_like(pcnt)
-    (cand,) = _compact(pre, mode, colmask, plo - 1, zeros, zeros, C)  # every key >= plo, up to C slots
-    rowlen = pcnt.clamp(max=C)
+    n_eff = colmask.sum() if colmask is not None else torch.tensor(n, device=pre.device)  # device: no sync
+    key = (n, k, mode, pre.dtype, colmask is not None)
+    z = _carried_z(key, k, n_eff)
+    cand = _empty((B, C), torch.int64, pre.device)
+    cnt = _empty((B,), torch.int32, pre.device)
+    _candidates_kernel[(triton.cdiv(B, BB),)](
+        pre, colmask if colmask is not None else cnt, z, cand, cnt, B, n, pre.stride(0), C, MODE=mode,
+        HAS_COLMASK=colmask is not None, BLOCK_B=BB, BLOCK_N=BN, num_warps=nw)
+    rowlen = cnt.clamp(max=C)
     valid = torch.arange(C, device=pre.device)[None, :] < rowlen[:, None]
     cand = torch.where(valid, cand, torch.zeros_like(cand))
     sub = pre.gather(1, cand)
-    idx = cand.gather(1, _bisect_indices(sub, k, mode, rowlen=rowlen))
-    # the rare rows the ladder could not narrow: full bisection on just those, decided on the device (programs
-    # without such a row return at once), so no host sync
-    over = (pcnt > C).to(torch.int32)
-    _bisect_indices(pre, k, mode, colmask, active=over, out=idx)
+    # rows with fewer than k candidates leave slots unwritten: clamp them in range (the fallback rewrites them)
+    idx = cand.gather(1, _bisect_indices(sub, k, mode, rowlen=rowlen).clamp(0, C - 1))
+    # fewer than k candidates (rows below a carried z: at most the dead count for AuxK) or more than C
+    fallback = ((cnt < torch.clamp(n_eff, max=k)) | (cnt > C)).to(torch.int32)
+    _bisect_indices(pre, k, mode, colmask, active=fallback, out=idx)
+    _update_z(key, z, cnt, k, n_eff)
     return idx
 
 

@@ -73,16 +73,17 @@ def _select_launches(dt: str, n: int, k: int, B: int) -> list[Launch]:
         out.append(Launch(label, "_row_kth_kernel", sig, cx, nw, BB * min(_p2(n_cols), BN),
                           (B * n_cols, B * n_cols * passes), B * n_cols * es * (1 + passes)))
 
-    def prune(label, kk, mode, colmask="*i32", has_colmask=0):
-        sig = dict(pre_ptr=P, colmask_ptr=colmask, z_ptr="*fp32", plo_ptr="*i32", pcnt_ptr="*i32", B=B, n=n,
-                   stride_b=n, k=kk)
-        cx = dict(MODE=mode, SHIFT=16 if dt == "bf16" else 0, HAS_COLMASK=has_colmask, BLOCK_B=BB, BLOCK_N=BN,
-                  NPIV=16)
-        out.append(Launch(label, "_prune_kernel", sig, cx, nw, tile, (B * n, B * n), 2 * B * n * es))
+    def candidates(label, kk, mode, colmask="*i32", has_colmask=False):
+        width = candidate_width(n, kk)
+        sig = dict(pre_ptr=P, colmask_ptr=colmask, z_ptr="*fp32", cand_ptr="*i64", cnt_ptr="*i32", B=B, n=n,
+                   stride_b=n, width=width)
+        cx = dict(MODE=mode, HAS_COLMASK=has_colmask, BLOCK_B=BB, BLOCK_N=BN)
+        # two reads of the row; the candidates (about 2k per row) written once
+        out.append(Launch(label, "_candidates_kernel", sig, cx, nw, tile, (B * n, B * n),
+                          2 * B * n * es + B * 2 * kk * 8))
 
     for mode, fam in ((0, "row"), (1, "abs")):
-        prune(f"{fam} prune {tag}", k, mode)
-        compact(f"{fam} compact-candidates {tag}", n, C, mode)
+        candidates(f"{fam} candidates {tag}", k, mode)
         kth(f"{fam} kth-on-candidates C={C} {tag}", C, k, mode, has_colmask=2)
         compact(f"{fam} compact-on-candidates {tag}", C, k, mode, has_colmask=2)
         # the fallback for rows over the candidate buffer (launched every step; rows not flagged return at once)
@@ -90,9 +91,7 @@ def _select_launches(dt: str, n: int, k: int, B: int) -> list[Launch]:
         compact(f"{fam} compact-full-row (fallback) {tag}", n, k, mode, active=True)
         kth(f"{fam} kth-full-row (n < {PRUNE_MIN_N}) {tag}", n, k, mode)
         compact(f"{fam} compact-full-row (n < {PRUNE_MIN_N}) {tag}", n, k, mode)
-        CA = candidate_width(n, K_AUX)
-        prune(f"{fam} auxk prune {tag}", K_AUX, mode, colmask="*i8", has_colmask=1)
-        compact(f"{fam} auxk compact {tag}", n, CA, mode, colmask="*i8", has_colmask=1)
+        candidates(f"{fam} auxk candidates {tag}", K_AUX, mode, colmask="*i8", has_colmask=True)
     sig = dict(pre_ptr=P, piv_ptr="*i64", counts_ptr="*i32", B=B, n=n, stride_b=n)
     cx = dict(SHIFT=16 if dt == "bf16" else 0, BLOCK_B=BB, BLOCK_N=BN, NPIV=16)
     out.append(Launch(f"batch count (x{passes} passes) {tag}", "_count_ge_kernel", sig, cx, nw, tile,
@@ -173,17 +172,19 @@ def step_parts(rule: str, d: int, n: int, k: int, B: int, dt: str = "bf16") -> t
     nd = n * d
     if rule in ("row", "abs"):
         fam = rule
-        sel = _pick(la, f"{fam} prune", f"{fam} compact-candidates") + torch_op("candidate gather", 2 * B * C * 8) \
+        sel = _pick(la, f"{fam} candidates") + torch_op("candidate mask, gather", 2 * B * C * 8, 2) \
             + _pick(la, f"{fam} kth-on-candidates", f"{fam} compact-on-candidates") \
             + [f._replace(work=(0,) * len(f.work), nbytes=B * 4)  # no row flagged: every program returns at once
                for f in _pick(la, f"{fam} kth-full-row (fallback)", f"{fam} compact-full-row (fallback)")] \
+            + torch_op("fallback flags, carried z update", B * 16, 6) \
             + torch_op("gather, argsort and reorder of [B, k]", small, 6)
         syncs = 0
     elif rule == "batch":
         sel = torch_op("max of pre", B * n * es) + _pick(la, "batch count (") \
-            + _pick(la, "batch count-only") + torch_op("tie budget", B * 16, 3) + _pick(la, "batch compact") \
+            + torch_op("pivots and narrowing on the device", 256, 6 * BISECT_PASSES[dt]) \
+            + _pick(la, "batch count-only") + torch_op("tie budget", B * 16, 5) + _pick(la, "batch compact") \
             + torch_op("gather, argsort and reorder of [B, w]", small, 8)
-        syncs = 2 + BISECT_PASSES[dt] + 1  # max, one per counting pass, ties, width
+        syncs = 1  # the code's width
     else:
         raise ValueError(f"no step model for rule {rule!r}")
     fwd = sel + torch_op("grad masks, cat", small, 2) + _pick(la, "decode fwd") \

@@ -130,6 +130,19 @@ def _row_kth_kernel(pre_ptr, colmask_ptr, active_ptr, thr_ptr, cgt_ptr, B, n, st
 
 
 @triton.jit
+def _load_values(base, colmask_ptr, rmask, cols, n, MODE: tl.constexpr, HAS_COLMASK: tl.constexpr):
+    """fp32 values (|x| for MODE 1) of a [rows, cols] tile, 0 where masked out (AuxK: live columns), and the mask."""
+    cmask = cols < n
+    if HAS_COLMASK:
+        cmask = cmask & (tl.load(colmask_ptr + cols, mask=cols < n, other=0) != 0)
+    m = rmask[:, None] & cmask[None, :]
+    x = tl.load(base + cols[None, :], mask=m, other=0.0).to(tl.float32)
+    if MODE == 1:
+        x = tl.abs(x)
+    return x, m
+
+
+@triton.jit
 def _candidates_kernel(pre_ptr, colmask_ptr, z_ptr, cand_ptr, cnt_ptr, B, n, stride_b, width,
                        MODE: tl.constexpr, HAS_COLMASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
     """Per row: mean and std of the (|x| for MODE 1) values, then every column with x >= mean + z * std (z
@@ -144,13 +157,7 @@ def _candidates_kernel(pre_ptr, colmask_ptr, z_ptr, cand_ptr, cnt_ptr, B, n, str
     cnt = tl.zeros([BLOCK_B], tl.float32)
     for start in range(0, n, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
-        cmask = cols < n
-        if HAS_COLMASK:
-            cmask = cmask & (tl.load(colmask_ptr + cols, mask=cols < n, other=0) != 0)
-        m = rmask[:, None] & cmask[None, :]
-        x = tl.load(base + cols[None, :], mask=m, other=0.0).to(tl.float32)
-        if MODE == 1:
-            x = tl.abs(x)
+        x, m = _load_values(base, colmask_ptr, rmask, cols, n, MODE, HAS_COLMASK)
         s1 += tl.sum(x, axis=1)
         s2 += tl.sum(x * x, axis=1)
         cnt += tl.sum(m.to(tl.float32), axis=1)
@@ -160,13 +167,7 @@ def _candidates_kernel(pre_ptr, colmask_ptr, z_ptr, cand_ptr, cnt_ptr, B, n, str
     n_c = tl.zeros([BLOCK_B], tl.int32)
     for start in range(0, n, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
-        cmask = cols < n
-        if HAS_COLMASK:
-            cmask = cmask & (tl.load(colmask_ptr + cols, mask=cols < n, other=0) != 0)
-        m = rmask[:, None] & cmask[None, :]
-        x = tl.load(base + cols[None, :], mask=m, other=0.0).to(tl.float32)
-        if MODE == 1:
-            x = tl.abs(x)
+        x, m = _load_values(base, colmask_ptr, rmask, cols, n, MODE, HAS_COLMASK)
         hit = (m & (x >= thr[:, None])).to(tl.int32)
         if tl.max(tl.max(hit, axis=1), axis=0) > 0:
             slot = n_c[:, None] + tl.cumsum(hit, axis=1) - 1

@@ -11,3 +11,5 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 python3 bench/kernels.py --out "${OUT:-bench/results}" "$@"
+# the cost model on the same machine's Triton, so measurement and prediction land side by side
+python3 bench/kernel_model.py --json "${OUT:-bench/results}/kernel_model.json" || true

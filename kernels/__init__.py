@@ -97,13 +97,11 @@ def encode(
 
 def aux_select(pre: torch.Tensor, dead: torch.Tensor, k_aux: int, signed: bool = False) -> SparseCode | None:
     """Each row's k_aux largest pre-activations among `dead` latents (by magnitude when signed); None when
-    no latent is dead or k_aux < 1. Values are gathered from `pre`, so gradients reach it."""
+    k_aux < 1 or (torch twin) no latent is dead. Values are gathered from `pre`, so gradients reach it.
+    On Triton the width is min(k_aux, n) whatever the dead count (zero-valued padding), so no host sync."""
     tri = _triton_for(pre)
     if tri is None:
         return aux_select_torch(pre, dead, k_aux, signed=signed)
-    n_dead = int(dead.sum().item())
-    if n_dead == 0 or k_aux < 1:
+    if k_aux < 1:
         return None
-    colmask = dead.to(torch.int8).contiguous()
-    ka = min(k_aux, n_dead)
-    return tri.select_abs(pre, ka, colmask) if signed else tri.select_row(pre, ka, colmask)
+    return tri.aux_select(pre, dead, k_aux, signed)

@@ -7,11 +7,9 @@ streams the row once and counts the keys at or above 15 pivots, narrowing the ke
 for bf16, up to 8 for fp32, after one min/max pass). A compaction pass then writes the indices above the
 threshold plus the first ties, and only the [B, k] result is ordered (by torch, k values per row).
 
-Decode is a gather-sum over the decoder rows that fired; its backward reads grad_out once per row block and
-(a) dots it with the same rows for the values' gradient, (b) atomically adds value * grad_out into an fp32
-buffer at only those rows for W_dec's gradient. Encode's backward reuses both kernels on the transposed
-encoder: grad_x is a gather-sum over W_enc's columns at the selected indices, grad_W_enc an atomic scatter of
-x at those columns; neither a dense [B, n] gradient nor a [B, k, d] intermediate exists.
+Decode, its backward and the encoder's backward run on the rows a code touches (kernels/triton_gather.py): a
+gather-sum forward, the values' gradient as one dot per entry, and the weight gradients written once per latent
+from the latent-sorted (token, latent) pairs: no dense [B, n] gradient, no fp32 [n, d] buffer, no atomics.
 """
 
 from __future__ import annotations
@@ -24,6 +22,8 @@ import triton
 import triton.language as tl
 
 from kernels.code import SparseCode
+from kernels.triton_gather import SortedPairs, gather_dot, gather_sum
+from kernels.triton_launches import PRUNE_MIN_N, candidate_width, select_blocks
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 POISON = False  # tests set this: every output buffer starts as garbage, so an unwritten element shows
@@ -74,19 +74,25 @@ def _load_keys(pre_ptr, colmask_ptr, rows, rmask, cols, n, stride_b,
     if HAS_COLMASK == 2:
         rl = tl.load(colmask_ptr + rows, mask=rmask, other=0)
         m = m & (cols[None, :] < rl[:, None])
-    x = tl.load(pre_ptr + rows[:, None] * stride_b + cols[None, :], mask=m, other=0.0).to(tl.float32)
+    # 64-bit row offsets: B * n passes 2^31 at B = 16384, n = 131072
+    x = tl.load(pre_ptr + rows[:, None].to(tl.int64) * stride_b + cols[None, :], mask=m, other=0.0).to(tl.float32)
     key = _keys(x, MODE, SHIFT)
     return tl.where(m, key, -2147483648), m
 
 
 @triton.jit
-def _row_kth_kernel(pre_ptr, colmask_ptr, thr_ptr, cgt_ptr, B, n, stride_b, k,
-                    MODE: tl.constexpr, SHIFT: tl.constexpr, HAS_COLMASK: tl.constexpr,
+def _row_kth_kernel(pre_ptr, colmask_ptr, active_ptr, thr_ptr, cgt_ptr, B, n, stride_b, k,
+                    MODE: tl.constexpr, SHIFT: tl.constexpr, HAS_COLMASK: tl.constexpr, HAS_ACTIVE: tl.constexpr,
                     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, NPIV: tl.constexpr):
-    """Per row: the k-th largest key (thr) and how many keys exceed it (cgt < k)."""
+    """Per row: the k-th largest key (thr) and how many keys exceed it (cgt < k). HAS_ACTIVE: only the rows
+    flagged in active[] (the others are left alone; a program without one returns at once)."""
     pid = tl.program_id(0)
     rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
+    if HAS_ACTIVE:
+        rmask = rmask & (tl.load(active_ptr + rows, mask=rmask, other=0) != 0)
+        if tl.max(rmask.to(tl.int32)) == 0:
+            return
     lo = tl.full([BLOCK_B], 2147483647, tl.int64)
     hi = tl.full([BLOCK_B], -2147483648, tl.int64)
     for start in range(0, n, BLOCK_N):
@@ -124,68 +130,70 @@ def _row_kth_kernel(pre_ptr, colmask_ptr, thr_ptr, cgt_ptr, B, n, stride_b, k,
 
 
 @triton.jit
-def _prune_kernel(pre_ptr, colmask_ptr, z_ptr, plo_ptr, pcnt_ptr, B, n, stride_b, k,
-                  MODE: tl.constexpr, SHIFT: tl.constexpr, HAS_COLMASK: tl.constexpr,
-                  BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, NPIV: tl.constexpr):
-    """Two passes per row: (1) sum, sum of squares, min and max of the (|x| for MODE 1) values; (2) counts
-    at 16 pivots mean + std * z_j (Gaussian quantiles for a ladder of candidate counts, host-computed).
-    Out: the highest pivot key still holding >= k keys, and that count: the candidate set of the row."""
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    rmask = rows < B
-    s1 = tl.zeros([BLOCK_B], tl.float32)
-    s2 = tl.zeros([BLOCK_B], tl.float32)
-    cnt = tl.zeros([BLOCK_B], tl.float32)
-    kmin = tl.full([BLOCK_B], 2147483647, tl.int32)
-    kmax = tl.full([BLOCK_B], -2147483648, tl.int32)
-    for start in range(0, n, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N)
-        cmask = cols < n
-        if HAS_COLMASK == 1:
-            cmask = cmask & (tl.load(colmask_ptr + cols, mask=cols < n, other=0) != 0)
-        m = rmask[:, None] & cmask[None, :]
-        x = tl.load(pre_ptr + rows[:, None] * stride_b + cols[None, :], mask=m, other=0.0).to(tl.float32)
-        if MODE == 1:
-            x = tl.abs(x)
-        key = _keys(x, 0, SHIFT)
-        s1 += tl.sum(x, axis=1)
-        s2 += tl.sum(x * x, axis=1)
-        cnt += tl.sum(m.to(tl.float32), axis=1)
-        kmin = tl.minimum(kmin, tl.min(tl.where(m, key, 2147483647), axis=1))
-        kmax = tl.maximum(kmax, tl.max(tl.where(m, key, -2147483648), axis=1))
-    mean = s1 / tl.maximum(cnt, 1.0)
-    std = tl.sqrt(tl.maximum(s2 / tl.maximum(cnt, 1.0) - mean * mean, 0.0))
-    jj = tl.arange(0, NPIV)
-    z = tl.load(z_ptr + jj)
-    pv = mean[:, None] + std[:, None] * z[None, :]
-    # int32 pivots (cheaper compares than the bisection's int64); kmax + 1 saturates at INT32_MAX (NaN only)
-    pkey = _keys(pv, 0, SHIFT)
-    pkey = tl.minimum(tl.maximum(pkey, kmin[:, None]), kmax[:, None] + (kmax[:, None] < 2147483647).to(tl.int32))
-    pkey = tl.where(jj[None, :] == 0, kmin[:, None], pkey)
-    counts = tl.zeros([BLOCK_B, NPIV], tl.int32)
-    for start in range(0, n, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N)
-        key, m = _load_keys(pre_ptr, colmask_ptr, rows, rmask, cols, n, stride_b, MODE, SHIFT, HAS_COLMASK)
-        counts += tl.sum((key[:, :, None] >= pkey[:, None, :]).to(tl.int32), axis=1)
-    ok = counts >= k
-    jstar = tl.maximum(tl.sum(ok.to(tl.int32), axis=1) - 1, 0)
-    sel = jj[None, :] == jstar[:, None]
-    tl.store(plo_ptr + rows, tl.sum(tl.where(sel, pkey, 0), axis=1).to(tl.int32), mask=rmask)
-    tl.store(pcnt_ptr + rows, tl.sum(tl.where(sel, counts, 0), axis=1), mask=rmask)
+def _load_values(base, colmask_ptr, rmask, cols, n, MODE: tl.constexpr, HAS_COLMASK: tl.constexpr):
+    """fp32 values (|x| for MODE 1) of a [rows, cols] tile, 0 where masked out (AuxK: live columns), and the mask."""
+    cmask = cols < n
+    if HAS_COLMASK:
+        cmask = cmask & (tl.load(colmask_ptr + cols, mask=cols < n, other=0) != 0)
+    m = rmask[:, None] & cmask[None, :]
+    x = tl.load(base + cols[None, :], mask=m, other=0.0).to(tl.float32)
+    if MODE == 1:
+        x = tl.abs(x)
+    return x, m
 
 
 @triton.jit
-def _compact_kernel(pre_ptr, colmask_ptr, thr_ptr, cgt_ptr, budget_ptr, thrv_ptr, thr_sb, thr_sn,
+def _candidates_kernel(pre_ptr, colmask_ptr, z_ptr, cand_ptr, cnt_ptr, B, n, stride_b, width,
+                       MODE: tl.constexpr, HAS_COLMASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Per row: mean and std of the (|x| for MODE 1) values, then every column with x >= mean + z * std (z
+    carried from the previous call) into cand[b, :width] and its count (which may pass width) into cnt[b].
+    Two reads and a float compare per element; the slot cumsum runs only in blocks that hold a candidate."""
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    rmask = rows < B
+    base = pre_ptr + rows[:, None].to(tl.int64) * stride_b  # 64-bit: B * n passes 2^31 at the largest sizes
+    s1 = tl.zeros([BLOCK_B], tl.float32)
+    s2 = tl.zeros([BLOCK_B], tl.float32)
+    cnt = tl.zeros([BLOCK_B], tl.float32)
+    for start in range(0, n, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        x, m = _load_values(base, colmask_ptr, rmask, cols, n, MODE, HAS_COLMASK)
+        s1 += tl.sum(x, axis=1)
+        s2 += tl.sum(x * x, axis=1)
+        cnt += tl.sum(m.to(tl.float32), axis=1)
+    mean = s1 / tl.maximum(cnt, 1.0)
+    std = tl.sqrt(tl.maximum(s2 / tl.maximum(cnt, 1.0) - mean * mean, 0.0))
+    thr = mean + std * tl.load(z_ptr)
+    n_c = tl.zeros([BLOCK_B], tl.int32)
+    for start in range(0, n, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        x, m = _load_values(base, colmask_ptr, rmask, cols, n, MODE, HAS_COLMASK)
+        hit = (m & (x >= thr[:, None])).to(tl.int32)
+        if tl.max(tl.max(hit, axis=1), axis=0) > 0:
+            slot = n_c[:, None] + tl.cumsum(hit, axis=1) - 1
+            colv = (cols[None, :] + rows[:, None] * 0).to(tl.int64)
+            tl.store(cand_ptr + rows[:, None].to(tl.int64) * width + slot, colv, mask=(hit != 0) & (slot < width))
+            n_c += tl.sum(hit, axis=1)
+    tl.store(cnt_ptr + rows, n_c, mask=rmask)
+
+
+@triton.jit
+def _compact_kernel(pre_ptr, colmask_ptr, active_ptr, thr_ptr, cgt_ptr, budget_ptr, thrv_ptr, thr_sb, thr_sn,
                     idx_ptr, ngt_ptr, neq_ptr, B, n, stride_b, width,
-                    MODE: tl.constexpr, SHIFT: tl.constexpr, HAS_COLMASK: tl.constexpr,
+                    MODE: tl.constexpr, SHIFT: tl.constexpr, HAS_COLMASK: tl.constexpr, HAS_ACTIVE: tl.constexpr,
                     BY_VALUE: tl.constexpr, STORE: tl.constexpr,
                     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
     """Write each row's kept column indices into idx[b, :count] (order of columns; ties at the key threshold
     up to a per-row budget). BY_VALUE: keep x > thrv[b * thr_sb + col * thr_sn] instead (threshold, stat).
-    STORE=False only counts (ngt: kept above threshold, neq: ties), for variable-width rules."""
+    STORE=False only counts (ngt: kept above threshold, neq: ties), for variable-width rules.
+    HAS_ACTIVE: only the rows flagged in active[]."""
     pid = tl.program_id(0)
     rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
+    if HAS_ACTIVE:
+        rmask = rmask & (tl.load(active_ptr + rows, mask=rmask, other=0) != 0)
+        if tl.max(rmask.to(tl.int32)) == 0:
+            return
     if not BY_VALUE:
         thr = tl.load(thr_ptr + rows, mask=rmask, other=0)
         if STORE:
@@ -200,7 +208,8 @@ def _compact_kernel(pre_ptr, colmask_ptr, thr_ptr, cgt_ptr, budget_ptr, thrv_ptr
             if HAS_COLMASK == 1:
                 cmask = cmask & (tl.load(colmask_ptr + cols, mask=cols < n, other=0) != 0)
             m = rmask[:, None] & cmask[None, :]
-            x = tl.load(pre_ptr + rows[:, None] * stride_b + cols[None, :], mask=m, other=0.0).to(tl.float32)
+            x = tl.load(pre_ptr + rows[:, None].to(tl.int64) * stride_b + cols[None, :], mask=m, other=0.0)
+            x = x.to(tl.float32)
             t = tl.load(thrv_ptr + rows[:, None] * thr_sb + cols[None, :] * thr_sn, mask=m, other=0.0)
             gt = m & (x > t.to(tl.float32))
             eq = gt & (cols[None, :] < 0)
@@ -234,7 +243,7 @@ def _compact_kernel(pre_ptr, colmask_ptr, thr_ptr, cgt_ptr, budget_ptr, thrv_ptr
 def _blocks_select(B: int, n: int) -> tuple[int, int, int]:
     if INTERPRET:  # few large programs: the interpreter's cost is per program
         return min(_p2(B), 64), min(_p2(n), 256), 4
-    return 2, min(_p2(n), 512), 4
+    return select_blocks(n)
 
 
 def _check_kernel_input(pre: torch.Tensor) -> torch.Tensor:
@@ -249,34 +258,35 @@ def _masking(colmask, rowlen) -> tuple[torch.Tensor | None, int]:
     return colmask, int(colmask is not None)
 
 
-def _row_kth(pre: torch.Tensor, k: int, mode: int, colmask: torch.Tensor | None, rowlen=None):
+def _row_kth(pre: torch.Tensor, k: int, mode: int, colmask: torch.Tensor | None, rowlen=None, active=None):
     B, n = pre.shape
     BB, BN, nw = _blocks_select(B, n)
     thr = _empty((B,), torch.int32, pre.device)
     cgt = _empty((B,), torch.int32, pre.device)
     cm, masking = _masking(colmask, rowlen)
     _row_kth_kernel[(triton.cdiv(B, BB),)](
-        pre, cm if cm is not None else thr, thr, cgt, B, n, pre.stride(0), k, MODE=mode, SHIFT=_shift(pre.dtype),
-        HAS_COLMASK=masking, BLOCK_B=BB, BLOCK_N=BN, NPIV=NPIV, num_warps=nw)
+        pre, cm if cm is not None else thr, active if active is not None else thr, thr, cgt, B, n, pre.stride(0),
+        k, MODE=mode, SHIFT=_shift(pre.dtype), HAS_COLMASK=masking, HAS_ACTIVE=active is not None, BLOCK_B=BB,
+        BLOCK_N=BN, NPIV=NPIV, num_warps=nw)
     return thr, cgt
 
 
 def _compact(pre, mode, colmask, thr, cgt, budget, width, by_value=False, thrv=None, thr_strides=(0, 0),
-             store=True, rowlen=None):
+             store=True, rowlen=None, active=None, out=None):
     colmask, masking = _masking(colmask, rowlen)
     B, n = pre.shape
     BB, BN, nw = _blocks_select(B, n)
     dev = pre.device
     dummy = torch.zeros(1, dtype=torch.int32, device=dev)
-    idx = _empty((B, max(width, 1)), torch.int64, dev) if store else dummy
+    idx = (out if out is not None else _empty((B, max(width, 1)), torch.int64, dev)) if store else dummy
     ngt = dummy if store else _empty((B,), torch.int32, dev)
     neq = dummy if store else _empty((B,), torch.int32, dev)
     _compact_kernel[(triton.cdiv(B, BB),)](
-        pre, colmask if colmask is not None else dummy,
+        pre, colmask if colmask is not None else dummy, active if active is not None else dummy,
         thr if thr is not None else dummy, cgt if cgt is not None else dummy,
         budget if budget is not None else dummy, thrv if thrv is not None else pre,
         thr_strides[0], thr_strides[1], idx, ngt, neq, B, n, pre.stride(0), max(width, 1),
-        MODE=mode, SHIFT=_shift(pre.dtype), HAS_COLMASK=masking, BY_VALUE=by_value,
+        MODE=mode, SHIFT=_shift(pre.dtype), HAS_COLMASK=masking, HAS_ACTIVE=active is not None, BY_VALUE=by_value,
         STORE=store, BLOCK_B=BB, BLOCK_N=BN, num_warps=nw)
     return (idx,) if store else (ngt, neq)
 
@@ -300,58 +310,74 @@ def _finish(pre: torch.Tensor, idx: torch.Tensor, count: torch.Tensor | None, po
 
 
 CAND = None  # candidate-buffer width override (tests force the fallback with a tiny one)
-PRUNE_MIN_N = 2048  # below this a row is a few blocks: bisect it directly
-# the candidate-count ladder of the pruning pivots, in multiples of k (pivot 0 is the row minimum)
-LADDER = (64.0, 32.0, 16.0, 8.0, 6.0, 4.0, 3.0, 2.0, 1.5, 1.25, 1.0, 0.75, 0.5, 0.25, 0.1)
+# the carried candidate threshold, in standard deviations above each row's mean, per (n, k, mode, dtype, masked):
+# a device scalar, updated after every call so that about TARGET * k columns pass it in most rows
+_CARRIED: dict = {}
+TARGET = 2.0
 
 
-def _ladder_z(k: int, n: int, device) -> torch.Tensor:
-    q = torch.tensor([1.0 - min(m * k / n, 1.0) for m in LADDER], dtype=torch.float64)
-    z = torch.special.ndtri(q.clamp(1e-12, 1 - 1e-12))
-    z = torch.cat([torch.full((1,), -1e30, dtype=torch.float64), z])
-    return z.to(torch.float32).to(device)
+def _z(q: torch.Tensor) -> torch.Tensor:
+    """Standard-normal quantile of a device tensor."""
+    return torch.special.ndtri(q.double().clamp(1e-12, 1 - 1e-12)).float()
 
 
-def _bisect_indices(pre, k, mode, colmask=None, rowlen=None):
-    """v1: exact k-th key by 16-way bisection (one read per pass), then compaction: [B, k] columns."""
-    thr, cgt = _row_kth(pre, k, mode, colmask, rowlen)
+def _carried_z(key: tuple, k: int, n_eff: torch.Tensor) -> torch.Tensor:
+    if key not in _CARRIED:  # first call: the Gaussian quantile of 2 * TARGET * k columns
+        _CARRIED[key] = _z(1.0 - (2 * TARGET * k / n_eff.double()).clamp(max=1.0)).reshape(1)
+    return _CARRIED[key]
+
+
+def _update_z(key: tuple, z: torch.Tensor, cnt: torch.Tensor, k: int, n_eff: torch.Tensor) -> None:
+    """Move z so that the 10% quantile of the candidate counts lands on TARGET * k (Gaussian-calibrated step),
+    all on the device: rows with fewer than k candidates (and rows over the buffer) take the fallback."""
+    q10 = torch.quantile(cnt.float(), 0.1).clamp_min(0.5)
+    n_eff = n_eff.double().clamp_min(1)
+    step = _z(1.0 - q10 / n_eff) - _z(1.0 - (TARGET * k / n_eff).clamp(max=1.0))
+    _CARRIED[key] = (z - step.clamp(-2.0, 2.0)).reshape(1)
+
+
+def _bisect_indices(pre, k, mode, colmask=None, rowlen=None, active=None, out=None):
+    """v1: exact k-th key by 16-way bisection (one read per pass), then compaction: [B, k] columns (into `out`
+    and only for the rows flagged in `active` when given)."""
+    thr, cgt = _row_kth(pre, k, mode, colmask, rowlen, active)
     budget = k - cgt
-    (idx,) = _compact(pre, mode, colmask, thr, cgt, budget, k, rowlen=rowlen)
+    (idx,) = _compact(pre, mode, colmask, thr, cgt, budget, k, rowlen=rowlen, active=active, out=out)
     return idx
 
 
 def select_topk_indices(pre: torch.Tensor, k: int, mode: int, colmask: torch.Tensor | None = None):
     """Exact top-k column indices per row ([B, k], column order) by key MODE (0 value, 1 magnitude).
 
-    v2, three reads of [B, n]: statistics, then counts at Gaussian-quantile pivots (a ladder of candidate
-    counts from 64k down to k/10), then a compaction of the candidates (keys >= the highest pivot still
-    holding k) into a [B, C] buffer; the exact top-k runs on the buffer. Rows whose candidates overflow C
-    (far from Gaussian, or ties) take the full bisection. Exact either way; only the speed depends on data.
+    v3, two reads of [B, n] and no host sync: one kernel computes each row's mean and std, then writes the
+    columns at or above mean + z * std into a [B, C] candidate buffer, z carried from the previous call (the
+    pre-activations of a training run drift slowly); the exact top-k runs on the buffer. Rows with fewer than
+    k candidates or more than C take the full bisection, decided on the device (programs without such a row
+    return at once). Exact either way; only the speed depends on how well z was carried.
     """
     pre = _check_kernel_input(pre)
     B, n = pre.shape
-    C = CAND or min(_p2(n), max(256, _p2(16 * k)))
+    C = CAND or candidate_width(n, k)
     if C < k or (CAND is None and (n < PRUNE_MIN_N or C >= n)):
         return _bisect_indices(pre, k, mode, colmask)
     BB, BN, nw = _blocks_select(B, n)
-    plo = _empty((B,), torch.int32, pre.device)
-    pcnt = _empty((B,), torch.int32, pre.device)
-    n_eff = int(colmask.sum().item()) if colmask is not None else n
-    _prune_kernel[(triton.cdiv(B, BB),)](
-        pre, colmask if colmask is not None else plo, _ladder_z(k, n_eff, pre.device), plo, pcnt, B, n,
-        pre.stride(0), k, MODE=mode, SHIFT=_shift(pre.dtype), HAS_COLMASK=int(colmask is not None),
-        BLOCK_B=BB, BLOCK_N=BN, NPIV=NPIV, num_warps=nw)
-    zeros = torch.zeros_like(pcnt)
-    (cand,) = _compact(pre, mode, colmask, plo - 1, zeros, zeros, C)  # every key >= plo, up to C slots
-    rowlen = pcnt.clamp(max=C)
+    n_eff = colmask.sum() if colmask is not None else torch.tensor(n, device=pre.device)  # device: no sync
+    key = (n, k, mode, pre.dtype, colmask is not None)
+    z = _carried_z(key, k, n_eff)
+    cand = _empty((B, C), torch.int64, pre.device)
+    cnt = _empty((B,), torch.int32, pre.device)
+    _candidates_kernel[(triton.cdiv(B, BB),)](
+        pre, colmask if colmask is not None else cnt, z, cand, cnt, B, n, pre.stride(0), C, MODE=mode,
+        HAS_COLMASK=colmask is not None, BLOCK_B=BB, BLOCK_N=BN, num_warps=nw)
+    rowlen = cnt.clamp(max=C)
     valid = torch.arange(C, device=pre.device)[None, :] < rowlen[:, None]
     cand = torch.where(valid, cand, torch.zeros_like(cand))
     sub = pre.gather(1, cand)
-    idx = cand.gather(1, _bisect_indices(sub, k, mode, rowlen=rowlen))
-    over = pcnt > C
-    if bool(over.any()):  # the rare rows the ladder could not narrow: full bisection on just those
-        rows = over.nonzero().squeeze(1)
-        idx[rows] = _bisect_indices(pre[rows].contiguous(), k, mode, colmask)
+    # rows with fewer than k candidates leave slots unwritten: clamp them in range (the fallback rewrites them)
+    idx = cand.gather(1, _bisect_indices(sub, k, mode, rowlen=rowlen).clamp(0, C - 1))
+    # fewer than k candidates (rows below a carried z: at most the dead count for AuxK) or more than C
+    fallback = ((cnt < torch.clamp(n_eff, max=k)) | (cnt > C)).to(torch.int32)
+    _bisect_indices(pre, k, mode, colmask, active=fallback, out=idx)
+    _update_z(key, z, cnt, k, n_eff)
     return idx
 
 
@@ -363,6 +389,17 @@ def select_row(pre: torch.Tensor, k: int, colmask: torch.Tensor | None = None) -
 def select_abs(pre: torch.Tensor, k: int, colmask: torch.Tensor | None = None) -> SparseCode:
     idx = select_topk_indices(pre.detach(), k, 1, colmask)
     return _finish(pre, idx, None, "abs")
+
+
+def aux_select(pre: torch.Tensor, dead: torch.Tensor, k_aux: int, signed: bool) -> SparseCode:
+    """AuxK's code: each row's min(k_aux, n) largest entries among the dead latents (by magnitude when signed),
+    zero-valued padding past the dead count. Fixed width, so the dead count never reaches the host."""
+    B, n = pre.shape
+    ka = min(k_aux, n)
+    colmask = dead.to(torch.int8).contiguous()
+    count = dead.sum().clamp(max=ka).expand(B)
+    idx = select_topk_indices(pre.detach(), ka, int(signed), colmask)
+    return _finish(pre, idx, count, "abs" if signed else "relu")
 
 
 def select_by_value(pre: torch.Tensor, thrv: torch.Tensor, strides: tuple[int, int], post: str) -> SparseCode:
@@ -396,40 +433,38 @@ def select_stat(pre: torch.Tensor, k: int) -> SparseCode:
 
 
 def select_batch(pre: torch.Tensor, k: int) -> SparseCode:
-    """Top k*B of relu(pre) over the batch: a global 16-way bisection (one count launch per pass), then the
-    row compaction with the global threshold and each row's share of the ties (in row order)."""
+    """Top k*B of relu(pre) over the batch: a global 16-way bisection run on the device (a fixed number of
+    count launches: enough to narrow the key range to one key), then the row compaction with the global
+    threshold and each row's share of the ties (in row order). One host read: the code's width."""
     p = _check_kernel_input(pre.detach())
     B, n = p.shape
     total = min(k * B, B * n)
     shift = _shift(p.dtype)
     BB, BN, nw = _blocks_select(B, n)
     dev = p.device
-    zero_key = 0  # key of relu'd 0.0 is 0 at any shift
-    # global range: keys of relu'd values lie in [0, key(max)]
+    # keys of relu'd values lie in [0, key(max)]: 31 - shift bits, narrowed 4 bits per pass
     mx = p.max().float().clamp_min(0).reshape(1)
-    hi = int((mx.view(torch.int32) >> shift).item()) + 1
-    lo = zero_key
-    counts = torch.zeros(NPIV, dtype=torch.int32, device=dev)
-    while hi - lo > 1:
-        step = -(-(hi - lo) // NPIV)
-        piv = torch.tensor([lo + j * step for j in range(NPIV)], dtype=torch.int64, device=dev)
+    lo = torch.zeros((), dtype=torch.int64, device=dev)
+    hi = (mx.view(torch.int32) >> shift).to(torch.int64)[0] + 1
+    jj = torch.arange(NPIV, device=dev)
+    counts = torch.zeros(NPIV, dtype=torch.int64, device=dev)
+    for _ in range(-(-(31 - shift) // 4)):
+        step = ((hi - lo + NPIV - 1) // NPIV).clamp_min(1)
+        piv = lo + jj * step
         counts.zero_()
         _count_ge_kernel[(triton.cdiv(B, BB),)](p, piv, counts, B, n, p.stride(0), SHIFT=shift,
                                                 BLOCK_B=BB, BLOCK_N=BN, NPIV=NPIV, num_warps=nw)
-        c = counts.tolist()
-        j = max(i for i in range(NPIV) if c[i] >= total and lo + i * step < hi) if c[0] >= total else 0
-        lo, hi = lo + j * step, min(hi, lo + (j + 1) * step)
-    thr_key = lo
-    thr = torch.full((B,), thr_key, dtype=torch.int32, device=dev)
+        # counts fall with j: the last pivot still holding `total` keys bounds the threshold from below
+        j = (((counts >= total) & (piv < hi)).sum() - 1).clamp_min(0)
+        lo, hi = lo + j * step, torch.minimum(hi, lo + (j + 1) * step)
+    thr = lo.to(torch.int32).expand(B).contiguous()
     ngt, neq = _compact(p, 2, None, thr, None, None, 1, store=False)
-    if thr_key == zero_key:  # fewer than k*B positives: every positive, no zero-valued ties
-        budget = torch.zeros_like(neq)
-    else:
-        left = total - int(ngt.sum().item())
-        before = torch.cumsum(neq, 0) - neq
-        budget = (left - before).clamp(min=0).minimum(neq).to(torch.int32)
+    # threshold key 0 (fewer than k*B positives): every positive, no zero-valued ties
+    before = torch.cumsum(neq, 0) - neq
+    budget = (total - ngt.sum() - before).clamp(min=0).minimum(neq)
+    budget = torch.where(lo == 0, torch.zeros_like(budget), budget).to(torch.int32)
     count = ngt + budget
-    width = max(int(count.max().item()), 1)
+    width = max(int(count.max()), 1)  # the output's shape: the one host read
     (idx,) = _compact(p, 2, None, thr, ngt, budget, width)
     return _finish(pre, idx, count, "relu")
 
@@ -448,87 +483,8 @@ def _count_ge_kernel(pre_ptr, piv_ptr, counts_ptr, B, n, stride_b, SHIFT: tl.con
         key, m = _load_keys(pre_ptr, pre_ptr, rows, rmask, cols, n, stride_b, 2, SHIFT, 0)
         ge = key.to(tl.int64)[:, :, None] >= piv[None, None, :]
         counts += tl.sum(ge.to(tl.int32), axis=1)
-    tl.atomic_add(counts_ptr + jj, tl.sum(counts, axis=0))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# gather-sum and its backward
-# ----------------------------------------------------------------------------------------------------------
-@triton.jit
-def _gather_sum_kernel(val_ptr, idx_ptr, w_ptr, out_ptr, B, width, d, s_wn, s_wd,
-                       BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
-    """out[b, :] = sum_j val[b, j] * W[idx[b, j], :] (W addressed by strides, so W_enc^T works too)."""
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    dc = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    rmask = rows < B
-    dmask = dc < d
-    m = rmask[:, None] & dmask[None, :]
-    acc = tl.zeros([BLOCK_B, BLOCK_D], tl.float32)
-    for j in range(0, width):
-        v = tl.load(val_ptr + rows * width + j, mask=rmask, other=0.0).to(tl.float32)
-        i = tl.load(idx_ptr + rows * width + j, mask=rmask, other=0).to(tl.int64)
-        w = tl.load(w_ptr + i[:, None] * s_wn + dc[None, :].to(tl.int64) * s_wd, mask=m, other=0.0)
-        acc += v[:, None] * w.to(tl.float32)
-    tl.store(out_ptr + rows[:, None].to(tl.int64) * d + dc[None, :], acc.to(out_ptr.dtype.element_ty), mask=m)
-
-
-@triton.jit
-def _scatter_bwd_kernel(g_ptr, val_ptr, idx_ptr, w_ptr, gval_ptr, gw_ptr, B, width, d, s_wn, s_wd,
-                        s_gn, s_gd, GVAL: tl.constexpr, GW: tl.constexpr,
-                        BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
-    """GVAL: gval[b, j] += <g[b, dblock], W[idx[b, j], dblock]>;  GW: gW[idx[b, j], :] += val[b, j] * g[b, :]."""
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    dc = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    rmask = rows < B
-    dmask = dc < d
-    m = rmask[:, None] & dmask[None, :]
-    g = tl.load(g_ptr + rows[:, None].to(tl.int64) * d + dc[None, :], mask=m, other=0.0).to(tl.float32)
-    for j in range(0, width):
-        i = tl.load(idx_ptr + rows * width + j, mask=rmask, other=0).to(tl.int64)
-        if GVAL:
-            w = tl.load(w_ptr + i[:, None] * s_wn + dc[None, :].to(tl.int64) * s_wd, mask=m, other=0.0)
-            part = tl.sum(g * w.to(tl.float32), axis=1)
-            tl.atomic_add(gval_ptr + rows * width + j, part, mask=rmask)
-        if GW:
-            v = tl.load(val_ptr + rows * width + j, mask=rmask, other=0.0).to(tl.float32)
-            tl.atomic_add(gw_ptr + i[:, None] * s_gn + dc[None, :].to(tl.int64) * s_gd, v[:, None] * g, mask=m)
-
-
-def _blocks_dense(B: int, d: int) -> tuple[int, int]:
-    if INTERPRET:
-        return min(_p2(B), 64), min(_p2(d), 256)
-    return 16, min(_p2(d), 128)
-
-
-def gather_sum(values: torch.Tensor, indices: torch.Tensor, W: torch.Tensor, s_wn: int, s_wd: int, d: int,
-               out_dtype: torch.dtype) -> torch.Tensor:
-    B, width = values.shape
-    # fp32 out, rounded by torch: [B, d] is small, and the interpreter's fp32->bf16 store truncates
-    out = _empty((B, d), torch.float32, values.device)
-    BB, BD = _blocks_dense(B, d)
-    _gather_sum_kernel[(triton.cdiv(B, BB), triton.cdiv(d, BD))](
-        values, indices, W, out, B, width, d, s_wn, s_wd, BLOCK_B=BB, BLOCK_D=BD)
-    return out.to(out_dtype)
-
-
-def scatter_bwd(g, values, indices, W, s_wn, s_wd, gw_shape, gw_strides, want_gval, want_gw):
-    """Returns (grad_values fp32 [B, w] or None, grad_W fp32 buffer (gw_shape) or None)."""
-    B, width = indices.shape
-    d = g.shape[1]
-    dev = g.device
-    gval = torch.zeros((B, width), dtype=torch.float32, device=dev) if want_gval else None
-    gw = torch.zeros(gw_shape, dtype=torch.float32, device=dev) if want_gw else None
-    dummy = torch.zeros(1, dtype=torch.float32, device=dev)
-    BB, BD = _blocks_dense(B, d)
-    _scatter_bwd_kernel[(triton.cdiv(B, BB), triton.cdiv(d, BD))](
-        g, values if values is not None else dummy, indices, W if W is not None else dummy,
-        gval if gval is not None else dummy, gw if gw is not None else dummy, B, width, d, s_wn, s_wd,
-        gw_strides[0], gw_strides[1], GVAL=want_gval, GW=want_gw, BLOCK_B=BB, BLOCK_D=BD)
-    return gval, gw
+    # int64 totals (B * n can pass 2^31); relaxed: the counts are read only after the launch completes
+    tl.atomic_add(counts_ptr + jj, tl.sum(counts, axis=0).to(tl.int64), sem="relaxed")
 
 
 class DecodeFn(torch.autograd.Function):
@@ -536,7 +492,6 @@ class DecodeFn(torch.autograd.Function):
     def forward(ctx, values, indices, W_dec):
         values = values.contiguous()
         indices = indices.contiguous()
-        W_dec = W_dec.contiguous()
         ctx.save_for_backward(values, indices, W_dec)
         return gather_sum(values, indices, W_dec, W_dec.stride(0), W_dec.stride(1), W_dec.shape[1], W_dec.dtype)
 
@@ -544,12 +499,14 @@ class DecodeFn(torch.autograd.Function):
     def backward(ctx, grad_out):
         values, indices, W_dec = ctx.saved_tensors
         want_v, _, want_w = ctx.needs_input_grad
-        if not (want_v or want_w):
-            return None, None, None
         g = grad_out.contiguous()
-        gval, gw = scatter_bwd(g, values, indices, W_dec, W_dec.stride(0), W_dec.stride(1), W_dec.shape,
-                               (W_dec.shape[1], 1), want_v, want_w)
-        return (gval.to(values.dtype) if want_v else None, None, gw.to(W_dec.dtype) if want_w else None)
+        gval = gW = None
+        if want_v:  # <grad_out[b], W_dec[idx[b, j]]>, each written once
+            gval = gather_dot(g, indices, W_dec, W_dec.stride(0), W_dec.stride(1)).to(values.dtype)
+        if want_w:  # W_dec's rows that fired, each written once in W_dec's dtype (zeros elsewhere)
+            gW = torch.empty_like(W_dec)
+            SortedPairs(indices, W_dec.shape[0]).grad(values, g, gW)
+        return gval, None, gW
 
 
 def decode(code: SparseCode, W_dec: torch.Tensor, b_dec: torch.Tensor | None = None) -> torch.Tensor:
@@ -588,24 +545,21 @@ class EncodeFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, W_enc, b_enc, rule, k, threshold, dead, k_aux):
         x = x.contiguous()
-        W_enc = W_enc.contiguous()
+        if 1 not in W_enc.stride():  # row- or column-major both feed cuBLAS and the gathers as they are
+            W_enc = W_enc.contiguous()
         with torch.no_grad():
             # the bias rides in cuBLAS's epilogue: no extra read + write of [B, n]
             pre = torch.addmm(b_enc, x, W_enc) if b_enc is not None else x @ W_enc
             code = _select_detached(pre, rule, k, threshold)
-            aux = None
-            if dead is not None and k_aux >= 1:
-                n_dead = int(dead.sum().item())
-                if n_dead > 0:
-                    colmask = dead.to(torch.int8).contiguous()
-                    ka = min(k_aux, n_dead)
-                    aux = select_abs(pre, ka, colmask) if rule == "abs" else select_row(pre, ka, colmask)
+            aux = aux_select(pre, dead, k_aux, rule == "abs") if dead is not None and k_aux >= 1 else None
         del pre
         w = code.values.shape[1]
         if aux is not None:
             idx_all = torch.cat([code.indices, aux.indices], 1).contiguous()
-            mask_all = torch.cat([_grad_mask(code.values, rule), _grad_mask(aux.values, "abs" if rule == "abs"
-                                                                           else "row")], 1)
+            # AuxK's padding (past the dead count) is a constant: no gradient, also for "abs" entries
+            live = torch.arange(aux.values.shape[1], device=x.device) < dead.sum()
+            aux_mask = _grad_mask(aux.values, "abs" if rule == "abs" else "row") & live
+            mask_all = torch.cat([_grad_mask(code.values, rule), aux_mask], 1)
             aux_vals, aux_idx = aux.values, aux.indices
         else:
             idx_all = code.indices
@@ -633,21 +587,18 @@ class EncodeFn(torch.autograd.Function):
         gs = torch.where(mask_all, gs, torch.zeros_like(gs)).contiguous()
         d, n = W_enc.shape
         gx = gW = gb = None
-        # Both run on W_enc^T's rows ([n, d], contiguous): one transposed copy of W_enc (2nd bytes each way)
-        # instead of B*k*d loads or atomics strided by n, which would each touch a separate memory sector.
-        if want_x:  # grad_x[b] = sum_j gs[b, j] * W_enc[:, idx[b, j]]: a gather-sum over W_enc^T's rows
-            W_t = W_enc.t().contiguous()
-            gx = gather_sum(gs, idx_all, W_t, d, 1, d, x.dtype)
-            del W_t
-        if want_w:  # grad_W_enc^T[idx[b, j]] += gs[b, j] * x[b]: coalesced atomics into rows that fired
-            _, gw32 = scatter_bwd(x, gs, idx_all, None, 0, 0, (n, d), (d, 1), False, True)
-            gW = torch.empty((d, n), dtype=W_enc.dtype, device=x.device)
-            gW.copy_(gw32.t())  # one transposing cast
-            del gw32
-        if want_b and ctx.has_b:
-            gb = torch.zeros(n, dtype=torch.float32, device=x.device)
-            gb.index_add_(0, idx_all.flatten(), gs.flatten())
-            gb = gb.to(W_enc.dtype)
+        if want_x:  # grad_x[b] = sum_j gs[b, j] * W_enc[:, idx[b, j]]: a gather-sum over W_enc's columns
+            if W_enc.stride(0) == 1:  # columns contiguous (W_enc is an [n, d] tensor's transpose): no copy
+                gx = gather_sum(gs, idx_all, W_enc, W_enc.stride(1), 1, d, x.dtype)
+            else:  # [d, n] row-major: columns strided by n would each touch their own sector; one copy
+                W_t = W_enc.t().contiguous()
+                gx = gather_sum(gs, idx_all, W_t, d, 1, d, x.dtype)
+                del W_t
+        if want_w or (want_b and ctx.has_b):  # each latent's column written once, in W_enc's layout
+            gW = torch.empty_like(W_enc)
+            gb = torch.empty(n, dtype=W_enc.dtype, device=x.device) if want_b and ctx.has_b else None
+            SortedPairs(idx_all, n).grad(gs, x, gW.t(), gb)
+            gW = gW if want_w else None
         return gx, gW, gb, None, None, None, None, None
 
 

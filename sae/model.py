@@ -120,7 +120,8 @@ class SparseAutoencoder(nn.Module):
         e = (x_n - x_hat_n).detach()
         e_hat = kernels.decode(aux, self.W_dec)  # no b_dec: it is already in x_hat
         loss = (e - e_hat).float().pow(2).sum() / (e - e.mean(0, keepdim=True)).float().pow(2).sum().clamp_min(1e-12)
-        return torch.nan_to_num(loss, nan=0.0)
+        # a code without a dead latent (all padding: the Triton path keeps a fixed width) contributes nothing
+        return torch.nan_to_num(loss, nan=0.0) * aux.values.ne(0).any()
 
     # --- training-time geometry ---------------------------------------------------------
     @torch.no_grad()

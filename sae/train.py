@@ -59,6 +59,9 @@ class Trainer:
         self.tokens = 0
         # tokens since each latent last fired: dead beyond cfg.dead_window
         self.since_fired = torch.zeros(sae.cfg.n_latents, dtype=torch.long, device=sae.W_enc.device)
+        # first step whose batch or loss was not finite (-1: none) and that loss (0: the batch was bad)
+        self._bad_step = torch.full((), -1, dtype=torch.long, device=sae.W_enc.device)
+        self._bad_what = torch.zeros((), device=sae.W_enc.device)
 
     # --- checkpoints ------------------------------------------------------------------
     @property
@@ -102,39 +105,53 @@ class Trainer:
     def dead_mask(self) -> torch.Tensor:
         return self.since_fired >= self.cfg.dead_window
 
-    def train_step(self, x: torch.Tensor) -> dict[str, float]:
+    def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor | float]:
+        """One optimiser step. No host sync: the statistics stay on the device (read them with `float()`) and a
+        non-finite batch or loss is recorded in `_bad_step`, which `_loop` reads every log/checkpoint step."""
         sae, steps = self.sae, self.cfg.steps
         x = x.to(device=sae.W_enc.device, dtype=sae.W_enc.dtype)
-        if not torch.isfinite(x).all():
-            raise NonFiniteError(f"batch at step {self.step} contains NaN or inf activations; stopped before updating")
         lr = lr_at(self.step, steps, self.base_lr, self.cfg)
         for group in self.opt.param_groups:
             group["lr"] = lr
         sae.train_progress = self.step / steps
         dead = self.dead_mask()
-        out = sae(x, dead=dead if bool(dead.any()) else None)
-        if not torch.isfinite(out.loss):
-            raise NonFiniteError(f"loss is {out.loss.item()} at step {self.step}; stopped before updating")
+        out = sae(x, dead=dead)
+        bad = ~(torch.isfinite(x).all() & torch.isfinite(out.loss))
+        first = bad & (self._bad_step < 0)
+        self._bad_step = torch.where(first, self.step, self._bad_step)
+        self._bad_what = torch.where(first, torch.where(torch.isfinite(x).all(), out.loss.detach().float(), 0.0),
+                                     self._bad_what)
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
         sae.remove_parallel_grad()
         self.opt.step()
         sae.set_decoder_norm_to_unit()
         sae.family.after_step(sae, out.enc, self.step)
-        fired = out.enc.code.indices[out.enc.code.values != 0]
-        self.since_fired += x.shape[0]
-        self.since_fired[fired] = 0
+        fired = torch.zeros_like(self.since_fired).index_add_(
+            0, out.enc.code.indices.reshape(-1), (out.enc.code.values != 0).reshape(-1).to(self.since_fired.dtype))
+        self.since_fired = torch.where(fired > 0, 0, self.since_fired + x.shape[0])
         self.step += 1
         self.tokens += x.shape[0]
         return {
-            "loss": out.loss.item(),
-            "fvu": out.fvu.item(),
-            "aux_loss": out.aux_loss.item(),
-            "l0": out.code.l0().float().mean().item(),
-            "dead_fraction": dead.float().mean().item(),
+            "loss": out.loss.detach(),
+            "fvu": out.fvu.detach(),
+            "aux_loss": out.aux_loss.detach(),
+            "l0": out.code.l0().float().mean(),
+            "dead_fraction": dead.float().mean(),
             "lr": lr,
-            **{k: v.item() for k, v in out.extras.items()},
+            **{k: v.detach() for k, v in out.extras.items()},
         }
+
+    def _raise_if_bad(self) -> None:
+        """Read the device-side non-finite record (a host sync: done at log and checkpoint steps only)."""
+        step = int(self._bad_step)
+        if step < 0:
+            return
+        if float(self._bad_what) == 0.0:
+            raise NonFiniteError(f"batch at step {step} contains NaN or inf activations; stopped, the last "
+                                 "checkpoint holds the weights from before it")
+        raise NonFiniteError(f"loss is {float(self._bad_what)} at step {step}; stopped, the last checkpoint "
+                             "holds the weights from before it")
 
     # --- the loop ---------------------------------------------------------------------
     def fit(
@@ -187,6 +204,8 @@ class Trainer:
             stats = self.train_step(x)
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                self._raise_if_bad()
+                stats = {k: float(v) for k, v in stats.items()}  # the one host sync per log_every steps
                 now = time.perf_counter()
                 row = {"step": self.step, "tokens": self.tokens, **stats}
                 row["tokens_per_s"] = (self.tokens - last_tokens) / max(now - last_t, 1e-9)
@@ -198,6 +217,7 @@ class Trainer:
                 if wandb_run is not None:
                     wandb_run.log(row, step=self.step)
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self._raise_if_bad()  # never checkpoint weights a non-finite step has touched
                 self.save_checkpoint()
             if on_step is not None:
                 on_step(self)

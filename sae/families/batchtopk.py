@@ -71,17 +71,15 @@ class ThresholdInference(Family):
         if step < self.start_step:
             return
         vals = code.values.detach().float()
-        pos = vals > 0
-        if not pos.any():
-            return
+        # no host sync: entries that are not positive count as +inf, so a latent (or a batch) without one is
+        # left unchanged
+        masked = torch.where(vals > 0, vals, torch.full_like(vals, float("inf")))
         if self.per_latent_threshold:
-            big = torch.full_like(vals, float("inf"))
             mins = torch.full((self.cfg.n_latents,), float("inf"), device=vals.device)
-            mins.scatter_reduce_(0, code.indices[pos], torch.where(pos, vals, big)[pos], reduce="amin")
-            seen = torch.isfinite(mins)
+            mins.scatter_reduce_(0, code.indices.reshape(-1), masked.reshape(-1), reduce="amin")
         else:
-            mins = vals[pos].min().expand(self.cfg.n_latents)
-            seen = torch.ones_like(mins, dtype=torch.bool)
+            mins = masked.min().expand(self.cfg.n_latents)
+        seen = torch.isfinite(mins)
         fresh = seen & (self.threshold < 0)
         ema = self.beta * self.threshold + (1 - self.beta) * mins
         self.threshold.copy_(torch.where(fresh, mins, torch.where(seen & ~fresh, ema, self.threshold)))

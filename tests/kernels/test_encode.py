@@ -105,3 +105,45 @@ def test_encode_no_bias_and_input_only_grad(tri, monkeypatch):
     enc = kernels.encode(x, W0, None, "row", k=4)
     (enc.code.values.double() * R[:, :4]).sum().backward()
     assert rel(x.grad, rx) < 1e-5
+
+
+def test_encode_column_major_W_enc_needs_no_copy(tri, monkeypatch):
+    """W_enc as the transpose of an [n, d] tensor: gradients exact, and grad_W_enc keeps W_enc's layout."""
+    monkeypatch.setattr(kernels, "BACKEND", "triton")
+    x0, W0, b0 = _inputs(40, 24, 150, torch.float32, seed=21)
+    R = rand(40, 150, dtype=torch.float64, seed=22)
+    W_cm = W0.t().contiguous().t()  # [d, n] values, column-major storage
+    x, W, b = x0.clone().requires_grad_(), W_cm.clone().requires_grad_(), b0.clone().requires_grad_()
+    assert W.stride() == (1, 24)
+    enc = kernels.encode(x, W, b, "row", k=6)
+    (enc.code.values.double() * R[:, :6]).sum().backward()
+    _, rx, rW, rb = _ref(x0, W0, b0, enc, "row", R, R)
+    assert W.grad.stride() == W.stride()
+    for ours, ref in ((x.grad, rx), (W.grad, rW), (b.grad, rb)):
+        assert rel(ours, ref) <= 1e-5
+
+
+@pytest.mark.parametrize("rule", ["row", "abs"])
+def test_auxk_code_has_fixed_width_whatever_the_dead_count(tri, monkeypatch, rule):
+    """Triton's AuxK code is min(k_aux, n) wide (no host sync on the dead count): past the dead latents it is
+    zero-valued padding that gets no gradient; with no dead latent it is all padding."""
+    monkeypatch.setattr(kernels, "BACKEND", "triton")
+    x0, W0, b0 = _inputs(30, 16, 80, torch.float32, seed=31)
+    R = rand(30, 80, dtype=torch.float64, seed=32)
+    Ra = rand(30, 80, dtype=torch.float64, seed=33)
+    dead = torch.zeros(80, dtype=torch.bool)
+    dead[[5, 17]] = True
+    enc, gx, gW, gb = _run(x0, W0, b0, rule, 4, dead, 6, R, Ra)
+    assert enc.aux.values.shape == (30, 6)
+    assert (enc.aux.values[:, 2:] == 0).all()
+    assert set(enc.aux.indices[:, :2].flatten().tolist()) == {5, 17}
+    # the padding is a constant 0: a weight on it changes nothing (the float64 reference below would
+    # differentiate the value gathered at the padding's index, so it gets weight 0 there)
+    Ra[:, 2:] = 0
+    _, gx0, gW0, gb0 = _run(x0, W0, b0, rule, 4, dead, 6, R, Ra)
+    assert torch.equal(gW, gW0) and torch.equal(gx, gx0) and torch.equal(gb, gb0)
+    _, rx, rW, rb = _ref(x0, W0, b0, enc, rule, R, Ra)
+    for ours, ref in ((gx, rx), (gW, rW), (gb, rb)):
+        assert rel(ours, ref) <= 1e-5
+    none = kernels.encode(x0, W0, b0, rule, k=4, dead=torch.zeros(80, dtype=torch.bool), k_aux=6)
+    assert none.aux.values.shape == (30, 6) and (none.aux.values == 0).all()

@@ -148,3 +148,22 @@ def test_pruned_column_mask(tri, monkeypatch, cand):
         twin = kernels.aux_select(pre, dead, 5, signed=rule == "abs")
         assert dead[code.indices].all()
         assert torch.equal(code.indices.sort(1).values, twin.indices.sort(1).values)
+
+
+@pytest.mark.parametrize("z", [12.0, -12.0, None])  # no row has k candidates / every row overflows / carried
+def test_carried_threshold_exact_whatever_it_carries(tri, monkeypatch, z):
+    """v3: a carried threshold far too high (every row below k candidates) or far too low (every row over the
+    buffer) still gives the exact top-k through the device-side fallback, and z moves toward the target."""
+    monkeypatch.setattr(tri, "_CARRIED", {})
+    n, k = 4096, 16
+    pre = rand(8, n, seed=40)
+    key = (n, k, 0, pre.dtype, False)
+    if z is not None:
+        tri._CARRIED[key] = torch.tensor([z])
+    for seed in (40, 41):  # the second call runs on the z the first one carried
+        pre = rand(8, n, seed=seed)
+        code = tri._select_detached(pre, "row", k, None)
+        check_topk_valid(pre, code, k, by_abs=False)
+    z_now = float(tri._CARRIED[key])
+    target = float(torch.special.ndtri(torch.tensor(1 - tri.TARGET * k / n)))
+    assert abs(z_now - target) < (abs(z - target) if z is not None else 0.5)

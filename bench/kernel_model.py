@@ -1,0 +1,134 @@
+#!/usr/bin/env python
+"""Cost model of the Triton kernels on an H100, from the compiled sm_90 binaries: no GPU needed.
+
+    python bench/kernel_model.py [--json OUT.json] [--jobs 2]
+
+Compiles every launch of a training step (kernels/triton_launches.py) for sm_90 with Triton's bundled ptxas,
+reads each innermost loop's instructions from the SASS, and prices each launch with
+
+    t_launch = max(bytes / BW,  sum over loops of  work * slots_per_elem / (SMSPs * clock))  +  t_gap
+    slots_per_elem = max(instructions, 2 * ALU-pipe instructions) * warps / tile
+    t_step = t_matmul(measured) + sum of t_launch + host_syncs * t_sync
+
+(one warp instruction issued per clock per SM sub-partition; the integer ALU pipe has 16 lanes, so its
+instructions need 2 clocks). Torch launches in the step are priced by bytes only. The matmul and torch.topk
+times are the H100 measurements in PERFORMANCE.md. The output is a prediction, not a measurement: the
+instruction counts come from the Triton on this machine (`triton.__version__` is printed), which may differ
+from the GPU machine's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.pop("TRITON_INTERPRET", None)  # compile the real kernels, not the interpreter's stand-ins
+
+# H100 SXM figures (PERFORMANCE.md: copy bandwidth measured; clock = sustained boost under load)
+BW = 3.0e12  # bytes/s
+SMSP = 132 * 4  # SM sub-partitions, each issuing one warp instruction per clock
+CLOCK = 1.755e9  # Hz
+T_GAP = 4e-6  # s between dependent launches (launch latency and tail), per launch
+T_SYNC = 20e-6  # s per host sync: the queue drains and refills behind it
+# measured on one H100, bf16, B = 4096 (PERFORMANCE.md): (d, n, k) -> (encoder matmul, torch.topk) in ms
+MEASURED = {(768, 24576, 32): (0.239, 0.866), (768, 131072, 32): (1.322, 3.889), (2304, 65536, 64): (1.818, 2.022)}
+FAMILIES = {"TopK": "row", "AbsTopK": "abs", "BatchTopK": "batch"}
+BAR = {"TopK": 1.5, "AbsTopK": 1.7, "BatchTopK": 1.7}
+
+
+def price(launch, binaries) -> dict:
+    """Predicted seconds of one launch, with the parts of the formula."""
+    from kernels.aot import per_element
+
+    mem = launch.nbytes / BW
+    row = {"label": launch.label, "bytes": launch.nbytes, "t_mem": mem, "t_alu": 0.0, "instr_per_elem": []}
+    if launch.kernel:
+        b = binaries[launch.label]
+        if len(b.loops) != len(launch.work):
+            raise ValueError(f"{launch.label}: the binary has {len(b.loops)} innermost loops, the launch "
+                             f"describes {len(launch.work)}")
+        for loop, work in zip(b.loops, launch.work):
+            instr, slots = per_element(loop, launch.num_warps, launch.tile)
+            row["instr_per_elem"].append(round(instr, 1))
+            row["t_alu"] += work * slots / (SMSP * CLOCK)
+    row["t"] = max(mem, row["t_alu"]) + T_GAP
+    return row
+
+
+def _grouped(rows: list[dict]) -> list[tuple[dict, int]]:
+    """Consecutive rows with the same label as (row, times)."""
+    out: list[tuple[dict, int]] = []
+    for r in rows:
+        if out and out[-1][0]["label"] == r["label"]:
+            out[-1] = (r, out[-1][1] + 1)
+        else:
+            out.append((r, 1))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", help="write the per-part predictions here")
+    ap.add_argument("--jobs", type=int, default=2, help="parallel compiles")
+    a = ap.parse_args()
+    import triton
+
+    from kernels.aot import _JIT, binary_key, compile_all
+    from kernels.triton_launches import SIZES, select_parts, step_parts
+
+    plans = {}
+    for d, n, k, B in SIZES:
+        for fam, rule in FAMILIES.items():
+            plans[(d, n, k, fam)] = step_parts(rule, d, n, k, B) + (select_parts(rule, n, k, B),)
+    ours = [p for parts, _, _ in plans.values() for p in parts if p.kernel]
+    bins = compile_all(ours, jobs=a.jobs)
+    binaries = {la.label: bins[binary_key(_JIT[la.kernel], la)] for la in ours}
+    bad = [label for label, b in binaries.items() if not b.ok or b.spill_bytes]
+    if bad:
+        print("compile errors or spills:", bad)
+        return 1
+    print(f"Predicted H100 times (Triton {triton.__version__} SASS for sm_90; bf16; B = 4096). Formula:")
+    print("  t_launch = max(bytes / BW, sum_loops work * max(instr, 2*ALU) * warps / tile / (SMSPs * clock)) + gap")
+    print(f"  BW {BW / 1e12:.1f} TB/s, {SMSP} SMSPs at {CLOCK / 1e9:.3f} GHz, gap {T_GAP * 1e6:.0f} us per launch, "
+          f"{T_SYNC * 1e6:.0f} us per host sync; matmul and torch.topk as measured (PERFORMANCE.md)\n")
+    out = {"triton": triton.__version__, "constants": {"BW": BW, "SMSP": SMSP, "CLOCK": CLOCK, "T_GAP": T_GAP,
+                                                        "T_SYNC": T_SYNC}, "rows": []}
+    summary = []
+    for (d, n, k, fam), (parts, syncs, (sel_parts, sel_syncs)) in plans.items():
+        mm, topk = MEASURED[(d, n, k)]
+        rows = [price(p, binaries) for p in parts]
+        sel = sum(price(p, binaries)["t"] for p in sel_parts) + sel_syncs * T_SYNC
+        extra = sum(r["t"] for r in rows) + syncs * T_SYNC
+        step = mm * 1e-3 + extra
+        if fam == "TopK" or os.environ.get("KERNEL_MODEL_ALL"):
+            print(f"== {fam} d={d} n={n} k={k}: parts past the matmul")
+            print(f"   {'part':52} {'MB':>8} {'mem ms':>7} {'ALU ms':>7} {'ms':>7}  instr/elem")
+            for r, times in _grouped(rows):
+                label = r["label"] if times == 1 else f"{r['label']} (x{times})"
+                print(f"   {label[:52]:52} {times * r['bytes'] / 1e6:8.1f} {times * r['t_mem'] * 1e3:7.3f} "
+                      f"{times * r['t_alu'] * 1e3:7.3f} {times * r['t'] * 1e3:7.3f}  {r['instr_per_elem'] or ''}")
+            print(f"   {'host syncs':52} {syncs:8d} {'':7} {'':7} {syncs * T_SYNC * 1e3:7.3f}\n")
+        ratio = step / (mm * 1e-3)
+        summary.append((fam, d, n, k, mm, step * 1e3, ratio, BAR[fam], sel * 1e3, topk / (sel * 1e3)))
+        out["rows"].append({"family": fam, "d": d, "n": n, "k": k, "matmul_ms": mm, "step_ms": step * 1e3,
+                            "ratio_to_matmul": ratio, "select_ms": sel * 1e3, "topk_ms": topk,
+                            "syncs": syncs, "parts": rows})
+    print("| family | d | n | k | matmul ms (measured) | fwd+bwd ms (predicted) | ÷ matmul | bar | select ms "
+          "(predicted) | torch.topk ÷ select |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for fam, d, n, k, mm, step, ratio, bar, sel, speed in summary:
+        print(f"| {fam} | {d} | {n} | {k} | {mm:.3f} | {step:.3f} | {ratio:.2f}x | {bar}x | {sel:.3f} | "
+              f"{speed:.2f}x |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Triton kernels over the rows a sparse code touches: decode's gather-sum, the values' gradient, and the weight
+gradients written once per latent (no fp32 [n, d] buffer, no atomics).
+
+Weight gradients: the B*w (token, latent) pairs of a code are sorted by latent once per step (torch.sort of
+B*w integers). The pairs of the latents [l0, l0 + LB) are then one contiguous run, so one program per latent
+block and d block accumulates  grad[l, :] = sum over its pairs of coef * src[token, :]  as a product of the
+run's one-hot [LB, pairs] matrix with the gathered [pairs, BD] source rows (tensor cores in bf16), and writes
+its tile once in the parameter's dtype, with the parameter's strides (so W_enc [d, n] needs no transpose).
+The bias gradient (sum of coef per latent) falls out of the same one-hot matrix.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.triton_launches import dense_blocks, grad_blocks
+
+INTERPRET = __import__("os").environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _blocks_dense(B: int, d: int) -> tuple[int, int]:
+    if INTERPRET:  # few large programs: the interpreter's cost is per program
+        return min(triton.next_power_of_2(B), 64), min(triton.next_power_of_2(d), 256)
+    return dense_blocks(d)
+
+
+@triton.jit
+def _gather_sum_kernel(val_ptr, idx_ptr, w_ptr, out_ptr, B, width, d, s_wn, s_wd,
+                       BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+    """out[b, :] = sum_j val[b, j] * W[idx[b, j], :] (W addressed by strides)."""
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    rows = (pid_b * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    dc = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    rmask = rows < B
+    m = rmask[:, None] & (dc < d)[None, :]
+    acc = tl.zeros([BLOCK_B, BLOCK_D], tl.float32)
+    for j in range(0, width):
+        v = tl.load(val_ptr + rows * width + j, mask=rmask, other=0.0).to(tl.float32)
+        i = tl.load(idx_ptr + rows * width + j, mask=rmask, other=0).to(tl.int64)
+        w = tl.load(w_ptr + i[:, None] * s_wn + dc[None, :].to(tl.int64) * s_wd, mask=m, other=0.0)
+        acc += v[:, None] * w.to(tl.float32)
+    tl.store(out_ptr + rows[:, None] * d + dc[None, :], acc, mask=m)
+
+
+@triton.jit
+def _gather_dot_kernel(g_ptr, idx_ptr, w_ptr, out_ptr, B, width, d, s_wn, s_wd,
+                       BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+    """out[b, j] = <g[b, :], W[idx[b, j], :]>: each program owns whole rows, so every output is written once."""
+    pid = tl.program_id(0)
+    rows = (pid * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    rmask = rows < B
+    for j in range(0, width):
+        i = tl.load(idx_ptr + rows * width + j, mask=rmask, other=0).to(tl.int64)
+        part = tl.zeros([BLOCK_B], tl.float32)
+        for start in range(0, d, BLOCK_D):
+            dc = start + tl.arange(0, BLOCK_D)
+            m = rmask[:, None] & (dc < d)[None, :]
+            g = tl.load(g_ptr + rows[:, None] * d + dc[None, :], mask=m, other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + i[:, None] * s_wn + dc[None, :].to(tl.int64) * s_wd, mask=m, other=0.0)
+            part += tl.sum(g * w.to(tl.float32), axis=1)
+        tl.store(out_ptr + rows * width + j, part, mask=rmask)
+
+
+@triton.jit
+def _grad_rows_kernel(lat_ptr, tok_ptr, coef_ptr, off_ptr, src_ptr, out_ptr, gb_ptr, n, d, s_on, s_od,
+                      HAS_BIAS: tl.constexpr, DOT_BF16: tl.constexpr,
+                      BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+    """out[l, dblock] = sum over the pairs p of latent l of coef[p] * src[tok[p], dblock], for the latents of
+    this program's block; pairs sorted by latent, off[i] = first pair of latent i * BLOCK_L. Written once."""
+    pid_l = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    l0 = pid_l * BLOCK_L
+    ls = tl.arange(0, BLOCK_L)
+    dc = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = dc < d
+    start = tl.load(off_ptr + pid_l)
+    end = tl.load(off_ptr + pid_l + 1)
+    acc = tl.zeros([BLOCK_L, BLOCK_D], tl.float32)
+    bias = tl.zeros([BLOCK_L], tl.float32)
+    for p0 in range(start, end, BLOCK_P):
+        pp = p0 + tl.arange(0, BLOCK_P)
+        pm = pp < end
+        lat = tl.load(lat_ptr + pp, mask=pm, other=-1) - l0
+        tok = tl.load(tok_ptr + pp, mask=pm, other=0).to(tl.int64)
+        c = tl.load(coef_ptr + pp, mask=pm, other=0.0)
+        onehot = tl.where(lat[None, :] == ls[:, None], c[None, :], 0.0)  # [BLOCK_L, BLOCK_P]
+        rows = tl.load(src_ptr + tok[:, None] * d + dc[None, :], mask=pm[:, None] & dmask[None, :], other=0.0)
+        if DOT_BF16:
+            acc = tl.dot(onehot.to(tl.bfloat16), rows.to(tl.bfloat16), acc)
+        else:
+            acc = tl.dot(onehot, rows.to(tl.float32), acc, input_precision="ieee")
+        if HAS_BIAS:
+            bias += tl.sum(onehot, axis=1)
+    lm = (l0 + ls) < n
+    outp = out_ptr + (l0 + ls)[:, None].to(tl.int64) * s_on + dc[None, :].to(tl.int64) * s_od
+    tl.store(outp, acc.to(out_ptr.dtype.element_ty), mask=lm[:, None] & dmask[None, :])
+    if HAS_BIAS:
+        if pid_d == 0:
+            tl.store(gb_ptr + l0 + ls, bias.to(gb_ptr.dtype.element_ty), mask=lm)
+
+
+def gather_sum(values: torch.Tensor, indices: torch.Tensor, W: torch.Tensor, s_wn: int, s_wd: int, d: int,
+               out_dtype: torch.dtype) -> torch.Tensor:
+    """[B, d] = sum_j values[:, j] * W[indices[:, j]] (fp32 accumulate, one rounding to out_dtype by torch:
+    the interpreter's fp32->bf16 store truncates)."""
+    B, width = values.shape
+    out = torch.empty((B, d), dtype=torch.float32, device=values.device)
+    BB, BD = _blocks_dense(B, d)
+    _gather_sum_kernel[(triton.cdiv(B, BB), triton.cdiv(d, BD))](
+        values, indices, W, out, B, width, d, s_wn, s_wd, BLOCK_B=BB, BLOCK_D=BD)
+    return out.to(out_dtype)
+
+
+def gather_dot(g: torch.Tensor, indices: torch.Tensor, W: torch.Tensor, s_wn: int, s_wd: int) -> torch.Tensor:
+    """[B, w] fp32: <g[b], W[indices[b, j]]>, the gradient of a code's values."""
+    B, width = indices.shape
+    d = g.shape[1]
+    out = torch.empty((B, width), dtype=torch.float32, device=g.device)
+    BB, BD = _blocks_dense(B, d)
+    _gather_dot_kernel[(triton.cdiv(B, BB),)](g, indices, W, out, B, width, d, s_wn, s_wd,
+                                              BLOCK_B=BB, BLOCK_D=BD)
+    return out
+
+
+class SortedPairs:
+    """A code's (token, latent) pairs sorted by latent, with the first pair of every latent block."""
+
+    def __init__(self, indices: torch.Tensor, n: int):
+        B, width = indices.shape
+        self.n, self.width = n, width
+        self.block_l = grad_blocks(1)[0]
+        lat, order = torch.sort(indices.reshape(-1).to(torch.int32), stable=True)
+        self.lat = lat.contiguous()
+        self.order = order
+        self.tok = (order // width).to(torch.int32)
+        edges = torch.arange(0, triton.cdiv(n, self.block_l) + 1, device=indices.device, dtype=torch.int32)
+        self.off = torch.searchsorted(self.lat, edges * self.block_l).to(torch.int32)
+
+    def grad(self, coef: torch.Tensor, src: torch.Tensor, out: torch.Tensor, bias_out: torch.Tensor | None = None
+             ) -> None:
+        """out[l, :] (by out's strides, [n, d] or a [d, n] tensor's transpose) = sum over latent l's pairs of
+        coef * src[token]; bias_out[l] = sum of its coef. coef: [B, w] in the code's order."""
+        d = src.shape[1]
+        c = coef.reshape(-1).float()[self.order].contiguous()
+        BL, BP, BD = grad_blocks(d)
+        if INTERPRET:
+            BD = min(triton.next_power_of_2(d), 256)
+        s_on, s_od = out.stride()
+        dot_bf16 = src.dtype == torch.bfloat16 and not INTERPRET  # the interpreter's bf16 dot is wrong
+        _grad_rows_kernel[(triton.cdiv(self.n, BL), triton.cdiv(d, BD))](
+            self.lat, self.tok, c, self.off, src, out, bias_out if bias_out is not None else c, self.n, d,
+            s_on, s_od, HAS_BIAS=bias_out is not None, DOT_BF16=dot_bf16, BLOCK_L=BL, BLOCK_P=BP, BLOCK_D=BD)

@@ -21,6 +21,7 @@ import socket
 import statistics
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +91,7 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, queue) ->
         torch.cuda.set_device(rank)
     dev = torch.device(f"cuda:{rank}" if cuda else "cpu")
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # the same cores for every rank count
-    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
+    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world, timeout=timedelta(seconds=300))
     from sae.config import SAEConfig
     from sae.distributed.comm import Communicator
     from sae.distributed.shard import LatentShard
@@ -124,8 +125,8 @@ def main() -> None:
     ctx = mp.get_context("spawn")
     rows = []
     for world in (int(r) for r in args.ranks.split(",")):
-        queue = ctx.SimpleQueue()
-        procs = [ctx.Process(target=worker, args=(r, world, free_port(), args, queue))
+        queue, port = ctx.SimpleQueue(), free_port()
+        procs = [ctx.Process(target=worker, args=(r, world, port, args, queue))
                  for r in range(world)]
         for p in procs:
             p.start()

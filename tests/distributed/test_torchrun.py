@@ -46,8 +46,18 @@ def acts() -> dict[str, torch.Tensor]:
     return harvest(RunConfig(context_len=64), load_model("minilm"), "train", HARVEST, 0, BATCH, HOOKS)
 
 
+_REFERENCES: dict[str, SparseAutoencoder] = {}
+
+
 def reference(acts: torch.Tensor, hook: str, **sae_kwargs) -> SparseAutoencoder:
-    """Single-process training on the same vectors, as the CLI does it."""
+    """Single-process training on the same vectors, as the CLI does it (trained once per hook and family)."""
+    key = f"{hook} {sae_kwargs}"
+    if key not in _REFERENCES:
+        _REFERENCES[key] = _train_reference(acts, hook, **sae_kwargs)
+    return _REFERENCES[key]
+
+
+def _train_reference(acts: torch.Tensor, hook: str, **sae_kwargs) -> SparseAutoencoder:
     cfg = SAEConfig(d_in=acts.shape[1], n_latents=256, k=8, hook_name=hook, model_name="minilm", **sae_kwargs)
     sae = SparseAutoencoder(cfg, seed=0)
     train(sae, TensorBatches(acts, BATCH, seed=0), TrainConfig(tokens=TOKENS, batch_size=BATCH, dead_window_tokens=2048))
@@ -107,8 +117,11 @@ def test_killed_rank_ends_the_job_and_leaves_the_checkpoint_valid(tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "sae",
            "train", "--tokens", "4000000", "--batch-size", "256", "--context-len", "64", "--n-latents", "256",
-           "--k", "8", "--checkpoint-every", "2", "--distributed", "ddp", "--dist-timeout-s", "30", "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+           "--k", "8", "--init-tokens", "512", "--checkpoint-every", "2", "--distributed", "ddp",
+           "--dist-timeout-s", "30", "--out", str(out)]
+    log = tmp_path / "stderr.txt"  # a file, not a pipe: progress bars must never block a rank
+    with open(log, "w") as err_file:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_file, env=_env())
     ckpt = out / "checkpoints" / "latest.pt"
     try:
         deadline = time.monotonic() + 300
@@ -117,12 +130,13 @@ def test_killed_rank_ends_the_job_and_leaves_the_checkpoint_valid(tmp_path):
             time.sleep(0.5)
         os.kill(_worker_pid(proc.pid, rank=1), signal.SIGKILL)
         killed_at = time.monotonic()
-        _, err = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0
     assert time.monotonic() - killed_at < 60
+    err = log.read_text()
     assert "Signal 9 (SIGKILL)" in err or "lost contact with another rank" in err, err[-2000:]
     state = load_checkpoint(ckpt)  # still whole and loadable
     assert state["step"] >= 2 and state["step"] % 2 == 0

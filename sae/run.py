@@ -105,10 +105,10 @@ def run_training(
     with process_group(tcfg.device, dcfg.dist_timeout_s) as (rank, world):
         if mode != "layers":
             return _run(run, hooks, sae_kwargs, tcfg, DataParallel() if mode == "ddp" else LatentShard(), nested)
-        mine = hooks[rank::world]
-        if not mine:
-            raise ValueError(f"--distributed layers: {len(hooks)} hook point(s) for {world} ranks leaves rank {rank} "
+        if len(hooks) < world:  # every rank raises, so none waits for another
+            raise ValueError(f"--distributed layers: {len(hooks)} hook point(s) for {world} ranks leaves a rank "
                              "without one; launch at most as many ranks as hook points")
+        mine = hooks[rank::world]
         parts: list[Any] = [None] * world
         dist.all_gather_object(parts, _run(run, mine, sae_kwargs, tcfg, Communicator(), nested))
         return {h: m for part in parts for h, m in part.items()} if rank == 0 else {}

@@ -112,7 +112,7 @@ def select_sharded(pre: torch.Tensor, rule: str, k: int, lo: int, n: int) -> tup
         g_idx, g_val = cand_i.gather(1, pos), _value(cand_v.gather(1, pos), rule)
         owned = (g_idx >= lo) & (g_idx < lo + n_r)
         l_idx = torch.where(owned, g_idx - lo, torch.zeros_like(g_idx))
-        l_val = torch.where(owned, _value(pre.gather(1, l_idx), rule), torch.zeros((), dtype=pre.dtype))
+        l_val = torch.where(owned, _value(pre.gather(1, l_idx), rule), 0.0)
         return SparseCode(l_val, l_idx), SparseCode(g_val, g_idx)
     # batch rules: the k*B best entries of the whole batch
     flat = score.flatten()
@@ -144,8 +144,7 @@ def sharded_forward(
     if n_dead and sae.cfg.k_aux > 0:
         mine = dead[lo : lo + n_r]
         signed = rule.startswith("abs")
-        fill = torch.zeros((), dtype=pre.dtype) if signed else torch.tensor(torch.finfo(pre.dtype).min, dtype=pre.dtype)
-        masked = torch.where(mine, pre, fill)
+        masked = torch.where(mine, pre, 0.0 if signed else float(torch.finfo(pre.dtype).min))
         aux_local, aux_whole = select_sharded(masked, "abs" if signed else "row", min(sae.cfg.k_aux, n_dead), lo, n)
         e_hat = _SumOverShards.apply(kernels.decode(aux_local, sae.W_dec))
     return sae.assemble(x_n, stats, Encoding(whole, aux_whole), x_hat_n, e_hat)

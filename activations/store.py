@@ -308,6 +308,8 @@ class ActivationStream(_BatchIterable):
             batches, at least 256). When the pool is full, about half of it leaves as batches
             and the rest mixes with the next contexts; at the end the whole pool leaves.
         prefetch: batches prepared ahead on a background thread (0: none).
+        rank_share: (rank, world): read only contexts i with i % world == rank, a disjoint deterministic
+            share of the text for one rank of a data-parallel run.
         shard_tokens: vectors per cache shard (rounded to whole forward passes).
         progress: show tqdm progress bars.
 
@@ -338,6 +340,7 @@ class ActivationStream(_BatchIterable):
         device: str = "cpu",
         dtype: torch.dtype | None = None,
         progress: bool = True,
+        rank_share: tuple[int, int] = (0, 1),
     ) -> None:
         self.model: ModelAdapter = load_model(model, device=device, dtype=dtype)
         self.multi = not isinstance(hook, str)
@@ -354,6 +357,9 @@ class ActivationStream(_BatchIterable):
         self.context_len, self.batch_size, self.total_tokens = context_len, batch_size, total_tokens
         self.seed, self.exclude_special_tokens = seed, exclude_special_tokens
         self.model_batch_size, self.prefetch, self.progress = model_batch_size, prefetch, progress
+        if not (isinstance(rank_share, tuple) and len(rank_share) == 2 and 0 <= rank_share[0] < rank_share[1]):
+            raise ValueError(f"rank_share must be (rank, world) with 0 <= rank < world, got {rank_share!r}")
+        self.rank_share = rank_share
         per_ctx = max(context_len - 1, 1)
         self.shuffle_contexts = shuffle_contexts or max(256, -(-4 * batch_size // per_ctx))
         self.batches_per_shard = max(1, round(shard_tokens / (model_batch_size * per_ctx)))
@@ -452,7 +458,9 @@ class ActivationStream(_BatchIterable):
         texts = iter_texts(self.dataset, self.text_column)
         it = pack_contexts(texts, self.model.tokenizer, self.context_len,
                            self.model.bos_token_id, self.model.sep_token_id)
-        for i, c in enumerate(it):
+        rank, world = self.rank_share
+        mine = (c for i, c in enumerate(it) if i % world == rank)
+        for i, c in enumerate(mine):
             if i >= start:
                 yield c
 
@@ -533,6 +541,7 @@ class ActivationStream(_BatchIterable):
             "exclude_special_tokens": self.exclude_special_tokens, "total_tokens": self.total_tokens,
             "model_batch_size": self.model_batch_size, "batches_per_shard": self.batches_per_shard,
             "dtype": "float32",
+            **({"rank_share": list(self.rank_share)} if self.rank_share[1] > 1 else {}),
         }
 
     def _check_cache_identity(self) -> dict[str, Any] | None:

@@ -7,10 +7,11 @@ import json
 import sys
 from collections.abc import Sequence
 
-from sae.cli_args import add_dataclass_args, dataclass_kwargs
+from sae.cli_args import add_dataclass_args, dataclass_kwargs, field_docs
 from sae.cli_dashboard import add_dashboard_parser, run_dashboard
 from sae.cli_pretrained import add_pretrained_parser, run_pretrained
 from sae.config import RunConfig, SAEConfig, TrainConfig
+from sae.distributed.config import DistributedConfig, parse_hooks
 
 # The demo: the embedded default model and corpus, a TopK dictionary, minutes on 2 CPU cores.
 DEMO = {
@@ -20,7 +21,7 @@ DEMO = {
 }
 
 # RunConfig fields that concern training only; `eval` defaults the rest to what the run recorded.
-_EVAL_SKIP = ("cache_dir", "harvest_tokens", "pca_tokens", "out", "resume")
+_EVAL_SKIP = ("cache_dir", "harvest_tokens", "pca_tokens", "out", "resume", "overwrite")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,9 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("train", "train a dictionary"), ("demo", "train the demo dictionary (runs/demo)")):
         p = sub.add_parser(name, help=help_text)
-        add_dataclass_args(p, RunConfig)
+        add_dataclass_args(p, RunConfig, skip=("hook",))
+        p.add_argument("--hook", action="append", default=None,
+                       help=f"{field_docs(RunConfig)['hook']} Repeat it for one dictionary per hook, each in "
+                            f"OUT/<hook>/ (default: {RunConfig.hook})")
         add_dataclass_args(p, SAEConfig, skip=("d_in", "hook_name", "model_name"))
         add_dataclass_args(p, TrainConfig)
+        add_dataclass_args(p, DistributedConfig)
     p = sub.add_parser("eval", help="evaluate a saved dictionary on held-out tokens, spliced into its model")
     p.add_argument("path", help="dictionary folder (cfg.json + sae_weights.safetensors)")
     add_dataclass_args(p, RunConfig, skip=_EVAL_SKIP)
@@ -61,20 +66,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "eval":
             metrics = _eval(args)
         else:
+            from sae.distributed.group import PeerLost
             from sae.run import run_training
 
             presets = DEMO if args.command == "demo" else {"run": {}, "sae": {}, "train": {}}
-            run_kwargs = {**presets["run"], **dataclass_kwargs(args, RunConfig)}
+            dcfg = DistributedConfig(**dataclass_kwargs(args, DistributedConfig))
+            hooks = parse_hooks(args.hook, dcfg.layers, dcfg.hook_template, RunConfig.hook)
+            run_kwargs = {**presets["run"], **{k: v for k, v in dataclass_kwargs(args, RunConfig).items() if k != "hook"}}
             if args.command == "demo" and not run_kwargs.get("resume"):
                 run_kwargs.setdefault("overwrite", True)  # `make demo` again rebuilds the demo from scratch
-            run = RunConfig(**run_kwargs)
+            run = RunConfig(**{**run_kwargs, "hook": hooks[0]})
             sae_kwargs = {**presets["sae"], **dataclass_kwargs(args, SAEConfig)}
             tcfg = TrainConfig(**{**presets["train"], **dataclass_kwargs(args, TrainConfig)})
-            metrics = run_training(run, sae_kwargs, tcfg)
+            try:
+                metrics = run_training(run, sae_kwargs, tcfg, dcfg, hooks)
+            except PeerLost as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 3
     except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(metrics, indent=2))
+    if metrics:  # the other ranks of a distributed run write nothing
+        print(json.dumps(metrics, indent=2))
     return 0
 
 

@@ -11,6 +11,7 @@ from torch import nn
 import kernels
 from kernels import Encoding, SparseCode
 from sae.config import SAEConfig
+from sae.distributed.batch import batch_variance
 from sae.families import get_family
 from sae.normalize import denormalize, normalize
 
@@ -103,25 +104,36 @@ class SparseAutoencoder(nn.Module):
         x_n, stats = self._prepare(x)
         enc: Encoding = self.family.encode(self, x_n, dead=dead)
         x_hat_n = kernels.decode(enc.code, self.W_dec, self.b_dec)
+        e_hat = kernels.decode(enc.aux, self.W_dec) if enc.aux is not None else None  # no b_dec: in x_hat
+        return self.assemble(x_n, stats, enc, x_hat_n, e_hat)
+
+    def assemble(
+        self, x_n: torch.Tensor, stats, enc: Encoding, x_hat_n: torch.Tensor, e_hat: torch.Tensor | None
+    ) -> ForwardOutput:
+        """Losses and outputs from a forward's pieces (shared with the latent-sharded forward):
+        x_hat_n the reconstruction and e_hat the AuxK reconstruction of the residual, in normalised space."""
         recon = self.family.recon_loss(self, x_n, enc, x_hat_n)
-        aux = self._aux_loss(x_n, x_hat_n, enc.aux)
+        aux_active = enc.aux.values.ne(0).any() if enc.aux is not None else None
+        aux = self._aux_loss(x_n, x_hat_n, e_hat, aux_active)
         extras = self.family.extra_losses(self, x_n, enc, x_hat_n)
-        loss = recon + self.cfg.aux_coef * aux + sum(extras.values(), torch.zeros((), device=x.device))
+        loss = recon + self.cfg.aux_coef * aux + sum(extras.values(), torch.zeros((), device=x_n.device))
         mse = (x_n - x_hat_n).float().pow(2).mean()
         x_hat = denormalize(x_hat_n, self.cfg.normalize, self.input_scale.to(x_hat_n.dtype), stats)
         scale = self._out_scale(enc.code.values)
         code = SparseCode(enc.code.values / scale, enc.code.indices)
         return ForwardOutput(x_hat, code, loss, mse, recon, aux, extras, enc)
 
-    def _aux_loss(self, x_n: torch.Tensor, x_hat_n: torch.Tensor, aux: SparseCode | None) -> torch.Tensor:
+    def _aux_loss(
+        self, x_n: torch.Tensor, x_hat_n: torch.Tensor, e_hat: torch.Tensor | None, aux_active: torch.Tensor | None
+    ) -> torch.Tensor:
         """AuxK (Gao et al.): dead latents reconstruct the detached residual, normalised by its variance."""
-        if aux is None:
+        if e_hat is None:
             return torch.zeros((), device=x_n.device)
         e = (x_n - x_hat_n).detach()
-        e_hat = kernels.decode(aux, self.W_dec)  # no b_dec: it is already in x_hat
-        loss = (e - e_hat).float().pow(2).sum() / (e - e.mean(0, keepdim=True)).float().pow(2).sum().clamp_min(1e-12)
-        # a code without a dead latent (all padding: the Triton path keeps a fixed width) contributes nothing
-        return torch.nan_to_num(loss, nan=0.0) * aux.values.ne(0).any()
+        loss = (e - e_hat).float().pow(2).sum() / batch_variance(e).clamp_min(1e-12)
+        loss = torch.nan_to_num(loss, nan=0.0)
+        # a code without a dead latent (all padding: no host sync decides whether AuxK runs) adds nothing
+        return loss if aux_active is None else loss * aux_active
 
     # --- training-time geometry ---------------------------------------------------------
     @torch.no_grad()

@@ -1,8 +1,12 @@
-"""A whole run: harvest, train, fold, save, evaluate against the PCA baseline. Used by the CLI and the demo."""
+"""A whole run: harvest, train, fold, save, evaluate against the PCA baseline. Used by the CLI and the demo.
+
+Several hook points train from one harvest, one dictionary each in `out/<hook name>/`; under torchrun
+the run is one rank of a `ddp`, `shard` or `layers` job (sae.distributed)."""
 
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,8 @@ from sae.analysis.evaluate import evaluate, write_evaluation
 from sae.analysis.pca import pca_fvu
 from sae.config import RunConfig, SAEConfig, TrainConfig
 from sae.data import TensorBatches
+from sae.distributed.comm import Communicator, DataParallel, RankShare
+from sae.distributed.config import DistributedConfig
 from sae.model import SparseAutoencoder
 from sae.run_folder import run_folder
 from sae.train import train
@@ -20,13 +26,16 @@ from sae.train import train
 _PROBE_D_IN = 4096  # a stand-in width for checking options before the model (and its true width) is loaded
 
 
-def _stream(run: RunConfig, model, split: str, tokens: int, batch_size: int, seed: int):
+def _stream(run: RunConfig, model, split: str, tokens: int, batch_size: int, seed: int,
+            hooks: list[str] | None = None, rank_share: tuple[int, int] = (0, 1)):
     from activations import ActivationStream
 
     cache = Path(run.cache_dir) / f"{split}-{tokens}" if run.cache_dir else None
+    if cache is not None and rank_share[1] > 1:
+        cache = cache / f"rank{rank_share[0]}-of-{rank_share[1]}"
     return ActivationStream(
         model,
-        hook=run.hook,
+        hook=run.hook if hooks is None else hooks[0] if len(hooks) == 1 else list(hooks),
         dataset=run.dataset or None,
         split=split,
         context_len=run.context_len,
@@ -36,19 +45,27 @@ def _stream(run: RunConfig, model, split: str, tokens: int, batch_size: int, see
         cache_dir=cache,
         dataset_config=run.dataset_config or None,
         text_column=run.text_column,
+        rank_share=rank_share,
     )
 
 
-def _collect(run: RunConfig, stream, split: str, tokens: int) -> torch.Tensor:
+def _collect(run: RunConfig, stream, split: str, tokens: int) -> torch.Tensor | dict[str, torch.Tensor]:
     batches = list(stream)
     if not batches:
         raise ValueError(f"no activations harvested from the {split!r} split of {run.dataset or 'the embedded corpus'}")
+    if isinstance(batches[0], dict):  # several hooks: one tensor each
+        return {h: torch.cat([b[h] for b in batches])[:tokens] for h in batches[0]}
     return torch.cat(batches)[:tokens]
 
 
-def harvest(run: RunConfig, model, split: str, tokens: int, seed: int, batch_size: int = 4096) -> torch.Tensor:
-    """Up to `tokens` activations of `split` as one in-memory [N, d] tensor."""
-    return _collect(run, _stream(run, model, split, tokens, batch_size, seed), split, tokens)
+def harvest(run: RunConfig, model, split: str, tokens: int, seed: int, batch_size: int = 4096,
+            hooks: list[str] | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Up to `tokens` activations of `split` as one in-memory [N, d] tensor (several hooks: a dict of them)."""
+    return _collect(run, _stream(run, model, split, tokens, batch_size, seed, hooks), split, tokens)
+
+
+def _per_hook(acts, hooks: list[str]) -> dict[str, torch.Tensor]:
+    return acts if isinstance(acts, dict) else {hooks[0]: acts}
 
 
 def eval_settings(run: RunConfig) -> dict[str, Any]:
@@ -57,11 +74,11 @@ def eval_settings(run: RunConfig) -> dict[str, Any]:
             "context_len": run.context_len, "eval_tokens": run.eval_tokens}
 
 
-def _check_held_out(run: RunConfig, model, seed: int, batch_size: int) -> None:
+def _check_held_out(run: RunConfig, model, seed: int, batch_size: int, hooks: list[str] | None = None) -> None:
     """Check that the test split yields held-out text before training: a dataset without it fails in seconds,
     not after training."""
     try:
-        _stream(run, model, "test", run.eval_tokens, batch_size, seed).check_not_empty()
+        _stream(run, model, "test", run.eval_tokens, batch_size, seed, hooks).check_not_empty()
     except ValueError as e:
         raise ValueError(f"dataset {run.dataset or 'embedded'!r} has no usable 'test' split for the held-out metrics "
                          f"({e}); use a hub dataset that has one, or local files with at least {TEST_EVERY} documents "
@@ -94,57 +111,122 @@ def check_device(device: str) -> None:
         raise ValueError(f"device {device!r}: expected cpu, cuda or mps")
 
 
-def run_training(run: RunConfig, sae_kwargs: dict[str, Any], tcfg: TrainConfig) -> dict[str, float]:
-    """Train one dictionary end to end and write cfg.json, sae_weights.safetensors, metrics.json, log.jsonl.
-
-    Options are checked before the model loads; the output folder must be empty unless `run.resume` or
-    `run.overwrite`, and is locked for the run's life (see `sae.run_folder`)."""
+def run_training(
+    run: RunConfig,
+    sae_kwargs: dict[str, Any],
+    tcfg: TrainConfig,
+    dcfg: DistributedConfig | None = None,
+    hooks: list[str] | None = None,
+) -> dict[str, Any]:
+    """Train one dictionary per hook point end to end; each folder gets cfg.json, sae_weights.safetensors,
+    metrics.json, log.jsonl. One hook: `run.out`, its metrics returned; several: `run.out/<hook>/`, and
+    {hook: metrics}. Under `dcfg.distributed` this process is one rank (launched by torchrun); ranks that
+    write nothing return {}."""
     check_run(run, sae_kwargs, tcfg)
-    with run_folder(run.out, resume=run.resume, overwrite=run.overwrite) as out:
-        return _train_into(out, run, sae_kwargs, tcfg)
+    dcfg = dcfg or DistributedConfig()
+    hooks = list(hooks or [run.hook])
+    mode = dcfg.distributed
+    if mode in ("ddp", "shard") and len(hooks) > 1:
+        raise ValueError(f"--distributed {mode} trains one hook point; got {len(hooks)}: use --distributed layers")
+    if len(hooks) > 1 and not (run.harvest_tokens or run.cache_dir):
+        raise ValueError(f"{len(hooks)} hook points train from one harvest: give --harvest-tokens N (held in "
+                         "memory) or --cache-dir DIR (written to disk once, read back per hook)")
+    nested = len(hooks) > 1 or mode == "layers"
+    if mode == "none":
+        with run_folder(run.out, resume=run.resume, overwrite=run.overwrite) as out:
+            return _run(out, run, hooks, sae_kwargs, tcfg, Communicator(), nested)
+    import torch.distributed as dist
+
+    from sae.distributed.group import process_group
+    from sae.distributed.shard import LatentShard
+
+    with process_group(tcfg.device, dcfg.dist_timeout_s) as (rank, world), ExitStack() as stack:
+        if mode == "layers" and len(hooks) < world:  # every rank raises, so none waits for another
+            raise ValueError(f"--distributed layers: {len(hooks)} hook point(s) for {world} ranks leaves a rank "
+                             "without one; launch at most as many ranks as hook points")
+        # rank 0 checks, empties and locks the folder; every rank hears the verdict before anything is written
+        problem: list[str | None] = [None]
+        if rank == 0:
+            try:
+                stack.enter_context(run_folder(run.out, resume=run.resume, overwrite=run.overwrite))
+            except ValueError as e:
+                problem = [str(e)]
+        dist.broadcast_object_list(problem, src=0)
+        if problem[0] is not None:
+            raise ValueError(problem[0])
+        out = Path(run.out)
+        if mode != "layers":
+            return _run(out, run, hooks, sae_kwargs, tcfg, DataParallel() if mode == "ddp" else LatentShard(), nested)
+        parts: list[Any] = [None] * world
+        dist.all_gather_object(parts, _run(out, run, hooks[rank::world], sae_kwargs, tcfg, Communicator(), nested))
+        return {h: m for part in parts for h, m in part.items()} if rank == 0 else {}
 
 
-def _train_into(out: Path, run: RunConfig, sae_kwargs: dict[str, Any], tcfg: TrainConfig) -> dict[str, float]:
-    from activations import load_model
+def _run(out: Path, run: RunConfig, hooks: list[str], sae_kwargs: dict[str, Any], tcfg: TrainConfig,
+         comm: Communicator, nested: bool) -> dict[str, Any]:
+    """One harvest for `hooks`, then one dictionary per hook trained through `comm`."""
+    from activations import ActivationStream, load_model
 
     t0 = time.perf_counter()
     model = load_model(run.model, device=tcfg.device)
-    eval_batch = min(tcfg.batch_size, 4096)
-    _check_held_out(run, model, tcfg.seed, eval_batch)
+    if comm.is_writer:
+        _check_held_out(run, model, tcfg.seed, min(tcfg.batch_size, 4096), hooks)
+    ddp = isinstance(comm, DataParallel)
+    pca_samples: dict[str, torch.Tensor] | None = None
     if run.harvest_tokens:
-        train_acts = harvest(run, model, "train", run.harvest_tokens, tcfg.seed, tcfg.batch_size)
-        data = TensorBatches(train_acts, tcfg.batch_size, seed=tcfg.seed)
-        pca_sample = train_acts
-    else:
-        data = _stream(run, model, "train", tcfg.tokens, tcfg.batch_size, tcfg.seed)
-        pca_sample = None
-    d_in = data.d_in
+        pca_samples = _per_hook(harvest(run, model, "train", run.harvest_tokens, tcfg.seed, tcfg.batch_size, hooks),
+                                hooks)
+        data: dict[str, Any] = {h: TensorBatches(a, tcfg.batch_size, seed=tcfg.seed) for h, a in pca_samples.items()}
+        if ddp:
+            data = {h: RankShare(d, comm.rank, comm.world, tcfg.batch_size) for h, d in data.items()}
+    elif len(hooks) == 1:
+        share = (comm.rank, comm.world) if ddp else (0, 1)
+        if tcfg.batch_size % share[1]:
+            raise ValueError(f"--distributed ddp splits each batch evenly: batch_size={tcfg.batch_size} is not a "
+                             f"multiple of the {share[1]} ranks")
+        # ddp: each rank streams its own contexts, batches of batch_size / world
+        data = {hooks[0]: _stream(run, model, "train", tcfg.tokens // share[1], tcfg.batch_size // share[1],
+                                  tcfg.seed, hooks, rank_share=share)}
+    else:  # several hooks through the disk cache: harvested once, each dictionary reads its own hook
+        cache = _stream(run, model, "train", tcfg.tokens, tcfg.batch_size, tcfg.seed, hooks).harvest()
+        data = {h: ActivationStream.from_cache(cache, tcfg.batch_size, tcfg.seed, hook=h, verify=False,
+                                               expect_model=model.name) for h in hooks}
     harvest_s = time.perf_counter() - t0
-    cfg = SAEConfig(d_in=d_in, hook_name=run.hook, model_name=run.model, **sae_kwargs)
-    sae = SparseAutoencoder(cfg, device=tcfg.device, seed=tcfg.seed)
-    result = train(sae, data, tcfg, out_dir=out, resume=run.resume)
-    sae.fold_input_scale()
-    sae.save(out)
-
-    held_out: list[torch.Tensor] = []
-    metrics = evaluate(sae, model, run.dataset or None, tokens=run.eval_tokens, context_len=run.context_len,
-                       dataset_config=run.dataset_config or None, text_column=run.text_column,
-                       keep_activations=held_out, return_distributions=True)
-    eval_batches = list(torch.cat(held_out).split(4096))
-    if pca_sample is None:
-        pca_sample = harvest(run, model, "train", run.pca_tokens, tcfg.seed, tcfg.batch_size)
-    rank = max(1, min(round(metrics["l0"]), d_in))
-    metrics.update(
-        {
-            "pca_fvu": pca_fvu(pca_sample, eval_batches, rank),
-            "pca_rank": rank,
-            "dead_fraction": result.dead_fraction,
-            "train_tokens": result.tokens,
-            "train_seconds": result.seconds,
-            "train_tokens_per_s": result.tokens / max(result.seconds, 1e-9) if result.steps else 0.0,
-            "harvest_seconds": harvest_s,
-            "total_seconds": time.perf_counter() - t0,
-            "eval_settings": eval_settings(run),
-        }
-    )
-    return write_evaluation(out, metrics, merge=False)
+    saes, results = {}, {}
+    for h in hooks:
+        d_in = data[h].d_in
+        cfg = SAEConfig(d_in=d_in, hook_name=h, model_name=run.model, **sae_kwargs)
+        sae = SparseAutoencoder(cfg, device=tcfg.device, seed=tcfg.seed)
+        folder = out / h if nested else out
+        results[h] = train(sae, data[h], tcfg, out_dir=folder, resume=run.resume, comm=comm)
+        saes[h] = comm.whole_model(sae)
+    if not comm.is_writer:
+        return {}
+    if pca_samples is None:
+        pca_samples = _per_hook(harvest(run, model, "train", run.pca_tokens, tcfg.seed, tcfg.batch_size, hooks), hooks)
+    all_metrics = {}
+    for h in hooks:
+        sae, result, folder = saes[h], results[h], out / h if nested else out
+        sae.fold_input_scale()
+        sae.save(folder)
+        held_out: list[torch.Tensor] = []
+        metrics = evaluate(sae, model, run.dataset or None, tokens=run.eval_tokens, context_len=run.context_len,
+                           hook=h, dataset_config=run.dataset_config or None, text_column=run.text_column,
+                           keep_activations=held_out, return_distributions=True)
+        eval_batches = list(torch.cat(held_out).split(4096))
+        rank = max(1, min(round(metrics["l0"]), sae.cfg.d_in))
+        metrics.update(
+            {
+                "pca_fvu": pca_fvu(pca_samples[h], eval_batches, rank),
+                "pca_rank": rank,
+                "dead_fraction": result.dead_fraction,
+                "train_tokens": result.tokens,
+                "train_seconds": result.seconds,
+                "train_tokens_per_s": result.tokens / max(result.seconds, 1e-9) if result.steps else 0.0,
+                "harvest_seconds": harvest_s,
+                "total_seconds": time.perf_counter() - t0,
+                "eval_settings": eval_settings(run),
+            }
+        )
+        all_metrics[h] = write_evaluation(folder, metrics, merge=False)
+    return all_metrics if nested else all_metrics[hooks[0]]

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from sae.checkpoint import load_checkpoint, save_checkpoint
 from sae.config import TrainConfig
 from sae.data import batches_from
+from sae.distributed.comm import Communicator
 from sae.init import init_from_sample
 from sae.model import SparseAutoencoder
 
@@ -49,7 +50,15 @@ def lr_at(step: int, steps: int, base: float, cfg: TrainConfig) -> float:
 class Trainer:
     """Owns the optimisation state of one run so it can be checkpointed and resumed exactly."""
 
-    def __init__(self, sae: SparseAutoencoder, cfg: TrainConfig, out_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        sae: SparseAutoencoder,
+        cfg: TrainConfig,
+        out_dir: str | Path | None = None,
+        comm: Communicator | None = None,
+    ) -> None:
+        self.comm = comm or Communicator()  # other ranks (sae.distributed); the default: none
+        sae = self.comm.prepare(sae)
         self.sae, self.cfg = sae, cfg
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.base_lr = cfg.learning_rate(sae.cfg.n_latents)
@@ -99,7 +108,9 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         if self.checkpoint_path is not None:
-            save_checkpoint(self.checkpoint_path, self.state_dict())
+            state = self.comm.gather_state(self.state_dict())
+            if self.comm.is_writer:
+                save_checkpoint(self.checkpoint_path, state)
 
     # --- one step ---------------------------------------------------------------------
     def dead_mask(self) -> torch.Tensor:
@@ -115,7 +126,7 @@ class Trainer:
             group["lr"] = lr
         sae.train_progress = self.step / steps
         dead = self.dead_mask()
-        out = sae(x, dead=dead)
+        out = self.comm.forward(sae, x, dead)
         bad = ~(torch.isfinite(x).all() & torch.isfinite(out.loss))
         first = bad & (self._bad_step < 0)
         self._bad_step = torch.where(first, self.step, self._bad_step)
@@ -123,15 +134,16 @@ class Trainer:
                                      self._bad_what)
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
+        self.comm.reduce_grads(sae)
         sae.remove_parallel_grad()
         self.opt.step()
         sae.set_decoder_norm_to_unit()
         sae.family.after_step(sae, out.enc, self.step)
-        fired = torch.zeros_like(self.since_fired).index_add_(
-            0, out.enc.code.indices.reshape(-1), (out.enc.code.values != 0).reshape(-1).to(self.since_fired.dtype))
-        self.since_fired = torch.where(fired > 0, 0, self.since_fired + x.shape[0])
+        rows = self.comm.global_rows(x.shape[0])
+        self.since_fired = torch.where(self.comm.fired(out.enc.code, self.since_fired.shape[0]), 0,
+                                       self.since_fired + rows)
         self.step += 1
-        self.tokens += x.shape[0]
+        self.tokens += rows
         return {
             "loss": out.loss.detach(),
             "fvu": out.fvu.detach(),
@@ -167,18 +179,21 @@ class Trainer:
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume and ckpt is not None and ckpt.exists():
-            self.load_state_dict(load_checkpoint(ckpt))
+            self.load_state_dict(self.comm.local_state(load_checkpoint(ckpt)))
             batches = batches_from(data, self.step)
         else:
             if resume and ckpt is not None:
                 tqdm.write(f"no checkpoint at {ckpt}: starting from scratch")
             torch.manual_seed(cfg.seed)
             batches = self._initialise(batches_from(data, 0))
+        if not self.comm.is_writer:
+            log_path = None
         if log_path is not None:
             _truncate_log(log_path, self.step)
-        wandb_run = _maybe_wandb(cfg, self.sae)
+        wandb_run = _maybe_wandb(cfg, self.sae) if self.comm.is_writer else None
         start, t0 = self.step, time.perf_counter()
-        with tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True) as bar:
+        with tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+                  disable=not self.comm.is_writer) as bar:
             self._loop(batches, bar, log_path, wandb_run, on_step)
         if wandb_run is not None:
             wandb_run.finish()
@@ -207,6 +222,7 @@ class Trainer:
                 self._raise_if_bad()
                 stats = {k: float(v) for k, v in stats.items()}  # the one host sync per log_every steps
                 now = time.perf_counter()
+                stats = self.comm.reduce_stats(stats)
                 row = {"step": self.step, "tokens": self.tokens, **stats}
                 row["tokens_per_s"] = (self.tokens - last_tokens) / max(now - last_t, 1e-9)
                 last_t, last_tokens = now, self.tokens
@@ -230,10 +246,10 @@ class Trainer:
                 head.append(next(batches))
             except StopIteration:
                 break
-            got += head[-1].shape[0]
+            got += self.comm.global_rows(head[-1].shape[0])
         if not head:
             raise ValueError("data is empty: no batch to initialise the dictionary from")
-        init_from_sample(self.sae, torch.cat(head)[: self.cfg.init_tokens])
+        init_from_sample(self.sae, torch.cat(self.comm.gather_batches(head))[: self.cfg.init_tokens])
         return itertools.chain(head, batches)
 
 
@@ -244,9 +260,11 @@ def train(
     out_dir: str | Path | None = None,
     resume: bool = False,
     on_step: Callable[[Trainer], None] | None = None,
+    comm: Communicator | None = None,
 ) -> TrainResult:
-    """Train `sae` on `data` (an iterable of raw [B, d] activations); checkpoints go to out_dir/checkpoints."""
-    return Trainer(sae, cfg, out_dir).fit(data, resume=resume, on_step=on_step)
+    """Train `sae` on `data` (an iterable of raw [B, d] activations); checkpoints go to out_dir/checkpoints.
+    With `comm` (sae.distributed) the run is one rank of several: `sae` then holds this rank's part."""
+    return Trainer(sae, cfg, out_dir, comm=comm).fit(data, resume=resume, on_step=on_step)
 
 
 def _config_changes(what: str, saved: dict, now: dict, ignore: tuple[str, ...] = ()) -> list[str]:

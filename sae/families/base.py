@@ -14,6 +14,7 @@ from torch import nn
 
 import kernels
 from kernels import Encoding, SparseCode
+from sae.distributed.batch import batch_variance
 
 if TYPE_CHECKING:
     from sae.config import SAEConfig
@@ -32,8 +33,7 @@ def regather(pre: torch.Tensor, code: SparseCode, relu: bool = True) -> SparseCo
 def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     """Fraction of variance unexplained over the batch: sum|x - x_hat|^2 / sum|x - mean(x)|^2."""
     err = (x - x_hat).float().pow(2).sum()
-    var = (x - x.mean(0, keepdim=True)).float().pow(2).sum()
-    return err / var.clamp_min(1e-12)
+    return err / batch_variance(x).clamp_min(1e-12)  # across ranks when the batch is split (ddp)
 
 
 class Family(nn.Module):

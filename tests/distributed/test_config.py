@@ -1,0 +1,69 @@
+"""Options of the distributed and multi-hook runs, refused at start with messages that name the bad value."""
+
+import pytest
+import torch.distributed as dist
+
+from sae.config import SAEConfig
+from sae.distributed.comm import DataParallel
+from sae.distributed.config import DistributedConfig, parse_hooks
+from sae.distributed.shard import LatentShard, shard_rule
+from sae.model import SparseAutoencoder
+
+DEFAULT = "blocks.3.hook_resid_pre"
+
+
+def test_layers_expand_through_the_template():
+    assert parse_hooks(None, "0-2,5", "blocks.{}.hook_resid_pre", DEFAULT) == [
+        "blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.2.hook_resid_pre", "blocks.5.hook_resid_pre"]
+    assert parse_hooks(["a", "b"], "", "", DEFAULT) == ["a", "b"]
+    assert parse_hooks(None, "", "", DEFAULT) == [DEFAULT]
+
+
+@pytest.mark.parametrize("hooks, layers, template, message", [
+    (["a"], "1", "blocks.{}.x", "not both"),
+    (None, "1", "blocks.x", "exactly one '{}'"),
+    (None, "3-1", "blocks.{}.x", "runs backwards"),
+    (None, "one", "blocks.{}.x", "expected numbers and ranges"),
+    (["a", "a"], "", "", "given twice"),
+])
+def test_bad_hook_lists_are_refused(hooks, layers, template, message):
+    with pytest.raises(ValueError, match=message):
+        parse_hooks(hooks, layers, template, DEFAULT)
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="'fsdp'"):
+        DistributedConfig(distributed="fsdp")
+
+
+@pytest.mark.parametrize("family, rule", [("topk", "row"), ("batchtopk", "batch"), ("abstopk", "abs")])
+def test_shard_rules(family, rule):
+    assert shard_rule(SAEConfig(d_in=8, n_latents=32, family=family, k=4)) == rule
+
+
+@pytest.mark.parametrize("family", ["matryoshka", "featurechoice", "vsae"])
+def test_shard_refuses_other_selections(family):
+    with pytest.raises(ValueError, match=f"family {family!r} selects otherwise"):
+        shard_rule(SAEConfig(d_in=8, n_latents=32, family=family, k=4))
+
+
+@pytest.fixture
+def one_rank():
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_ddp_refuses_batch_selection(one_rank):
+    sae = SparseAutoencoder(SAEConfig(d_in=8, n_latents=32, family="batchtopk", k=4))
+    with pytest.raises(ValueError, match="family 'batchtopk' selects over the batch"):
+        DataParallel().prepare(sae)
+
+
+def test_shard_slices_and_gathers_back(one_rank):
+    sae = SparseAutoencoder(SAEConfig(d_in=8, n_latents=32, k=4), seed=0)
+    whole = {k: v.clone() for k, v in sae.state_dict().items()}
+    comm = LatentShard()
+    comm.prepare(sae)
+    back = comm.whole_model(sae).state_dict()
+    assert all(back[k].equal(v) for k, v in whole.items())

@@ -1,0 +1,152 @@
+"""`torchrun --nproc_per_node 2 -m sae train --distributed ddp|shard|layers` (gloo, CPU) on the embedded default,
+each against single-process training on the same vectors; a killed rank ends the job with the checkpoint intact."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sae.checkpoint import load_checkpoint
+from sae.cli import main
+from sae.config import RunConfig, SAEConfig, TrainConfig
+from sae.data import TensorBatches
+from sae.model import SparseAutoencoder
+from sae.run import harvest
+from sae.train import Trainer, train
+
+pytestmark = pytest.mark.slow
+
+HOOKS = ["blocks.1.hook_resid_pre", "blocks.3.hook_resid_pre"]
+HARVEST, TOKENS, BATCH = 8192, 51_200, 256  # 200 steps
+ARGS = ["--harvest-tokens", str(HARVEST), "--tokens", str(TOKENS), "--batch-size", str(BATCH), "--context-len", "64",
+        "--n-latents", "256", "--k", "8", "--dead-window-tokens", "2048", "--eval-tokens", "1024",
+        "--checkpoint-every", "50", "--log-every", "50", "--dist-timeout-s", "60"]
+TOL = 1e-3
+
+
+def torchrun(*args: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "sae", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env())
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+@pytest.fixture(scope="module")
+def acts() -> dict[str, torch.Tensor]:
+    """The training vectors every run below harvests: both hooks from one pass."""
+    from activations import load_model
+
+    return harvest(RunConfig(context_len=64), load_model("minilm"), "train", HARVEST, 0, BATCH, HOOKS)
+
+
+_REFERENCES: dict[str, SparseAutoencoder] = {}
+
+
+def reference(acts: torch.Tensor, hook: str, **sae_kwargs) -> SparseAutoencoder:
+    """Single-process training on the same vectors, as the CLI does it (trained once per hook and family)."""
+    key = f"{hook} {sae_kwargs}"
+    if key not in _REFERENCES:
+        _REFERENCES[key] = _train_reference(acts, hook, **sae_kwargs)
+    return _REFERENCES[key]
+
+
+def _train_reference(acts: torch.Tensor, hook: str, **sae_kwargs) -> SparseAutoencoder:
+    cfg = SAEConfig(d_in=acts.shape[1], n_latents=256, k=8, hook_name=hook, model_name="minilm", **sae_kwargs)
+    sae = SparseAutoencoder(cfg, seed=0)
+    train(sae, TensorBatches(acts, BATCH, seed=0), TrainConfig(tokens=TOKENS, batch_size=BATCH, dead_window_tokens=2048))
+    sae.fold_input_scale()
+    return sae
+
+
+def assert_close(folder: Path, ref: SparseAutoencoder) -> None:
+    got = SparseAutoencoder.load(folder).state_dict()
+    for name, want in ref.state_dict().items():
+        if name != "input_scale":
+            rel = float((got[name] - want).norm() / want.norm().clamp_min(1e-12))
+            assert rel < TOL, f"{folder.name}: {name} differs from the single-process run by {rel:.2e}"
+
+
+def _ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_ddp_equals_single_process(tmp_path, acts):
+    _ok(torchrun("train", *ARGS, "--distributed", "ddp", "--out", str(tmp_path / "ddp")))
+    assert_close(tmp_path / "ddp", reference(acts[HOOKS[1]], HOOKS[1]))
+    log = (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()
+    assert len(log) == 4  # one writer: steps 50..200 logged once
+
+
+def test_shard_equals_single_process_and_reloads_in_one_process(tmp_path, acts):
+    family = ["--family", "batchtopk", "--options", '{"threshold_start_step": 20}']
+    out = tmp_path / "shard"
+    _ok(torchrun("train", *ARGS, *family, "--distributed", "shard", "--out", str(out)))
+    ref = reference(acts[HOOKS[1]], HOOKS[1], family="batchtopk", options={"threshold_start_step": 20})
+    assert_close(out, ref)
+    # the checkpoint holds the whole dictionary and Adam state: one process resumes from it
+    sae = SparseAutoencoder(SparseAutoencoder.load(out).cfg, seed=0)
+    trainer = Trainer(sae, TrainConfig(tokens=TOKENS, batch_size=BATCH, dead_window_tokens=2048), out_dir=out)
+    trainer.load_state_dict(load_checkpoint(trainer.checkpoint_path))
+    assert trainer.step == TOKENS // BATCH
+    sae.fold_input_scale()
+    sae.eval()
+    saved = SparseAutoencoder.load(out).eval()
+    x = acts[HOOKS[1]][:512]
+    torch.testing.assert_close(sae(x).x_hat, saved(x).x_hat, rtol=0, atol=0)
+
+
+def test_layers_and_one_device_multi_hook_equal_separate_runs(tmp_path, acts, capsys):
+    _ok(torchrun("train", *ARGS, "--distributed", "layers", "--layers", "1,3", "--out", str(tmp_path / "layers")))
+    assert main(["train", *ARGS, "--hook", HOOKS[0], "--hook", HOOKS[1], "--out", str(tmp_path / "multi")]) == 0
+    capsys.readouterr()
+    for hook in HOOKS:
+        ref = reference(acts[hook], hook)
+        for run in ("layers", "multi"):
+            assert_close(tmp_path / run / hook, ref)
+            assert SparseAutoencoder.load(tmp_path / run / hook).cfg.hook_name == hook
+
+
+def test_killed_rank_ends_the_job_and_leaves_the_checkpoint_valid(tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "sae",
+           "train", "--tokens", "4000000", "--batch-size", "256", "--context-len", "64", "--n-latents", "256",
+           "--k", "8", "--init-tokens", "512", "--checkpoint-every", "2", "--distributed", "ddp",
+           "--dist-timeout-s", "30", "--out", str(out)]
+    log = tmp_path / "stderr.txt"  # a file, not a pipe: progress bars must never block a rank
+    with open(log, "w") as err_file:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_file, env=_env())
+    ckpt = out / "checkpoints" / "latest.pt"
+    try:
+        deadline = time.monotonic() + 300
+        while not ckpt.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the job never wrote a checkpoint"
+            time.sleep(0.5)
+        os.kill(_worker_pid(proc.pid, rank=1), signal.SIGKILL)
+        killed_at = time.monotonic()
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert time.monotonic() - killed_at < 60
+    err = log.read_text()
+    assert "Signal 9 (SIGKILL)" in err or "lost contact with another rank" in err, err[-2000:]
+    state = load_checkpoint(ckpt)  # still whole and loadable
+    assert state["step"] >= 2 and state["step"] % 2 == 0
+
+
+def _worker_pid(torchrun_pid: int, rank: int) -> int:
+    """The pid of the worker torchrun started for `rank` (its children carry RANK in their environment)."""
+    children = Path(f"/proc/{torchrun_pid}/task/{torchrun_pid}/children").read_text().split()
+    for pid in children:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in env:
+            return int(pid)
+    raise AssertionError(f"no worker of rank {rank} among {children}")

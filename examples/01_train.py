@@ -20,7 +20,7 @@ from plotly.subplots import make_subplots
 
 from activations import ActivationStream, load_model
 from sae import SAEConfig, SparseAutoencoder, TrainConfig, train
-from sae.analysis.metrics import evaluate
+from sae.analysis.evaluate import reconstruction_metrics
 from sae.data import TensorBatches
 
 OUT = Path("runs/notebook")
@@ -66,5 +66,5 @@ if "get_ipython" in globals():  # in a notebook: inline; as a script: the HTML f
 
 # %%
 held_out = ActivationStream(model, hook=HOOK, split="test", batch_size=4096, total_tokens=4096, seed=0)
-metrics = evaluate(SparseAutoencoder.load(OUT), held_out)
+metrics = reconstruction_metrics(SparseAutoencoder.load(OUT), held_out)
 print({k: round(v, 4) for k, v in metrics.items()})

@@ -22,7 +22,7 @@ import torch
 
 from activations import ActivationStream, load_model
 from sae import SparseAutoencoder, TrainConfig, load_pretrained, train
-from sae.analysis.metrics import evaluate
+from sae.analysis.evaluate import reconstruction_metrics
 from sae.data import TensorBatches
 
 RUN, PUBLISHED = Path("runs/notebook"), Path("runs/published")
@@ -60,7 +60,7 @@ print(published.cfg)
 model = load_model(ours.cfg.model_name)
 held_out = torch.cat(list(ActivationStream(model, hook=HOOK, split="test", batch_size=4096, total_tokens=4096, seed=0)))
 for name, d in (("ours", ours), ("published", published)):
-    m = evaluate(d, held_out.split(1024))
+    m = reconstruction_metrics(d, held_out.split(1024))
     print(f"{name:>10}: FVU {m['fvu']:.3f}  L0 {m['l0']:.1f}")
 cos = torch.nn.functional.normalize(ours.W_dec, dim=1) @ torch.nn.functional.normalize(published.W_dec, dim=1).T
 best = cos.max(1).values.detach()

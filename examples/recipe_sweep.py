@@ -24,7 +24,7 @@ import torch
 
 from activations import ActivationStream, load_model
 from sae import SAEConfig, SparseAutoencoder, TrainConfig, train
-from sae.analysis.metrics import evaluate
+from sae.analysis.evaluate import reconstruction_metrics
 from sae.data import TensorBatches
 
 TRAIN_TOKENS, TEST_TOKENS = 400_000, 16_384
@@ -67,7 +67,7 @@ def run_point(layer: int, n: int, steps: int, batch: int, lr: float | None, data
     with contextlib.redirect_stderr(io.StringIO()):
         result = train(sae, TensorBatches(train_x, batch, seed=seed), tcfg)
     sae.fold_input_scale()
-    m = evaluate(sae, list(test_x.split(4096)))
+    m = reconstruction_metrics(sae, list(test_x.split(4096)))
     return {"point": point_name(layer, n, steps, batch), "layer": layer, "n_latents": n, "steps": steps,
             "batch_size": batch, "lr": tcfg.learning_rate(n) if lr is None else lr, "default": lr is None,
             "fvu": m["fvu"], "l0": m["l0"], "dead_fraction": result.dead_fraction,

@@ -17,7 +17,9 @@ from pathlib import Path
 
 __all__ = ["RUN_FILES", "LOCK_FILE", "RunFolderError", "run_folder"]
 
-RUN_FILES = ("cfg.json", "sae_weights.safetensors", "metrics.json", "log.jsonl", "checkpoints")
+# what a run (its evaluation, feature statistics and browser included) writes into its folder
+RUN_FILES = ("cfg.json", "sae_weights.safetensors", "metrics.json", "log.jsonl", "checkpoints", "eval",
+             "feature_stats.safetensors", "feature_stats.safetensors.partial", "browser")
 LOCK_FILE = ".lock"
 
 
@@ -77,6 +79,13 @@ def _lock(path: Path, out: Path) -> int:
         os.close(fd)
 
 
+def _is_run_file(path: Path) -> bool:
+    """A file a run writes, or a sub-folder holding one hook's run (several hooks: OUT/<hook>/)."""
+    if path.name in RUN_FILES or path.name.endswith(".tmp"):
+        return True
+    return path.is_dir() and (path / "cfg.json").exists() and all(_is_run_file(p) for p in path.iterdir())
+
+
 def _make_room(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse a folder holding a run unless resuming or overwriting; overwrite deletes only a run's files."""
     present = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
@@ -86,7 +95,7 @@ def _make_room(out: Path, resume: bool, overwrite: bool) -> None:
         raise RunFolderError(
             f"run folder {str(out)!r} is not empty (it holds {', '.join(present)}): pass --resume to continue "
             "the run in it, --overwrite to replace it, or choose another --out")
-    foreign = [name for name in present if name not in RUN_FILES and not name.endswith(".tmp")]
+    foreign = [name for name in present if not _is_run_file(out / name)]
     if foreign:
         raise RunFolderError(
             f"--overwrite: run folder {str(out)!r} holds files that are not a run's ({', '.join(foreign)}); "

@@ -88,3 +88,20 @@ def test_an_out_that_is_a_file_or_unwritable_is_refused(tmp_path):
                 pass
     finally:
         locked.chmod(0o700)
+
+
+def test_overwrite_replaces_the_evaluation_browser_and_per_hook_runs_but_not_a_foreign_sub_folder(tmp_path):
+    out = _finished_run(tmp_path / "run")
+    for extra in ("eval", "browser"):
+        (out / extra).mkdir()
+        (out / extra / "x.html").write_text("x")
+    (out / "feature_stats.safetensors").write_text("stats")
+    _finished_run(out / "blocks.2.hook_resid_pre")
+    with run_folder(out, overwrite=True):
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]
+    out = _finished_run(tmp_path / "again")
+    (out / "papers").mkdir()
+    (out / "papers" / "draft.tex").write_text("mine")
+    with pytest.raises(RunFolderError, match=r"not a run's \(papers\)"):
+        with run_folder(out, overwrite=True):
+            pass

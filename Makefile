@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint bench-harvest bench-kernels clean
+.PHONY: demo test lint bench-harvest bench-kernels bench-model clean
 
 $(STAMP): setup.cfg constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,9 @@ bench-harvest: $(STAMP)
 
 bench-kernels: $(STAMP)
 	$(BIN)/python bench/kernels.py
+
+bench-model: $(STAMP)
+	$(BIN)/python bench/kernel_model.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint chromium bench-harvest bench-kernels bench-train-step bench-dashboard clean
+.PHONY: demo test lint chromium bench-harvest bench-kernels bench-model bench-train-step bench-dashboard clean
 
 $(STAMP): setup.cfg constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -46,10 +46,12 @@ bench-harvest: $(STAMP)
 bench-kernels: $(STAMP)
 	$(BIN)/python bench/kernels.py
 
+bench-model: $(STAMP)
+	$(BIN)/python bench/kernel_model.py
+
 # ours against sparsify and SAELens, one process: the peers need their own environment (transformer-lens < 4)
-bench-train-step:
-	test -x .venv-interop/bin/python || ($(PY) -m venv .venv-interop && .venv-interop/bin/pip install -q -c constraints.txt sae-lens eai-sparsify)
-	PYTHONPATH=$(CURDIR) .venv-interop/bin/python bench/train_step.py
+bench-train-step: $(INTEROP_STAMP)
+	PYTHONPATH=$(CURDIR) $(INTEROP)/bin/python bench/train_step.py
 
 bench-dashboard: $(STAMP) chromium
 	$(BIN)/python bench/dashboard.py

@@ -25,19 +25,19 @@ import torch
 from activations.models import Edit, ModelAdapter
 from sae.model import SparseAutoencoder
 from sae.normalize import normalize
+from sae.pretrained.compat import check_compatible
 
 __all__ = ["ablate", "ablate_edit", "check_fit", "reconstruct", "splice", "splice_edit", "steer", "steer_edit"]
 
 
 def check_fit(model: ModelAdapter, sae: SparseAutoencoder, hook: str | None = None) -> str:
-    """The hook to edit (default: the one the dictionary records), checked to exist and to match d_in."""
+    """The hook to edit (default: the one the dictionary records), checked to exist and to match d_in.
+
+    An explicit `hook` other than the recorded one is the caller's choice (sae.check_compatible's force)."""
     hook = hook or sae.cfg.hook_name
     if not hook:
         raise ValueError("the dictionary records no hook_name: pass hook=... (e.g. 'blocks.3.hook_resid_pre')")
-    width = model.hook_dims([hook])[hook]  # raises, with close names, for a hook the model lacks
-    if width != sae.cfg.d_in:
-        raise ValueError(f"the dictionary reads d_in={sae.cfg.d_in} but hook {hook!r} of model {model.name!r} "
-                         f"has width {width}")
+    check_compatible(sae, model, hook, force=True)  # raises, with close names, for a hook the model lacks
     return hook
 
 

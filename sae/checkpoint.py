@@ -14,18 +14,26 @@ import torch
 def atomic_write(path: Path, write) -> None:
     """Call write(tmp_path), then rename tmp over `path`: a crash never leaves a half-written file.
 
-    The temporary file is created with mode 0o666 so the result gets the permissions the user's
-    umask gives any new file (`tempfile.mkstemp` would make it owner-only).
+    The result gets the permissions the user's umask gives any new file: writers such as `tempfile.mkstemp`
+    or safetensors' `save_file` (which replaces the file it is given) would leave it owner-only.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write(str(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

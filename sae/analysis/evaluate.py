@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from activations.models import ModelAdapter
 from activations.text import describe_source, iter_texts, load_text, pack_contexts
 from sae.analysis.interventions import check_fit, splice_edit
+from sae.checkpoint import atomic_write
 from sae.model import SparseAutoencoder
 
 __all__ = ["DENSE_THRESHOLD", "ReconstructionStats", "VarianceAccumulator", "evaluate", "held_out_contexts",
@@ -344,5 +345,6 @@ def write_evaluation(out_dir: str | Path, metrics: dict[str, Any], merge: bool =
     os.replace(tmp, path)
     if dists is not None:
         (out / "eval").mkdir(exist_ok=True)
-        save_file({k: v.contiguous() for k, v in dists.items()}, str(out / "eval" / "latents.safetensors"))
+        tensors = {k: v.contiguous() for k, v in dists.items()}
+        atomic_write(out / "eval" / "latents.safetensors", lambda tmp: save_file(tensors, tmp))
     return merged

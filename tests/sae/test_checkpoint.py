@@ -6,6 +6,7 @@ import stat
 import pytest
 import torch
 
+from sae import SAEConfig, SparseAutoencoder
 from sae.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 
 
@@ -39,7 +40,10 @@ def test_written_files_get_the_permissions_the_umask_gives(tmp_path, umask):
     old = os.umask(umask)
     try:
         atomic_write(tmp_path / "f.json", lambda tmp: open(tmp, "w").write("{}"))
+        SparseAutoencoder(SAEConfig(d_in=8, n_latents=64)).save(tmp_path / "sae")  # safetensors' own writer
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == 0o666 & ~umask
-    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]  # no temporary file left behind
+    for name in ("cfg.json", "sae_weights.safetensors"):
+        assert stat.S_IMODE((tmp_path / "sae" / name).stat().st_mode) == 0o666 & ~umask, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json", "sae"]  # no temporary file left behind

@@ -7,7 +7,7 @@ with the project's clear error type, never with a TypeError or KeyError from dee
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from activations import ActivationStream, CacheError
@@ -59,6 +59,8 @@ def folder(tmp_path_factory):
 
 @FAST
 @given(saelens_like | json_values | st.binary(max_size=40))
+@example({"metadata": True})  # once crashed the SAELens reader with an AttributeError
+@example({"d_in": 8, "d_sae": 16, "activation_fn_kwargs": [32]})
 def test_cfg_json_of_any_content_is_read_or_refused_with_a_value_error(folder, content):
     data = content if isinstance(content, bytes) else json.dumps(content).encode()
     (folder / CFG_FILE).write_bytes(data)

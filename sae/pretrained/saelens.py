@@ -71,6 +71,9 @@ def migrate(raw: dict[str, Any]) -> dict[str, Any]:
 
 def saelens_config(raw: dict[str, Any], source: str | Path, dtype: str | None = None) -> SAELensConfig:
     """Our config for a SAELens cfg.json; unknown architectures and normalisations are refused by name."""
+    for key in ("metadata", "activation_fn_kwargs"):
+        if raw.get(key) is not None and not isinstance(raw[key], dict):
+            raise ValueError(f"{source}: {key!r} holds {type(raw[key]).__name__}; expected an object")
     raw = migrate(raw)
     arch = raw.get("architecture")
     if isinstance(arch, str) and "transcoder" in arch:

@@ -141,6 +141,7 @@ def _stats_from_sums(sums: dict[str, Any], d: int) -> dict[str, Any]:
 
 # --- prefetch -----------------------------------------------------------------------------------
 _END = object()
+_JOIN_TIMEOUT_S = 120.0  # at most one model forward of the prefetch thread
 
 
 def _prefetched(make: Any, depth: int) -> Iterator[Any]:
@@ -177,7 +178,10 @@ def _prefetched(make: Any, depth: int) -> Iterator[Any]:
                 raise item
             yield item
     finally:
+        # Wait for the worker to finish the item it is making: it may be running the model, and a caller that
+        # goes on to use the model (say, after an interrupted harvest) must not race it for the model's hooks.
         stop.set()
+        thread.join(timeout=_JOIN_TIMEOUT_S)
 
 
 # --- the cache on disk --------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,9 +37,14 @@ def process_group(device: str, timeout_s: float) -> Iterator[tuple[int, int]]:
         dist.init_process_group(backend, timeout=timeout)
     else:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+    faulthandler.enable()  # a rank that aborts inside C++ prints every thread's Python stack first
     try:
         with lost_peers(timeout_s):
             yield dist.get_rank(), dist.get_world_size()
+            # Every rank finishes its last collective before any tears the group down: a rank that destroys
+            # its gloo pairs while a peer is still receiving can abort that peer (SIGABRT, "terminate called
+            # without an active exception"), which CI saw once in --distributed layers.
+            dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -1,6 +1,7 @@
 """`torchrun --nproc_per_node 2 -m sae train --distributed ddp|shard|layers` (gloo, CPU) on the embedded default,
 each against single-process training on the same vectors; a killed rank ends the job with the checkpoint intact."""
 
+import json
 import os
 import signal
 import subprocess
@@ -113,33 +114,71 @@ def test_layers_and_one_device_multi_hook_equal_separate_runs(tmp_path, acts, ca
             assert SparseAutoencoder.load(tmp_path / run / hook).cfg.hook_name == hook
 
 
-def test_killed_rank_ends_the_job_and_leaves_the_checkpoint_valid(tmp_path):
+def test_killed_rank_ends_the_job_and_leaves_the_checkpoint_valid_and_the_job_resumes(tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "sae",
            "train", "--tokens", "4000000", "--batch-size", "256", "--context-len", "64", "--n-latents", "256",
-           "--k", "8", "--init-tokens", "512", "--checkpoint-every", "2", "--distributed", "ddp",
+           "--k", "8", "--init-tokens", "512", "--checkpoint-every", "2", "--log-every", "2", "--distributed", "ddp",
            "--dist-timeout-s", "30", "--out", str(out)]
-    log = tmp_path / "stderr.txt"  # a file, not a pipe: progress bars must never block a rank
-    with open(log, "w") as err_file:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_file, env=_env())
     ckpt = out / "checkpoints" / "latest.pt"
+    proc = _launch(cmd, tmp_path / "stderr.txt")
     try:
-        deadline = time.monotonic() + 300
-        while not ckpt.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "the job never wrote a checkpoint"
-            time.sleep(0.5)
+        _wait_for_step(proc, ckpt, 2)
         os.kill(_worker_pid(proc.pid, rank=1), signal.SIGKILL)
         killed_at = time.monotonic()
         proc.wait(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _stop(proc)
     assert proc.returncode != 0
     assert time.monotonic() - killed_at < 60
-    err = log.read_text()
+    err = (tmp_path / "stderr.txt").read_text()
     assert "Signal 9 (SIGKILL)" in err or "lost contact with another rank" in err, err[-2000:]
     state = load_checkpoint(ckpt)  # still whole and loadable
-    assert state["step"] >= 2 and state["step"] % 2 == 0
+    saved = state["step"]
+    assert saved >= 2 and saved % 2 == 0
+
+    # the same command with --resume carries on from that checkpoint (it does not restart), then is stopped
+    proc = _launch([*cmd, "--resume"], tmp_path / "stderr-resumed.txt")
+    try:
+        _wait_for_step(proc, ckpt, saved + 4)
+    finally:
+        _stop(proc)
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps[: saved // 2] == list(range(2, saved + 1, 2))  # the killed run's lines, kept
+    assert steps == sorted(set(steps)) and steps[-1] >= saved + 4  # then onwards from the checkpoint, no restart
+
+
+def _launch(cmd: list[str], stderr: Path) -> subprocess.Popen:
+    with open(stderr, "w") as err_file:  # a file, not a pipe: progress bars must never block a rank
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_file, env=_env(), start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End torchrun and every rank it started (they share its session), if any is still running."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=30)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _wait_for_step(proc: subprocess.Popen, ckpt: Path, step: int, timeout: float = 300) -> None:
+    """Until the job's checkpoint is at `step` or later (the job must stay alive meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, f"the job never checkpointed step {step}"
+        if ckpt.exists():
+            try:
+                if load_checkpoint(ckpt)["step"] >= step:
+                    return
+            except Exception:  # noqa: BLE001 - read while being replaced; try again
+                pass
+        time.sleep(0.5)
 
 
 def _worker_pid(torchrun_pid: int, rank: int) -> int:

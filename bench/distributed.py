@@ -71,7 +71,9 @@ def step_times(sae, comm, x, steps: int, warmup: int, sync) -> list[float]:
     from sae.config import TrainConfig
     from sae.train import Trainer
 
-    tcfg = TrainConfig(tokens=x.shape[0] * (steps + warmup), batch_size=x.shape[0], device=str(x.device))
+    # a dead window longer than the run: no AuxK, as the byte formula assumes (random inputs would kill latents)
+    tcfg = TrainConfig(tokens=x.shape[0] * (steps + warmup), batch_size=x.shape[0], device=str(x.device),
+                       dead_window_tokens=10**12)
     trainer = Trainer(sae, tcfg, comm=comm)
     times = []
     for i in range(steps + warmup):

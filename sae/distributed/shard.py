@@ -19,6 +19,7 @@ from torch import nn
 
 import kernels
 from kernels import Encoding, SparseCode
+from kernels.encode_torch import _GatherPre, _regathered
 from kernels.select_torch import _mask_to_code
 from sae.distributed.comm import Communicator
 from sae.model import ForwardOutput, SparseAutoencoder
@@ -131,22 +132,36 @@ def select_sharded(pre: torch.Tensor, rule: str, k: int, lo: int, n: int) -> tup
 def sharded_forward(
     sae: SparseAutoencoder, x: torch.Tensor, dead: torch.Tensor | None, lo: int, rule: str
 ) -> ForwardOutput:
-    """The training forward of a latent-sharded dictionary (every rank calls it on the same batch)."""
+    """The training forward of a latent-sharded dictionary (every rank calls it on the same batch).
+
+    As the single-process twin, the dense [B, n/R] pre-activations are computed without autograd and only
+    the selected entries (main and AuxK) are read again with gradient (`_GatherPre`), so the backward is
+    B*k*d work rather than two B*(n/R)*d matmuls."""
     n, n_r = sae.cfg.n_latents, sae.W_dec.shape[0]
     x_n, stats = sae._prepare(x)
-    pre = _IntoShards.apply(x_n - sae.b_dec) @ sae.W_enc
-    if sae.family.uses_b_enc:
-        pre = pre + sae.b_enc
+    x_in = _IntoShards.apply(x_n - sae.b_dec)
+    b_enc = sae.b_enc if sae.family.uses_b_enc else None
+    with torch.no_grad():
+        pre = x_in @ sae.W_enc
+        if b_enc is not None:
+            pre += b_enc
     local, whole = select_sharded(pre, rule, sae.cfg.k, lo, n)
-    x_hat_n = _SumOverShards.apply(kernels.decode(local, sae.W_dec)) + sae.b_dec
-    aux_whole, e_hat = None, None
+    signed = rule.startswith("abs")
+    aux_local, aux_whole = None, None
     n_dead = int(dead.sum().item()) if dead is not None else 0
     if n_dead and sae.cfg.k_aux > 0:
         mine = dead[lo : lo + n_r]
-        signed = rule.startswith("abs")
         masked = torch.where(mine, pre, 0.0 if signed else float(torch.finfo(pre.dtype).min))
         aux_local, aux_whole = select_sharded(masked, "abs" if signed else "row", min(sae.cfg.k_aux, n_dead), lo, n)
-        e_hat = _SumOverShards.apply(kernels.decode(aux_local, sae.W_dec))
+    if torch.is_grad_enabled():
+        idx = local.indices if aux_local is None else torch.cat([local.indices, aux_local.indices], dim=1)
+        vals = _GatherPre.apply(x_in, sae.W_enc, b_enc, pre, idx)
+        w = local.indices.shape[1]
+        local = _regathered(vals[:, :w], local, relu=not signed)
+        if aux_local is not None:
+            aux_local = _regathered(vals[:, w:], aux_local, relu=not signed)
+    x_hat_n = _SumOverShards.apply(kernels.decode(local, sae.W_dec)) + sae.b_dec
+    e_hat = None if aux_local is None else _SumOverShards.apply(kernels.decode(aux_local, sae.W_dec))
     return sae.assemble(x_n, stats, Encoding(whole, aux_whole), x_hat_n, e_hat)
 
 

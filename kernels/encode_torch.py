@@ -57,6 +57,22 @@ def _scatter_rows(idx: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, n: int
     return out
 
 
+_TRANSPOSE_BLOCK = 512  # source rows per block: a [512, d] slab stays in cache while it is written out
+
+
+def _transposed(t: torch.Tensor) -> torch.Tensor:
+    """t.T as a contiguous tensor. A tall CPU tensor ([n, d], n > d) is copied in blocks of source rows:
+    torch's one-pass transposed copy strides across the whole output and was measured at 132 ms against 81 ms
+    for [24576, 768] (fresh output each time). For a wide one the blocks measured slower than torch's copy."""
+    rows, cols = t.shape
+    if t.device.type != "cpu" or rows < cols or rows <= _TRANSPOSE_BLOCK:
+        return t.t().contiguous()
+    out = t.new_empty(cols, rows)
+    for start in range(0, rows, _TRANSPOSE_BLOCK):
+        out[:, start : start + _TRANSPOSE_BLOCK].copy_(t[start : start + _TRANSPOSE_BLOCK].t())
+    return out
+
+
 class _GatherPre(torch.autograd.Function):
     """pre[b, idx[b, j]] of pre = x @ W_enc (+ b_enc), given pre; the backward reads only those entries:
     grad x = gather-sum of W_enc's selected columns, grad W_enc = index-add of B*m rank-one rows,
@@ -77,7 +93,7 @@ class _GatherPre(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = decode_torch(SparseCode(grad, idx), W_enc.t().contiguous())
         if ctx.needs_input_grad[1]:
-            gW = _scatter_rows(idx, grad, x, n).t()
+            gW = _transposed(_scatter_rows(idx, grad, x, n))  # W_enc's own layout: no copy when accumulated
         if ctx.needs_input_grad[2]:
             gb = W_enc.new_zeros(n).index_add_(0, idx.flatten(), grad.flatten())
         return gx, gW, gb, None, None

@@ -131,6 +131,10 @@ def run_training(
     if len(hooks) > 1 and not (run.harvest_tokens or run.cache_dir):
         raise ValueError(f"{len(hooks)} hook points train from one harvest: give --harvest-tokens N (held in "
                          "memory) or --cache-dir DIR (written to disk once, read back per hook)")
+    if mode == "shard":  # before any model or process group: the family must select in a way that splits
+        from sae.distributed.shard import shard_rule
+
+        shard_rule(sae_kwargs.get("family", SAEConfig.family), sae_kwargs.get("options") or {})
     nested = len(hooks) > 1 or mode == "layers"
     if mode == "none":
         with run_folder(run.out, resume=run.resume, overwrite=run.overwrite) as out:

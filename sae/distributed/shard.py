@@ -28,15 +28,14 @@ from sae.model import ForwardOutput, SparseAutoencoder
 SHARDED = {"W_enc": 1, "b_enc": 0, "W_dec": 0}
 
 
-def shard_rule(sae_cfg) -> str:
+def shard_rule(family: str, options: dict[str, Any]) -> str:
     """The distributed selection rule of a family's training forward; other families are refused."""
-    family = sae_cfg.family
     if family == "topk":
         return "row"
     if family == "batchtopk":
         return "batch"
     if family == "abstopk":
-        return "abs-batch" if sae_cfg.options.get("batch", False) else "abs"
+        return "abs-batch" if options.get("batch", False) else "abs"
     raise ValueError(
         f"--distributed shard needs a selection that splits over latents: row top-k (topk), batch top-k·B "
         f"(batchtopk) or top-k by magnitude (abstopk); family {family!r} selects otherwise"
@@ -172,7 +171,7 @@ class LatentShard(Communicator):
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
 
     def prepare(self, sae: SparseAutoencoder) -> SparseAutoencoder:
-        self.rule = shard_rule(sae.cfg)
+        self.rule = shard_rule(sae.cfg.family, sae.cfg.options)
         n, k = sae.cfg.n_latents, sae.cfg.k
         if n % self.world:
             raise ValueError(f"--distributed shard splits the latents evenly: n_latents={n} is not a multiple "

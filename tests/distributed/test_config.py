@@ -3,11 +3,12 @@
 import pytest
 import torch.distributed as dist
 
-from sae.config import SAEConfig
+from sae.config import RunConfig, SAEConfig, TrainConfig
 from sae.distributed.comm import DataParallel
 from sae.distributed.config import DistributedConfig, parse_hooks
 from sae.distributed.shard import LatentShard, shard_rule
 from sae.model import SparseAutoencoder
+from sae.run import run_training
 
 DEFAULT = "blocks.3.hook_resid_pre"
 
@@ -38,13 +39,25 @@ def test_unknown_mode_is_refused():
 
 @pytest.mark.parametrize("family, rule", [("topk", "row"), ("batchtopk", "batch"), ("abstopk", "abs")])
 def test_shard_rules(family, rule):
-    assert shard_rule(SAEConfig(d_in=8, n_latents=32, family=family, k=4)) == rule
+    assert shard_rule(family, {}) == rule
 
 
 @pytest.mark.parametrize("family", ["matryoshka", "featurechoice", "vsae"])
 def test_shard_refuses_other_selections(family):
     with pytest.raises(ValueError, match=f"family {family!r} selects otherwise"):
-        shard_rule(SAEConfig(d_in=8, n_latents=32, family=family, k=4))
+        shard_rule(family, {})
+
+
+def test_shard_mode_refuses_a_family_before_loading_the_model(monkeypatch, tmp_path):
+    import activations
+
+    def no_model(*a, **kw):
+        raise AssertionError("the model was loaded before the family was checked")
+
+    monkeypatch.setattr(activations, "load_model", no_model)
+    with pytest.raises(ValueError, match="family 'matryoshka' selects otherwise"):
+        run_training(RunConfig(out=str(tmp_path / "run")), {"family": "matryoshka", "k": 4},
+                     TrainConfig(tokens=4096, batch_size=256), DistributedConfig(distributed="shard"))
 
 
 @pytest.fixture

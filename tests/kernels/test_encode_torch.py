@@ -105,3 +105,24 @@ def test_scatter_rows_is_the_index_add_of_rank_one_rows(dtype):
             ref[idx[b, j]] += grad[b, j].double() * x[b].double()
     out = _scatter_rows(idx, grad.to(dtype), x.to(dtype), n)
     assert out.dtype == dtype and rel(out, ref) <= (1e-6 if dtype == torch.float32 else 2e-2)
+
+
+@pytest.mark.parametrize("shape", [(1537, 24), (24, 1537), (512, 8), (3, 5)])
+def test_blocked_transpose_is_the_transpose(shape):
+    from kernels.encode_torch import _transposed
+
+    t = torch.randn(*shape, dtype=torch.float64)
+    out = _transposed(t)
+    assert out.is_contiguous() and torch.equal(out, t.t())
+
+
+def test_encoder_gradient_arrives_in_the_encoder_layout():
+    """W_enc's gradient comes back contiguous like W_enc, so accumulating it needs no further copy."""
+    x = torch.randn(64, 16, requires_grad=True)
+    W = torch.randn(16, 1100, requires_grad=True)
+    enc = kernels.encode(x, W, None, rule="row", k=4)
+    enc.code.values.sum().backward()
+    assert W.grad.is_contiguous()
+    dense = (x @ W).detach()
+    ref = torch.zeros_like(dense).scatter(1, enc.code.indices, (enc.code.values != 0).to(dense.dtype))
+    torch.testing.assert_close(W.grad, x.detach().t() @ ref)

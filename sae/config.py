@@ -15,8 +15,8 @@ NORMALIZATIONS = ("dataset_scalar", "none", "layer_norm", "unit_norm", "layer_no
 DEFAULT_K = 32  # k of the top-k families when not given
 DEFAULT_EXPANSION = 8  # n_latents = 8 * d_in when neither n_latents nor expansion is given
 # the default lr's budget rule (TrainConfig.learning_rate): from the study in docs/results/recipe.md
-LR_LONG_RUN_STEPS = 8000
-LR_SHORT_RUN_BOOST = 8.0
+LR_SHORT_RUN = 4e-3  # the best swept rate at every 400-step point, 4x to 64x, three layers
+LR_FULL_RATE_STEPS = 3200  # LR_SHORT_RUN up to this many steps, then falling as 1 / sqrt(steps)
 
 
 @dataclass
@@ -183,13 +183,13 @@ class TrainConfig:
         return min(1_000_000, max(self.batch_size, self.tokens // 4))
 
     def learning_rate(self, n_latents: int) -> float:
-        """The given lr, or Gao et al.'s 2e-4 / sqrt(n / 2^14) raised by sqrt(LR_LONG_RUN_STEPS / steps) (at most
-        LR_SHORT_RUN_BOOST times) for runs shorter than LR_LONG_RUN_STEPS: Gao's rate was fitted on runs of
-        billions of tokens and under-trains a run of a few hundred steps (docs/results/recipe.md)."""
+        """The given lr, or max(Gao et al.'s 2e-4 / sqrt(n / 2^14), LR_SHORT_RUN * min(1, sqrt(LR_FULL_RATE_STEPS /
+        steps))). Gao's rate was fitted on runs of billions of tokens; on runs of hundreds to tens of thousands of
+        steps it under-trains, and the best rate measured there did not depend on n (docs/results/recipe.md)."""
         if self.lr is not None:
             return self.lr
-        boost = min(LR_SHORT_RUN_BOOST, max(1.0, math.sqrt(LR_LONG_RUN_STEPS / self.steps)))
-        return boost * 2e-4 / math.sqrt(n_latents / 2**14)
+        gao = 2e-4 / math.sqrt(n_latents / 2**14)
+        return max(gao, LR_SHORT_RUN * min(1.0, math.sqrt(LR_FULL_RATE_STEPS / self.steps)))
 
 
 @dataclass

@@ -40,14 +40,14 @@ def test_train_config_checks():
 
 
 def test_default_lr_rule():
-    """Gao et al.'s rate from 8000 steps on; raised by sqrt(8000 / steps) below, at most 8x; a given lr wins."""
-    long_run = TrainConfig(tokens=4096 * 8000)
-    assert long_run.learning_rate(2**14) == pytest.approx(2e-4)
-    assert long_run.learning_rate(2**16) == pytest.approx(1e-4)
-    demo = TrainConfig(tokens=1_600_000, batch_size=4096)  # 390 steps
-    assert demo.learning_rate(3072) == pytest.approx(2e-4 / (3072 / 2**14) ** 0.5 * (8000 / 390) ** 0.5)
-    assert 2e-3 < demo.learning_rate(3072) < 2.2e-3
-    assert TrainConfig(tokens=4096 * 10).learning_rate(2**14) == pytest.approx(8 * 2e-4)
+    """4e-3 up to 3200 steps whatever n; then falling as 1/sqrt(steps) down to Gao et al.'s rate; a given lr wins."""
+    for n in (1536, 3072, 24576):
+        assert TrainConfig(tokens=4096 * 390, batch_size=4096).learning_rate(n) == 4e-3  # the demo's 390 steps
+        assert TrainConfig(tokens=512 * 3200, batch_size=512).learning_rate(n) == 4e-3
+    assert TrainConfig(tokens=64 * 25600, batch_size=64).learning_rate(1536) == pytest.approx(4e-3 / 8**0.5)
+    very_long = TrainConfig(tokens=4096 * 10**7)  # ten million steps: Gao's rate, which falls with n
+    assert very_long.learning_rate(2**14) == pytest.approx(2e-4)
+    assert very_long.learning_rate(2**16) == pytest.approx(1e-4)
     assert TrainConfig(tokens=4096 * 10, lr=1e-5).learning_rate(2**14) == 1e-5
 
 

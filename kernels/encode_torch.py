@@ -105,6 +105,34 @@ def _regathered(vals: torch.Tensor, code: SparseCode, relu: bool) -> SparseCode:
     return SparseCode(torch.where(code.values != 0, vals, torch.zeros_like(vals)), code.indices)
 
 
+def pre_activations(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor | None) -> torch.Tensor:
+    """x @ W_enc (+ b_enc), [B, n], computed without autograd (gradients go through `with_gradient`)."""
+    with torch.no_grad():
+        pre = x @ W_enc
+        if b_enc is not None:
+            pre += b_enc
+    return pre
+
+
+def with_gradient(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor | None,
+    pre: torch.Tensor,
+    enc: Encoding,
+    relu: bool,
+    aux_relu: bool,
+) -> Encoding:
+    """The codes of `enc` (selected on `pre`) with their values re-read through one `_GatherPre`, so that
+    gradients reach x, W_enc and b_enc only at the main and AuxK entries."""
+    code, aux = enc
+    idx = code.indices if aux is None else torch.cat([code.indices, aux.indices], dim=1)
+    vals = _GatherPre.apply(x, W_enc, b_enc, pre, idx)
+    w = code.indices.shape[1]
+    return Encoding(_regathered(vals[:, :w], code, relu),
+                    None if aux is None else _regathered(vals[:, w:], aux, aux_relu))
+
+
 def encode_twin(
     x: torch.Tensor,
     W_enc: torch.Tensor,
@@ -117,18 +145,11 @@ def encode_twin(
 ) -> Encoding:
     """Select on pre-activations computed without autograd, then re-read the selected values through
     `_GatherPre` so gradients reach x, W_enc and b_enc only at the main and AuxK entries."""
-    with torch.no_grad():
-        pre = x @ W_enc
-        if b_enc is not None:
-            pre += b_enc
+    pre = pre_activations(x, W_enc, b_enc)
     code = select_by_rule(pre, rule, k, threshold)
     signed = rule == "abs"
     aux = aux_select(pre, dead, k_aux, signed=signed) if dead is not None else None
     params = (x, W_enc) if b_enc is None else (x, W_enc, b_enc)
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in params)):
         return Encoding(code, aux)
-    idx = code.indices if aux is None else torch.cat([code.indices, aux.indices], dim=1)
-    vals = _GatherPre.apply(x, W_enc, b_enc, pre, idx)
-    w = code.indices.shape[1]
-    main = _regathered(vals[:, :w], code, relu=rule in ("row", "batch"))
-    return Encoding(main, None if aux is None else _regathered(vals[:, w:], aux, relu=not signed))
+    return with_gradient(x, W_enc, b_enc, pre, Encoding(code, aux), relu=rule in ("row", "batch"), aux_relu=not signed)

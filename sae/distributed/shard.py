@@ -19,7 +19,7 @@ from torch import nn
 
 import kernels
 from kernels import Encoding, SparseCode
-from kernels.encode_torch import _GatherPre, _regathered
+from kernels.encode_torch import pre_activations, with_gradient
 from kernels.select_torch import _mask_to_code
 from sae.distributed.comm import Communicator
 from sae.model import ForwardOutput, SparseAutoencoder
@@ -140,10 +140,7 @@ def sharded_forward(
     x_n, stats = sae._prepare(x)
     x_in = _IntoShards.apply(x_n - sae.b_dec)
     b_enc = sae.b_enc if sae.family.uses_b_enc else None
-    with torch.no_grad():
-        pre = x_in @ sae.W_enc
-        if b_enc is not None:
-            pre += b_enc
+    pre = pre_activations(x_in, sae.W_enc, b_enc)
     local, whole = select_sharded(pre, rule, sae.cfg.k, lo, n)
     signed = rule.startswith("abs")
     aux_local, aux_whole = None, None
@@ -153,12 +150,8 @@ def sharded_forward(
         masked = torch.where(mine, pre, 0.0 if signed else float(torch.finfo(pre.dtype).min))
         aux_local, aux_whole = select_sharded(masked, "abs" if signed else "row", min(sae.cfg.k_aux, n_dead), lo, n)
     if torch.is_grad_enabled():
-        idx = local.indices if aux_local is None else torch.cat([local.indices, aux_local.indices], dim=1)
-        vals = _GatherPre.apply(x_in, sae.W_enc, b_enc, pre, idx)
-        w = local.indices.shape[1]
-        local = _regathered(vals[:, :w], local, relu=not signed)
-        if aux_local is not None:
-            aux_local = _regathered(vals[:, w:], aux_local, relu=not signed)
+        local, aux_local = with_gradient(x_in, sae.W_enc, b_enc, pre, Encoding(local, aux_local),
+                                         relu=not signed, aux_relu=not signed)
     x_hat_n = _SumOverShards.apply(kernels.decode(local, sae.W_dec)) + sae.b_dec
     e_hat = None if aux_local is None else _SumOverShards.apply(kernels.decode(aux_local, sae.W_dec))
     return sae.assemble(x_n, stats, Encoding(whole, aux_whole), x_hat_n, e_hat)

@@ -4,17 +4,24 @@
     python bench/kernel_model.py [--json OUT.json] [--jobs 2]
 
 Compiles every launch of a training step (kernels/triton_launches.py) for sm_90 with Triton's bundled ptxas,
-reads each innermost loop's instructions from the SASS, and prices each launch with
+reads each innermost loop's instructions (and those outside every loop) from the SASS, and prices each launch with
 
-    t_launch = max(bytes / BW,  sum over loops of  work * slots_per_elem / (SMSPs * clock))  +  t_gap
+    t_launch = max(bytes / BW,  t_issue)  +  t_gap
+    t_issue  = (sum over loops of work * slots_per_elem  +  programs * warps * straight_slots) / (SMSPs * clock)
     slots_per_elem = max(instructions, 2 * ALU-pipe instructions) * warps / tile
-    t_step = t_matmul(measured) + sum of t_launch + host_syncs * t_sync
 
 (one warp instruction issued per clock per SM sub-partition; the integer ALU pipe has 16 lanes, so its
-instructions need 2 clocks). Torch launches in the step are priced by bytes only. The matmul and torch.topk
-times are the H100 measurements in PERFORMANCE.md. The output is a prediction, not a measurement: the
-instruction counts come from the Triton on this machine (`triton.__version__` is printed), which may differ
-from the GPU machine's.
+instructions need 2 clocks). The fused encoder matmul (v4) is priced against the measured cuBLAS matmul:
+
+    t_matmul_fused = t_matmul(measured) / ETA  +  programs * warps * (its straight slots - the plain Triton
+                     matmul's) / (SMSPs * clock)          (the epilogue's extra work, not overlapped)
+
+ETA, the Triton matmul's speed as a fraction of cuBLAS's, is an assumption (no GPU measured it); the table
+shows the ratio at ETA = 1, 0.85 and 0.7. Torch launches in the step are priced by bytes only. Then
+t_step = (t_matmul(measured) for BatchTopK, whose matmul is cuBLAS's) + sum of t_launch + host_syncs * t_sync.
+The matmul and torch.topk times are the H100 measurements in PERFORMANCE.md. The output is a prediction, not a
+measurement: the instruction counts come from the Triton on this machine (`triton.__version__` is printed),
+which may differ from the GPU machine's.
 """
 
 from __future__ import annotations
@@ -39,11 +46,15 @@ T_SYNC = 20e-6  # s per host sync: the queue drains and refills behind it
 MEASURED = {(768, 24576, 32): (0.239, 0.866), (768, 131072, 32): (1.322, 3.889), (2304, 65536, 64): (1.818, 2.022)}
 FAMILIES = {"TopK": "row", "AbsTopK": "abs", "BatchTopK": "batch"}
 BAR = {"TopK": 1.5, "AbsTopK": 1.7, "BatchTopK": 1.7}
+ETA = 0.85  # the Triton matmul's speed as a fraction of cuBLAS's: an assumption (sensitivity printed)
+ETAS = (1.0, 0.85, 0.7)
+GEMM = "_gemm_submax_kernel"
 
 
-def price(launch, binaries) -> dict:
-    """Predicted seconds of one launch, with the parts of the formula."""
-    from kernels.aot import per_element
+def price(launch, binaries, matmul_s: float = 0.0, eta: float = ETA) -> dict:
+    """Predicted seconds of one launch, with the parts of the formula. The fused matmul (GEMM) is the measured
+    cuBLAS time / eta plus what its epilogue adds over the plain Triton matmul's (binaries["baseline"])."""
+    from kernels.aot import issue_slots, per_element
 
     mem = launch.nbytes / BW
     row = {"label": launch.label, "bytes": launch.nbytes, "t_mem": mem, "t_alu": 0.0, "instr_per_elem": []}
@@ -52,10 +63,19 @@ def price(launch, binaries) -> dict:
         if len(b.loops) != len(launch.work):
             raise ValueError(f"{launch.label}: the binary has {len(b.loops)} innermost loops, the launch "
                              f"describes {len(launch.work)}")
-        for loop, work in zip(b.loops, launch.work):
-            instr, slots = per_element(loop, launch.num_warps, launch.tile)
+        for loop, work, tile in zip(b.loops, launch.work, launch.tiles()):
+            instr, slots = per_element(loop, launch.num_warps, tile)
             row["instr_per_elem"].append(round(instr, 1))
-            row["t_alu"] += work * slots / (SMSP * CLOCK)
+            if launch.kernel != GEMM:
+                row["t_alu"] += work * slots / (SMSP * CLOCK)
+        straight = issue_slots(b.straight)
+        if launch.kernel == GEMM:
+            straight -= issue_slots(binaries[f"baseline:{launch.label}"].straight)
+            row["epilogue_extra_slots"] = straight
+            row["t_alu"] = launch.programs * launch.num_warps * straight / (SMSP * CLOCK)
+            row["t"] = matmul_s / eta + row["t_alu"] + T_GAP
+            return row
+        row["t_alu"] += launch.programs * launch.num_warps * straight / (SMSP * CLOCK)
     row["t"] = max(mem, row["t_alu"]) + T_GAP
     return row
 
@@ -79,34 +99,53 @@ def main() -> int:
     import triton
 
     from kernels.aot import _JIT, binary_key, compile_all
-    from kernels.triton_launches import SIZES, select_parts, step_parts
+    from kernels.triton_launches import SIZES, launches, select_parts, step_parts
 
     plans = {}
     for d, n, k, B in SIZES:
         for fam, rule in FAMILIES.items():
             plans[(d, n, k, fam)] = step_parts(rule, d, n, k, B) + (select_parts(rule, n, k, B),)
-    ours = [p for parts, _, _ in plans.values() for p in parts if p.kernel]
-    bins = compile_all(ours, jobs=a.jobs)
+    ours = [p for parts, _, (sel, _) in plans.values() for p in parts + sel if p.kernel]
+    base = {}  # each fused matmul's plain Triton twin: what its epilogue adds is priced from the difference
+    for (d, n, k, _), _plan in plans.items():
+        plain = next(la for la in launches(d, n, k, 4096, "bf16") if la.label.startswith("matmul alone"))
+        for la in _plan[0]:
+            if la.kernel == GEMM:
+                base[f"baseline:{la.label}"] = plain
+    bins = compile_all(ours + list(base.values()), jobs=a.jobs)
     binaries = {la.label: bins[binary_key(_JIT[la.kernel], la)] for la in ours}
+    binaries.update({key: bins[binary_key(_JIT[la.kernel], la)] for key, la in base.items()})
     bad = [label for label, b in binaries.items() if not b.ok or b.spill_bytes]
+    gemm_code = {label: b for label, b in binaries.items() if label.startswith(("row matmul", "abs matmul"))}
     if bad:
         print("compile errors or spills:", bad)
         return 1
     print(f"Predicted H100 times (Triton {triton.__version__} SASS for sm_90; bf16; B = 4096). Formula:")
     print("  t_launch = max(bytes / BW, sum_loops work * max(instr, 2*ALU) * warps / tile / (SMSPs * clock)) + gap")
+    print("  fused matmul = measured cuBLAS matmul / ETA + (its straight-line slots - the plain Triton matmul's)"
+          " * warps * programs / (SMSPs * clock)")
     print(f"  BW {BW / 1e12:.1f} TB/s, {SMSP} SMSPs at {CLOCK / 1e9:.3f} GHz, gap {T_GAP * 1e6:.0f} us per launch, "
-          f"{T_SYNC * 1e6:.0f} us per host sync; matmul and torch.topk as measured (PERFORMANCE.md)\n")
+          f"{T_SYNC * 1e6:.0f} us per host sync, ETA {ETA} (assumed); matmul and torch.topk as measured "
+          "(PERFORMANCE.md)")
+    label, b = min(gemm_code.items())  # the sizes share one tile: one is enough
+    print(f"  {label}: sm_90 code {b.loops[0].get('HGMMA', 0)} HGMMA (wgmma) per K step, "
+          f"{b.regs} registers, {b.shared} B shared memory, {b.spill_bytes} B spilled")
+    print()
     out = {"triton": triton.__version__, "constants": {"BW": BW, "SMSP": SMSP, "CLOCK": CLOCK, "T_GAP": T_GAP,
                                                         "T_SYNC": T_SYNC}, "rows": []}
     summary = []
     for (d, n, k, fam), (parts, syncs, (sel_parts, sel_syncs)) in plans.items():
         mm, topk = MEASURED[(d, n, k)]
-        rows = [price(p, binaries) for p in parts]
+        fused = any(p.kernel == GEMM for p in parts)
+        rows = [price(p, binaries, mm * 1e-3) for p in parts]
         sel = sum(price(p, binaries)["t"] for p in sel_parts) + sel_syncs * T_SYNC
         extra = sum(r["t"] for r in rows) + syncs * T_SYNC
-        step = mm * 1e-3 + extra
+        step = extra + (0.0 if fused else mm * 1e-3)
+        by_eta = {eta: sum(price(p, binaries, mm * 1e-3, eta)["t"] for p in parts) + syncs * T_SYNC
+                  + (0.0 if fused else mm * 1e-3) for eta in ETAS}
         if fam == "TopK" or os.environ.get("KERNEL_MODEL_ALL"):
-            print(f"== {fam} d={d} n={n} k={k}: parts past the matmul")
+            print(f"== {fam} d={d} n={n} k={k}: every part of the step" if fused else
+                  f"== {fam} d={d} n={n} k={k}: parts past the (cuBLAS) matmul")
             print(f"   {'part':52} {'MB':>8} {'mem ms':>7} {'ALU ms':>7} {'ms':>7}  instr/elem")
             for r, times in _grouped(rows):
                 label = r["label"] if times == 1 else f"{r['label']} (x{times})"
@@ -114,16 +153,18 @@ def main() -> int:
                       f"{times * r['t_alu'] * 1e3:7.3f} {times * r['t'] * 1e3:7.3f}  {r['instr_per_elem'] or ''}")
             print(f"   {'host syncs':52} {syncs:8d} {'':7} {'':7} {syncs * T_SYNC * 1e3:7.3f}\n")
         ratio = step / (mm * 1e-3)
-        summary.append((fam, d, n, k, mm, step * 1e3, ratio, BAR[fam], sel * 1e3, topk / (sel * 1e3)))
+        ratios = {eta: t / (mm * 1e-3) for eta, t in by_eta.items()}
+        summary.append((fam, d, n, k, mm, step * 1e3, ratio, ratios, BAR[fam], sel * 1e3, topk / (sel * 1e3)))
         out["rows"].append({"family": fam, "d": d, "n": n, "k": k, "matmul_ms": mm, "step_ms": step * 1e3,
-                            "ratio_to_matmul": ratio, "select_ms": sel * 1e3, "topk_ms": topk,
-                            "syncs": syncs, "parts": rows})
-    print("| family | d | n | k | matmul ms (measured) | fwd+bwd ms (predicted) | ÷ matmul | bar | select ms "
+                            "ratio_to_matmul": ratio, "ratio_by_eta": ratios, "select_ms": sel * 1e3,
+                            "topk_ms": topk, "syncs": syncs, "parts": rows})
+    eh = " | ".join(f"÷ matmul (ETA {e})" for e in ETAS)
+    print(f"| family | d | n | k | matmul ms (measured) | fwd+bwd ms (predicted, ETA {ETA}) | {eh} | bar | select ms "
           "(predicted) | torch.topk ÷ select |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for fam, d, n, k, mm, step, ratio, bar, sel, speed in summary:
-        print(f"| {fam} | {d} | {n} | {k} | {mm:.3f} | {step:.3f} | {ratio:.2f}x | {bar}x | {sel:.3f} | "
-              f"{speed:.2f}x |")
+    print("|---|---|---|---|---|---|" + "---|" * len(ETAS) + "---|---|---|")
+    for fam, d, n, k, mm, step, _ratio, ratios, bar, sel, speed in summary:
+        rs = " | ".join(f"{ratios[e]:.2f}x" for e in ETAS)
+        print(f"| {fam} | {d} | {n} | {k} | {mm:.3f} | {step:.3f} | {rs} | {bar}x | {sel:.3f} | {speed:.2f}x |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)

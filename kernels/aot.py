@@ -40,8 +40,10 @@ class Launch(NamedTuple):
 
     signature: runtime parameters, each a type string ("*bf16", "i32", "i64") or an example int (specialized as
     the JIT does: 1 becomes a constant, a multiple of 16 is marked divisible by 16). tile: elements one
-    iteration of each innermost loop handles (per program); work: elements each innermost loop covers in all
-    (summed over programs and passes), in address order of the loops; nbytes: DRAM bytes the launch moves.
+    iteration of each innermost loop handles (per program; one number for every loop, or one per loop); work:
+    elements each innermost loop covers in all (summed over programs and passes), in address order of the loops;
+    nbytes: DRAM bytes the launch moves; programs: the grid's size, which prices the code outside the loops
+    (0: not priced).
     """
 
     label: str
@@ -49,9 +51,14 @@ class Launch(NamedTuple):
     signature: dict
     constexprs: dict
     num_warps: int = 4
-    tile: int = 1
+    tile: int | tuple[int, ...] = 1
     work: tuple[float, ...] = ()
     nbytes: float = 0.0
+    programs: int = 0
+
+    def tiles(self) -> tuple[int, ...]:
+        """The tile of each innermost loop."""
+        return self.tile if isinstance(self.tile, tuple) else (self.tile,) * len(self.work)
 
 
 class Binary(NamedTuple):
@@ -64,6 +71,7 @@ class Binary(NamedTuple):
     spill_bytes: int
     shared: int
     loops: list  # innermost loops in address order: Counter of opcode -> count
+    straight: Counter = Counter()  # the instructions outside every loop (run once per program)
 
 
 def _specialize(value, fn_param) -> tuple[str, bool]:
@@ -131,8 +139,9 @@ def _op(text: str) -> str:
     return re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0]
 
 
-def innermost_loops(cubin: bytes) -> list[Counter]:
-    """Opcode counts of each innermost loop (a backward branch containing no other), in address order."""
+def innermost_loops(cubin: bytes) -> tuple[list[Counter], Counter]:
+    """Opcode counts of each innermost loop (a backward branch containing no other), in address order, and of
+    the instructions outside every loop."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
@@ -146,7 +155,10 @@ def innermost_loops(cubin: bytes) -> list[Counter]:
         if m and int(m.group(1), 16) < a:
             spans.append((int(m.group(1), 16), a))
     inner = [s for s in spans if not any(o != s and s[0] <= o[0] and o[1] <= s[1] for o in spans)]
-    return [Counter(_op(t) for a, t in ins if lo <= a <= hi) for lo, hi in sorted(inner)]
+    loops = [Counter(_op(t) for a, t in ins if lo <= a <= hi) for lo, hi in sorted(inner)]
+    straight = Counter(_op(t) for a, t in ins if not any(lo <= a <= hi for lo, hi in spans)
+                       and _op(t) not in ("NOP", "BRA", "EXIT"))
+    return loops, straight
 
 
 def compile_one(fn, launch: Launch) -> Binary:
@@ -166,13 +178,13 @@ def compile_one(fn, launch: Launch) -> Binary:
                                options={"num_warps": launch.num_warps})
     except Exception as exc:  # noqa: BLE001  the error is the result
         head = "\n".join(str(exc).strip().splitlines()[:10])[:1500]
-        return Binary(key, False, f"{type(exc).__name__}: {head}", 0, 0, 0, [])
+        return Binary(key, False, f"{type(exc).__name__}: {head}", 0, 0, 0, [], Counter())
     regs, spills = _ptxas_facts(log.getvalue())
-    return Binary(key, True, "", regs, spills, getattr(k.metadata, "shared", 0) or 0,
-                  innermost_loops(k.asm["cubin"]))
+    loops, straight = innermost_loops(k.asm["cubin"])
+    return Binary(key, True, "", regs, spills, getattr(k.metadata, "shared", 0) or 0, loops, straight)
 
 
-KERNEL_MODULES = ("kernels.triton_impl", "kernels.triton_gather")
+KERNEL_MODULES = ("kernels.triton_impl", "kernels.triton_gather", "kernels.triton_tiles")  # *_kernel names
 
 
 def kernel_functions() -> dict:
@@ -219,13 +231,17 @@ def compile_all(launches: list[Launch], jobs: int = 2) -> dict[str, Binary]:
     return {b.key: b for b in done}
 
 
+def issue_slots(code: Counter) -> int:
+    """Warp issue slots one warp spends on `code`: a sub-partition issues one warp instruction per clock, but
+    the integer ALU pipe (16 lanes) takes 2 clocks per warp instruction."""
+    total = sum(code.values())
+    return max(total, 2 * sum(v for op, v in code.items() if op in ALU))
+
+
 def per_element(loop: Counter, num_warps: int, tile: int) -> tuple[float, float]:
     """(thread instructions, warp issue slots) per element of one innermost loop. An iteration runs the loop
-    body once in each of the program's warps and handles `tile` elements; a sub-partition issues one warp
-    instruction per clock, but the integer ALU pipe (16 lanes) takes 2 clocks per warp instruction."""
-    total = sum(loop.values())
-    alu = sum(v for op, v in loop.items() if op in ALU)
-    return total * num_warps * 32 / tile, max(total, 2 * alu) * num_warps / tile
+    body once in each of the program's warps and handles `tile` elements."""
+    return sum(loop.values()) * num_warps * 32 / tile, issue_slots(loop) * num_warps / tile
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,9 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         b = bins[binary_key(_JIT[la.kernel], la)]
         ok = b.ok and b.spill_bytes == 0
         bad += not ok
-        per = [round(per_element(lp, la.num_warps, la.tile)[0], 1) for lp in b.loops]
+        per = [round(per_element(lp, la.num_warps, t)[0], 1) for lp, t in zip(b.loops, la.tiles())]
         rows.append({"label": la.label, "kernel": la.kernel, "ok": b.ok, "error": b.error, "regs": b.regs,
-                     "spill_bytes": b.spill_bytes, "shared": b.shared, "instr_per_elem": per})
+                     "spill_bytes": b.spill_bytes, "shared": b.shared, "instr_per_elem": per,
+                     "loops_described": len(la.work), "loops_found": len(b.loops),
+                     "straight_instr": sum(b.straight.values())})
         state = "ok" if ok else ("SPILLS" if b.ok else "FAILED")
         print(f"{state:6} {la.label:48} regs {b.regs:3} spill {b.spill_bytes:4} B  smem {b.shared:6} B  "
               f"hot loops instr/elem {per}")

@@ -74,29 +74,35 @@ def _transposed(t: torch.Tensor) -> torch.Tensor:
 
 
 class _GatherPre(torch.autograd.Function):
-    """pre[b, idx[b, j]] of pre = x @ W_enc (+ b_enc), given pre; the backward reads only those entries:
-    grad x = gather-sum of W_enc's selected columns, grad W_enc = index-add of B*m rank-one rows,
-    grad b_enc = index-add of the entries' gradients. B*m*d work where autograd of the dense pre
-    would do two B*n*d matmuls."""
+    """pre[b, idx[b, j]] of pre = (x - b_pre) @ W_enc (+ b_enc), given pre; the backward reads only those
+    entries: grad x = gather-sum of W_enc's selected columns, grad W_enc = index-add of B*m rank-one rows,
+    grad b_enc = index-add of the entries' gradients, grad b_pre = -W_enc @ that index-add (or minus grad x
+    summed over the batch when x needs its own). B*m*d work where autograd of the dense pre would do two
+    B*n*d matmuls."""
 
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, pre, indices):  # noqa: ANN001, ANN205 - autograd signature
-        ctx.save_for_backward(x, W_enc, indices)
+    def forward(ctx, x, W_enc, b_enc, b_pre, pre, indices):  # noqa: ANN001, ANN205 - autograd signature
+        x_in = x.detach() - b_pre.detach() if b_pre is not None else x.detach()
+        ctx.save_for_backward(x_in, W_enc, indices)
         return pre.gather(1, indices)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
-        x, W_enc, idx = ctx.saved_tensors
+        x_in, W_enc, idx = ctx.saved_tensors
         n = W_enc.shape[1]
         grad = grad.contiguous()
-        gx = gW = gb = None
-        if ctx.needs_input_grad[0]:
+        want_x, want_w, want_b, want_pre = ctx.needs_input_grad[:4]
+        gx = gW = gb = gp = None
+        if want_x:
             gx = decode_torch(SparseCode(grad, idx), W_enc.t().contiguous())
-        if ctx.needs_input_grad[1]:
-            gW = _transposed(_scatter_rows(idx, grad, x, n))  # W_enc's own layout: no copy when accumulated
-        if ctx.needs_input_grad[2]:
-            gb = W_enc.new_zeros(n).index_add_(0, idx.flatten(), grad.flatten())
-        return gx, gW, gb, None, None
+        if want_w:
+            gW = _transposed(_scatter_rows(idx, grad, x_in, n))  # W_enc's own layout: no copy when accumulated
+        if want_b or (want_pre and gx is None):
+            sums = W_enc.new_zeros(n).index_add_(0, idx.flatten(), grad.flatten())
+            gb = sums if want_b else None
+        if want_pre:
+            gp = -(gx.sum(0) if gx is not None else W_enc @ sums)
+        return gx, gW, gb, gp, None, None
 
 
 def _regathered(vals: torch.Tensor, code: SparseCode, relu: bool) -> SparseCode:
@@ -105,10 +111,11 @@ def _regathered(vals: torch.Tensor, code: SparseCode, relu: bool) -> SparseCode:
     return SparseCode(torch.where(code.values != 0, vals, torch.zeros_like(vals)), code.indices)
 
 
-def pre_activations(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor | None) -> torch.Tensor:
-    """x @ W_enc (+ b_enc), [B, n], computed without autograd (gradients go through `with_gradient`)."""
+def pre_activations(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor | None,
+                    b_pre: torch.Tensor | None = None) -> torch.Tensor:
+    """(x - b_pre) @ W_enc (+ b_enc), [B, n], computed without autograd (gradients go through `with_gradient`)."""
     with torch.no_grad():
-        pre = x @ W_enc
+        pre = (x - b_pre if b_pre is not None else x) @ W_enc
         if b_enc is not None:
             pre += b_enc
     return pre
@@ -122,12 +129,13 @@ def with_gradient(
     enc: Encoding,
     relu: bool,
     aux_relu: bool,
+    b_pre: torch.Tensor | None = None,
 ) -> Encoding:
     """The codes of `enc` (selected on `pre`) with their values re-read through one `_GatherPre`, so that
-    gradients reach x, W_enc and b_enc only at the main and AuxK entries."""
+    gradients reach x, W_enc, b_enc and b_pre only at the main and AuxK entries."""
     code, aux = enc
     idx = code.indices if aux is None else torch.cat([code.indices, aux.indices], dim=1)
-    vals = _GatherPre.apply(x, W_enc, b_enc, pre, idx)
+    vals = _GatherPre.apply(x, W_enc, b_enc, b_pre, pre, idx)
     w = code.indices.shape[1]
     return Encoding(_regathered(vals[:, :w], code, relu),
                     None if aux is None else _regathered(vals[:, w:], aux, aux_relu))
@@ -142,14 +150,16 @@ def encode_twin(
     threshold: torch.Tensor | float | None,
     dead: torch.Tensor | None,
     k_aux: int,
+    b_pre: torch.Tensor | None = None,
 ) -> Encoding:
     """Select on pre-activations computed without autograd, then re-read the selected values through
-    `_GatherPre` so gradients reach x, W_enc and b_enc only at the main and AuxK entries."""
-    pre = pre_activations(x, W_enc, b_enc)
+    `_GatherPre` so gradients reach x, W_enc, b_enc and b_pre only at the main and AuxK entries."""
+    pre = pre_activations(x, W_enc, b_enc, b_pre)
     code = select_by_rule(pre, rule, k, threshold)
     signed = rule == "abs"
     aux = aux_select(pre, dead, k_aux, signed=signed) if dead is not None else None
-    params = (x, W_enc) if b_enc is None else (x, W_enc, b_enc)
+    params = [t for t in (x, W_enc, b_enc, b_pre) if t is not None]
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in params)):
         return Encoding(code, aux)
-    return with_gradient(x, W_enc, b_enc, pre, Encoding(code, aux), relu=rule in ("row", "batch"), aux_relu=not signed)
+    return with_gradient(x, W_enc, b_enc, pre, Encoding(code, aux), relu=rule in ("row", "batch"),
+                         aux_relu=not signed, b_pre=b_pre)

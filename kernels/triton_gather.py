@@ -15,7 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_launches import dense_blocks, grad_blocks
+from kernels.triton_common import to_storage
+from kernels.triton_launches import decode_sse_blocks, dense_blocks, grad_blocks
 
 INTERPRET = __import__("os").environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -62,6 +63,45 @@ def _gather_dot_kernel(g_ptr, idx_ptr, w_ptr, out_ptr, B, width, d, s_wn, s_wd,
             w = tl.load(w_ptr + i[:, None] * s_wn + dc[None, :].to(tl.int64) * s_wd, mask=m, other=0.0)
             part += tl.sum(g * w.to(tl.float32), axis=1)
         tl.store(out_ptr + rows * width + j, part, mask=rmask)
+
+
+@triton.jit
+def _decode_sse_kernel(val_ptr, idx_ptr, w_ptr, bias_ptr, tgt_ptr, xhat_ptr, dy_ptr, gval_ptr, sse_ptr,
+                       B, width, d, s_wn, s_wd,
+                       HAS_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Decode, squared error and the values' gradient with each gathered W element read once: per d block,
+    x_hat = sum_j val[b, j] W[idx[b, j]] (+ bias) rounded to x_hat's dtype, e = x_hat - target,
+    dY = 2e rounded to dY's dtype (what autograd would hand the decoder), gval[b, j] += <dY[b], W[idx[b, j]]>,
+    and the program's sum of e^2 into sse[pid] (fp32)."""
+    pid = tl.program_id(0)
+    rows = (pid * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    rmask = rows < B
+    ws = tl.arange(0, BLOCK_W)
+    m2 = rmask[:, None] & (ws < width)[None, :]
+    v = tl.load(val_ptr + rows[:, None] * width + ws[None, :], mask=m2, other=0.0).to(tl.float32)
+    i = tl.load(idx_ptr + rows[:, None] * width + ws[None, :], mask=m2, other=0).to(tl.int64)
+    gv = tl.zeros([BLOCK_B, BLOCK_W], tl.float32)
+    sse = tl.zeros([BLOCK_B], tl.float32)
+    for d0 in range(0, d, BLOCK_D):
+        dc = d0 + tl.arange(0, BLOCK_D)
+        dm = dc < d
+        m3 = m2[:, :, None] & dm[None, None, :]
+        w = tl.load(w_ptr + i[:, :, None] * s_wn + dc[None, None, :].to(tl.int64) * s_wd, mask=m3,
+                    other=0.0).to(tl.float32)
+        xh = tl.sum(v[:, :, None] * w, axis=1)
+        if HAS_BIAS:
+            xh += tl.load(bias_ptr + dc, mask=dm, other=0.0).to(tl.float32)[None, :]
+        md = rmask[:, None] & dm[None, :]
+        xh = to_storage(xh, xhat_ptr.dtype.element_ty)
+        tl.store(xhat_ptr + rows[:, None] * d + dc[None, :], xh, mask=md)
+        e = xh.to(tl.float32) - tl.load(tgt_ptr + rows[:, None] * d + dc[None, :], mask=md, other=0.0).to(tl.float32)
+        e = tl.where(md, e, 0.0)
+        dy = to_storage(2.0 * e, dy_ptr.dtype.element_ty)
+        tl.store(dy_ptr + rows[:, None] * d + dc[None, :], dy, mask=md)
+        gv += tl.sum(dy.to(tl.float32)[:, None, :] * w, axis=2)
+        sse += tl.sum(e * e, axis=1)
+    tl.store(gval_ptr + rows[:, None] * width + ws[None, :], gv, mask=m2)
+    tl.store(sse_ptr + pid, tl.sum(sse, axis=0))
 
 
 @triton.jit
@@ -114,6 +154,25 @@ def gather_sum(values: torch.Tensor, indices: torch.Tensor, W: torch.Tensor, s_w
     return out.to(out_dtype)
 
 
+def decode_sse(values: torch.Tensor, indices: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None,
+               target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_hat [B, d] in W's dtype, sse () fp32, dY [B, d] in W's dtype, values' gradient [B, w] fp32) for the
+    loss sum (x_hat - target)^2, one gather of W's rows (kernel `_decode_sse_kernel`)."""
+    B, width = indices.shape
+    d = W.shape[1]
+    BW = triton.next_power_of_2(width)
+    BB, BD = decode_sse_blocks(width, d, W.element_size()) if not INTERPRET else (min(triton.next_power_of_2(B), 16), 64)
+    grid = (triton.cdiv(B, BB),)
+    x_hat = torch.empty((B, d), dtype=W.dtype, device=W.device)
+    dy = torch.empty((B, d), dtype=W.dtype, device=W.device)
+    gval = torch.empty((B, width), dtype=torch.float32, device=W.device)
+    part = torch.empty(grid[0], dtype=torch.float32, device=W.device)
+    _decode_sse_kernel[grid](values, indices, W, bias if bias is not None else W, target, x_hat, dy, gval, part, B,
+                             width, d, W.stride(0), W.stride(1), HAS_BIAS=bias is not None, BLOCK_B=BB, BLOCK_W=BW,
+                             BLOCK_D=BD)
+    return x_hat, part.sum(), dy, gval
+
+
 def gather_dot(g: torch.Tensor, indices: torch.Tensor, W: torch.Tensor, s_wn: int, s_wd: int) -> torch.Tensor:
     """[B, w] fp32: <g[b], W[indices[b, j]]>, the gradient of a code's values."""
     B, width = indices.shape
@@ -153,3 +212,20 @@ class SortedPairs:
         _grad_rows_kernel[(triton.cdiv(self.n, BL), triton.cdiv(d, BD))](
             self.lat, self.tok, c, self.off, src, out, bias_out if bias_out is not None else c, self.n, d,
             s_on, s_od, HAS_BIAS=bias_out is not None, DOT_BF16=dot_bf16, BLOCK_L=BL, BLOCK_P=BP, BLOCK_D=BD)
+
+
+# The last code's sorted pairs: the decoder's backward and the encoder's (same code when AuxK is off) share one
+# sort. The entry holds the indices tensor itself, so its memory cannot be reused while the entry stands; the
+# version counter catches an in-place change.
+_LAST_PAIRS: list = []
+
+
+def sorted_pairs(indices: torch.Tensor, n: int) -> SortedPairs:
+    """SortedPairs of `indices`, reused when the same tensor (same storage, shape and version) asks again."""
+    key = (indices.data_ptr(), tuple(indices.shape), indices.stride(), indices.dtype, indices.device,
+           indices._version, n)
+    if _LAST_PAIRS and _LAST_PAIRS[0][0] == key:
+        return _LAST_PAIRS[0][2]
+    sp = SortedPairs(indices, n)
+    _LAST_PAIRS[:] = [(key, indices, sp)]
+    return sp

@@ -21,9 +21,11 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import triton_tiles as tiles
 from kernels.code import SparseCode
-from kernels.triton_gather import SortedPairs, gather_dot, gather_sum
-from kernels.triton_launches import PRUNE_MIN_N, candidate_width, select_blocks
+from kernels.triton_common import order_key
+from kernels.triton_gather import decode_sse, gather_dot, gather_sum, sorted_pairs
+from kernels.triton_launches import PRUNE_MIN_N, candidate_width, select_blocks, submax_width, tile_select_fits
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 POISON = False  # tests set this: every output buffer starts as garbage, so an unwritten element shows
@@ -52,18 +54,6 @@ def _p2(x: int) -> int:
 # selection
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
-def _keys(x, MODE: tl.constexpr, SHIFT: tl.constexpr):
-    """Order-preserving int32 image of fp32 x (MODE 0 plain, 1 |x|, 2 relu(x))."""
-    if MODE == 1:
-        x = tl.abs(x)
-    if MODE == 2:
-        x = tl.maximum(x, 0.0)
-    bits = x.to(tl.int32, bitcast=True)
-    key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
-    return key >> SHIFT
-
-
-@triton.jit
 def _load_keys(pre_ptr, colmask_ptr, rows, rmask, cols, n, stride_b,
                MODE: tl.constexpr, SHIFT: tl.constexpr, HAS_COLMASK: tl.constexpr):
     # HAS_COLMASK: 0 none, 1 a per-column int8 mask (AuxK's dead latents), 2 a per-row int32 length
@@ -76,7 +66,7 @@ def _load_keys(pre_ptr, colmask_ptr, rows, rmask, cols, n, stride_b,
         m = m & (cols[None, :] < rl[:, None])
     # 64-bit row offsets: B * n passes 2^31 at B = 16384, n = 131072
     x = tl.load(pre_ptr + rows[:, None].to(tl.int64) * stride_b + cols[None, :], mask=m, other=0.0).to(tl.float32)
-    key = _keys(x, MODE, SHIFT)
+    key = order_key(x, MODE, SHIFT)
     return tl.where(m, key, -2147483648), m
 
 
@@ -381,14 +371,35 @@ def select_topk_indices(pre: torch.Tensor, k: int, mode: int, colmask: torch.Ten
     return idx
 
 
+def topk_by_tiles(pre: torch.Tensor, k: int, mode: int, smax: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """v4: (indices [B, k], raw values [B, k]) of each row's top k by key MODE, ordered by key descending (ties
+    by column), pruned by sub-block maxima (`smax`, from the fused encoder matmul, or one read pass here). Rows
+    the pruning flags (overflowing its buffers) take the full bisection and are ordered on the device: no sync."""
+    pre = _check_kernel_input(pre)
+    sub = submax_width(pre.shape[1], k)
+    if smax is None:
+        smax = tiles.submax(pre, mode, sub)
+    idx, raw, flag = tiles.select_from_submax(pre, smax, k, mode, sub)
+    _bisect_indices(pre, k, mode, active=flag, out=idx)
+    tiles.order_rows(pre, idx, raw, flag, k, mode)
+    return idx, raw
+
+
+def _select_ordered(pre: torch.Tensor, k: int, mode: int, colmask: torch.Tensor | None, post: str) -> SparseCode:
+    if colmask is None and tile_select_fits(pre.shape[1], k):
+        idx, _ = topk_by_tiles(pre.detach(), k, mode)
+        raw = pre.gather(1, idx)  # differentiable; already ordered
+        return SparseCode(raw.relu() if post == "relu" else raw, idx)
+    return _finish(pre, select_topk_indices(pre.detach(), k, mode, colmask), None, post)
+
+
 def select_row(pre: torch.Tensor, k: int, colmask: torch.Tensor | None = None) -> SparseCode:
-    idx = select_topk_indices(pre.detach(), k, 0, colmask)
-    return _finish(pre, idx, None, "relu")
+    return _select_ordered(pre, k, 0, colmask, "relu")
 
 
 def select_abs(pre: torch.Tensor, k: int, colmask: torch.Tensor | None = None) -> SparseCode:
-    idx = select_topk_indices(pre.detach(), k, 1, colmask)
-    return _finish(pre, idx, None, "abs")
+    return _select_ordered(pre, k, 1, colmask, "abs")
 
 
 def aux_select(pre: torch.Tensor, dead: torch.Tensor, k_aux: int, signed: bool) -> SparseCode:
@@ -505,7 +516,7 @@ class DecodeFn(torch.autograd.Function):
             gval = gather_dot(g, indices, W_dec, W_dec.stride(0), W_dec.stride(1)).to(values.dtype)
         if want_w:  # W_dec's rows that fired, each written once in W_dec's dtype (zeros elsewhere)
             gW = torch.empty_like(W_dec)
-            SortedPairs(indices, W_dec.shape[0]).grad(values, g, gW)
+            sorted_pairs(indices, W_dec.shape[0]).grad(values, g, gW)
         return gval, None, gW
 
 
@@ -514,9 +525,54 @@ def decode(code: SparseCode, W_dec: torch.Tensor, b_dec: torch.Tensor | None = N
     return out if b_dec is None else out + b_dec
 
 
+class DecodeSSEFn(torch.autograd.Function):
+    """(x_hat, sum (x_hat - target)^2) with one gather of W_dec's rows: the forward also computes what the loss's
+    backward needs (dY = 2 (x_hat - target) and the values' gradient), so the backward gathers no W_dec row."""
+
+    @staticmethod
+    def forward(ctx, values, indices, W_dec, b_dec, target):
+        ctx.set_materialize_grads(False)
+        values, indices, target = values.contiguous(), indices.contiguous(), target.contiguous()
+        x_hat, sse, dy, gval = decode_sse(values, indices, W_dec, b_dec, target)
+        ctx.save_for_backward(values, indices, W_dec, dy, gval)
+        return x_hat, sse
+
+    @staticmethod
+    def backward(ctx, g_xhat, g_sse):
+        values, indices, W_dec, dy, gval = ctx.saved_tensors
+        want_v, _, want_w, want_b, want_t = ctx.needs_input_grad
+        if g_sse is None and g_xhat is None:
+            return None, None, None, None, None
+        if g_xhat is None:  # the usual case: only the loss reaches back; dY scaled by its scalar gradient
+            src, coef = dy, values.float() * g_sse
+            g_vals = gval * g_sse if want_v else None
+        else:  # x_hat feeds something else too: one combined output gradient, gathered again
+            src = g_xhat.float() + (dy.float() * g_sse if g_sse is not None else 0.0)
+            src, coef = src.to(W_dec.dtype).contiguous(), values.float()
+            g_vals = gather_dot(src, indices, W_dec, W_dec.stride(0), W_dec.stride(1)) if want_v else None
+        gW = None
+        if want_w:
+            gW = torch.empty_like(W_dec)
+            sorted_pairs(indices, W_dec.shape[0]).grad(coef, src, gW)
+        scale = g_sse if g_xhat is None else 1.0
+        g_b = (src.float().sum(0) * scale).to(W_dec.dtype) if want_b else None
+        g_t = None
+        if want_t:
+            g_t = -(dy.float() * g_sse) if g_sse is not None else torch.zeros_like(dy, dtype=torch.float32)
+        return (g_vals.to(values.dtype) if g_vals is not None else None), None, gW, g_b, g_t
+
+
+def decode_sse_fused(code: SparseCode, W_dec: torch.Tensor, b_dec: torch.Tensor | None, target: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    return DecodeSSEFn.apply(code.values, code.indices.long(), W_dec, b_dec, target)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # encode: pre-activations + selection, backward only at the selected entries
 # ----------------------------------------------------------------------------------------------------------
+FUSED_FP32 = False  # tests set this: the fused matmul + selection for fp32 too (on a GPU it serves 16-bit dtypes)
+
+
 def _select_detached(pre, rule, k, threshold, colmask=None):
     if rule == "row":
         return select_row(pre, k, colmask)
@@ -541,18 +597,40 @@ def _grad_mask(values: torch.Tensor, rule: str) -> torch.Tensor:
     return values != 0
 
 
+def _fused_applies(x: torch.Tensor, rule: str, k: int | None, n: int) -> bool:
+    """The matmul with the sub-block maxima in its epilogue serves the row rules in 16-bit dtypes (fp32 keeps
+    torch's matmul, whose precision the user set), where the pruned selection fits."""
+    if rule not in ("row", "abs") or not tile_select_fits(n, k):
+        return False
+    return x.dtype in (torch.bfloat16, torch.float16) or FUSED_FP32
+
+
+def _encode_forward(x, W_enc, b_enc, rule, k, threshold, dead, k_aux):
+    """(code, aux) of x (already shifted by b_pre) with no autograd."""
+    n = W_enc.shape[1]
+    if _fused_applies(x, rule, k, n):
+        mode = int(rule == "abs")
+        pre, smax = tiles.gemm_submax(x, W_enc, b_enc, mode, submax_width(n, k))
+        idx, raw = topk_by_tiles(pre, k, mode, smax)
+        code = SparseCode(raw.relu() if rule == "row" else raw, idx)
+    else:
+        # the bias rides in cuBLAS's epilogue: no extra read + write of [B, n]
+        pre = torch.addmm(b_enc, x, W_enc) if b_enc is not None else x @ W_enc
+        code = _select_detached(pre, rule, k, threshold)
+    aux = aux_select(pre, dead, k_aux, rule == "abs") if dead is not None and k_aux >= 1 else None
+    return code, aux
+
+
 class EncodeFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, rule, k, threshold, dead, k_aux):
+    def forward(ctx, x, W_enc, b_enc, b_pre, rule, k, threshold, dead, k_aux):
         x = x.contiguous()
-        if 1 not in W_enc.stride():  # row- or column-major both feed cuBLAS and the gathers as they are
+        if b_pre is not None:
+            x = (x - b_pre).contiguous()
+        if 1 not in W_enc.stride():  # row- or column-major both feed the matmul and the gathers as they are
             W_enc = W_enc.contiguous()
         with torch.no_grad():
-            # the bias rides in cuBLAS's epilogue: no extra read + write of [B, n]
-            pre = torch.addmm(b_enc, x, W_enc) if b_enc is not None else x @ W_enc
-            code = _select_detached(pre, rule, k, threshold)
-            aux = aux_select(pre, dead, k_aux, rule == "abs") if dead is not None and k_aux >= 1 else None
-        del pre
+            code, aux = _encode_forward(x, W_enc, b_enc, rule, k, threshold, dead, k_aux)
         w = code.values.shape[1]
         if aux is not None:
             idx_all = torch.cat([code.indices, aux.indices], 1).contiguous()
@@ -574,8 +652,8 @@ class EncodeFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_vals, _gi, g_aux, _gai):
-        x, W_enc, idx_all, mask_all = ctx.saved_tensors
-        want_x, want_w, want_b = ctx.needs_input_grad[:3]
+        x, W_enc, idx_all, mask_all = ctx.saved_tensors  # x: the input shifted by b_pre
+        want_x, want_w, want_b, want_pre = ctx.needs_input_grad[:4]
         B = x.shape[0]
         if g_vals is None:
             g_vals = torch.zeros(B, ctx.w, dtype=x.dtype, device=x.device)
@@ -586,7 +664,7 @@ class EncodeFn(torch.autograd.Function):
             gs = torch.cat([gs, ga], 1)
         gs = torch.where(mask_all, gs, torch.zeros_like(gs)).contiguous()
         d, n = W_enc.shape
-        gx = gW = gb = None
+        gx = gW = gb = g_pre = None
         if want_x:  # grad_x[b] = sum_j gs[b, j] * W_enc[:, idx[b, j]]: a gather-sum over W_enc's columns
             if W_enc.stride(0) == 1:  # columns contiguous (W_enc is an [n, d] tensor's transpose): no copy
                 gx = gather_sum(gs, idx_all, W_enc, W_enc.stride(1), 1, d, x.dtype)
@@ -594,15 +672,21 @@ class EncodeFn(torch.autograd.Function):
                 W_t = W_enc.t().contiguous()
                 gx = gather_sum(gs, idx_all, W_t, d, 1, d, x.dtype)
                 del W_t
-        if want_w or (want_b and ctx.has_b):  # each latent's column written once, in W_enc's layout
+        # the latent sums of gs are b_enc's gradient, and (through W_enc) b_pre's: keep them in fp32
+        want_sums = (want_b and ctx.has_b) or (want_pre and not want_x)
+        if want_w or want_sums:  # each latent's column written once, in W_enc's layout
             gW = torch.empty_like(W_enc)
-            gb = torch.empty(n, dtype=W_enc.dtype, device=x.device) if want_b and ctx.has_b else None
-            SortedPairs(idx_all, n).grad(gs, x, gW.t(), gb)
+            sums = torch.empty(n, dtype=torch.float32, device=x.device) if want_sums else None
+            sorted_pairs(idx_all, n).grad(gs, x, gW.t(), sums)
             gW = gW if want_w else None
-        return gx, gW, gb, None, None, None, None, None
+            gb = sums.to(W_enc.dtype) if want_b and ctx.has_b else None
+        if want_pre:  # x - b_pre: b_pre's gradient is minus the input gradient summed over the batch
+            g_pre = -(gx.float().sum(0) if gx is not None else torch.mv(W_enc, sums.to(W_enc.dtype)).float())
+            g_pre = g_pre.to(W_enc.dtype)
+        return gx, gW, gb, g_pre, None, None, None, None, None
 
 
-def encode(x, W_enc, b_enc, rule, k, threshold, dead, k_aux):
-    vals, idx, aux_vals, aux_idx = EncodeFn.apply(x, W_enc, b_enc, rule, k, threshold, dead, k_aux)
+def encode(x, W_enc, b_enc, rule, k, threshold, dead, k_aux, b_pre=None):
+    vals, idx, aux_vals, aux_idx = EncodeFn.apply(x, W_enc, b_enc, b_pre, rule, k, threshold, dead, k_aux)
     aux = SparseCode(aux_vals, aux_idx) if aux_idx.shape[1] > 0 else None
     return SparseCode(vals, idx), aux

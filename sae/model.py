@@ -103,21 +103,24 @@ class SparseAutoencoder(nn.Module):
         """Encode, decode and compute the training loss; `dead` [n] bool enables AuxK."""
         x_n, stats = self._prepare(x)
         enc: Encoding = self.family.encode(self, x_n, dead=dead)
-        x_hat_n = kernels.decode(enc.code, self.W_dec, self.b_dec)
+        # the squared error comes with the decode: on Triton one gather of W_dec serves forward and backward
+        x_hat_n, sse = kernels.decode_sse(enc.code, self.W_dec, self.b_dec, x_n)
         e_hat = kernels.decode(enc.aux, self.W_dec) if enc.aux is not None else None  # no b_dec: in x_hat
-        return self.assemble(x_n, stats, enc, x_hat_n, e_hat)
+        return self.assemble(x_n, stats, enc, x_hat_n, e_hat, sse)
 
     def assemble(
-        self, x_n: torch.Tensor, stats, enc: Encoding, x_hat_n: torch.Tensor, e_hat: torch.Tensor | None
+        self, x_n: torch.Tensor, stats, enc: Encoding, x_hat_n: torch.Tensor, e_hat: torch.Tensor | None,
+        sse: torch.Tensor | None = None,
     ) -> ForwardOutput:
         """Losses and outputs from a forward's pieces (shared with the latent-sharded forward):
-        x_hat_n the reconstruction and e_hat the AuxK reconstruction of the residual, in normalised space."""
-        recon = self.family.recon_loss(self, x_n, enc, x_hat_n)
+        x_hat_n the reconstruction and e_hat the AuxK reconstruction of the residual, in normalised space;
+        sse, sum |x_n - x_hat_n|^2, when the decoder computed it."""
+        recon = self.family.recon_loss(self, x_n, enc, x_hat_n, sse=sse)
         aux_active = enc.aux.values.ne(0).any() if enc.aux is not None else None
         aux = self._aux_loss(x_n, x_hat_n, e_hat, aux_active)
         extras = self.family.extra_losses(self, x_n, enc, x_hat_n)
         loss = recon + self.cfg.aux_coef * aux + sum(extras.values(), torch.zeros((), device=x_n.device))
-        mse = (x_n - x_hat_n).float().pow(2).mean()
+        mse = sse.detach() / x_n.numel() if sse is not None else (x_n - x_hat_n).float().pow(2).mean()
         x_hat = denormalize(x_hat_n, self.cfg.normalize, self.input_scale.to(x_hat_n.dtype), stats)
         scale = self._out_scale(enc.code.values)
         code = SparseCode(enc.code.values / scale, enc.code.indices)

@@ -87,7 +87,7 @@ class Family(nn.Module):
         """Code for normalised inputs x_n [B, d]; the AuxK code over `dead` latents in training."""
         b_enc = sae.b_enc if self.uses_b_enc else None
         return kernels.encode(
-            x_n - sae.b_dec, sae.W_enc, b_enc, self.rule, k=k or self.cfg.k, dead=dead, k_aux=self.cfg.k_aux
+            x_n, sae.W_enc, b_enc, self.rule, k=k or self.cfg.k, dead=dead, k_aux=self.cfg.k_aux, b_pre=sae.b_dec
         )
 
     def select(self, pre: torch.Tensor, k: int | None = None) -> SparseCode:
@@ -95,10 +95,14 @@ class Family(nn.Module):
         return kernels.select(pre, self.rule, k=k or self.cfg.k)
 
     def recon_loss(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, enc: Encoding, x_hat_n: torch.Tensor
+        self, sae: SparseAutoencoder, x_n: torch.Tensor, enc: Encoding, x_hat_n: torch.Tensor,
+        sse: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The reconstruction term of the loss (normalised MSE, i.e. FVU of the batch)."""
-        return fvu(x_n, x_hat_n)
+        """The reconstruction term of the loss (normalised MSE, i.e. FVU of the batch); `sse`, the summed
+        squared error when the decoder computed it (kernels.decode_sse), saves recomputing it."""
+        if sse is None:
+            return fvu(x_n, x_hat_n)
+        return sse / batch_variance(x_n).clamp_min(1e-12)
 
     def extra_losses(
         self, sae: SparseAutoencoder, x_n: torch.Tensor, enc: Encoding, x_hat_n: torch.Tensor

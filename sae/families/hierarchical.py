@@ -77,7 +77,8 @@ class HierarchicalTopK(Family):
         return Encoding(sort_code(enc.code), enc.aux)
 
     def recon_loss(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, enc: Encoding, x_hat_n: torch.Tensor
+        self, sae: SparseAutoencoder, x_n: torch.Tensor, enc: Encoding, x_hat_n: torch.Tensor,
+        sse: torch.Tensor | None = None,
     ) -> torch.Tensor:
         per_row = prefix_squared_error(x_n - sae.b_dec, enc.code, sae.W_dec)
         var = (x_n - x_n.mean(0, keepdim=True)).float().pow(2).sum().clamp_min(1e-12)

@@ -81,7 +81,8 @@ class Matryoshka(BatchTopK):
         return losses
 
     def recon_loss(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, enc: Encoding, x_hat_n: torch.Tensor
+        self, sae: SparseAutoencoder, x_n: torch.Tensor, enc: Encoding, x_hat_n: torch.Tensor,
+        sse: torch.Tensor | None = None,
     ) -> torch.Tensor:
         losses = self.prefix_losses(sae, x_n, enc.code)
         return sum(w * loss for w, loss in zip(self.weights, losses))

@@ -31,7 +31,9 @@ def test_every_kernel_compiles_for_sm90_without_spills(tmp_path):
     assert dtypes == {"bf16", "fp32"}
     for la in res["launches"]:
         assert la["ok"] and la["spill_bytes"] == 0, la
-        assert la["regs"] > 0 and la["instr_per_elem"], la  # the binary was read, and its hot loop found
+        # the binary was read, and its loops are the ones the launch describes (what the cost model prices)
+        assert la["regs"] > 0 and la["straight_instr"] > 0, la
+        assert la["loops_found"] == la["loops_described"] == len(la["instr_per_elem"]), la
 
 
 def test_per_element_prices_the_alu_pipe_at_half_rate():

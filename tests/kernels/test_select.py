@@ -152,17 +152,19 @@ def test_pruned_column_mask(tri, monkeypatch, cand):
 
 @pytest.mark.parametrize("z", [12.0, -12.0, None])  # no row has k candidates / every row overflows / carried
 def test_carried_threshold_exact_whatever_it_carries(tri, monkeypatch, z):
-    """v3: a carried threshold far too high (every row below k candidates) or far too low (every row over the
-    buffer) still gives the exact top-k through the device-side fallback, and z moves toward the target."""
+    """v3 (AuxK's selection over the dead columns): a carried threshold far too high (every row below k
+    candidates) or far too low (every row over the buffer) still gives the exact top-k through the device-side
+    fallback, and z moves toward the target."""
     monkeypatch.setattr(tri, "_CARRIED", {})
     n, k = 4096, 16
     pre = rand(8, n, seed=40)
-    key = (n, k, 0, pre.dtype, False)
+    key = (n, k, 0, pre.dtype, True)
     if z is not None:
         tri._CARRIED[key] = torch.tensor([z])
+    every = torch.ones(n, dtype=torch.int8)  # every latent dead: the masked path over all columns
     for seed in (40, 41):  # the second call runs on the z the first one carried
         pre = rand(8, n, seed=seed)
-        code = tri._select_detached(pre, "row", k, None)
+        code = tri._select_detached(pre, "row", k, None, colmask=every)
         check_topk_valid(pre, code, k, by_abs=False)
     z_now = float(tri._CARRIED[key])
     target = float(torch.special.ndtri(torch.tensor(1 - tri.TARGET * k / n)))

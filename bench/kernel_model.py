@@ -121,7 +121,8 @@ def main() -> int:
         print("compile errors or spills:", bad)
         return 1
     print(f"Predicted H100 times (Triton {triton.__version__} SASS for sm_90; bf16; B = 4096). Formula:")
-    print("  t_launch = max(bytes / BW, sum_loops work * max(instr, 2*ALU) * warps / tile / (SMSPs * clock)) + gap")
+    print("  t_launch = max(bytes / BW, (sum_loops work * max(instr, 2*ALU) * warps / tile + programs * warps * "
+          "straight_slots) / (SMSPs * clock)) + gap")
     print("  fused matmul = measured cuBLAS matmul / ETA + (its straight-line slots - the plain Triton matmul's)"
           " * warps * programs / (SMSPs * clock)")
     print(f"  BW {BW / 1e12:.1f} TB/s, {SMSP} SMSPs at {CLOCK / 1e9:.3f} GHz, gap {T_GAP * 1e6:.0f} us per launch, "

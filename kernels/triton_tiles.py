@@ -120,6 +120,35 @@ def _kth_key(keys, valid, k, ITERS: tl.constexpr):
 
 
 @triton.jit
+def _pack(mask, a, a_ptr, b, b_ptr, base, CAP: tl.constexpr, TWO: tl.constexpr):
+    """Store a (and b when TWO) where mask holds, packed in order at a_ptr / b_ptr + base[row] + 0..CAP-1; return
+    the count per row (which may pass CAP: the caller flags the row)."""
+    pos = tl.cumsum(mask.to(tl.int32), axis=1) - 1
+    m = mask & (pos < CAP)
+    tl.store(a_ptr + base[:, None] + pos, a, mask=m)
+    if TWO:
+        tl.store(b_ptr + base[:, None] + pos, b, mask=m)
+    return tl.sum(mask.to(tl.int32), axis=1)
+
+
+@triton.jit
+def _unpack(ptr, base, count, rmask, other, CAP: tl.constexpr):
+    """The first min(count, CAP) values _pack stored per row, as [rows, CAP] (`other` past them), and the mask."""
+    cs = tl.arange(0, CAP)
+    live = rmask[:, None] & (cs[None, :] < tl.minimum(count, CAP)[:, None])
+    return tl.load(ptr + base[:, None] + cs[None, :], mask=live, other=other), live
+
+
+@triton.jit
+def _rank_desc(keys, cols, live):
+    """Each live entry's place in its row ordered by key descending, ties by column: the count of live entries
+    with a larger key, or an equal key and a smaller column ([rows, K] against [rows, K]: K is small)."""
+    before = live[:, None, :] & ((keys[:, None, :] > keys[:, :, None])
+                                 | ((keys[:, None, :] == keys[:, :, None]) & (cols[:, None, :] < cols[:, :, None])))
+    return tl.sum(before.to(tl.int32), axis=2)
+
+
+@triton.jit
 def _select_tiles_kernel(pre_ptr, smax_ptr, t1_ptr, k1_ptr, tid_ptr, hkey_ptr, hcol_ptr, kkey_ptr, kcol_ptr,
                          idx_ptr, val_ptr, flag_ptr, B, n, stride_b, T, k,
                          MODE: tl.constexpr, SHIFT: tl.constexpr, SUB: tl.constexpr, TP: tl.constexpr,
@@ -141,22 +170,14 @@ def _select_tiles_kernel(pre_ptr, smax_ptr, t1_ptr, k1_ptr, tid_ptr, hkey_ptr, h
     mx = tl.load(smax_ptr + r64[:, None] * T + ts[None, :], mask=tvalid, other=float("-inf")).to(tl.float32)
     mkey = tl.where(tvalid, order_key(mx, 0, SHIFT), _I32_MIN)
     t0 = tl.min(tl.max(tl.reshape(mkey, [BLOCK_B, TP // G, G]), axis=1), axis=1)
-    c1 = tvalid & (mkey >= t0[:, None])
-    n1 = tl.sum(c1.to(tl.int32), axis=1)
-    p1 = tl.cumsum(c1.to(tl.int32), axis=1) - 1
-    tl.store(t1_ptr + r64[:, None] * T1CAP + p1, ts[None, :] + rows[:, None] * 0, mask=c1 & (p1 < T1CAP))
-    tl.store(k1_ptr + r64[:, None] * T1CAP + p1, mkey, mask=c1 & (p1 < T1CAP))
+    b1 = r64 * T1CAP
+    n1 = _pack(tvalid & (mkey >= t0[:, None]), ts[None, :] + rows[:, None] * 0, t1_ptr, mkey, k1_ptr, b1, T1CAP, True)
     tl.debug_barrier()
     # 2. t exactly, by bisection over those few; the sub-blocks at or above t, in column order
-    s1 = tl.arange(0, T1CAP)
-    l1 = rmask[:, None] & (s1[None, :] < tl.minimum(n1, T1CAP)[:, None])
-    key1 = tl.load(k1_ptr + r64[:, None] * T1CAP + s1[None, :], mask=l1, other=_I32_MIN)
-    tile1 = tl.load(t1_ptr + r64[:, None] * T1CAP + s1[None, :], mask=l1, other=0)
+    key1, l1 = _unpack(k1_ptr, b1, n1, rmask, _I32_MIN, T1CAP)
+    tile1, _ = _unpack(t1_ptr, b1, n1, rmask, 0, T1CAP)
     t = _kth_key(key1, l1, k, 33 - SHIFT)
-    cand = l1 & (key1 >= t[:, None])
-    ncand = tl.sum(cand.to(tl.int32), axis=1)
-    pos = tl.cumsum(cand.to(tl.int32), axis=1) - 1
-    tl.store(tid_ptr + r64[:, None] * TCAP + pos, tile1, mask=cand & (pos < TCAP))
+    ncand = _pack(l1 & (key1 >= t[:, None]), tile1, tid_ptr, tile1, tid_ptr, r64 * TCAP, TCAP, False)
     tl.debug_barrier()
     # 3. their entries at or above t, compacted in column order
     es = tl.arange(0, TCAP * SUB)
@@ -169,45 +190,27 @@ def _select_tiles_kernel(pre_ptr, smax_ptr, t1_ptr, k1_ptr, tid_ptr, hkey_ptr, h
     if MODE == 1:
         v = tl.abs(v)
     ekey = order_key(v, 0, SHIFT)
-    hit = em & (ekey >= t[:, None])
-    nhit = tl.sum(hit.to(tl.int32), axis=1)
-    hpos = tl.cumsum(hit.to(tl.int32), axis=1) - 1
-    hm = hit & (hpos < C)
-    tl.store(hkey_ptr + r64[:, None] * C + hpos, ekey, mask=hm)
-    tl.store(hcol_ptr + r64[:, None] * C + hpos, cols, mask=hm)
+    nhit = _pack(em & (ekey >= t[:, None]), ekey, hkey_ptr, cols, hcol_ptr, r64 * C, C, True)
     tl.debug_barrier()
     # 4. the exact k-th key among the hits; keep those above it and the first ties (column order) up to k
-    cs = tl.arange(0, C)
-    live = rmask[:, None] & (cs[None, :] < tl.minimum(nhit, C)[:, None])
-    hkey = tl.load(hkey_ptr + r64[:, None] * C + cs[None, :], mask=live, other=_I32_MIN)
-    hcol = tl.load(hcol_ptr + r64[:, None] * C + cs[None, :], mask=live, other=0)
+    hkey, live = _unpack(hkey_ptr, r64 * C, nhit, rmask, _I32_MIN, C)
+    hcol, _ = _unpack(hcol_ptr, r64 * C, nhit, rmask, 0, C)
     kth = _kth_key(hkey, live, k, 33 - SHIFT)
     gt = live & (hkey > kth[:, None])
     eq = live & (hkey == kth[:, None])
     budget = k - tl.sum(gt.to(tl.int32), axis=1)
     keep = gt | (eq & ((tl.cumsum(eq.to(tl.int32), axis=1) - 1) < budget[:, None]))
-    kpos = tl.cumsum(keep.to(tl.int32), axis=1) - 1
-    tl.store(kcol_ptr + r64[:, None] * KP + kpos, hcol, mask=keep)
-    tl.store(kkey_ptr + r64[:, None] * KP + kpos, hkey, mask=keep)
+    nkeep = _pack(keep, hcol, kcol_ptr, hkey, kkey_ptr, r64 * KP, KP, True)
     tl.debug_barrier()
     # 5. order the kept entries: rank = entries with a larger key, or an equal key and a smaller column
-    nkeep = tl.sum(keep.to(tl.int32), axis=1)
-    ks = tl.arange(0, KP)
-    km = rmask[:, None] & (ks[None, :] < nkeep[:, None])
-    kk = tl.load(kkey_ptr + r64[:, None] * KP + ks[None, :], mask=km, other=_I32_MIN)
-    kc = tl.load(kcol_ptr + r64[:, None] * KP + ks[None, :], mask=km, other=0)
-    before = km[:, None, :] & ((kk[:, None, :] > kk[:, :, None]) | ((kk[:, None, :] == kk[:, :, None])
-                                                                    & (kc[:, None, :] < kc[:, :, None])))
-    rank = tl.sum(before.to(tl.int32), axis=2)
+    kk, km = _unpack(kkey_ptr, r64 * KP, nkeep, rmask, _I32_MIN, KP)
+    kc, _ = _unpack(kcol_ptr, r64 * KP, nkeep, rmask, 0, KP)
+    rank = _rank_desc(kk, kc, km)
     raw = tl.load(pre_ptr + r64[:, None] * stride_b + kc, mask=km, other=0.0)
     bad = (n1 > T1CAP) | (ncand > TCAP) | (nhit > C)
     wm = km & (rank < k) & ~bad[:, None]
     tl.store(idx_ptr + r64[:, None] * k + rank, kc.to(tl.int64), mask=wm)
     tl.store(val_ptr + r64[:, None] * k + rank, raw, mask=wm)
-    # rows with fewer than k kept entries (AuxK: fewer dead columns) get zero-valued padding at column 0
-    pad = rmask[:, None] & (ks[None, :] >= nkeep[:, None]) & (ks[None, :] < k) & ~bad[:, None]
-    tl.store(idx_ptr + r64[:, None] * k + ks[None, :], tl.zeros([BLOCK_B, KP], tl.int64), mask=pad)
-    tl.store(val_ptr + r64[:, None] * k + ks[None, :], tl.zeros([BLOCK_B, KP], tl.float32), mask=pad)
     tl.store(flag_ptr + rows, bad.to(tl.int32), mask=rmask)
 
 
@@ -231,9 +234,7 @@ def _order_rows_kernel(pre_ptr, idx_ptr, val_ptr, active_ptr, B, stride_b, k,
     if MODE == 1:
         v = tl.abs(v)
     kk = tl.where(km, order_key(v, 0, SHIFT), _I32_MIN)
-    before = km[:, None, :] & ((kk[:, None, :] > kk[:, :, None]) | ((kk[:, None, :] == kk[:, :, None])
-                                                                    & (kc[:, None, :] < kc[:, :, None])))
-    rank = tl.sum(before.to(tl.int32), axis=2)
+    rank = _rank_desc(kk, kc, km)
     tl.debug_barrier()  # every program's row is read before it is rewritten
     tl.store(idx_ptr + r64[:, None] * k + rank, kc, mask=km)
     tl.store(val_ptr + r64[:, None] * k + rank, raw, mask=km)

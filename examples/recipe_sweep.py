@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import time
@@ -77,12 +78,35 @@ def _complete(folder: Path) -> bool:
         return False
 
 
-def run_point(layer: int, n: int, steps: int, batch: int, lr: float | None, data, seed: int = 0) -> dict:
-    """Train one TopK (k 32) dictionary and score it on the held-out activations."""
+def parse_knobs(pairs: list[str]) -> dict:
+    """`name=value` overrides of SAEConfig / TrainConfig fields (the other recipe knobs), values parsed as JSON
+    where they are JSON (numbers, null), else kept as strings; a name neither config has is refused."""
+    fields = {f.name for f in dataclasses.fields(SAEConfig)} | {f.name for f in dataclasses.fields(TrainConfig)}
+    knobs = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or name not in fields or name in ("lr", "tokens", "batch_size", "n_latents", "d_in", "seed"):
+            raise SystemExit(f"--set {pair!r}: expected NAME=VALUE with NAME a field of SAEConfig or TrainConfig "
+                             "other than those the point sets (lr, tokens, batch_size, n_latents, d_in, seed)")
+        try:
+            knobs[name] = json.loads(value)
+        except json.JSONDecodeError:
+            knobs[name] = value
+    return knobs
+
+
+def run_point(layer: int, n: int, steps: int, batch: int, lr: float | None, data, seed: int = 0,
+              knobs: dict | None = None) -> dict:
+    """Train one TopK (k 32) dictionary and score it on the held-out activations; `knobs` override other
+    SAEConfig / TrainConfig fields."""
     train_x, test_x = data
-    sae = SparseAutoencoder(SAEConfig(d_in=train_x.shape[1], n_latents=n, k=32), seed=seed)
+    knobs = knobs or {}
+    sae_fields = {f.name for f in dataclasses.fields(SAEConfig)}
+    sae = SparseAutoencoder(SAEConfig(d_in=train_x.shape[1], n_latents=n, k=32,
+                                      **{k: v for k, v in knobs.items() if k in sae_fields}), seed=seed)
     tcfg = TrainConfig(tokens=steps * batch, batch_size=batch, lr=lr, seed=seed,
-                       checkpoint_every=10**9, log_every=10**9)
+                       checkpoint_every=10**9, log_every=10**9,
+                       **{k: v for k, v in knobs.items() if k not in sae_fields})
     with contextlib.redirect_stderr(io.StringIO()):
         result = train(sae, TensorBatches(train_x, batch, seed=seed), tcfg)
     sae.fold_input_scale()
@@ -90,7 +114,8 @@ def run_point(layer: int, n: int, steps: int, batch: int, lr: float | None, data
     return {"point": point_name(layer, n, steps, batch), "layer": layer, "n_latents": n, "steps": steps,
             "batch_size": batch, "lr": tcfg.learning_rate(n) if lr is None else lr, "default": lr is None,
             "fvu": m["fvu"], "l0": m["l0"], "dead_fraction": result.dead_fraction,
-            "eval_dead_fraction": m["eval_dead_fraction"], "seconds": result.seconds}
+            "eval_dead_fraction": m["eval_dead_fraction"], "seconds": result.seconds,
+            "dead_window": tcfg.dead_window(n, 32), **({"knobs": knobs} if knobs else {})}
 
 
 def load_rows(path: Path) -> list[dict]:
@@ -110,7 +135,8 @@ def summary(rows: list[dict]) -> list[dict]:
         if default:
             d = default[-1]
             row.update(default_lr=d["lr"], default_fvu=d["fvu"], gap=d["fvu"] / best["fvu"] - 1,
-                       default_dead=d["dead_fraction"])
+                       default_dead=d["dead_fraction"], default_silent=round(d["eval_dead_fraction"] * d["n_latents"]),
+                       n_latents=d["n_latents"], default_window=d.get("dead_window"))
         out.append(row)
     return out
 
@@ -142,13 +168,42 @@ def plot(rows: list[dict], out_dir: Path) -> None:
         fig.write_image(out_dir / "recipe.png", width=1300, height=330 * -(-len(names) // cols))
     except Exception as e:  # noqa: BLE001 - the PNG is optional
         print(f"no PNG ({type(e).__name__}: {e})")
-    lines = ["| point | best lr | best FVU | default lr | default FVU | default vs best | dead (default) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| point | best lr | best FVU | default lr | default dead window | default FVU | default vs best | "
+             "dead at the end (default) | silent on held-out (default) |", "|---|---|---|---|---|---|---|---|---|"]
     for s in summary(rows):
-        tail = (f"{s['default_lr']:.2e} | {s['default_fvu']:.4f} | {s['gap']:+.1%} | {s['default_dead']:.1%}"
-                if "gap" in s else " | | | ")
+        tail = (f"{s['default_lr']:.2e} | {s['default_window'] or '(a quarter of the run)'} | {s['default_fvu']:.4f} | "
+                f"{s['gap']:+.1%} | {s['default_dead']:.1%} | {s['default_silent']} of {s['n_latents']}" if "gap" in s
+                else " | | | | | ")
         lines.append(f"| {s['point']} | {s['best_lr']:.0e} | {s['best_fvu']:.4f} | {tail} |")
     (out_dir / "recipe_table.md").write_text("\n".join(lines) + "\n")
+
+
+def plot_windows(rows: list[dict], out_dir: Path) -> None:
+    """The dead-window study: held-out FVU and latents silent on the held-out tokens against the window, one line
+    per point that ran at two windows or more (rows whose only knob is dead_window_tokens, and default rows that
+    recorded their window), into recipe_window.html."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    by_point: dict[str, dict[int, dict]] = {}
+    for r in rows:
+        if set(r.get("knobs", {})) <= {"dead_window_tokens"} and "dead_window" in r and (r["default"] or r.get("knobs")):
+            by_point.setdefault(r["point"], {})[r["dead_window"]] = r
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("held-out FVU", "latents silent on 16,384 held-out tokens"))
+    for i, (name, runs) in enumerate((p, r) for p, r in by_point.items() if len(r) > 1):
+        mine = [runs[w] for w in sorted(runs)]
+        x = [r["dead_window"] for r in mine]
+        color = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")[i % 4]
+        fig.add_trace(go.Scatter(x=x, y=[r["fvu"] for r in mine], mode="lines+markers", name=name,
+                                 line={"color": color}), row=1, col=1)
+        fig.add_trace(go.Scatter(x=x, y=[round(r["eval_dead_fraction"] * r["n_latents"]) for r in mine],
+                                 mode="lines+markers", name=name, showlegend=False, line={"color": color}), row=1, col=2)
+    for c in (1, 2):
+        fig.update_xaxes(type="log", title_text="dead window (tokens)", row=1, col=c)
+    fig.update_yaxes(type="log", title_text="latents (log)", row=1, col=2)
+    fig.update_layout(title="TopK at lr 4e-3: the dead-latent window (AuxK trains latents silent that long)",
+                      template="plotly_white", height=420, width=1100)
+    fig.write_html(out_dir / "recipe_window.html", include_plotlyjs="cdn")
 
 
 def main() -> None:
@@ -161,6 +216,11 @@ def main() -> None:
                    "sweeps share a 2-core machine")
     p.add_argument("--defaults", action="store_true", help="train each point with the default lr instead")
     p.add_argument("--plot", action="store_true", help="write the figure and table from --out")
+    p.add_argument("--plot-windows", metavar="JSONL", nargs="+", help="write recipe_window.html (the dead-window "
+                   "study) from these files' lines, beside --out")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override another SAEConfig / TrainConfig field for these runs (repeatable), e.g. "
+                        "--set aux_coef=0.125 --set dead_window_tokens=50000; recorded in each line's 'knobs'")
     args = p.parse_args()
     out = Path(args.out)
     if args.threads:
@@ -168,27 +228,33 @@ def main() -> None:
     if args.plot:
         plot(load_rows(out), out.parent)
         return
+    if args.plot_windows:
+        plot_windows([r for f in args.plot_windows for r in load_rows(Path(f))], out.parent)
+        return
+    knobs = parse_knobs(args.set)
     out.parent.mkdir(parents=True, exist_ok=True)
     for layer, n, steps, batch in POINTS:
         name = point_name(layer, n, steps, batch)
         if args.points and name not in args.points:
             continue
-        done = {(r["default"], r["lr"]) for r in load_rows(out) if r["point"] == name}
+        rows = [r for r in load_rows(out) if r["point"] == name and r.get("knobs", {}) == knobs]
         lrs = args.lrs or default_lrs(steps)
-        todo = [None] if args.defaults else [lr for lr in lrs if (False, lr) not in done]
-        if args.defaults:
-            rule_lr = TrainConfig(tokens=steps * batch, batch_size=batch).learning_rate(n)
-            todo = [] if (True, rule_lr) in done else todo
+        todo = [None] if args.defaults else [lr for lr in lrs if (False, lr) not in {(r["default"], r["lr"]) for r in rows}]
+        if args.defaults:  # done when a default run of today's rule (its lr and dead window) is there
+            rule = TrainConfig(tokens=steps * batch, batch_size=batch)
+            now = (rule.learning_rate(n), knobs.get("dead_window_tokens") or rule.dead_window(n, 32))
+            todo = [] if any(r["default"] and (r["lr"], r.get("dead_window")) == now for r in rows) else todo
         if not todo:
             continue
         data = activations(layer, Path(args.cache))
         for lr in todo:
             t = time.perf_counter()
-            row = run_point(layer, n, steps, batch, lr, data)
+            row = run_point(layer, n, steps, batch, lr, data, knobs=knobs)
             with open(out, "a") as f:
                 f.write(json.dumps(row) + "\n")
             print(f"{name} lr {row['lr']:.2e}{' (default)' if lr is None else ''}: fvu {row['fvu']:.4f} "
-                  f"dead {row['dead_fraction']:.3f} ({time.perf_counter() - t:.0f}s)", flush=True)
+                  f"dead {row['dead_fraction']:.3f} held-out dead {row['eval_dead_fraction']:.3f} {knobs or ''} "
+                  f"({time.perf_counter() - t:.0f}s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ DEFAULT_EXPANSION = 8  # n_latents = 8 * d_in when neither n_latents nor expansi
 # the default lr's budget rule (TrainConfig.learning_rate): from the study in docs/results/recipe.md
 LR_SHORT_RUN = 4e-3  # the best swept rate at every 400-step point, 4x to 64x, three layers
 LR_FULL_RATE_STEPS = 3200  # LR_SHORT_RUN up to this many steps, then falling as 1 / sqrt(steps)
+# the default dead-latent window (TrainConfig.dead_window): this many firings of an average latent (k / n of the
+# tokens each); from the window study in docs/results/recipe.md
+DEAD_WINDOW_FIRINGS = 32
 
 
 @dataclass
@@ -144,8 +147,8 @@ class TrainConfig:
     decay_frac: float = 0.2
     """Fraction of steps, at the end, of linear lr decay to zero."""
     dead_window_tokens: int | None = None
-    """A latent that has not fired for this many tokens is dead (AuxK trains it); default a quarter of the
-    run, at most 1M tokens (`dead_window`)."""
+    """A latent that has not fired for this many tokens is dead (AuxK trains it); default: the tokens in which an
+    average latent fires 32 times (32 n / k), at least one batch, at most a quarter of the run (`dead_window`)."""
     init_tokens: int = 32_768
     """Tokens used to initialise b_dec (geometric median) and the input scale."""
     seed: int = 0
@@ -174,13 +177,15 @@ class TrainConfig:
     def steps(self) -> int:
         return self.tokens // self.batch_size
 
-    @property
-    def dead_window(self) -> int:
-        """Tokens without firing after which a latent is dead: given, or min(1M, tokens // 4), so AuxK gets
-        three quarters of a short run to revive latents while a long run keeps Gao et al.'s order of window."""
+    def dead_window(self, n_latents: int, k: int | None = None) -> int:
+        """Tokens without firing after which a latent is dead: given, or the tokens in which a latent of average
+        frequency (k / n) fires DEAD_WINDOW_FIRINGS times, so a latent of average frequency is almost never taken
+        for dead (e^-32), while a silent one gets AuxK's gradient within a few batches; at least one batch, at most
+        a quarter of the run. k: the dictionary's active latents per token (DEFAULT_K where it has none)."""
         if self.dead_window_tokens is not None:
             return self.dead_window_tokens
-        return min(1_000_000, max(self.batch_size, self.tokens // 4))
+        expected = DEAD_WINDOW_FIRINGS * n_latents // max(1, k or DEFAULT_K)
+        return max(self.batch_size, min(expected, self.tokens // 4))
 
     def learning_rate(self, n_latents: int) -> float:
         """The given lr, or max(Gao et al.'s 2e-4 / sqrt(n / 2^14), LR_SHORT_RUN * min(1, sqrt(LR_FULL_RATE_STEPS /

@@ -66,7 +66,8 @@ class Trainer:
         self.opt = torch.optim.Adam(sae.parameters(), lr=self.base_lr, betas=cfg.betas, eps=cfg.eps, fused=True)
         self.step = 0
         self.tokens = 0
-        # tokens since each latent last fired: dead beyond cfg.dead_window
+        # tokens since each latent last fired: dead beyond the window
+        self.dead_window = cfg.dead_window(sae.cfg.n_latents, sae.cfg.k)
         self.since_fired = torch.zeros(sae.cfg.n_latents, dtype=torch.long, device=sae.W_enc.device)
         # first step whose batch or loss was not finite (-1: none) and that loss (0: the batch was bad)
         self._bad_step = torch.full((), -1, dtype=torch.long, device=sae.W_enc.device)
@@ -114,7 +115,7 @@ class Trainer:
 
     # --- one step ---------------------------------------------------------------------
     def dead_mask(self) -> torch.Tensor:
-        return self.since_fired >= self.cfg.dead_window
+        return self.since_fired >= self.dead_window
 
     def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor | float]:
         """One optimiser step. No host sync: the statistics stay on the device (read them with `float()`) and a

@@ -52,11 +52,16 @@ def test_default_lr_rule():
 
 
 def test_dead_window_default():
-    """A quarter of the run, at most 1M tokens, at least one batch; the demo's 1.6M tokens give 400k."""
-    assert TrainConfig(tokens=1_600_000).dead_window == 400_000
-    assert TrainConfig(tokens=10**9).dead_window == 1_000_000
-    assert TrainConfig(tokens=4096, batch_size=4096).dead_window == 4096
-    assert TrainConfig(tokens=10**9, dead_window_tokens=123).dead_window == 123
+    """32 firings of an average latent (32 n / k tokens), at least one batch, at most a quarter of the run; the
+    demo (n 3072, k 32, batches of 4096) gets one batch, API and demo alike."""
+    assert TrainConfig(tokens=1_600_000).dead_window(3072, 32) == 4096
+    assert TrainConfig(tokens=1_600_000, batch_size=1024).dead_window(3072, 32) == 3072
+    assert TrainConfig(tokens=10**9).dead_window(2**16, 32) == 32 * 2**11
+    assert TrainConfig(tokens=10**9).dead_window(2**16, 64) == 32 * 2**10
+    assert TrainConfig(tokens=10**9).dead_window(2**16) == 32 * 2**11  # no k (e.g. L1 families): k = 32
+    assert TrainConfig(tokens=512 * 80, batch_size=512).dead_window(24576, 32) == 512 * 80 // 4  # a quarter of the run
+    assert TrainConfig(tokens=4096 * 10, batch_size=4096).dead_window(1536, 32) == 4096  # at least a batch
+    assert TrainConfig(tokens=10**9, dead_window_tokens=123).dead_window(3072, 32) == 123
 
 
 def test_config_dict_round_trip():

@@ -104,6 +104,17 @@ def test_dead_latents_are_tracked_and_revived(tmp_path):
     assert 0.0 < result.dead_fraction < 1.0
 
 
+def test_trainer_uses_the_dictionarys_default_dead_window(acts):
+    """No window given: the trainer takes 32 n / k tokens for its dictionary (128 latents, k 4: 1024 tokens), and a
+    latent silent that long is dead after two steps of 512, not before."""
+    from sae.train import Trainer
+
+    trainer = Trainer(_sae(), _cfg(dead_window_tokens=None))
+    assert trainer.dead_window == 32 * 128 // 4
+    trainer.since_fired[:3] = torch.tensor([0, 512, 1024])
+    assert trainer.dead_mask()[:3].tolist() == [False, False, True]
+
+
 def test_lr_schedule_warms_up_and_decays():
     cfg = TrainConfig(tokens=100 * 10, batch_size=10, warmup_frac=0.1, decay_frac=0.2)
     lrs = [lr_at(s, 100, 1.0, cfg) for s in range(100)]

@@ -4,10 +4,17 @@ Same activations (one harvest, cached), same token budget, same dictionary size,
 family has a k. Writes docs/results/families.json, families_table.md and families.html (FVU vs L0;
 HierarchicalTopK and Matryoshka as curves over k, per-k TopK dictionaries as the reference curve).
 
-    python examples/compare_families.py       # the committed study (about 50 min on 2 CPU cores)
+Every dictionary trains at the trainer's defaults (learning rate and dead-latent window from TrainConfig's
+rules, docs/results/recipe.md) unless --lr / --dead-window are given.
+
+    python examples/compare_families.py       # the committed study (2.8 CPU-hours: about 85 min on 2 cores)
     python examples/compare_families.py --tokens 98304 --tokens-per-family 114688 --n-latents 1536 \
-        --batch-size 1024 --dead-window 40960    # a quick look (a few minutes)
+        --batch-size 1024    # a quick look (a few minutes)
     python examples/compare_families.py --only topk batchtopk   # re-run some rows, keep the others
+    # two halves side by side on a 2-core machine (after one run has filled the harvest cache):
+    python examples/compare_families.py --threads 1 --only topk ... --out /tmp/a &
+    python examples/compare_families.py --threads 1 --only batchtopk ... --out /tmp/b
+    python examples/compare_families.py --merge /tmp/a /tmp/b     # -> docs/results
 """
 
 from __future__ import annotations
@@ -90,7 +97,7 @@ def run_one(label, family, kw, train_x, test_x, args) -> tuple[dict, SparseAutoe
     cfg = SAEConfig(d_in=train_x.shape[1], n_latents=args.n_latents, family=family, hook_name=HOOK,
                     model_name="minilm", **kw)
     sae = SparseAutoencoder(cfg, seed=seed)
-    tcfg = TrainConfig(tokens=args.tokens_per_family, batch_size=args.batch_size, seed=seed,
+    tcfg = TrainConfig(tokens=args.tokens_per_family, batch_size=args.batch_size, seed=seed, lr=args.lr,
                        dead_window_tokens=args.dead_window, checkpoint_every=10**9, log_every=10**9)
     data = TensorBatches(train_x, args.batch_size, seed=seed)
     with contextlib.redirect_stderr(io.StringIO()):  # no progress bars in the study's log
@@ -107,6 +114,8 @@ def run_one(label, family, kw, train_x, test_x, args) -> tuple[dict, SparseAutoe
         "k": kw.get("k"),
         "seed": seed,
         "train_tokens": result.tokens,
+        "lr": tcfg.learning_rate(args.n_latents),
+        "dead_window_tokens": tcfg.dead_window(args.n_latents, cfg.k),
     }
     if family in ("batchtopk", "mutualchoice", "featurechoice", "matryoshka"):
         # the threshold's inference L0 is not exactly k: also score the batch rule at exactly k (equal L0)
@@ -158,7 +167,8 @@ def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
     from plotly.subplots import make_subplots
 
     main_rows = [r for r in rows if not r["family"].startswith("topk_")]
-    color = {r["family"]: qualitative.Plotly[i % 10] for i, r in enumerate(main_rows)}
+    palette = qualitative.Plotly + qualitative.D3  # more colours than families: no two share one
+    color = {r["family"]: palette[i % len(palette)] for i, r in enumerate(main_rows)}
     fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.16,
                         subplot_titles=("FVU against L0 (held-out)", f"FVU at L0 = {meta['k']} (batch rule where it applies)"))
     ref = sorted((r for r in rows if r["family"] in ("topk", "topk_k8", "topk_k16")), key=lambda r: r["l0"])
@@ -185,7 +195,7 @@ def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
             fig.add_vline(x=v, line={"dash": "dot", "color": "gray"}, row=1, col=2)
     lo = min(v for _, v in matched)
     fig.update_xaxes(title_text="L0 (mean active latents per token)", type="log", row=1, col=1)
-    fig.update_yaxes(title_text="FVU", row=1, col=1)
+    fig.update_yaxes(title_text="FVU (log)", type="log", row=1, col=1)  # a collapsed run at 1 keeps the rest readable
     fig.update_xaxes(title_text="FVU (dotted: TopK, two seeds)", range=[lo * 0.9, max(v for _, v in matched) * 1.04],
                      row=1, col=2)
     fig.update_layout(title=f"SAE families on MiniLM {HOOK} (n={meta['n_latents']}, "
@@ -194,8 +204,48 @@ def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
     fig.write_html(out / "families.html", include_plotlyjs="cdn")
     try:  # a static copy for the markdown report (kaleido needs a Chrome/Chromium on the machine)
         fig.write_image(out / "families.png", width=1300, height=720, scale=1)
-    except Exception as e:  # noqa: BLE001 - the PNG is optional
-        print(f"no PNG ({type(e).__name__}: {e})")
+    except Exception as kaleido_error:  # noqa: BLE001 - the PNG is optional
+        try:
+            png_via_chromium(fig, out / "families.png", width=1300, height=720)
+        except Exception as e:  # noqa: BLE001
+            print(f"no PNG (kaleido: {type(kaleido_error).__name__}; chromium: {type(e).__name__}: {e})")
+
+
+def png_via_chromium(fig, path: Path, width: int, height: int) -> None:
+    """The figure rendered by a headless Chromium through Playwright (plotly.js inlined: no network needed)."""
+    import shutil
+    import tempfile
+
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as tmp:
+        page_file = Path(tmp) / "figure.html"
+        fig.write_html(page_file, include_plotlyjs=True, default_width=width, default_height=height)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium") or shutil.which("chromium-browser"),
+                                        args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(page_file.as_uri())
+            page.wait_for_selector(".main-svg", timeout=30_000)
+            page.screenshot(path=str(path), full_page=False)
+            browser.close()
+
+
+def merge(dirs: list[str], out: Path) -> None:
+    """One study from several --only runs: each row from the run that trained it (its meta's 'rerun'), in the
+    study's order; meta from the first run, with the seconds summed."""
+    parts = [json.loads((Path(d) / "families.json").read_text()) for d in dirs]
+    fresh = {}
+    for part in parts:
+        ran = set(part["meta"].get("rerun") or [r["family"] for r in part["rows"]])
+        fresh.update({r["family"]: r for r in part["rows"] if r["family"] in ran})
+    order = [label for label, _, _ in family_runs(32, 1)]
+    rows = sorted(fresh.values(), key=lambda r: order.index(r["family"]) if r["family"] in order else len(order))
+    meta = {key: v for key, v in parts[0]["meta"].items() if key != "rerun"}
+    meta["total_seconds"] = sum(p["meta"]["total_seconds"] for p in parts)
+    meta["merged_from"] = [str(d) for d in dirs]
+    write_outputs(rows, meta, out)
+    print(f"merged {len(rows)} rows from {len(dirs)} runs into {out}")
 
 
 def main() -> None:
@@ -206,13 +256,23 @@ def main() -> None:
     p.add_argument("--n-latents", type=int, default=3072)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--dead-window", type=int, default=400_000, help="tokens without firing = dead")
+    p.add_argument("--dead-window", type=int, default=None,
+                   help="tokens without firing = dead (default: the trainer's rule, TrainConfig.dead_window)")
+    p.add_argument("--lr", type=float, default=None, help="Adam's rate (default: the trainer's rule)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--merge", nargs="+", metavar="DIR", help="merge the rows of several --only runs (each DIR's "
+                   "families.json) into --out and redraw")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default="runs/families_cache")
     p.add_argument("--out", default="docs/results")
     p.add_argument("--only", nargs="*", help="run only these labels")
     p.add_argument("--replot", action="store_true", help="rewrite the table and figures from OUT/families.json")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.merge:
+        merge(args.merge, Path(args.out))
+        return
     if args.replot:
         saved = json.loads((Path(args.out) / "families.json").read_text())
         write_outputs(saved["rows"], saved["meta"], Path(args.out))
@@ -220,12 +280,39 @@ def main() -> None:
     args.curve_ks = [args.k // 8, args.k // 4, args.k // 2, args.k]
     torch.manual_seed(args.seed)
 
+    labels = [label for label, _, _ in family_runs(args.k, 1)]
+    unknown = sorted(set(args.only or []) - set(labels))
+    if unknown:  # checked before the harvest, not after it
+        p.error(f"--only {unknown}: not a label of the study (labels: {', '.join(labels)})")
     t0 = time.perf_counter()
     train_x, test_x = harvest(args.tokens, args.eval_tokens, Path(args.cache), args.seed)
     harvest_s = time.perf_counter() - t0
     print(f"harvested {train_x.shape[0]:,} train + {test_x.shape[0]:,} test activations in {harvest_s:.0f}s")
     steps = args.tokens_per_family // args.batch_size
+    out = Path(args.out)
+    old = json.loads((out / "families.json").read_text()) if args.only and (out / "families.json").exists() else None
     rows = []
+
+    def save() -> dict:
+        """Written after every row, so a crash keeps the rows already trained."""
+        meta = {
+            "model": "minilm (embedded all-MiniLM-L6-v2)", "hook": HOOK, "corpus": "embedded default",
+            "d_in": train_x.shape[1], "n_latents": args.n_latents, "k": args.k, "batch_size": args.batch_size,
+            "harvested_train_tokens": train_x.shape[0], "eval_tokens": test_x.shape[0],
+            "tokens_per_family": args.tokens_per_family,
+            # None: the trainer's rules (each row records the lr and dead window it trained with)
+            "lr": args.lr, "dead_window_tokens": args.dead_window,
+            "seed": args.seed, "device": "cpu", "threads": torch.get_num_threads(),
+            "harvest_seconds": harvest_s, "total_seconds": time.perf_counter() - t0,
+        }
+        kept = rows
+        if old is not None:  # re-run some rows, keep the others
+            fresh = {r["family"]: r for r in rows}
+            kept = [fresh.pop(r["family"], r) for r in old["rows"]] + list(fresh.values())
+            meta["rerun"] = sorted(r["family"] for r in rows)
+        write_outputs(kept, meta, out)
+        return meta
+
     for label, family, kw in family_runs(args.k, steps):
         if args.only and label not in args.only:
             continue
@@ -234,20 +321,7 @@ def main() -> None:
         rows.append(row)
         print(f"{label:18s} fvu {row['fvu']:.4f}  l0 {row['l0']:6.1f}  dead {row['dead_fraction']:.3f}  "
               f"{row['tokens_per_s']:7.0f} tok/s  ({time.perf_counter() - t:.0f}s)", flush=True)
-    meta = {
-        "model": "minilm (embedded all-MiniLM-L6-v2)", "hook": HOOK, "corpus": "embedded default",
-        "d_in": train_x.shape[1], "n_latents": args.n_latents, "k": args.k, "batch_size": args.batch_size,
-        "harvested_train_tokens": train_x.shape[0], "eval_tokens": test_x.shape[0],
-        "tokens_per_family": args.tokens_per_family, "dead_window_tokens": args.dead_window,
-        "seed": args.seed, "device": "cpu", "threads": torch.get_num_threads(),
-        "harvest_seconds": harvest_s, "total_seconds": time.perf_counter() - t0,
-    }
-    if args.only and (Path(args.out) / "families.json").exists():  # re-run some rows, keep the others
-        old = json.loads((Path(args.out) / "families.json").read_text())
-        fresh = {r["family"]: r for r in rows}
-        rows = [fresh.pop(r["family"], r) for r in old["rows"]] + list(fresh.values())
-        meta = {**old["meta"], "rerun": sorted(args.only)}
-    write_outputs(rows, meta, Path(args.out))
+        meta = save()
     print(f"wrote {args.out}/families.json, families_table.md, families.html in {meta['total_seconds']:.0f}s")
 
 

@@ -212,18 +212,21 @@ def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
 
 
 def png_via_chromium(fig, path: Path, width: int, height: int) -> None:
-    """The figure rendered by a headless Chromium through Playwright (plotly.js inlined: no network needed)."""
-    import shutil
+    """The figure rendered by a headless Chromium through Playwright (plotly.js inlined: no network needed), launched
+    as the browser test and bench/dashboard.py launch it (tests/sae/analysis/browser_helpers.py)."""
+    import sys
     import tempfile
 
     from playwright.sync_api import sync_playwright
+
+    sys.path.append(str(Path(__file__).resolve().parents[1] / "tests" / "sae" / "analysis"))
+    from browser_helpers import launch
 
     with tempfile.TemporaryDirectory() as tmp:
         page_file = Path(tmp) / "figure.html"
         fig.write_html(page_file, include_plotlyjs=True, default_width=width, default_height=height)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=shutil.which("chromium") or shutil.which("chromium-browser"),
-                                        args=["--no-sandbox"])
+            browser = launch(p)
             page = browser.new_page(viewport={"width": width, "height": height})
             page.goto(page_file.as_uri())
             page.wait_for_selector(".main-svg", timeout=30_000)

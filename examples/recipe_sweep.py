@@ -78,14 +78,18 @@ def _complete(folder: Path) -> bool:
         return False
 
 
+SAE_FIELDS = {f.name for f in dataclasses.fields(SAEConfig)}
+TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+POINT_FIELDS = {"lr", "tokens", "batch_size", "n_latents", "d_in", "seed"}  # set by the point, not by --set
+
+
 def parse_knobs(pairs: list[str]) -> dict:
     """`name=value` overrides of SAEConfig / TrainConfig fields (the other recipe knobs), values parsed as JSON
     where they are JSON (numbers, null), else kept as strings; a name neither config has is refused."""
-    fields = {f.name for f in dataclasses.fields(SAEConfig)} | {f.name for f in dataclasses.fields(TrainConfig)}
     knobs = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        if not sep or name not in fields or name in ("lr", "tokens", "batch_size", "n_latents", "d_in", "seed"):
+        if not sep or name not in (SAE_FIELDS | TRAIN_FIELDS) - POINT_FIELDS:
             raise SystemExit(f"--set {pair!r}: expected NAME=VALUE with NAME a field of SAEConfig or TrainConfig "
                              "other than those the point sets (lr, tokens, batch_size, n_latents, d_in, seed)")
         try:
@@ -101,12 +105,11 @@ def run_point(layer: int, n: int, steps: int, batch: int, lr: float | None, data
     SAEConfig / TrainConfig fields."""
     train_x, test_x = data
     knobs = knobs or {}
-    sae_fields = {f.name for f in dataclasses.fields(SAEConfig)}
     sae = SparseAutoencoder(SAEConfig(d_in=train_x.shape[1], n_latents=n, k=32,
-                                      **{k: v for k, v in knobs.items() if k in sae_fields}), seed=seed)
+                                      **{k: v for k, v in knobs.items() if k in SAE_FIELDS}), seed=seed)
     tcfg = TrainConfig(tokens=steps * batch, batch_size=batch, lr=lr, seed=seed,
                        checkpoint_every=10**9, log_every=10**9,
-                       **{k: v for k, v in knobs.items() if k not in sae_fields})
+                       **{k: v for k, v in knobs.items() if k not in SAE_FIELDS})
     with contextlib.redirect_stderr(io.StringIO()):
         result = train(sae, TensorBatches(train_x, batch, seed=seed), tcfg)
     sae.fold_input_scale()
@@ -239,7 +242,8 @@ def main() -> None:
             continue
         rows = [r for r in load_rows(out) if r["point"] == name and r.get("knobs", {}) == knobs]
         lrs = args.lrs or default_lrs(steps)
-        todo = [None] if args.defaults else [lr for lr in lrs if (False, lr) not in {(r["default"], r["lr"]) for r in rows}]
+        swept = {r["lr"] for r in rows if not r["default"]}
+        todo = [None] if args.defaults else [lr for lr in lrs if lr not in swept]
         if args.defaults:  # done when a default run of today's rule (its lr and dead window) is there
             rule = TrainConfig(tokens=steps * batch, batch_size=batch)
             now = (rule.learning_rate(n), knobs.get("dead_window_tokens") or rule.dead_window(n, 32))

@@ -184,7 +184,8 @@ def compile_one(fn, launch: Launch) -> Binary:
     return Binary(key, True, "", regs, spills, getattr(k.metadata, "shared", 0) or 0, loops, straight)
 
 
-KERNEL_MODULES = ("kernels.triton_impl", "kernels.triton_gather", "kernels.triton_tiles")  # *_kernel names
+# the modules whose *_kernel functions are compiled
+KERNEL_MODULES = ("kernels.triton_impl", "kernels.triton_gather", "kernels.triton_tiles", "kernels.triton_batch")
 
 
 def kernel_functions() -> dict:

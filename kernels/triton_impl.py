@@ -21,11 +21,19 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import triton_batch as batch
 from kernels import triton_tiles as tiles
 from kernels.code import SparseCode
 from kernels.triton_common import order_key
 from kernels.triton_gather import decode_sse, gather_dot, gather_sum, sorted_pairs
-from kernels.triton_launches import PRUNE_MIN_N, candidate_width, select_blocks, submax_width, tile_select_fits
+from kernels.triton_launches import (
+    PRUNE_MIN_N,
+    batch_prune_fits,
+    candidate_width,
+    select_blocks,
+    submax_width,
+    tile_select_fits,
+)
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 POISON = False  # tests set this: every output buffer starts as garbage, so an unwritten element shows
@@ -443,11 +451,25 @@ def select_stat(pre: torch.Tensor, k: int) -> SparseCode:
     return select_by_value(pre, thr, (1, 0), "none")
 
 
-def select_batch(pre: torch.Tensor, k: int) -> SparseCode:
-    """Top k*B of relu(pre) over the batch: a global 16-way bisection run on the device (a fixed number of
-    count launches: enough to narrow the key range to one key), then the row compaction with the global
-    threshold and each row's share of the ties (in row order). One host read: the code's width."""
+def select_batch(pre: torch.Tensor, k: int, smax: torch.Tensor | None = None) -> SparseCode:
+    """Top k*B of relu(pre) over the batch, ties at the threshold in row, then column order. Where a row holds
+    enough sub-blocks, v5's pruned path (kernels/triton_batch.py) reads the sub-block maxima (`smax`, from the
+    fused encoder matmul, or one read pass here) and the few sub-blocks they point to; otherwise, or when its
+    buffers overflow, the full-batch path below. One host read either way (two after an overflow)."""
     p = _check_kernel_input(pre.detach())
+    B, n = p.shape
+    if batch_prune_fits(n, k):
+        sub = submax_width(n, k)
+        pruned = batch.select_from_submax(p, smax if smax is not None else tiles.submax(p, 0, sub), k, sub)
+        if pruned is not None:
+            return _finish(pre, pruned[0], pruned[1], "relu")
+    return _select_batch_full(pre, p, k)
+
+
+def _select_batch_full(pre: torch.Tensor, p: torch.Tensor, k: int) -> SparseCode:
+    """v1 over the whole batch: a global 16-way bisection run on the device (a fixed number of count launches:
+    enough to narrow the key range to one key), then the row compaction with the global threshold and each
+    row's share of the ties (in row order). One host read: the code's width."""
     B, n = p.shape
     total = min(k * B, B * n)
     shift = _shift(p.dtype)
@@ -598,9 +620,10 @@ def _grad_mask(values: torch.Tensor, rule: str) -> torch.Tensor:
 
 
 def _fused_applies(x: torch.Tensor, rule: str, k: int | None, n: int) -> bool:
-    """The matmul with the sub-block maxima in its epilogue serves the row rules in 16-bit dtypes (fp32 keeps
-    torch's matmul, whose precision the user set), where the pruned selection fits."""
-    if rule not in ("row", "abs") or not tile_select_fits(n, k):
+    """The matmul with the sub-block maxima in its epilogue serves the row rules and BatchTopK in 16-bit dtypes
+    (fp32 keeps torch's matmul, whose precision the user set), where their pruned selection fits."""
+    fits = tile_select_fits(n, k) if rule in ("row", "abs") else rule == "batch" and batch_prune_fits(n, k)
+    if not fits:
         return False
     return x.dtype in (torch.bfloat16, torch.float16) or FUSED_FP32
 
@@ -611,8 +634,11 @@ def _encode_forward(x, W_enc, b_enc, rule, k, threshold, dead, k_aux):
     if _fused_applies(x, rule, k, n):
         mode = int(rule == "abs")
         pre, smax = tiles.gemm_submax(x, W_enc, b_enc, mode, submax_width(n, k))
-        idx, raw = topk_by_tiles(pre, k, mode, smax)
-        code = SparseCode(raw.relu() if rule == "row" else raw, idx)
+        if rule == "batch":
+            code = select_batch(pre, k, smax)
+        else:
+            idx, raw = topk_by_tiles(pre, k, mode, smax)
+            code = SparseCode(raw.relu() if rule == "row" else raw, idx)
     else:
         # the bias rides in cuBLAS's epilogue: no extra read + write of [B, n]
         pre = torch.addmm(b_enc, x, W_enc) if b_enc is not None else x @ W_enc

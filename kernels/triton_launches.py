@@ -87,6 +87,29 @@ def tile_select_fits(n: int, k: int) -> bool:
     return n >= 4 * tcap * sub and triton.cdiv(n, sub) <= 4096 and tcap * sub <= 4096
 
 
+def batch_prune_fits(n: int, k: int) -> bool:
+    """BatchTopK's pruned selection (kernels/triton_batch.py) runs when a row holds at least 4k sub-blocks: the
+    maxima are then a small fraction of the entries, and the listed sub-blocks (about k per row) fewer still."""
+    return triton.cdiv(n, submax_width(n, k)) >= 4 * k
+
+
+def batch_passes(shift: int) -> int:
+    """Passes of a 16-way bisection over ReLU'd order keys (31 - shift bits: 4 for bf16, 5 fp16, 8 fp32)."""
+    return -(-(31 - shift) // 4)
+
+
+def batch_caps(total: int) -> tuple[int, int]:
+    """(sub-blocks, entries) the pruned BatchTopK lists before it falls back: each is about total = k*B (plus ties
+    at the bound), so twice and four times that, plus slack for small batches."""
+    return 2 * total + 1024, 4 * total + 1024
+
+
+def batch_blocks(sub: int) -> tuple[int, int, int]:
+    """(keys per program of a counting pass and of the row and budget loops, sub-blocks per program of the entry
+    listing (2048 entries), candidates per step of the per-row write) of the pruned BatchTopK."""
+    return 1024, max(1, 2048 // sub), 64
+
+
 def candidate_width(n: int, k: int) -> int:
     """Width C of the candidate buffer: 16k rounded up to a power of two, at least 256, at most n."""
     return min(_p2(n), max(256, _p2(16 * k)))
@@ -240,9 +263,72 @@ def _tile_launches(dt: str, d: int, n: int, k: int, B: int) -> list[Launch]:
     return out
 
 
+BATCH_FILL = 1.1  # listed sub-blocks and candidate entries per kept entry, for pricing (Gaussian pre: 1.00-1.04)
+BATCH_WIDTH = 1.7  # BatchTopK's code width (the largest row count) over k, for pricing (Gaussian pre: 1.55-1.72)
+NPIV = 16
+
+
+def _batch_launches(dt: str, n: int, k: int, B: int) -> list[Launch]:
+    """v5: BatchTopK pruned by the sub-block maxima (kernels/triton_batch.py), one launch each (a counting pass
+    is one of `batch_passes` alike). Every kernel first replays the bisection's counts (its first loop, NPIV
+    per pass); what follows is code outside loops, once per program, except the budget's two loops over the
+    rows and the write's loops over a row's candidates and its padding."""
+    P, es = DTYPES[dt]
+    shift = 16 if dt == "bf16" else 0
+    sub = submax_width(n, k)
+    T = triton.cdiv(n, sub)
+    BT = B * T
+    total = k * B
+    tcap, ecap = batch_caps(total)
+    passes = batch_passes(shift)
+    live = int(BATCH_FILL * total)  # listed sub-blocks, and candidate entries
+    width = int(BATCH_WIDTH * k)
+    cb, eb, rb = batch_blocks(sub)
+    tprog, eprog, lprog = triton.cdiv(BT, cb), triton.cdiv(tcap, eb), triton.cdiv(live, cb)
+    tag = f"{dt} n={n} k={k}"
+    cx = dict(HI0=1 << (31 - shift), NPIV=NPIV)
+    out = []
+
+    def add(label, kernel, sig, consts, programs, nbytes, loops=(), tiles=()):
+        replay = (programs * passes * NPIV,)  # the replay of a whole bisection (a counting pass: half on average)
+        out.append(Launch(f"batch {label} {tag}", kernel, sig, dict(cx, **consts), 4, (NPIV,) + tuple(tiles),
+                          replay + tuple(loops), nbytes, programs))
+
+    count_sig = dict(len_ptr="*i64", cap=ecap, counts_ptr="*i64", npass=2, total=total)
+    add("count pass over the maxima", "_count_pass_kernel", dict(count_sig, key_ptr=P, len_ptr=P, cap=BT),
+        dict(FROM_VALUES=True, SHIFT=shift, BLOCK=cb), tprog, BT * es)
+    tiles_sig = dict(smax_ptr=P, counts_ptr="*i64", npass=passes, total=total, pcnt_ptr="*i64", poff_ptr="*i64",
+                     tid_ptr="*i64", tcap=tcap, BT=BT)
+    for store in (False, True):
+        add(f"list sub-blocks at or above t ({'write' if store else 'count'})", "_batch_tiles_kernel", tiles_sig,
+            dict(STORE=store, SHIFT=shift, BLOCK=cb), tprog, BT * es + (live * 8 if store else tprog * 8))
+    entries_sig = dict(pre_ptr=P, stride_b=n, n=n, T=T, tid_ptr="*i64", tlen_ptr="*i64", tcap=tcap,
+                       counts_ptr="*i64", npass=passes, total=total, pcnt_ptr="*i64", poff_ptr="*i64",
+                       eflat_ptr="*i64", ekey_ptr="*i32", ecap=ecap)
+    for store in (False, True):
+        add(f"list candidate entries ({'write' if store else 'count'})", "_batch_entries_kernel", entries_sig,
+            dict(STORE=store, SHIFT=shift, SUB=sub, BLOCK_S=eb), eprog,
+            live * (8 + max(sub * es, 32)) + (live * 12 if store else eprog * 8))
+    add("count pass over the candidates", "_count_pass_kernel", dict(count_sig, key_ptr="*i32"),
+        dict(FROM_VALUES=False, SHIFT=shift, BLOCK=cb), lprog, live * 4)
+    add("per-row counts (atomics)", "_batch_row_counts_kernel",
+        dict(eflat_ptr="*i64", ekey_ptr="*i32", elen_ptr="*i64", ecap=ecap, n=n, counts_ptr="*i64", npass=passes,
+             total=total, ngt_ptr="*i32", neq_ptr="*i32", nall_ptr="*i32"), dict(BLOCK=cb), lprog, live * 12 + B * 12)
+    add("ties' budget per row, width, flag", "_batch_budget_kernel",
+        dict(counts_ptr="*i64", npass=passes, total=total, tlen_ptr="*i64", tcap=tcap, elen_ptr="*i64", ecap=ecap,
+             ngt_ptr="*i32", neq_ptr="*i32", nall_ptr="*i32", budget_ptr="*i32", count_ptr="*i64",
+             start_ptr="*i64", out_ptr="*i64", B=B), dict(BLOCK=cb), 1, B * 40, (B, B), (cb, cb))
+    add("write each row's columns", "_batch_write_kernel",
+        dict(eflat_ptr="*i64", ekey_ptr="*i32", n=n, counts_ptr="*i64", npass=passes, total=total,
+             budget_ptr="*i32", count_ptr="*i64", start_ptr="*i64", nall_ptr="*i32", idx_ptr="*i64", width=width),
+        dict(BLOCK=rb), B, live * 12 + B * width * 8 + B * 28, (live, B * (width - k)), (rb, rb))
+    return out
+
+
 def launches(d: int, n: int, k: int, B: int, dt: str) -> list[Launch]:
     """Every launch of select / encode / decode (forward and backward) at one size and dtype."""
-    return _select_launches(dt, n, k, B) + _dense_launches(dt, d, n, k, B) + _tile_launches(dt, d, n, k, B)
+    return (_select_launches(dt, n, k, B) + _dense_launches(dt, d, n, k, B) + _tile_launches(dt, d, n, k, B)
+            + _batch_launches(dt, n, k, B))
 
 
 def benchmark_launches() -> list[Launch]:
@@ -268,8 +354,8 @@ def _pick(all_launches: list[Launch], *prefixes: str) -> list[Launch]:
 def step_parts(rule: str, d: int, n: int, k: int, B: int, dt: str = "bf16") -> tuple[list[Launch], int]:
     """(launches in order, host syncs) of one forward + backward of encode -> decode -> squared error, as the
     benchmark times it (no AuxK; b_pre = b_dec handed to the encoder, the error from kernels.decode_sse). For the
-    row rules the first launch is the fused matmul (priced against the measured cuBLAS matmul by the model);
-    for BatchTopK the matmul is cuBLAS's and left out (it is the reference)."""
+    row rules and BatchTopK the first launch is the fused matmul (priced against the measured cuBLAS matmul by
+    the model)."""
     _, es = DTYPES[dt]
     la = launches(d, n, k, B, dt)
     small = B * k * 8  # one [B, k] int64 / fp32 pass, order of magnitude
@@ -284,13 +370,23 @@ def step_parts(rule: str, d: int, n: int, k: int, B: int, dt: str = "bf16") -> t
         fwd = shift + _pick(la, f"{fam} matmul + sub-block maxima") + sel \
             + torch_op("relu of the values, grad mask", small, 2 if fam == "row" else 1)
         syncs = 0
-    elif rule == "batch":
-        sel = torch_op("max of pre", B * n * es) + _pick(la, "batch count (") \
-            + torch_op("pivots and narrowing on the device", 256, 6 * BISECT_PASSES[dt]) \
-            + _pick(la, "batch count-only") + torch_op("tie budget", B * 16, 5) + _pick(la, "batch compact") \
-            + torch_op("gather, argsort and reorder of [B, w]", small, 8)
-        fwd = shift + sel + torch_op("grad mask", small)
+    elif rule == "batch":  # v5: pruned by the matmul's maxima
+        passes = batch_passes(16 if dt == "bf16" else 0)
+        sel = torch_op("zero the bisections' counts and the row counters", B * 24) \
+            + _pick(la, "batch count pass over the maxima") * passes \
+            + _pick(la, "batch list sub-blocks at or above t (count)") + torch_op("cumulative sum", B * 16) \
+            + _pick(la, "batch list sub-blocks at or above t (write)", "batch list candidate entries (count)") \
+            + torch_op("cumulative sum", B * 16) + _pick(la, "batch list candidate entries (write)") \
+            + _pick(la, "batch count pass over the candidates") * passes \
+            + _pick(la, "batch per-row counts", "batch ties' budget", "batch write each row's columns") \
+            + torch_op("values gathered from pre, padding zeroed, rows ordered by value", B * k * 24, 12)
+        fwd = shift + _pick(la, "row matmul + sub-block maxima") + sel + torch_op("grad mask", small)
         syncs = 1  # the code's width
+        # the code is BATCH_WIDTH * k wide: the decode and gradients run over its padding too (instructions),
+        # whose index 0 reads one cached row (no DRAM bytes past the k real entries per row)
+        wide = launches(d, n, int(BATCH_WIDTH * k), B, dt)
+        la = [w._replace(nbytes=r.nbytes) if w.label.split(" k=")[0] == r.label.split(" k=")[0] else w
+              for w, r in zip(wide, la)]
     else:
         raise ValueError(f"no step model for rule {rule!r}")
     fwd += _pick(la, "decode + squared error") + torch_op("sum of the error's parts", 4096)
@@ -313,5 +409,6 @@ def select_parts(rule: str, n: int, k: int, B: int, dt: str = "bf16") -> tuple[l
         return _pick(la, f"{rule} sub-block maxima pass") + parts[first:last + 1] \
             + torch_op("values gathered from pre (differentiable)", B * k * 16, 2), 0
     parts, syncs = step_parts(rule, 768, n, k, B, dt)
+    first = next(i for i, p in enumerate(parts) if p.label.startswith("zero the bisections"))
     cut = next(i for i, p in enumerate(parts) if p.label.startswith("grad mask"))
-    return parts[1:cut], syncs
+    return _pick(launches(768, n, k, B, dt), "row sub-block maxima pass") + parts[first:cut], syncs

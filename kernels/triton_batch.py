@@ -1,0 +1,281 @@
+"""BatchTopK's selection pruned by sub-block maxima (kernels v5): the top k*B of the ReLU'd batch without reading
+the pre-activations in full, exact, with no host sync but the one the rule needs (its code's width).
+
+The row argument of `triton_tiles`, over the whole batch: if t is the (k*B)-th largest sub-block maximum, at least
+k*B entries are >= t (one in each of those sub-blocks), so the batch's (k*B)-th largest entry is >= t, and every
+kept entry is >= t. So: t by bisection over the maxima ([B, n / SUB], SUB times fewer than the entries); the
+sub-blocks whose maximum is >= t listed (about k*B); their entries >= t listed (about k*B: every entry of the batch
+that is >= t); the exact threshold by bisection over those; the ties at it kept in row, then column order, as
+the full-batch path does; each row's kept columns written in column order.
+
+Both lists are compacted in order (a count launch, a cumulative sum, a write launch: no atomics), so the
+candidates come out in (row, column) order and each row's are contiguous. Each bisection pass is one launch: its
+programs replay the earlier passes' counts (16 numbers per pass, on the device) to find their pivots. A list that
+overflows its buffer (ties among the maxima, entries bunched in few sub-blocks) or a batch with fewer than k*B
+positive maxima is flagged on the device and read with the width; the caller then runs the full-batch path.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.triton_common import order_key
+from kernels.triton_launches import batch_blocks, batch_caps, batch_passes
+
+NPIV = 16  # pivots per bisection pass: a 16-fold narrowing
+POISON = False  # tests set this: every buffer a kernel fills starts as garbage, so an unwritten element shows
+
+
+def _empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    out = torch.empty(shape, dtype=dtype, device=device)
+    return out.fill_(-7777) if POISON else out
+
+
+@triton.jit
+def _narrowed(counts_ptr, npass, total, HI0: tl.constexpr, NPIV: tl.constexpr):
+    """(lo, step) of pass `npass` after replaying the earlier passes' counts (counts_ptr[q * NPIV + j] = keys >=
+    the j-th pivot of pass q): the total-th largest key lies in [lo, hi) and the pass's pivots are lo + j * step.
+    After enough passes hi - lo = 1 and lo is that key (0 when fewer than total keys are positive)."""
+    jj = tl.arange(0, NPIV)
+    lo = tl.zeros([NPIV], tl.int64).sum(axis=0)
+    hi = lo + HI0
+    for q in range(npass):
+        step = tl.maximum((hi - lo + NPIV - 1) // NPIV, 1)
+        piv = lo + jj * step
+        c = tl.load(counts_ptr + q * NPIV + jj)
+        j = tl.maximum(tl.sum(((c >= total) & (piv < hi)).to(tl.int32), axis=0) - 1, 0).to(tl.int64)
+        new_lo = lo + j * step
+        hi = tl.minimum(hi, new_lo + step)
+        lo = new_lo
+    return lo, tl.maximum((hi - lo + NPIV - 1) // NPIV, 1)
+
+
+@triton.jit(do_not_specialize=["npass"])
+def _count_pass_kernel(key_ptr, len_ptr, cap, counts_ptr, npass, total, FROM_VALUES: tl.constexpr,
+                       SHIFT: tl.constexpr, HI0: tl.constexpr, NPIV: tl.constexpr, BLOCK: tl.constexpr):
+    """Pass `npass` of the bisection for the total-th largest key: counts of keys >= each of its 16 pivots, added
+    into counts_ptr[npass * NPIV + j] (relaxed: read by later launches only). FROM_VALUES: the keys are the ReLU'd
+    order keys of `cap` values; else int32 keys, min(*len_ptr, cap) of them (programs past them return)."""
+    pid = tl.program_id(0)
+    start = pid.to(tl.int64) * BLOCK
+    if FROM_VALUES:
+        length = cap
+    else:
+        length = tl.minimum(tl.load(len_ptr), cap)
+    if start >= length:
+        return
+    lo, step = _narrowed(counts_ptr, npass, total, HI0, NPIV)
+    jj = tl.arange(0, NPIV)
+    piv = tl.minimum(lo + jj * step, 2147483647).to(tl.int32)  # pivots past hi are ignored when narrowing
+    offs = start + tl.arange(0, BLOCK)
+    m = offs < length
+    if FROM_VALUES:
+        key = order_key(tl.load(key_ptr + offs, mask=m, other=0.0).to(tl.float32), 2, SHIFT)
+    else:
+        key = tl.load(key_ptr + offs, mask=m, other=0)
+    key = tl.where(m, key, -1)
+    cnt = tl.sum((key[:, None] >= piv[None, :]).to(tl.int32), axis=0)
+    tl.atomic_add(counts_ptr + npass * NPIV + jj, cnt.to(tl.int64), sem="relaxed")
+
+
+@triton.jit
+def _place(hit, ids, pcnt_ptr, poff_ptr, out_ptr, cap, STORE: tl.constexpr):
+    """Order-preserving compaction, one program's part: STORE=False writes the program's hit count; STORE=True
+    (poff = the inclusive cumulative sum of those counts) writes its hits' ids at their places below cap."""
+    pid = tl.program_id(0)
+    c = tl.sum(hit.to(tl.int32), axis=0)
+    if STORE:
+        slot = tl.load(poff_ptr + pid) - c + tl.cumsum(hit.to(tl.int32), axis=0) - 1
+        tl.store(out_ptr + slot, ids, mask=hit & (slot < cap))
+        return slot
+    else:
+        tl.store(pcnt_ptr + pid, c.to(tl.int64))
+        return c
+
+
+@triton.jit(do_not_specialize=["npass"])
+def _batch_tiles_kernel(smax_ptr, counts_ptr, npass, total, pcnt_ptr, poff_ptr, tid_ptr, tcap, BT,
+                        STORE: tl.constexpr, SHIFT: tl.constexpr, HI0: tl.constexpr, NPIV: tl.constexpr,
+                        BLOCK: tl.constexpr):
+    """The sub-blocks (flat ids b * T + s) whose maximum's ReLU'd key is >= t (the bisection's result after
+    `npass` passes over the maxima), listed in order (see _place)."""
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < BT
+    t, _ = _narrowed(counts_ptr, npass, total, HI0, NPIV)
+    key = order_key(tl.load(smax_ptr + offs, mask=m, other=0.0).to(tl.float32), 2, SHIFT)
+    _place(m & (key >= t), offs, pcnt_ptr, poff_ptr, tid_ptr, tcap, STORE)
+
+
+@triton.jit(do_not_specialize=["npass"])
+def _batch_entries_kernel(pre_ptr, stride_b, n, T, tid_ptr, tlen_ptr, tcap, counts_ptr, npass, total,
+                          pcnt_ptr, poff_ptr, eflat_ptr, ekey_ptr, ecap, STORE: tl.constexpr, SHIFT: tl.constexpr,
+                          HI0: tl.constexpr, NPIV: tl.constexpr, SUB: tl.constexpr, BLOCK_S: tl.constexpr):
+    """The entries >= t of the listed sub-blocks (BLOCK_S per program), listed in order (see _place) as their
+    flat index b * n + column and ReLU'd order key."""
+    pid = tl.program_id(0)
+    nt = tl.minimum(tl.load(tlen_ptr), tcap)
+    s = pid.to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
+    sm = s < nt
+    t, _ = _narrowed(counts_ptr, npass, total, HI0, NPIV)
+    tid = tl.load(tid_ptr + s, mask=sm, other=0)
+    row = tid // T
+    cols = (tid % T)[:, None] * SUB + tl.arange(0, SUB)[None, :]
+    em = sm[:, None] & (cols < n)
+    x = tl.load(pre_ptr + row[:, None] * stride_b + cols, mask=em, other=0.0).to(tl.float32)
+    key = tl.reshape(order_key(x, 2, SHIFT), [BLOCK_S * SUB])
+    hit = tl.reshape(em, [BLOCK_S * SUB]) & (key >= t)
+    flat = tl.reshape(row[:, None] * n + cols, [BLOCK_S * SUB])
+    slot = _place(hit, flat, pcnt_ptr, poff_ptr, eflat_ptr, ecap, STORE)
+    if STORE:
+        tl.store(ekey_ptr + slot, key, mask=hit & (slot < ecap))
+
+
+@triton.jit(do_not_specialize=["npass"])
+def _batch_row_counts_kernel(eflat_ptr, ekey_ptr, elen_ptr, ecap, n, counts_ptr, npass, total, ngt_ptr, neq_ptr,
+                             nall_ptr, HI0: tl.constexpr, NPIV: tl.constexpr, BLOCK: tl.constexpr):
+    """Per row, its candidates above the exact threshold, at it, and in all (relaxed atomics into zeroed
+    counters; the candidates come in row order, so a warp's adds mostly hit one address)."""
+    pid = tl.program_id(0)
+    length = tl.minimum(tl.load(elen_ptr), ecap)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < length
+    if pid.to(tl.int64) * BLOCK >= length:
+        return
+    thr, _ = _narrowed(counts_ptr + npass * NPIV, npass, total, HI0, NPIV)
+    row = tl.load(eflat_ptr + offs, mask=m, other=0) // n
+    key = tl.load(ekey_ptr + offs, mask=m, other=0)
+    one = tl.full([BLOCK], 1, tl.int32)
+    tl.atomic_add(ngt_ptr + row, one, mask=m & (key > thr), sem="relaxed")
+    tl.atomic_add(neq_ptr + row, one, mask=m & (key == thr), sem="relaxed")
+    tl.atomic_add(nall_ptr + row, one, mask=m, sem="relaxed")
+
+
+@triton.jit(do_not_specialize=["npass"])
+def _batch_budget_kernel(counts_ptr, npass, total, tlen_ptr, tcap, elen_ptr, ecap, ngt_ptr, neq_ptr, nall_ptr,
+                         budget_ptr, count_ptr, start_ptr, out_ptr, B, HI0: tl.constexpr, NPIV: tl.constexpr,
+                         BLOCK: tl.constexpr):
+    """One program: each row's share of the ties (in row order: total minus everything above the threshold,
+    handed out row by row), its kept count and its first candidate; out = [width (the largest count), 1 when the
+    pruned path cannot answer (fewer than total positive maxima, or a list over its buffer)]."""
+    t, _ = _narrowed(counts_ptr, npass, total, HI0, NPIV)
+    rr = tl.arange(0, BLOCK)
+    above = tl.zeros([BLOCK], tl.int64).sum(axis=0)
+    for r0 in range(0, B, BLOCK):
+        above += tl.sum(tl.load(ngt_ptr + r0 + rr, mask=r0 + rr < B, other=0).to(tl.int64), axis=0)
+    ties_before = above * 0
+    first = above * 0
+    width = above * 0
+    for r0 in range(0, B, BLOCK):
+        rows = r0 + rr
+        rm = rows < B
+        gt = tl.load(ngt_ptr + rows, mask=rm, other=0).to(tl.int64)
+        eq = tl.load(neq_ptr + rows, mask=rm, other=0).to(tl.int64)
+        al = tl.load(nall_ptr + rows, mask=rm, other=0).to(tl.int64)
+        before = ties_before + tl.cumsum(eq, axis=0) - eq
+        budget = tl.minimum(tl.maximum(total - above - before, 0), eq)
+        tl.store(budget_ptr + rows, budget.to(tl.int32), mask=rm)
+        tl.store(count_ptr + rows, gt + budget, mask=rm)
+        tl.store(start_ptr + rows, first + tl.cumsum(al, axis=0) - al, mask=rm)
+        width = tl.maximum(width, tl.max(gt + budget, axis=0))
+        ties_before += tl.sum(eq, axis=0)
+        first += tl.sum(al, axis=0)
+    bad = (t == 0) | (tl.load(tlen_ptr) > tcap) | (tl.load(elen_ptr) > ecap)
+    tl.store(out_ptr, width)
+    tl.store(out_ptr + 1, bad.to(tl.int64))
+
+
+@triton.jit(do_not_specialize=["npass"])
+def _batch_write_kernel(eflat_ptr, ekey_ptr, n, counts_ptr, npass, total, budget_ptr, count_ptr, start_ptr,
+                        nall_ptr, idx_ptr, width, HI0: tl.constexpr, NPIV: tl.constexpr, BLOCK: tl.constexpr):
+    """One program per row: its kept columns (above the threshold, and its first `budget` ties) in column order
+    into idx[row, :count], zeros past them."""
+    row = tl.program_id(0).to(tl.int64)
+    thr, _ = _narrowed(counts_ptr + npass * NPIV, npass, total, HI0, NPIV)
+    first = tl.load(start_ptr + row)
+    nall = tl.load(nall_ptr + row).to(tl.int64)
+    budget = tl.load(budget_ptr + row)
+    cc = tl.arange(0, BLOCK)
+    kept = budget * 0
+    ties = budget * 0
+    for c0 in range(0, nall, BLOCK):
+        m = c0 + cc < nall
+        key = tl.load(ekey_ptr + first + c0 + cc, mask=m, other=-1)
+        col = tl.load(eflat_ptr + first + c0 + cc, mask=m, other=0) - row * n
+        eq = m & (key == thr)
+        keep = (m & (key > thr)) | (eq & (ties + tl.cumsum(eq.to(tl.int32), axis=0) - 1 < budget))
+        slot = kept + tl.cumsum(keep.to(tl.int32), axis=0) - 1
+        tl.store(idx_ptr + row * width + slot, col, mask=keep)
+        kept += tl.sum(keep.to(tl.int32), axis=0)
+        ties += tl.sum(eq.to(tl.int32), axis=0)
+    count = tl.load(count_ptr + row)
+    for c0 in range(count, width, BLOCK):
+        tl.store(idx_ptr + row * width + c0 + cc, tl.zeros([BLOCK], tl.int64), mask=c0 + cc < width)
+
+
+def _shift(dtype: torch.dtype) -> int:
+    return {torch.bfloat16: 16, torch.float16: 13}.get(dtype, 0)
+
+
+def select_from_submax(pre: torch.Tensor, smax: torch.Tensor, k: int, sub: int
+                       ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(idx [B, width] int64 in column order, zeros past each row's count; count [B]) of the top k*B entries of
+    relu(pre) over the batch, ties at the threshold in row, then column order; None when the pruned path cannot
+    answer (the caller falls back). smax: the maxima of each `sub` columns of pre's rows ([B, ceil(n / sub)],
+    contiguous). One host read: the width, with the flag."""
+    B, n = pre.shape
+    T = smax.shape[1]
+    total = min(k * B, B * n)
+    shift = _shift(pre.dtype)
+    passes = batch_passes(shift)
+    tcap, ecap = batch_caps(total)
+    cb, eb, rb = batch_blocks(sub)
+    dev = pre.device
+    BT = B * T
+    tprog, eprog = triton.cdiv(BT, cb), triton.cdiv(tcap, eb)
+    # one zeroed buffer: both bisections' counts, then the per-row counters
+    state = torch.zeros(2 * passes * NPIV + 3 * B, dtype=torch.int64, device=dev)
+    counts = state[:2 * passes * NPIV]
+    ngt, neq, nall = state[2 * passes * NPIV:].view(torch.int32).view(6, B)[:3]
+    kw = dict(HI0=1 << (31 - shift), NPIV=NPIV)
+    for p in range(passes):  # t: the total-th largest ReLU'd maximum
+        _count_pass_kernel[(tprog,)](smax, smax, BT, counts, p, total, FROM_VALUES=True, SHIFT=shift, BLOCK=cb,
+                                     **kw)
+    tid = _empty(tcap, torch.int64, dev)
+    pcnt = _empty(tprog, torch.int64, dev)
+    for store, poff in ((False, pcnt), (True, None)):
+        poff = torch.cumsum(pcnt, 0) if store else poff
+        _batch_tiles_kernel[(tprog,)](smax, counts, passes, total, pcnt, poff, tid, tcap, BT, STORE=store,
+                                      SHIFT=shift, BLOCK=cb, **kw)
+    tlen = poff[-1:]
+    eflat = _empty(ecap, torch.int64, dev)
+    ekey = _empty(ecap, torch.int32, dev)
+    pcnt = _empty(eprog, torch.int64, dev)
+    for store, poff in ((False, pcnt), (True, None)):
+        poff = torch.cumsum(pcnt, 0) if store else poff
+        _batch_entries_kernel[(eprog,)](pre, pre.stride(0), n, T, tid, tlen, tcap, counts, passes, total, pcnt,
+                                        poff, eflat, ekey, ecap, STORE=store, SHIFT=shift, SUB=sub, BLOCK_S=eb,
+                                        **kw)
+    elen = poff[-1:]
+    cand_counts = counts[passes * NPIV:]
+    for p in range(passes):  # the exact threshold among the candidates
+        _count_pass_kernel[(triton.cdiv(ecap, cb),)](ekey, elen, ecap, cand_counts, p, total, FROM_VALUES=False,
+                                                     SHIFT=shift, BLOCK=cb, **kw)
+    _batch_row_counts_kernel[(triton.cdiv(ecap, cb),)](eflat, ekey, elen, ecap, n, counts, passes, total, ngt, neq,
+                                                       nall, BLOCK=cb, **kw)
+    budget = _empty(B, torch.int32, dev)
+    count = _empty(B, torch.int64, dev)
+    start = _empty(B, torch.int64, dev)
+    out = _empty(2, torch.int64, dev)
+    _batch_budget_kernel[(1,)](counts, passes, total, tlen, tcap, elen, ecap, ngt, neq, nall, budget, count, start,
+                               out, B, BLOCK=cb, **kw)
+    width, bad = out.tolist()  # the one host read
+    if bad:
+        return None
+    width = max(int(width), 1)
+    idx = _empty((B, width), torch.int64, dev)
+    _batch_write_kernel[(B,)](eflat, ekey, n, counts, passes, total, budget, count, start, nall, idx, width,
+                              BLOCK=rb, **kw)
+    return idx, count

@@ -1,0 +1,128 @@
+"""Kernels v5 under the interpreter: BatchTopK's selection pruned by sub-block maxima (kernels/triton_batch.py),
+against the full-batch path (the same ties), the torch twin and float64; its fallbacks; the fused encoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import DTYPES, rand, rel
+
+import kernels
+from kernels import select_torch as S
+from kernels import triton_batch as tb
+from kernels import triton_tiles as tiles
+from kernels.triton_launches import batch_prune_fits, submax_width
+
+
+@pytest.fixture(autouse=True)
+def _poisoned(monkeypatch):
+    monkeypatch.setattr(tb, "POISON", True)
+
+
+def _pruned(pre: torch.Tensor, k: int):
+    sub = submax_width(pre.shape[1], k)
+    return tb.select_from_submax(pre, tiles.submax(pre, 0, sub), k, sub)
+
+
+def _same(a: kernels.SparseCode, b: kernels.SparseCode) -> None:
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.values, b.values)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,n,k", [(16, 512, 2), (33, 700, 3), (6, 4100, 16)])  # n off the sub-block grid; SUB 16, 16
+def test_pruned_batch_is_the_full_path_exactly(tri, B, n, k, dtype):
+    """The pruned path answers (no fallback) and returns what the full-batch path does, values and order; for
+    fp32 (no ties) the twin's code as well, and k*B entries at or above the batch's (k*B)-th value."""
+    assert batch_prune_fits(n, k)
+    pre = rand(B, n, dtype=dtype, seed=B + n, shift=-0.3)
+    assert _pruned(pre, k) is not None
+    code = tri.select_batch(pre, k)
+    _same(code, tri._select_batch_full(pre, pre.detach(), k))
+    flat = pre.double().relu().flatten()
+    assert int(code.l0().sum()) == k * B
+    assert (code.values.double()[code.values != 0] >= flat.topk(k * B).values[-1]).all()
+    if dtype == torch.float32:
+        assert torch.equal(code.to_dense(n), S.select_batch(pre, k).to_dense(n))
+
+
+def test_a_hot_row_takes_most_of_the_batch(tri):
+    """BatchTopK's point: one row may hold far more than k. Row 3 is large everywhere: it takes almost the
+    whole budget, and the pruned path still answers exactly."""
+    B, n, k = 12, 1024, 4
+    pre = rand(B, n, seed=9, shift=-0.5)
+    pre[3] += 4.0
+    assert _pruned(pre, k) is not None
+    code = tri.select_batch(pre, k)
+    _same(code, tri._select_batch_full(pre, pre, k))
+    assert torch.equal(code.to_dense(n), S.select_batch(pre, k).to_dense(n))
+    assert int(code.l0()[3]) == k * B
+
+
+def test_ties_at_the_threshold_go_in_row_then_column_order(tri):
+    """10 entries at 2.0 and 40 at 1.0 (total 32): all of the 2.0s, then the first 22 of the 1.0s in flat order."""
+    B, n, k = 16, 512, 2
+    pre = rand(B, n, seed=11, scale=0.1, shift=-1.0)
+    g = torch.Generator().manual_seed(12)
+    spots = torch.randperm(B * n, generator=g)[:50]
+    pre.view(-1)[spots[:10]] = 2.0
+    pre.view(-1)[spots[10:]] = 1.0
+    assert _pruned(pre, k) is not None
+    code = tri.select_batch(pre, k)
+    _same(code, tri._select_batch_full(pre, pre, k))
+    dense = code.to_dense(n).flatten()
+    ties = spots[10:].sort().values
+    assert (dense[spots[:10]] == 2.0).all()
+    assert (dense[ties[:22]] == 1.0).all() and (dense[ties[22:]] == 0).all()
+
+
+def test_overflow_and_few_positives_fall_back_exactly(tri, monkeypatch):
+    """Buffers too small for the listed sub-blocks or entries, and a batch with fewer than k*B positive maxima,
+    make the pruned path decline; the public selection then returns the full path's answer."""
+    B, n, k = 16, 512, 2
+    pre = rand(B, n, seed=13, shift=-0.3)
+    full = tri._select_batch_full(pre, pre, k)
+    for caps in ((20, 10_000), (10_000, 20)):  # at least total = 32 of each are listed: 20 is too few
+        monkeypatch.setattr(tb, "batch_caps", lambda total, c=caps: c)
+        assert _pruned(pre, k) is None
+        _same(tri.select_batch(pre, k), full)
+    monkeypatch.undo()
+    few = -rand(B, n, seed=14).abs()
+    few[2, 3], few[5, 100] = 0.5, 0.25
+    assert _pruned(few, k) is None
+    code = tri.select_batch(few, k)
+    assert int(code.l0().sum()) == 2 and sorted(code.values[code.values != 0].tolist()) == [0.25, 0.5]
+
+
+def test_fused_batch_encode_matches_float64_and_the_twin(tri, monkeypatch):
+    """BatchTopK on the fused matmul (forced for fp32) with b_pre: the twin's code, and the values and the
+    gradients of W_enc, b_enc and b_pre against float64."""
+    monkeypatch.setattr(tri, "FUSED_FP32", True)
+    B, d, n, k = 24, 20, 1024, 4
+    x0 = rand(B, d, seed=40)
+    W0 = rand(d, n, seed=41, scale=d**-0.5)
+    b0 = rand(n, seed=42, scale=0.1)
+    p0 = rand(d, seed=43, scale=0.3)
+    calls = []
+    real = tiles.gemm_submax
+    monkeypatch.setattr(tiles, "gemm_submax", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    out = {}
+    for backend in ("torch", "triton"):
+        monkeypatch.setattr(kernels, "BACKEND", backend)
+        W, b, p = (t.clone().requires_grad_() for t in (W0, b0, p0))
+        enc = kernels.encode(x0, W, b, "batch", k=k, b_pre=p)
+        R = rand(*enc.code.values.shape, dtype=torch.float64, seed=44)
+        (enc.code.values.double() * R).sum().backward()
+        out[backend] = enc, R, {"W_enc": W.grad, "b_enc": b.grad, "b_pre": p.grad}
+    assert calls, "the fused matmul did not run"
+    (e_twin, _, g_twin), (enc, R, grads) = out["torch"], out["triton"]
+    # the same kept entries (the two matmuls round differently: values within fp32 rounding)
+    dense, dense_twin = enc.code.to_dense(n), e_twin.code.to_dense(n)
+    assert torch.equal(dense != 0, dense_twin != 0) and rel(dense, dense_twin) < 1e-6
+    Wd, bd, pd = (t.double().requires_grad_() for t in (W0, b0, p0))
+    v = ((x0.double() - pd) @ Wd + bd).gather(1, enc.code.indices).relu()
+    v = torch.where(enc.code.values != 0, v, torch.zeros_like(v))
+    (v * R).sum().backward()
+    assert rel(enc.code.values, v) < 1e-6
+    for name, r in {"W_enc": Wd.grad, "b_enc": bd.grad, "b_pre": pd.grad}.items():
+        assert rel(grads[name], r) < 1e-5, name
+        assert rel(g_twin[name], r) < 1e-5, name

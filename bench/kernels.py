@@ -39,7 +39,11 @@ def parse() -> argparse.Namespace:
     p.add_argument("--families", default=",".join(FAMILIES), help="comma-separated subset of " + ",".join(FAMILIES))
     p.add_argument("--sizes", default=None, help="d,n,k,B;d,n,k,B;... (default: the issue's three)")
     p.add_argument("--check-rows", type=int, default=1024, help="rows of the float64 correctness check")
-    return p.parse_args()
+    a = p.parse_args()
+    unknown = sorted({f for f in a.families.split(",") if f} - set(FAMILIES))
+    if unknown:  # before any work: the names are checked here, not after minutes of compiling
+        p.error(f"--families: unknown {unknown}; expected a comma-separated subset of {','.join(FAMILIES)}")
+    return a
 
 
 ARGS = parse()

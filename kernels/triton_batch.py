@@ -34,30 +34,32 @@ def _empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
 
 
 @triton.jit
-def _narrowed(counts_ptr, npass, total, HI0: tl.constexpr, NPIV: tl.constexpr):
-    """(lo, step) of pass `npass` after replaying the earlier passes' counts (counts_ptr[q * NPIV + j] = keys >=
-    the j-th pivot of pass q): the total-th largest key lies in [lo, hi) and the pass's pivots are lo + j * step.
-    After enough passes hi - lo = 1 and lo is that key (0 when fewer than total keys are positive)."""
+def _narrowed(counts_ptr, npass, total, BITS: tl.constexpr, NPIV: tl.constexpr):
+    """(lo, sb) of pass `npass` after replaying the earlier passes' counts (counts_ptr[q * NPIV + j] = keys >= the
+    j-th pivot of pass q). The keys lie in [0, 2^BITS); pass q's pivots are lo + j * 2^sb, a radix digit of 4 bits
+    (sb = BITS - 4(q + 1), at least 0), and the total-th largest key lies in [lo, lo + 2^(sb + 4)). After enough
+    passes that range is one key: lo (0 when fewer than total keys are positive)."""
     jj = tl.arange(0, NPIV)
     lo = tl.zeros([NPIV], tl.int64).sum(axis=0)
-    hi = lo + HI0
+    bits = lo + BITS
     for q in range(npass):
-        step = tl.maximum((hi - lo + NPIV - 1) // NPIV, 1)
-        piv = lo + jj * step
+        sb = tl.maximum(bits - 4, 0)
+        piv = lo + (jj.to(tl.int64) << sb)
         c = tl.load(counts_ptr + q * NPIV + jj)
-        j = tl.maximum(tl.sum(((c >= total) & (piv < hi)).to(tl.int32), axis=0) - 1, 0).to(tl.int64)
-        new_lo = lo + j * step
-        hi = tl.minimum(hi, new_lo + step)
-        lo = new_lo
-    return lo, tl.maximum((hi - lo + NPIV - 1) // NPIV, 1)
+        j = tl.maximum(tl.sum(((c >= total) & (piv < lo + (1 << bits))).to(tl.int32), axis=0) - 1, 0)
+        lo += j.to(tl.int64) << sb
+        bits = sb
+    return lo, tl.maximum(bits - 4, 0)
 
 
 @triton.jit(do_not_specialize=["npass"])
 def _count_pass_kernel(key_ptr, len_ptr, cap, counts_ptr, npass, total, FROM_VALUES: tl.constexpr,
-                       SHIFT: tl.constexpr, HI0: tl.constexpr, NPIV: tl.constexpr, BLOCK: tl.constexpr):
+                       SHIFT: tl.constexpr, BITS: tl.constexpr, NPIV: tl.constexpr, BLOCK: tl.constexpr):
     """Pass `npass` of the bisection for the total-th largest key: counts of keys >= each of its 16 pivots, added
     into counts_ptr[npass * NPIV + j] (relaxed: read by later launches only). FROM_VALUES: the keys are the ReLU'd
-    order keys of `cap` values; else int32 keys, min(*len_ptr, cap) of them (programs past them return)."""
+    order keys of `cap` values; else int32 keys, min(*len_ptr, cap) of them (programs past them return).
+    The pivots are a radix digit apart, so each key's digit (clamped to 15; -1 below lo) is histogrammed and
+    the counts are the histogram's suffix sums: a few instructions per key instead of 16 comparisons."""
     pid = tl.program_id(0)
     start = pid.to(tl.int64) * BLOCK
     if FROM_VALUES:
@@ -66,17 +68,19 @@ def _count_pass_kernel(key_ptr, len_ptr, cap, counts_ptr, npass, total, FROM_VAL
         length = tl.minimum(tl.load(len_ptr), cap)
     if start >= length:
         return
-    lo, step = _narrowed(counts_ptr, npass, total, HI0, NPIV)
-    jj = tl.arange(0, NPIV)
-    piv = tl.minimum(lo + jj * step, 2147483647).to(tl.int32)  # pivots past hi are ignored when narrowing
+    lo, sb = _narrowed(counts_ptr, npass, total, BITS, NPIV)
     offs = start + tl.arange(0, BLOCK)
     m = offs < length
     if FROM_VALUES:
         key = order_key(tl.load(key_ptr + offs, mask=m, other=0.0).to(tl.float32), 2, SHIFT)
     else:
         key = tl.load(key_ptr + offs, mask=m, other=0)
-    key = tl.where(m, key, -1)
-    cnt = tl.sum((key[:, None] >= piv[None, :]).to(tl.int32), axis=0)
+    rel = key - lo.to(tl.int32)  # keys and lo lie in [0, 2^31)
+    digit = tl.minimum(rel >> sb.to(tl.int32), NPIV - 1) + 1  # 1..16; 0: masked or below lo
+    hist = tl.histogram(tl.where(m & (rel >= 0), digit, 0), 2 * NPIV)
+    jj = tl.arange(0, NPIV)
+    bins = tl.arange(0, 2 * NPIV)
+    cnt = tl.sum(tl.where(bins[None, :] > jj[:, None], hist[None, :], 0), axis=1)
     tl.atomic_add(counts_ptr + npass * NPIV + jj, cnt.to(tl.int64), sem="relaxed")
 
 
@@ -97,14 +101,14 @@ def _place(hit, ids, pcnt_ptr, poff_ptr, out_ptr, cap, STORE: tl.constexpr):
 
 @triton.jit(do_not_specialize=["npass"])
 def _batch_tiles_kernel(smax_ptr, counts_ptr, npass, total, pcnt_ptr, poff_ptr, tid_ptr, tcap, BT,
-                        STORE: tl.constexpr, SHIFT: tl.constexpr, HI0: tl.constexpr, NPIV: tl.constexpr,
+                        STORE: tl.constexpr, SHIFT: tl.constexpr, BITS: tl.constexpr, NPIV: tl.constexpr,
                         BLOCK: tl.constexpr):
     """The sub-blocks (flat ids b * T + s) whose maximum's ReLU'd key is >= t (the bisection's result after
     `npass` passes over the maxima), listed in order (see _place)."""
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = offs < BT
-    t, _ = _narrowed(counts_ptr, npass, total, HI0, NPIV)
+    t, _ = _narrowed(counts_ptr, npass, total, BITS, NPIV)
     key = order_key(tl.load(smax_ptr + offs, mask=m, other=0.0).to(tl.float32), 2, SHIFT)
     _place(m & (key >= t), offs, pcnt_ptr, poff_ptr, tid_ptr, tcap, STORE)
 
@@ -112,14 +116,14 @@ def _batch_tiles_kernel(smax_ptr, counts_ptr, npass, total, pcnt_ptr, poff_ptr, 
 @triton.jit(do_not_specialize=["npass"])
 def _batch_entries_kernel(pre_ptr, stride_b, n, T, tid_ptr, tlen_ptr, tcap, counts_ptr, npass, total,
                           pcnt_ptr, poff_ptr, eflat_ptr, ekey_ptr, ecap, STORE: tl.constexpr, SHIFT: tl.constexpr,
-                          HI0: tl.constexpr, NPIV: tl.constexpr, SUB: tl.constexpr, BLOCK_S: tl.constexpr):
+                          BITS: tl.constexpr, NPIV: tl.constexpr, SUB: tl.constexpr, BLOCK_S: tl.constexpr):
     """The entries >= t of the listed sub-blocks (BLOCK_S per program), listed in order (see _place) as their
     flat index b * n + column and ReLU'd order key."""
     pid = tl.program_id(0)
     nt = tl.minimum(tl.load(tlen_ptr), tcap)
     s = pid.to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
     sm = s < nt
-    t, _ = _narrowed(counts_ptr, npass, total, HI0, NPIV)
+    t, _ = _narrowed(counts_ptr, npass, total, BITS, NPIV)
     tid = tl.load(tid_ptr + s, mask=sm, other=0)
     row = tid // T
     cols = (tid % T)[:, None] * SUB + tl.arange(0, SUB)[None, :]
@@ -135,7 +139,7 @@ def _batch_entries_kernel(pre_ptr, stride_b, n, T, tid_ptr, tlen_ptr, tcap, coun
 
 @triton.jit(do_not_specialize=["npass"])
 def _batch_row_counts_kernel(eflat_ptr, ekey_ptr, elen_ptr, ecap, n, counts_ptr, npass, total, ngt_ptr, neq_ptr,
-                             nall_ptr, HI0: tl.constexpr, NPIV: tl.constexpr, BLOCK: tl.constexpr):
+                             nall_ptr, BITS: tl.constexpr, NPIV: tl.constexpr, BLOCK: tl.constexpr):
     """Per row, its candidates above the exact threshold, at it, and in all (relaxed atomics into zeroed
     counters; the candidates come in row order, so a warp's adds mostly hit one address)."""
     pid = tl.program_id(0)
@@ -144,7 +148,7 @@ def _batch_row_counts_kernel(eflat_ptr, ekey_ptr, elen_ptr, ecap, n, counts_ptr,
     m = offs < length
     if pid.to(tl.int64) * BLOCK >= length:
         return
-    thr, _ = _narrowed(counts_ptr + npass * NPIV, npass, total, HI0, NPIV)
+    thr, _ = _narrowed(counts_ptr + npass * NPIV, npass, total, BITS, NPIV)
     row = tl.load(eflat_ptr + offs, mask=m, other=0) // n
     key = tl.load(ekey_ptr + offs, mask=m, other=0)
     one = tl.full([BLOCK], 1, tl.int32)
@@ -155,12 +159,12 @@ def _batch_row_counts_kernel(eflat_ptr, ekey_ptr, elen_ptr, ecap, n, counts_ptr,
 
 @triton.jit(do_not_specialize=["npass"])
 def _batch_budget_kernel(counts_ptr, npass, total, tlen_ptr, tcap, elen_ptr, ecap, ngt_ptr, neq_ptr, nall_ptr,
-                         budget_ptr, count_ptr, start_ptr, out_ptr, B, HI0: tl.constexpr, NPIV: tl.constexpr,
+                         budget_ptr, count_ptr, start_ptr, out_ptr, B, BITS: tl.constexpr, NPIV: tl.constexpr,
                          BLOCK: tl.constexpr):
     """One program: each row's share of the ties (in row order: total minus everything above the threshold,
     handed out row by row), its kept count and its first candidate; out = [width (the largest count), 1 when the
     pruned path cannot answer (fewer than total positive maxima, or a list over its buffer)]."""
-    t, _ = _narrowed(counts_ptr, npass, total, HI0, NPIV)
+    t, _ = _narrowed(counts_ptr, npass, total, BITS, NPIV)
     rr = tl.arange(0, BLOCK)
     above = tl.zeros([BLOCK], tl.int64).sum(axis=0)
     for r0 in range(0, B, BLOCK):
@@ -189,11 +193,11 @@ def _batch_budget_kernel(counts_ptr, npass, total, tlen_ptr, tcap, elen_ptr, eca
 
 @triton.jit(do_not_specialize=["npass"])
 def _batch_write_kernel(eflat_ptr, ekey_ptr, n, counts_ptr, npass, total, budget_ptr, count_ptr, start_ptr,
-                        nall_ptr, idx_ptr, width, HI0: tl.constexpr, NPIV: tl.constexpr, BLOCK: tl.constexpr):
+                        nall_ptr, idx_ptr, width, BITS: tl.constexpr, NPIV: tl.constexpr, BLOCK: tl.constexpr):
     """One program per row: its kept columns (above the threshold, and its first `budget` ties) in column order
     into idx[row, :count], zeros past them."""
     row = tl.program_id(0).to(tl.int64)
-    thr, _ = _narrowed(counts_ptr + npass * NPIV, npass, total, HI0, NPIV)
+    thr, _ = _narrowed(counts_ptr + npass * NPIV, npass, total, BITS, NPIV)
     first = tl.load(start_ptr + row)
     nall = tl.load(nall_ptr + row).to(tl.int64)
     budget = tl.load(budget_ptr + row)
@@ -231,7 +235,7 @@ def select_from_submax(pre: torch.Tensor, smax: torch.Tensor, k: int, sub: int
     shift = _shift(pre.dtype)
     passes = batch_passes(shift)
     tcap, ecap = batch_caps(total)
-    cb, eb, rb = batch_blocks(sub)
+    cb, eb, rb, sb = batch_blocks(sub)
     dev = pre.device
     BT = B * T
     tprog, eprog = triton.cdiv(BT, cb), triton.cdiv(tcap, eb)
@@ -239,7 +243,7 @@ def select_from_submax(pre: torch.Tensor, smax: torch.Tensor, k: int, sub: int
     state = torch.zeros(2 * passes * NPIV + 3 * B, dtype=torch.int64, device=dev)
     counts = state[:2 * passes * NPIV]
     ngt, neq, nall = state[2 * passes * NPIV:].view(torch.int32).view(6, B)[:3]
-    kw = dict(HI0=1 << (31 - shift), NPIV=NPIV)
+    kw = dict(BITS=31 - shift, NPIV=NPIV)
     for p in range(passes):  # t: the total-th largest ReLU'd maximum
         _count_pass_kernel[(tprog,)](smax, smax, BT, counts, p, total, FROM_VALUES=True, SHIFT=shift, BLOCK=cb,
                                      **kw)
@@ -263,14 +267,14 @@ def select_from_submax(pre: torch.Tensor, smax: torch.Tensor, k: int, sub: int
     for p in range(passes):  # the exact threshold among the candidates
         _count_pass_kernel[(triton.cdiv(ecap, cb),)](ekey, elen, ecap, cand_counts, p, total, FROM_VALUES=False,
                                                      SHIFT=shift, BLOCK=cb, **kw)
-    _batch_row_counts_kernel[(triton.cdiv(ecap, cb),)](eflat, ekey, elen, ecap, n, counts, passes, total, ngt, neq,
-                                                       nall, BLOCK=cb, **kw)
+    _batch_row_counts_kernel[(triton.cdiv(ecap, sb),)](eflat, ekey, elen, ecap, n, counts, passes, total, ngt, neq,
+                                                       nall, BLOCK=sb, **kw)
     budget = _empty(B, torch.int32, dev)
     count = _empty(B, torch.int64, dev)
     start = _empty(B, torch.int64, dev)
     out = _empty(2, torch.int64, dev)
     _batch_budget_kernel[(1,)](counts, passes, total, tlen, tcap, elen, ecap, ngt, neq, nall, budget, count, start,
-                               out, B, BLOCK=cb, **kw)
+                               out, B, BLOCK=sb, **kw)
     width, bad = out.tolist()  # the one host read
     if bad:
         return None

@@ -104,10 +104,12 @@ def batch_caps(total: int) -> tuple[int, int]:
     return 2 * total + 1024, 4 * total + 1024
 
 
-def batch_blocks(sub: int) -> tuple[int, int, int]:
-    """(keys per program of a counting pass and of the row and budget loops, sub-blocks per program of the entry
-    listing (2048 entries), candidates per step of the per-row write) of the pruned BatchTopK."""
-    return 1024, max(1, 2048 // sub), 64
+def batch_blocks(sub: int) -> tuple[int, int, int, int]:
+    """Block sizes of the pruned BatchTopK: keys per program of a counting pass and of the sub-block listing
+    (large: each program first replays the bisection), sub-blocks per program of the entry listing (2048
+    entries), candidates per step of the per-row write, keys per program (or step) of the per-row counts and
+    of the budget (1024: 4096 spills there)."""
+    return 4096, max(1, 2048 // sub), 64, 1024
 
 
 def candidate_width(n: int, k: int) -> int:
@@ -283,20 +285,20 @@ def _batch_launches(dt: str, n: int, k: int, B: int) -> list[Launch]:
     passes = batch_passes(shift)
     live = int(BATCH_FILL * total)  # listed sub-blocks, and candidate entries
     width = int(BATCH_WIDTH * k)
-    cb, eb, rb = batch_blocks(sub)
-    tprog, eprog, lprog = triton.cdiv(BT, cb), triton.cdiv(tcap, eb), triton.cdiv(live, cb)
+    cb, eb, rb, sb = batch_blocks(sub)
+    tprog, eprog = triton.cdiv(BT, cb), triton.cdiv(tcap, eb)
     tag = f"{dt} n={n} k={k}"
-    cx = dict(HI0=1 << (31 - shift), NPIV=NPIV)
+    cx = dict(BITS=31 - shift, NPIV=NPIV)
     out = []
 
-    def add(label, kernel, sig, consts, programs, nbytes, loops=(), tiles=()):
-        replay = (programs * passes * NPIV,)  # the replay of a whole bisection (a counting pass: half on average)
+    def add(label, kernel, sig, consts, programs, nbytes, loops=(), tiles=(), replayed=passes):
+        replay = (programs * replayed * NPIV,)  # the replay of the bisection's passes so far
         out.append(Launch(f"batch {label} {tag}", kernel, sig, dict(cx, **consts), 4, (NPIV,) + tuple(tiles),
                           replay + tuple(loops), nbytes, programs))
 
     count_sig = dict(len_ptr="*i64", cap=ecap, counts_ptr="*i64", npass=2, total=total)
     add("count pass over the maxima", "_count_pass_kernel", dict(count_sig, key_ptr=P, len_ptr=P, cap=BT),
-        dict(FROM_VALUES=True, SHIFT=shift, BLOCK=cb), tprog, BT * es)
+        dict(FROM_VALUES=True, SHIFT=shift, BLOCK=cb), tprog, BT * es, replayed=(passes - 1) / 2)
     tiles_sig = dict(smax_ptr=P, counts_ptr="*i64", npass=passes, total=total, pcnt_ptr="*i64", poff_ptr="*i64",
                      tid_ptr="*i64", tcap=tcap, BT=BT)
     for store in (False, True):
@@ -310,14 +312,15 @@ def _batch_launches(dt: str, n: int, k: int, B: int) -> list[Launch]:
             dict(STORE=store, SHIFT=shift, SUB=sub, BLOCK_S=eb), eprog,
             live * (8 + max(sub * es, 32)) + (live * 12 if store else eprog * 8))
     add("count pass over the candidates", "_count_pass_kernel", dict(count_sig, key_ptr="*i32"),
-        dict(FROM_VALUES=False, SHIFT=shift, BLOCK=cb), lprog, live * 4)
+        dict(FROM_VALUES=False, SHIFT=shift, BLOCK=cb), triton.cdiv(live, cb), live * 4, replayed=(passes - 1) / 2)
     add("per-row counts (atomics)", "_batch_row_counts_kernel",
         dict(eflat_ptr="*i64", ekey_ptr="*i32", elen_ptr="*i64", ecap=ecap, n=n, counts_ptr="*i64", npass=passes,
-             total=total, ngt_ptr="*i32", neq_ptr="*i32", nall_ptr="*i32"), dict(BLOCK=cb), lprog, live * 12 + B * 12)
+             total=total, ngt_ptr="*i32", neq_ptr="*i32", nall_ptr="*i32"), dict(BLOCK=sb), triton.cdiv(live, sb),
+        live * 12 + B * 12)
     add("ties' budget per row, width, flag", "_batch_budget_kernel",
         dict(counts_ptr="*i64", npass=passes, total=total, tlen_ptr="*i64", tcap=tcap, elen_ptr="*i64", ecap=ecap,
              ngt_ptr="*i32", neq_ptr="*i32", nall_ptr="*i32", budget_ptr="*i32", count_ptr="*i64",
-             start_ptr="*i64", out_ptr="*i64", B=B), dict(BLOCK=cb), 1, B * 40, (B, B), (cb, cb))
+             start_ptr="*i64", out_ptr="*i64", B=B), dict(BLOCK=sb), 1, B * 40, (B, B), (sb, sb))
     add("write each row's columns", "_batch_write_kernel",
         dict(eflat_ptr="*i64", ekey_ptr="*i32", n=n, counts_ptr="*i64", npass=passes, total=total,
              budget_ptr="*i32", count_ptr="*i64", start_ptr="*i64", nall_ptr="*i32", idx_ptr="*i64", width=width),

@@ -193,14 +193,17 @@ def _batch_budget_kernel(counts_ptr, npass, total, tlen_ptr, tcap, elen_ptr, eca
 
 @triton.jit(do_not_specialize=["npass"])
 def _batch_write_kernel(eflat_ptr, ekey_ptr, n, counts_ptr, npass, total, budget_ptr, count_ptr, start_ptr,
-                        nall_ptr, idx_ptr, width, BITS: tl.constexpr, NPIV: tl.constexpr, BLOCK: tl.constexpr):
-    """One program per row: its kept columns (above the threshold, and its first `budget` ties) in column order
-    into idx[row, :count], zeros past them."""
+                        nall_ptr, kcol_ptr, kkey_ptr, pre_ptr, stride_b, idx_ptr, val_ptr, width,
+                        BITS: tl.constexpr, NPIV: tl.constexpr, BLOCK: tl.constexpr):
+    """One program per row: its kept entries (above the threshold, and its first `budget` ties), gathered in
+    column order into the row's scratch (kcol, kkey), then each written at its rank (key descending, ties by
+    column: the order of torch.topk's values) into idx[row] with its raw value in val[row]; zeros past count."""
     row = tl.program_id(0).to(tl.int64)
     thr, _ = _narrowed(counts_ptr + npass * NPIV, npass, total, BITS, NPIV)
     first = tl.load(start_ptr + row)
     nall = tl.load(nall_ptr + row).to(tl.int64)
     budget = tl.load(budget_ptr + row)
+    base = row * width
     cc = tl.arange(0, BLOCK)
     kept = budget * 0
     ties = budget * 0
@@ -211,12 +214,28 @@ def _batch_write_kernel(eflat_ptr, ekey_ptr, n, counts_ptr, npass, total, budget
         eq = m & (key == thr)
         keep = (m & (key > thr)) | (eq & (ties + tl.cumsum(eq.to(tl.int32), axis=0) - 1 < budget))
         slot = kept + tl.cumsum(keep.to(tl.int32), axis=0) - 1
-        tl.store(idx_ptr + row * width + slot, col, mask=keep)
+        tl.store(kcol_ptr + base + slot, col.to(tl.int32), mask=keep)
+        tl.store(kkey_ptr + base + slot, key, mask=keep)
         kept += tl.sum(keep.to(tl.int32), axis=0)
         ties += tl.sum(eq.to(tl.int32), axis=0)
-    count = tl.load(count_ptr + row)
-    for c0 in range(count, width, BLOCK):
-        tl.store(idx_ptr + row * width + c0 + cc, tl.zeros([BLOCK], tl.int64), mask=c0 + cc < width)
+    tl.debug_barrier()  # the row's scratch is written before any thread ranks it
+    for i0 in range(0, kept, BLOCK):
+        mi = i0 + cc < kept
+        ki = tl.load(kkey_ptr + base + i0 + cc, mask=mi, other=0)
+        ci = tl.load(kcol_ptr + base + i0 + cc, mask=mi, other=0)
+        rank = tl.zeros([BLOCK], tl.int32)
+        for j0 in range(0, kept, BLOCK):
+            mj = j0 + cc < kept
+            kj = tl.load(kkey_ptr + base + j0 + cc, mask=mj, other=0)
+            cj = tl.load(kcol_ptr + base + j0 + cc, mask=mj, other=0)
+            before = (kj[None, :] > ki[:, None]) | ((kj[None, :] == ki[:, None]) & (cj[None, :] < ci[:, None]))
+            rank += tl.sum((mj[None, :] & before).to(tl.int32), axis=1)
+        tl.store(idx_ptr + base + rank, ci.to(tl.int64), mask=mi)
+        tl.store(val_ptr + base + rank, tl.load(pre_ptr + row * stride_b + ci, mask=mi, other=0.0), mask=mi)
+    for c0 in range(kept, width, BLOCK):
+        pad = c0 + cc < width
+        tl.store(idx_ptr + base + c0 + cc, tl.zeros([BLOCK], tl.int64), mask=pad)
+        tl.store(val_ptr + base + c0 + cc, tl.zeros([BLOCK], tl.float32).to(val_ptr.dtype.element_ty), mask=pad)
 
 
 def _shift(dtype: torch.dtype) -> int:
@@ -224,11 +243,11 @@ def _shift(dtype: torch.dtype) -> int:
 
 
 def select_from_submax(pre: torch.Tensor, smax: torch.Tensor, k: int, sub: int
-                       ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(idx [B, width] int64 in column order, zeros past each row's count; count [B]) of the top k*B entries of
-    relu(pre) over the batch, ties at the threshold in row, then column order; None when the pruned path cannot
-    answer (the caller falls back). smax: the maxima of each `sub` columns of pre's rows ([B, ceil(n / sub)],
-    contiguous). One host read: the width, with the flag."""
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(idx [B, width] int64, their raw values [B, width], count [B]) of the top k*B entries of relu(pre) over the
+    batch, ties at the threshold in row, then column order; each row ordered by value descending, ties by column,
+    zeros past its count. None when the pruned path cannot answer (the caller falls back). smax: the maxima of
+    each `sub` columns of pre's rows ([B, ceil(n / sub)], contiguous). One host read: the width, with the flag."""
     B, n = pre.shape
     T = smax.shape[1]
     total = min(k * B, B * n)
@@ -279,7 +298,10 @@ def select_from_submax(pre: torch.Tensor, smax: torch.Tensor, k: int, sub: int
     if bad:
         return None
     width = max(int(width), 1)
+    kcol = _empty((B, width), torch.int32, dev)
+    kkey = _empty((B, width), torch.int32, dev)
     idx = _empty((B, width), torch.int64, dev)
-    _batch_write_kernel[(B,)](eflat, ekey, n, counts, passes, total, budget, count, start, nall, idx, width,
-                              BLOCK=rb, **kw)
-    return idx, count
+    val = _empty((B, width), pre.dtype, dev)
+    _batch_write_kernel[(B,)](eflat, ekey, n, counts, passes, total, budget, count, start, nall, kcol, kkey, pre,
+                              pre.stride(0), idx, val, width, BLOCK=rb, **kw)
+    return idx, val, count

@@ -461,8 +461,12 @@ def select_batch(pre: torch.Tensor, k: int, smax: torch.Tensor | None = None) ->
     if batch_prune_fits(n, k):
         sub = submax_width(n, k)
         pruned = batch.select_from_submax(p, smax if smax is not None else tiles.submax(p, 0, sub), k, sub)
-        if pruned is not None:
-            return _finish(pre, pruned[0], pruned[1], "relu")
+        if pruned is not None:  # rows already ordered, padding zero-valued at index 0
+            idx, raw, count = pruned
+            if not pre.requires_grad:
+                return SparseCode(raw.relu(), idx)
+            valid = torch.arange(idx.shape[1], device=idx.device)[None, :] < count[:, None]
+            return SparseCode(torch.where(valid, pre.gather(1, idx).relu(), 0.0), idx)
     return _select_batch_full(pre, p, k)
 
 

@@ -321,10 +321,14 @@ def _batch_launches(dt: str, n: int, k: int, B: int) -> list[Launch]:
         dict(counts_ptr="*i64", npass=passes, total=total, tlen_ptr="*i64", tcap=tcap, elen_ptr="*i64", ecap=ecap,
              ngt_ptr="*i32", neq_ptr="*i32", nall_ptr="*i32", budget_ptr="*i32", count_ptr="*i64",
              start_ptr="*i64", out_ptr="*i64", B=B), dict(BLOCK=sb), 1, B * 40, (B, B), (sb, sb))
-    add("write each row's columns", "_batch_write_kernel",
+    # the write: a row's candidates (one loop), their ranking (k against k in [rb, rb] steps: the inner loop of
+    # two), the padding
+    add("write each row's columns, ranked", "_batch_write_kernel",
         dict(eflat_ptr="*i64", ekey_ptr="*i32", n=n, counts_ptr="*i64", npass=passes, total=total,
-             budget_ptr="*i32", count_ptr="*i64", start_ptr="*i64", nall_ptr="*i32", idx_ptr="*i64", width=width),
-        dict(BLOCK=rb), B, live * 12 + B * width * 8 + B * 28, (live, B * (width - k)), (rb, rb))
+             budget_ptr="*i32", count_ptr="*i64", start_ptr="*i64", nall_ptr="*i32", kcol_ptr="*i32",
+             kkey_ptr="*i32", pre_ptr=P, stride_b=n, idx_ptr="*i64", val_ptr=P, width=width),
+        dict(BLOCK=rb), B, live * 12 + total * (8 + 8 + 32) + B * width * (8 + es) + B * 28,
+        (live, B * triton.cdiv(k, rb) ** 2 * rb * rb, B * (width - k)), (rb, rb * rb, rb))
     return out
 
 
@@ -382,7 +386,7 @@ def step_parts(rule: str, d: int, n: int, k: int, B: int, dt: str = "bf16") -> t
             + torch_op("cumulative sum", B * 16) + _pick(la, "batch list candidate entries (write)") \
             + _pick(la, "batch count pass over the candidates") * passes \
             + _pick(la, "batch per-row counts", "batch ties' budget", "batch write each row's columns") \
-            + torch_op("values gathered from pre, padding zeroed, rows ordered by value", B * k * 24, 12)
+            + torch_op("ReLU of the values (ordered in the kernel)", B * k * 4)
         fwd = shift + _pick(la, "row matmul + sub-block maxima") + sel + torch_op("grad mask", small)
         syncs = 1  # the code's width
         # the code is BATCH_WIDTH * k wide: the decode and gradients run over its padding too (instructions),

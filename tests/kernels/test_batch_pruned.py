@@ -126,3 +126,16 @@ def test_fused_batch_encode_matches_float64_and_the_twin(tri, monkeypatch):
     for name, r in {"W_enc": Wd.grad, "b_enc": bd.grad, "b_pre": pd.grad}.items():
         assert rel(grads[name], r) < 1e-5, name
         assert rel(g_twin[name], r) < 1e-5, name
+
+
+def test_values_carry_the_gradient_to_pre(tri):
+    """`select` on a pre that needs a gradient: the pruned path's values come from pre (through autograd), so the
+    gradient lands on the kept entries only, once each, with the ReLU's mask."""
+    B, n, k = 16, 512, 2
+    pre0 = rand(B, n, seed=21, shift=-0.3)
+    assert _pruned(pre0, k) is not None
+    pre = pre0.clone().requires_grad_()
+    code = tri.select_batch(pre, k)
+    code.values.sum().backward()
+    assert torch.equal(pre.grad, (code.to_dense(n) > 0).float())
+    _same(code, tri._select_batch_full(pre0, pre0, k))

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from kernels.triton_common import to_storage
-from kernels.triton_launches import decode_sse_blocks, dense_blocks, grad_blocks
+from kernels.triton_launches import L2_BUDGET, decode_chunk, decode_sse_blocks, dense_blocks, grad_blocks
 
 INTERPRET = __import__("os").environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -67,14 +67,18 @@ def _gather_dot_kernel(g_ptr, idx_ptr, w_ptr, out_ptr, B, width, d, s_wn, s_wd,
 
 @triton.jit
 def _decode_sse_kernel(val_ptr, idx_ptr, w_ptr, bias_ptr, tgt_ptr, xhat_ptr, dy_ptr, gval_ptr, sse_ptr,
-                       B, width, d, s_wn, s_wd,
+                       B, width, d, s_wn, s_wd, chunk,
                        HAS_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Decode, squared error and the values' gradient with each gathered W element read once: per d block,
-    x_hat = sum_j val[b, j] W[idx[b, j]] (+ bias) rounded to x_hat's dtype, e = x_hat - target,
-    dY = 2e rounded to dY's dtype (what autograd would hand the decoder), gval[b, j] += <dY[b], W[idx[b, j]]>,
-    and the program's sum of e^2 into sse[pid] (fp32)."""
+    """Decode, squared error and the values' gradient with each gathered W element read once, over the columns
+    [c * chunk, (c + 1) * chunk) of one d chunk c: per d block, x_hat = sum_j val[b, j] W[idx[b, j]] (+ bias)
+    rounded to x_hat's dtype, e = x_hat - target, dY = 2e rounded to dY's dtype (what autograd would hand the
+    decoder), the chunk's part of gval[b, j] = <dY[b], W[idx[b, j]]> into gval[c], and the program's sum of e^2
+    into sse[pid] (fp32). Programs run chunk by chunk (pid = c * token blocks + token block), so the W columns of
+    one chunk stay in L2 while every token gathers from them: W is read from DRAM about once."""
     pid = tl.program_id(0)
-    rows = (pid * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    ntb = tl.cdiv(B, BLOCK_B)
+    c = pid // ntb
+    rows = ((pid % ntb) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     rmask = rows < B
     ws = tl.arange(0, BLOCK_W)
     m2 = rmask[:, None] & (ws < width)[None, :]
@@ -82,9 +86,10 @@ def _decode_sse_kernel(val_ptr, idx_ptr, w_ptr, bias_ptr, tgt_ptr, xhat_ptr, dy_
     i = tl.load(idx_ptr + rows[:, None] * width + ws[None, :], mask=m2, other=0).to(tl.int64)
     gv = tl.zeros([BLOCK_B, BLOCK_W], tl.float32)
     sse = tl.zeros([BLOCK_B], tl.float32)
-    for d0 in range(0, d, BLOCK_D):
+    d_end = tl.minimum((c + 1) * chunk, d)
+    for d0 in range(c * chunk, d_end, BLOCK_D):
         dc = d0 + tl.arange(0, BLOCK_D)
-        dm = dc < d
+        dm = dc < d_end
         m3 = m2[:, :, None] & dm[None, None, :]
         w = tl.load(w_ptr + i[:, :, None] * s_wn + dc[None, None, :].to(tl.int64) * s_wd, mask=m3,
                     other=0.0).to(tl.float32)
@@ -100,7 +105,7 @@ def _decode_sse_kernel(val_ptr, idx_ptr, w_ptr, bias_ptr, tgt_ptr, xhat_ptr, dy_
         tl.store(dy_ptr + rows[:, None] * d + dc[None, :], dy, mask=md)
         gv += tl.sum(dy.to(tl.float32)[:, None, :] * w, axis=2)
         sse += tl.sum(e * e, axis=1)
-    tl.store(gval_ptr + rows[:, None] * width + ws[None, :], gv, mask=m2)
+    tl.store(gval_ptr + c.to(tl.int64) * B * width + rows[:, None] * width + ws[None, :], gv, mask=m2)
     tl.store(sse_ptr + pid, tl.sum(sse, axis=0))
 
 
@@ -157,20 +162,23 @@ def gather_sum(values: torch.Tensor, indices: torch.Tensor, W: torch.Tensor, s_w
 def decode_sse(values: torch.Tensor, indices: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None,
                target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_hat [B, d] in W's dtype, sse () fp32, dY [B, d] in W's dtype, values' gradient [B, w] fp32) for the
-    loss sum (x_hat - target)^2, one gather of W's rows (kernel `_decode_sse_kernel`)."""
+    loss sum (x_hat - target)^2, one gather of W's rows (kernel `_decode_sse_kernel`), d cut into chunks whose W
+    columns fit in L2 (`decode_chunk`); the chunks' parts of the values' gradient summed here."""
     B, width = indices.shape
-    d = W.shape[1]
+    n, d = W.shape
     BW = triton.next_power_of_2(width)
     BB, BD = decode_sse_blocks(width, d, W.element_size()) if not INTERPRET else (min(triton.next_power_of_2(B), 16), 64)
-    grid = (triton.cdiv(B, BB),)
+    chunk = decode_chunk(n, d, W.element_size(), BD, B * width, L2_BUDGET)
+    chunks = triton.cdiv(d, chunk)
+    grid = (chunks * triton.cdiv(B, BB),)
     x_hat = torch.empty((B, d), dtype=W.dtype, device=W.device)
     dy = torch.empty((B, d), dtype=W.dtype, device=W.device)
-    gval = torch.empty((B, width), dtype=torch.float32, device=W.device)
+    gval = torch.empty((chunks, B, width), dtype=torch.float32, device=W.device)
     part = torch.empty(grid[0], dtype=torch.float32, device=W.device)
     _decode_sse_kernel[grid](values, indices, W, bias if bias is not None else W, target, x_hat, dy, gval, part, B,
-                             width, d, W.stride(0), W.stride(1), HAS_BIAS=bias is not None, BLOCK_B=BB, BLOCK_W=BW,
-                             BLOCK_D=BD)
-    return x_hat, part.sum(), dy, gval
+                             width, d, W.stride(0), W.stride(1), chunk, HAS_BIAS=bias is not None, BLOCK_B=BB,
+                             BLOCK_W=BW, BLOCK_D=BD)
+    return x_hat, part.sum(), dy, gval[0] if chunks == 1 else gval.sum(0)
 
 
 def gather_dot(g: torch.Tensor, indices: torch.Tensor, W: torch.Tensor, s_wn: int, s_wd: int) -> torch.Tensor:

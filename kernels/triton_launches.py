@@ -44,6 +44,22 @@ def decode_sse_blocks(width: int, d: int, dtype_bytes: int = 2) -> tuple[int, in
     return max(1, min(16, budget // (w * bd))), bd
 
 
+L2_BUDGET = 24 << 20  # bytes of W_dec columns one decode chunk may keep in L2 (an H100 has 50 MB in two halves)
+
+
+def decode_chunk(n: int, d: int, dtype_bytes: int, block_d: int, uses: int, budget: int = L2_BUDGET) -> int:
+    """Columns of W_dec [n, d] per chunk of the fused decode: all of d when W_dec fits in `budget` or the batch
+    reads its rows fewer than twice on average (`uses` = B * width gathered rows: chunking would only re-read
+    the code), else the largest power-of-two multiple of block_d whose n rows fit (at least block_d). Each W
+    element is then read from DRAM about once, however often the batch uses its row."""
+    if n * d * dtype_bytes <= budget or uses < 2 * n:
+        return d
+    chunk = block_d
+    while n * 2 * chunk * dtype_bytes <= budget and 2 * chunk < d:
+        chunk *= 2
+    return chunk
+
+
 def grad_blocks(d: int) -> tuple[int, int, int]:
     """(BLOCK_L latents, BLOCK_P pairs per step, BLOCK_D) of the latent-sorted weight-gradient kernel."""
     return 32, 32, min(_p2(d), 128)
@@ -257,11 +273,17 @@ def _tile_launches(dt: str, d: int, n: int, k: int, B: int) -> list[Launch]:
                           dict(pre_ptr=P, idx_ptr="*i64", val_ptr=P, active_ptr="*i32", B=B, stride_b=n, k=k),
                           dict(MODE=mode, SHIFT=shift, KP=KP, BLOCK_B=1), 4, 1, (), B * 4, 0))
     BB, BD = decode_sse_blocks(k, d, es)
+    chunk = decode_chunk(n, d, es, BD, B * k)
+    chunks = triton.cdiv(d, chunk)
+    # DRAM bytes: W_dec's used rows once (each chunk's columns stay in L2 while the batch gathers them; L2 hits
+    # are not priced, as in the weight-gradient kernels), the code once per chunk, x_hat, dY and the target once,
+    # the chunks' parts of the values' gradient
     out.append(Launch(f"decode + squared error {dt} d={d} k={k}", "_decode_sse_kernel",
                       dict(val_ptr=P, idx_ptr="*i64", w_ptr=P, bias_ptr=P, tgt_ptr=P, xhat_ptr=P, dy_ptr=P,
-                           gval_ptr="*fp32", sse_ptr="*fp32", B=B, width=k, d=d, s_wn=d, s_wd=1),
+                           gval_ptr="*fp32", sse_ptr="*fp32", B=B, width=k, d=d, s_wn=d, s_wd=1, chunk=chunk),
                       dict(HAS_BIAS=True, BLOCK_B=BB, BLOCK_W=_p2(k), BLOCK_D=BD), 4, BB * _p2(k) * BD, (B * k * d,),
-                      B * k * d * es + B * k * (8 + es + 4) + 3 * B * d * es, triton.cdiv(B, BB)))
+                      min(n, B * k) * d * es + chunks * B * k * (8 + es + 4) + 3 * B * d * es,
+                      chunks * triton.cdiv(B, BB)))
     return out
 
 
@@ -396,7 +418,9 @@ def step_parts(rule: str, d: int, n: int, k: int, B: int, dt: str = "bf16") -> t
               for w, r in zip(wide, la)]
     else:
         raise ValueError(f"no step model for rule {rule!r}")
-    fwd += _pick(la, "decode + squared error") + torch_op("sum of the error's parts", 4096)
+    chunks = triton.cdiv(d, decode_chunk(n, d, es, decode_sse_blocks(k, d, es)[1], B * k))
+    fwd += _pick(la, "decode + squared error") + torch_op("sum of the error's parts", 4096) \
+        + (torch_op("sum of the d chunks' parts of the values' gradient", chunks * B * k * 4) if chunks > 1 else [])
     sort = torch_op("sort pairs by latent, block offsets, coef", B * k * 40, 5)
     bwd = torch_op("loss backward, scale the values' gradient and the coefficients", small, 3) + sort \
         + _pick(la, "decode bwd W_dec") + torch_op("grad b_dec (decoder): dY summed over the batch", B * d * es) \

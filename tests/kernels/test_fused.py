@@ -146,11 +146,19 @@ def _decode_case(dtype, B=19, n=90, w=6, d=40, seed=50):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("extra_use", [False, True])
-def test_decode_sse_matches_float64(tri, monkeypatch, dtype, extra_use):
+@pytest.mark.parametrize("extra_use,chunked", [(False, False), (True, False), (False, True)])
+def test_decode_sse_matches_float64(tri, monkeypatch, dtype, extra_use, chunked):
     """x_hat, the summed squared error and every gradient (values, W_dec, b_dec, target); with extra_use the
-    loss also reads x_hat directly, so the backward gets an x_hat gradient beside the sse's."""
-    vals0, idx, W0, b0, x0 = _decode_case(dtype)
+    loss also reads x_hat directly, so the backward gets an x_hat gradient beside the sse's. chunked: an L2
+    budget small enough to cut d = 150 into column chunks of 64, 64 and 22 (each chunk's part of the values'
+    gradient summed; 19 tokens x 6 gather each of the 40 rows 2.9 times on average)."""
+    from kernels import triton_gather
+
+    if chunked:
+        monkeypatch.setattr(triton_gather, "L2_BUDGET", 40 * 64 * 4)
+        assert triton_gather.decode_chunk(40, 150, 4, 64, 19 * 6, triton_gather.L2_BUDGET) == 64
+        assert triton_gather.decode_chunk(40, 150, 4, 64, 40, triton_gather.L2_BUDGET) == 150  # rows read once
+    vals0, idx, W0, b0, x0 = _decode_case(dtype, n=40, d=150) if chunked else _decode_case(dtype)
     R = rand(*x0.shape, dtype=torch.float64, seed=60)
     out = {}
     for backend in ("torch", "triton"):
@@ -169,7 +177,7 @@ def test_decode_sse_matches_float64(tri, monkeypatch, dtype, extra_use):
         assert got[1].dtype == torch.float32
         for ours, r, name in zip(got, ref, ("x_hat", "sse", "values", "W_dec", "b_dec", "target")):
             assert rel(ours, r) <= TOL[dtype], (backend, name)
-    assert (out["triton"][3][~torch.isin(torch.arange(90), idx)] == 0).all()  # rows that never fired: zero
+    assert (out["triton"][3][~torch.isin(torch.arange(W0.shape[0]), idx)] == 0).all()  # rows never fired: zero
 
 
 def test_model_forward_uses_the_fused_decode(tri, monkeypatch):

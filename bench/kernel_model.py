@@ -19,7 +19,9 @@ instructions need 2 clocks). The fused encoder matmul (v4) is priced against the
 ETA, the Triton matmul's speed as a fraction of cuBLAS's, is an assumption (no GPU measured it); the table
 shows the ratio at ETA = 1, 0.85 and 0.7. Torch launches in the step are priced by bytes only. Then
 t_step = (t_matmul(measured) for BatchTopK, whose matmul is cuBLAS's) + sum of t_launch + host_syncs * t_sync.
-The matmul and torch.topk times are the H100 measurements in PERFORMANCE.md. The output is a prediction, not a
+The matmul and torch.topk times are the H100 measurements in PERFORMANCE.md. Last, the full training step
+(fwd+bwd + torch's fused Adam, priced by its bytes) against its floor (matmul + Adam's bytes / BW), and the peak
+memory of one fwd+bwd against sparsify's by accounting (bench/memory_model.py). The output is a prediction, not a
 measurement: the instruction counts come from the Triton on this machine (`triton.__version__` is printed),
 which may differ from the GPU machine's.
 """
@@ -89,6 +91,40 @@ def _grouped(rows: list[dict]) -> list[tuple[dict, int]]:
         else:
             out.append((r, 1))
     return out
+
+
+def adam_bytes(d: int, n: int, es: int = 2) -> int:
+    """Bytes torch's fused Adam moves per step over W_enc, W_dec and the biases: it reads each parameter, its
+    gradient and two moments and writes three back, all in the parameters' dtype (bf16 in the benchmark)."""
+    return 7 * es * (2 * n * d + n + d)
+
+
+def print_step_and_memory(summary: list, rows: list[dict]) -> None:
+    """The full training step against its floor, and peak memory against sparsify's (bench/memory_model.py)."""
+    from memory_model import peak_ours, peak_sparsify
+
+    print("\nFull step (fwd+bwd + fused Adam) against its floor = matmul + Adam's bytes / BW "
+          f"(7 x 2 bytes per parameter at {BW / 1e12:.1f} TB/s); peak memory of one fwd+bwd, ours against "
+          "sparsify's TopK (accounting, bench/memory_model.py):")
+    print("| family | d | n | k | full step ms | floor ms | ÷ floor | peak MiB ours | peak MiB sparsify | ours ÷ sparsify |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    parts = []
+    for (fam, d, n, k, mm, step, *_), row in zip(summary, rows):
+        opt = adam_bytes(d, n) / BW * 1e3
+        full, floor = step + opt + T_GAP * 1e3, mm + opt
+        phase, ours = peak_ours(FAMILIES[fam], d, n, k, 4096)
+        mine = sum(ours.values()) / 2**20
+        peer = sum(peak_sparsify(d, n, k, 4096)[1].values()) / 2**20 if fam == "TopK" else None
+        row.update(full_step_ms=full, floor_ms=floor, peak_mib_ours=mine, peak_mib_sparsify=peer)
+        peer_s = f"{peer:.0f} | {mine / peer:.2f}x" if peer else "- | -"
+        print(f"| {fam} | {d} | {n} | {k} | {full:.3f} | {floor:.3f} | {full / floor:.2f}x | {mine:.0f} | {peer_s} |")
+        if fam == "TopK":
+            parts.append((d, n, k, phase, ours, peak_sparsify(d, n, k, 4096)))
+    for d, n, k, phase, ours, (sp_phase, sp) in parts:
+        print(f"\n  TopK d={d} n={n} k={k}: ours at {phase}: "
+              + ", ".join(f"{name} {b / 2**20:.0f}" for name, b in ours.items())
+              + f" MiB\n  sparsify at {sp_phase}: " + ", ".join(f"{name} {b / 2**20:.0f}" for name, b in sp.items())
+              + " MiB")
 
 
 def main() -> int:
@@ -166,6 +202,7 @@ def main() -> int:
     for fam, d, n, k, mm, step, _ratio, ratios, bar, sel, speed in summary:
         rs = " | ".join(f"{ratios[e]:.2f}x" for e in ETAS)
         print(f"| {fam} | {d} | {n} | {k} | {mm:.3f} | {step:.3f} | {rs} | {bar}x | {sel:.3f} | {speed:.2f}x |")
+    print_step_and_memory(summary, out["rows"])
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)

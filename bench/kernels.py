@@ -175,9 +175,10 @@ def step_ours(P: Problem, rule: str):
 def matmul_fused(P: Problem, rule: str):
     """Our Triton encoder matmul with the sub-block maxima epilogue alone (None where the rule does not use it)."""
     from kernels import triton_tiles
-    from kernels.triton_launches import submax_width, tile_select_fits
+    from kernels.triton_launches import batch_prune_fits, submax_width, tile_select_fits
 
-    if rule not in ("row", "abs") or not tile_select_fits(P.n, P.k):
+    fits = batch_prune_fits(P.n, P.k) if rule == "batch" else rule in ("row", "abs") and tile_select_fits(P.n, P.k)
+    if not fits:
         return None
     x_in = P.x - P.b_dec
     sub = submax_width(P.n, P.k)
@@ -367,8 +368,10 @@ def main() -> int:
                     opt.step()
                 ms["full_step_ours_adam"] = bench(full)
                 bw = 2 * pre.numel() * pre.element_size() / (copy_ms * 1e-3)  # bytes/s of a copy
-                n_params = sum(p.numel() for p in P.params)
-                ms["full_step_floor"] = gemm + 28 * n_params / bw * 1e3
+                # fused Adam reads parameter, gradient and two moments and writes three back, in the
+                # parameters' dtype (PERFORMANCE.md's 28 bytes per parameter is this for fp32)
+                opt_bytes = 7 * sum(p.numel() * p.element_size() for p in P.params)
+                ms["full_step_floor"] = gemm + opt_bytes / bw * 1e3
                 del opt
             row = {
                 "family": fam, "rule": rule, "d": d, "n": n, "k": k, "B": B, "dtype": "bf16", "ms": ms,

@@ -17,11 +17,12 @@ instructions need 2 clocks). The fused encoder matmul (v4) is priced against the
                      matmul's) / (SMSPs * clock)          (the epilogue's extra work, not overlapped)
 
 ETA, the Triton matmul's speed as a fraction of cuBLAS's, is an assumption (no GPU measured it); the table
-shows the ratio at ETA = 1, 0.85 and 0.7. Torch launches in the step are priced by bytes only. Then
-t_step = (t_matmul(measured) for BatchTopK, whose matmul is cuBLAS's) + sum of t_launch + host_syncs * t_sync.
-The matmul and torch.topk times are the H100 measurements in PERFORMANCE.md. Last, the full training step
-(fwd+bwd + torch's fused Adam, priced by its bytes) against its floor (matmul + Adam's bytes / BW), and the peak
-memory of one fwd+bwd against sparsify's by accounting (bench/memory_model.py). The output is a prediction, not a
+shows the ratio at ETA = 1, 0.85 and 0.7. At each ETA the step takes the faster of that and the other route,
+cuBLAS's matmul + one maxima pass, as kernels/triton_matmul.py chooses by timing both on the GPU. Torch
+launches in the step are priced by bytes only. Then t_step = sum of t_launch + host_syncs * t_sync. The matmul
+and torch.topk times are the H100 measurements in PERFORMANCE.md. Last, the full training step (fwd+bwd +
+torch's fused Adam, priced by its bytes) against its floor (matmul + Adam's bytes / BW), and the peak memory of
+one fwd+bwd against sparsify's by accounting (bench/memory_model.py). The output is a prediction, not a
 measurement: the instruction counts come from the Triton on this machine (`triton.__version__` is printed),
 which may differ from the GPU machine's.
 """
@@ -148,9 +149,16 @@ def main() -> int:
         for la in _plan[0]:
             if la.kernel == GEMM:
                 base[f"baseline:{la.label}"] = plain
-    bins = compile_all(ours + list(base.values()), jobs=a.jobs)
+    passes = {}  # the maxima pass of the cuBLAS route, per (fused matmul's mode: "row" or "abs", size)
+    for d, n, k, B in SIZES:
+        for mode in ("row", "abs"):
+            passes[(mode, d, n, k)] = next(la for la in launches(d, n, k, B, "bf16")
+                                           if la.label.startswith(f"{mode} sub-block maxima pass"))
+    bins = compile_all(ours + list(base.values()) + list(passes.values()), jobs=a.jobs)
     binaries = {la.label: bins[binary_key(_JIT[la.kernel], la)] for la in ours}
     binaries.update({key: bins[binary_key(_JIT[la.kernel], la)] for key, la in base.items()})
+    binaries.update({la.label: bins[binary_key(_JIT[la.kernel], la)] for la in passes.values()})
+    binaries_pass = passes
     bad = [label for label, b in binaries.items() if not b.ok or b.spill_bytes]
     gemm_code = {label: b for label, b in binaries.items() if label.startswith(("row matmul", "abs matmul"))}
     if bad:
@@ -176,10 +184,22 @@ def main() -> int:
         fused = any(p.kernel == GEMM for p in parts)
         rows = [price(p, binaries, mm * 1e-3) for p in parts]
         sel = sum(price(p, binaries)["t"] for p in sel_parts) + sel_syncs * T_SYNC
-        extra = sum(r["t"] for r in rows) + syncs * T_SYNC
-        step = extra + (0.0 if fused else mm * 1e-3)
-        by_eta = {eta: sum(price(p, binaries, mm * 1e-3, eta)["t"] for p in parts) + syncs * T_SYNC
-                  + (0.0 if fused else mm * 1e-3) for eta in ETAS}
+        # the other route (kernels/triton_matmul.py): cuBLAS's matmul, then one pass for the maxima; the step
+        # takes whichever is faster on the GPU, so the prediction at each ETA is the smaller of the two
+        gemm = next((p for p in parts if p.kernel == GEMM), None)
+        cublas = (mm * 1e-3 + T_GAP + price(binaries_pass[(gemm.label.split()[0], d, n, k)], binaries)["t"]
+                  if gemm else None)
+
+        def total(eta, parts=parts, gemm=gemm, cublas=cublas, mm=mm, syncs=syncs):
+            t = sum(price(p, binaries, mm * 1e-3, eta)["t"] for p in parts) + syncs * T_SYNC
+            if gemm is None:
+                return t + mm * 1e-3, "cublas"
+            fused_t = price(gemm, binaries, mm * 1e-3, eta)["t"]
+            return (t, "fused") if fused_t <= cublas else (t - fused_t + cublas, "cublas + maxima pass")
+
+        step, route = total(ETA)
+        by_eta = {eta: total(eta)[0] for eta in ETAS}
+        routes = {eta: total(eta)[1] for eta in ETAS}
         if fam == "TopK" or os.environ.get("KERNEL_MODEL_ALL"):
             print(f"== {fam} d={d} n={n} k={k}: every part of the step" if fused else
                   f"== {fam} d={d} n={n} k={k}: parts past the (cuBLAS) matmul")
@@ -188,13 +208,19 @@ def main() -> int:
                 label = r["label"] if times == 1 else f"{r['label']} (x{times})"
                 print(f"   {label[:52]:52} {times * r['bytes'] / 1e6:8.1f} {times * r['t_mem'] * 1e3:7.3f} "
                       f"{times * r['t_alu'] * 1e3:7.3f} {times * r['t'] * 1e3:7.3f}  {r['instr_per_elem'] or ''}")
-            print(f"   {'host syncs':52} {syncs:8d} {'':7} {'':7} {syncs * T_SYNC * 1e3:7.3f}\n")
+            print(f"   {'host syncs':52} {syncs:8d} {'':7} {'':7} {syncs * T_SYNC * 1e3:7.3f}")
+            if gemm:
+                print(f"   (route at ETA {ETA}: {route}; cuBLAS's matmul + the maxima pass would be "
+                      f"{cublas * 1e3:.3f} ms against the fused {rows[parts.index(gemm)]['t'] * 1e3:.3f} ms; "
+                      f"routes at ETA {'/'.join(map(str, ETAS))}: {' / '.join(routes.values())})\n")
+            else:
+                print()
         ratio = step / (mm * 1e-3)
         ratios = {eta: t / (mm * 1e-3) for eta, t in by_eta.items()}
         summary.append((fam, d, n, k, mm, step * 1e3, ratio, ratios, BAR[fam], sel * 1e3, topk / (sel * 1e3)))
         out["rows"].append({"family": fam, "d": d, "n": n, "k": k, "matmul_ms": mm, "step_ms": step * 1e3,
-                            "ratio_to_matmul": ratio, "ratio_by_eta": ratios, "select_ms": sel * 1e3,
-                            "topk_ms": topk, "syncs": syncs, "parts": rows})
+                            "ratio_to_matmul": ratio, "ratio_by_eta": ratios, "route_by_eta": routes,
+                            "select_ms": sel * 1e3, "topk_ms": topk, "syncs": syncs, "parts": rows})
     eh = " | ".join(f"÷ matmul (ETA {e})" for e in ETAS)
     print(f"| family | d | n | k | matmul ms (measured) | fwd+bwd ms (predicted, ETA {ETA}) | {eh} | bar | select ms "
           "(predicted) | torch.topk ÷ select |")

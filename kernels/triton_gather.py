@@ -110,11 +110,14 @@ def _decode_sse_kernel(val_ptr, idx_ptr, w_ptr, bias_ptr, tgt_ptr, xhat_ptr, dy_
 
 
 @triton.jit
-def _grad_rows_kernel(lat_ptr, tok_ptr, coef_ptr, off_ptr, src_ptr, out_ptr, gb_ptr, n, d, s_on, s_od,
-                      HAS_BIAS: tl.constexpr, DOT_BF16: tl.constexpr,
+def _grad_rows_kernel(lat_ptr, tok_ptr, coef_ptr, off_ptr, src_ptr, out_ptr, gb_ptr, w_ptr, part_ptr, n, d, s_on,
+                      s_od, HAS_BIAS: tl.constexpr, HAS_PRE: tl.constexpr, DOT_BF16: tl.constexpr,
                       BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
     """out[l, dblock] = sum over the pairs p of latent l of coef[p] * src[tok[p], dblock], for the latents of
-    this program's block; pairs sorted by latent, off[i] = first pair of latent i * BLOCK_L. Written once."""
+    this program's block; pairs sorted by latent, off[i] = first pair of latent i * BLOCK_L. Written once.
+    HAS_BIAS: gb[l] = the sum of latent l's coefficients. HAS_PRE (with HAS_BIAS): part[block, dblock] =
+    sum over the block's latents of w[l, dblock] * gb[l] (w laid out as out), whose sum over the blocks is
+    w^T gb: b_pre's gradient (up to sign) without another read of the weight in a separate launch."""
     pid_l = tl.program_id(0)
     pid_d = tl.program_id(1)
     l0 = pid_l * BLOCK_L
@@ -145,6 +148,10 @@ def _grad_rows_kernel(lat_ptr, tok_ptr, coef_ptr, off_ptr, src_ptr, out_ptr, gb_
     if HAS_BIAS:
         if pid_d == 0:
             tl.store(gb_ptr + l0 + ls, bias.to(gb_ptr.dtype.element_ty), mask=lm)
+    if HAS_PRE:
+        wp = w_ptr + (l0 + ls)[:, None].to(tl.int64) * s_on + dc[None, :].to(tl.int64) * s_od
+        w = tl.load(wp, mask=lm[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+        tl.store(part_ptr + pid_l.to(tl.int64) * d + dc, tl.sum(w * bias[:, None], axis=0), mask=dmask)
 
 
 def gather_sum(values: torch.Tensor, indices: torch.Tensor, W: torch.Tensor, s_wn: int, s_wd: int, d: int,
@@ -206,20 +213,28 @@ class SortedPairs:
         edges = torch.arange(0, triton.cdiv(n, self.block_l) + 1, device=indices.device, dtype=torch.int32)
         self.off = torch.searchsorted(self.lat, edges * self.block_l).to(torch.int32)
 
-    def grad(self, coef: torch.Tensor, src: torch.Tensor, out: torch.Tensor, bias_out: torch.Tensor | None = None
-             ) -> None:
+    def grad(self, coef: torch.Tensor, src: torch.Tensor, out: torch.Tensor, bias_out: torch.Tensor | None = None,
+             weight: torch.Tensor | None = None) -> torch.Tensor | None:
         """out[l, :] (by out's strides, [n, d] or a [d, n] tensor's transpose) = sum over latent l's pairs of
-        coef * src[token]; bias_out[l] = sum of its coef. coef: [B, w] in the code's order."""
+        coef * src[token]; bias_out[l] = sum of its coef. coef: [B, w] in the code's order. With `weight` (laid
+        out as out) and bias_out, also returns weight^T bias_out ([d] fp32) from the same launch."""
         d = src.shape[1]
         c = coef.reshape(-1).float()[self.order].contiguous()
         BL, BP, BD = grad_blocks(d)
         if INTERPRET:
             BD = min(triton.next_power_of_2(d), 256)
         s_on, s_od = out.stride()
+        if weight is not None and (bias_out is None or weight.stride() != out.stride()):
+            raise ValueError("the weight's product needs bias_out and the weight laid out as out")
+        part = torch.empty((triton.cdiv(self.n, BL), d), dtype=torch.float32, device=src.device) \
+            if weight is not None else None
         dot_bf16 = src.dtype == torch.bfloat16 and not INTERPRET  # the interpreter's bf16 dot is wrong
         _grad_rows_kernel[(triton.cdiv(self.n, BL), triton.cdiv(d, BD))](
-            self.lat, self.tok, c, self.off, src, out, bias_out if bias_out is not None else c, self.n, d,
-            s_on, s_od, HAS_BIAS=bias_out is not None, DOT_BF16=dot_bf16, BLOCK_L=BL, BLOCK_P=BP, BLOCK_D=BD)
+            self.lat, self.tok, c, self.off, src, out, bias_out if bias_out is not None else c,
+            weight if weight is not None else src, part if part is not None else c, self.n, d, s_on, s_od,
+            HAS_BIAS=bias_out is not None, HAS_PRE=weight is not None, DOT_BF16=dot_bf16, BLOCK_L=BL, BLOCK_P=BP,
+            BLOCK_D=BD)
+        return part.sum(0) if part is not None else None
 
 
 # The last code's sorted pairs: the decoder's backward and the encoder's (same code when AuxK is off) share one

@@ -34,6 +34,7 @@ from kernels.triton_launches import (
     submax_width,
     tile_select_fits,
 )
+from kernels.triton_matmul import matmul_with_maxima
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 POISON = False  # tests set this: every output buffer starts as garbage, so an unwritten element shows
@@ -637,7 +638,7 @@ def _encode_forward(x, W_enc, b_enc, rule, k, threshold, dead, k_aux):
     n = W_enc.shape[1]
     if _fused_applies(x, rule, k, n):
         mode = int(rule == "abs")
-        pre, smax = tiles.gemm_submax(x, W_enc, b_enc, mode, submax_width(n, k))
+        pre, smax = matmul_with_maxima(x, W_enc, b_enc, mode, submax_width(n, k))
         if rule == "batch":
             code = select_batch(pre, k, smax)
         else:
@@ -704,14 +705,20 @@ class EncodeFn(torch.autograd.Function):
                 del W_t
         # the latent sums of gs are b_enc's gradient, and (through W_enc) b_pre's: keep them in fp32
         want_sums = (want_b and ctx.has_b) or (want_pre and not want_x)
+        wt_sums = None
         if want_w or want_sums:  # each latent's column written once, in W_enc's layout
             gW = torch.empty_like(W_enc)
             sums = torch.empty(n, dtype=torch.float32, device=x.device) if want_sums else None
-            sorted_pairs(idx_all, n).grad(gs, x, gW.t(), sums)
+            # b_pre's gradient without x's is -W_enc @ sums: the same launch reads W_enc's tiles for it
+            fold = want_pre and not want_x and gW.stride() == W_enc.stride()
+            wt_sums = sorted_pairs(idx_all, n).grad(gs, x, gW.t(), sums, W_enc.t() if fold else None)
             gW = gW if want_w else None
             gb = sums.to(W_enc.dtype) if want_b and ctx.has_b else None
         if want_pre:  # x - b_pre: b_pre's gradient is minus the input gradient summed over the batch
-            g_pre = -(gx.float().sum(0) if gx is not None else torch.mv(W_enc, sums.to(W_enc.dtype)).float())
+            if gx is not None:
+                g_pre = -gx.float().sum(0)
+            else:
+                g_pre = -(wt_sums if wt_sums is not None else torch.mv(W_enc, sums.to(W_enc.dtype)).float())
             g_pre = g_pre.to(W_enc.dtype)
         return gx, gW, gb, g_pre, None, None, None, None, None
 

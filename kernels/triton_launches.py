@@ -205,7 +205,7 @@ def _dense_launches(dt: str, d: int, n: int, k: int, B: int) -> list[Launch]:
     # the weight-gradient kernel gathers rows of a [B, d] source that stays in L2 (6-19 MB here): its DRAM
     # bytes are the source once, the pairs, and the gradient written once
     rows = dict(lat_ptr="*i32", tok_ptr="*i32", coef_ptr="*fp32", off_ptr="*i32", src_ptr=P, out_ptr=P, n=n,
-                d=d)
+                d=d, part_ptr="*fp32")
     rows_cx = dict(DOT_BF16=dt == "bf16", BLOCK_L=BL, BLOCK_P=BP, BLOCK_D=BDg)
     grad_bytes = B * d * es + pairs + n * d * es
     return [
@@ -215,13 +215,17 @@ def _dense_launches(dt: str, d: int, n: int, k: int, B: int) -> list[Launch]:
         Launch(f"decode bwd values {tag}", "_gather_dot_kernel", dict(g_ptr=P, idx_ptr="*i64", w_ptr=P,
                out_ptr="*fp32", **gs), dict(BLOCK_B=BB, BLOCK_D=BD), 4, BB * BD, work,
                B * d * es + B * k * d * es + B * k * 12),
-        Launch(f"decode bwd W_dec {tag}", "_grad_rows_kernel", dict(rows, gb_ptr="*fp32", s_on=d, s_od=1),
-               dict(rows_cx, HAS_BIAS=False), 4, BP * BDg, work, grad_bytes),
+        Launch(f"decode bwd W_dec {tag}", "_grad_rows_kernel", dict(rows, gb_ptr="*fp32", w_ptr=P, s_on=d, s_od=1),
+               dict(rows_cx, HAS_BIAS=False, HAS_PRE=False), 4, BP * BDg, work, grad_bytes),
         Launch(f"encode bwd grad_x {tag}", "_gather_sum_kernel", dict(val_ptr="*fp32", idx_ptr="*i64", w_ptr=P,
                out_ptr="*fp32", **gs), dict(BLOCK_B=BB, BLOCK_D=BD), 4, BB * BD, work,
                B * k * d * es + reread + 4 * B * d),
-        Launch(f"encode bwd W_enc, b_enc {tag}", "_grad_rows_kernel", dict(rows, gb_ptr=P, s_on=1, s_od=n),
-               dict(rows_cx, HAS_BIAS=True), 4, BP * BDg, work, grad_bytes + n * es),
+        Launch(f"encode bwd W_enc, b_enc {tag}", "_grad_rows_kernel", dict(rows, gb_ptr=P, w_ptr=P, s_on=1, s_od=n),
+               dict(rows_cx, HAS_BIAS=True, HAS_PRE=False), 4, BP * BDg, work, grad_bytes + n * es),
+        # the training step's: b_pre's gradient folded in (W_enc's tiles read, one fp32 [d] partial per block)
+        Launch(f"encode bwd W_enc, b_enc, b_pre {tag}", "_grad_rows_kernel",
+               dict(rows, gb_ptr="*fp32", w_ptr=P, s_on=1, s_od=n), dict(rows_cx, HAS_BIAS=True, HAS_PRE=True), 4,
+               BP * BDg, work, grad_bytes + n * 4 + n * d * es + triton.cdiv(n, BL) * d * 4),
     ]
 
 
@@ -388,7 +392,6 @@ def step_parts(rule: str, d: int, n: int, k: int, B: int, dt: str = "bf16") -> t
     _, es = DTYPES[dt]
     la = launches(d, n, k, B, dt)
     small = B * k * 8  # one [B, k] int64 / fp32 pass, order of magnitude
-    nd = n * d
     shift = torch_op("x - b_pre", B * d * 2 * es)
     if rule in ("row", "abs"):
         fam = rule
@@ -424,8 +427,8 @@ def step_parts(rule: str, d: int, n: int, k: int, B: int, dt: str = "bf16") -> t
     sort = torch_op("sort pairs by latent, block offsets, coef", B * k * 40, 5)
     bwd = torch_op("loss backward, scale the values' gradient and the coefficients", small, 3) + sort \
         + _pick(la, "decode bwd W_dec") + torch_op("grad b_dec (decoder): dY summed over the batch", B * d * es) \
-        + torch_op("encode grad prep", small, 2) + _pick(la, "encode bwd W_enc") \
-        + torch_op("grad b_pre: -W_enc @ grad b_enc (one matrix-vector product)", nd * es) \
+        + torch_op("encode grad prep", small, 2) + _pick(la, "encode bwd W_enc, b_enc, b_pre") \
+        + torch_op("grad b_pre: the latent blocks' parts summed", triton.cdiv(n, grad_blocks(d)[0]) * d * 4) \
         + torch_op("casts, b_dec's two gradients summed", 4 * d * 4, 3)
     return fwd + bwd, syncs
 

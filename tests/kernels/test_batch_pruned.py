@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import DTYPES, rand, rel
+from helpers import DTYPES, encoder_case, rand, rel, spy
 
 import kernels
 from kernels import select_torch as S
@@ -98,13 +98,8 @@ def test_fused_batch_encode_matches_float64_and_the_twin(tri, monkeypatch):
     gradients of W_enc, b_enc and b_pre against float64."""
     monkeypatch.setattr(tri, "FUSED_FP32", True)
     B, d, n, k = 24, 20, 1024, 4
-    x0 = rand(B, d, seed=40)
-    W0 = rand(d, n, seed=41, scale=d**-0.5)
-    b0 = rand(n, seed=42, scale=0.1)
-    p0 = rand(d, seed=43, scale=0.3)
-    calls = []
-    real = tiles.gemm_submax
-    monkeypatch.setattr(tiles, "gemm_submax", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    x0, W0, b0, p0 = encoder_case(B, d, n)
+    calls = spy(monkeypatch, tiles, "gemm_submax")
     out = {}
     for backend in ("torch", "triton"):
         monkeypatch.setattr(kernels, "BACKEND", backend)

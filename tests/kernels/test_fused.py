@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import DTYPES, TOL, check_topk_valid, rand, rel
+from helpers import DTYPES, TOL, check_topk_valid, encoder_case, rand, rel, spy
 
 import kernels
 from kernels import triton_tiles as tiles
@@ -105,14 +105,9 @@ def test_fused_encode_with_b_pre_matches_float64_and_the_twin(tri, monkeypatch, 
     monkeypatch.setattr(tri, "FUSED_FP32", True)
     B, d, n, k = 24, 20, 2048, 8
     assert tile_select_fits(n, k)
-    x0 = rand(B, d, seed=40)
-    W0 = rand(d, n, seed=41, scale=d**-0.5)
-    b0 = rand(n, seed=42, scale=0.1)
-    p0 = rand(d, seed=43, scale=0.3)
+    x0, W0, b0, p0 = encoder_case(B, d, n)
     R = rand(B, k, dtype=torch.float64, seed=44)
-    calls = []
-    real = tiles.gemm_submax
-    monkeypatch.setattr(tiles, "gemm_submax", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    calls = spy(monkeypatch, tiles, "gemm_submax")
     out = {}
     for backend in ("torch", "triton"):
         monkeypatch.setattr(kernels, "BACKEND", backend)

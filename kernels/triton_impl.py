@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import torch
 import triton
@@ -452,16 +453,31 @@ def select_stat(pre: torch.Tensor, k: int) -> SparseCode:
     return select_by_value(pre, thr, (1, 0), "none")
 
 
+# None until BatchTopK's pruned path first runs in this process; False if that first run failed (say its kernels do
+# not compile with the installed Triton), which sends every later call to the full-batch path
+_PRUNED_BATCH: bool | None = None
+
+
 def select_batch(pre: torch.Tensor, k: int, smax: torch.Tensor | None = None) -> SparseCode:
     """Top k*B of relu(pre) over the batch, ties at the threshold in row, then column order. Where a row holds
     enough sub-blocks, v5's pruned path (kernels/triton_batch.py) reads the sub-block maxima (`smax`, from the
     fused encoder matmul, or one read pass here) and the few sub-blocks they point to; otherwise, or when its
     buffers overflow, the full-batch path below. One host read either way (two after an overflow)."""
+    global _PRUNED_BATCH
     p = _check_kernel_input(pre.detach())
     B, n = p.shape
-    if batch_prune_fits(n, k):
+    if batch_prune_fits(n, k) and _PRUNED_BATCH is not False:
         sub = submax_width(n, k)
-        pruned = batch.select_from_submax(p, smax if smax is not None else tiles.submax(p, 0, sub), k, sub)
+        try:
+            pruned = batch.select_from_submax(p, smax if smax is not None else tiles.submax(p, 0, sub), k, sub)
+        except Exception as exc:  # noqa: BLE001  only before it has ever worked: reported, then the full path
+            if _PRUNED_BATCH:
+                raise
+            warnings.warn(f"kernels: BatchTopK's pruned selection failed on its first use ({type(exc).__name__}: "
+                          f"{exc}); this process uses the full-batch selection", RuntimeWarning, stacklevel=2)
+            _PRUNED_BATCH, pruned = False, None
+        else:
+            _PRUNED_BATCH = True
         if pruned is not None:  # rows already ordered, padding zero-valued at index 0
             idx, raw, count = pruned
             if not pre.requires_grad:
@@ -709,17 +725,14 @@ class EncodeFn(torch.autograd.Function):
         if want_w or want_sums:  # each latent's column written once, in W_enc's layout
             gW = torch.empty_like(W_enc)
             sums = torch.empty(n, dtype=torch.float32, device=x.device) if want_sums else None
-            # b_pre's gradient without x's is -W_enc @ sums: the same launch reads W_enc's tiles for it
-            fold = want_pre and not want_x and gW.stride() == W_enc.stride()
+            # b_pre's gradient without x's is -W_enc @ sums: the same launch reads W_enc's tiles for it (gW, an
+            # empty_like of the dense W_enc, has its strides)
+            fold = want_pre and not want_x
             wt_sums = sorted_pairs(idx_all, n).grad(gs, x, gW.t(), sums, W_enc.t() if fold else None)
             gW = gW if want_w else None
             gb = sums.to(W_enc.dtype) if want_b and ctx.has_b else None
         if want_pre:  # x - b_pre: b_pre's gradient is minus the input gradient summed over the batch
-            if gx is not None:
-                g_pre = -gx.float().sum(0)
-            else:
-                g_pre = -(wt_sums if wt_sums is not None else torch.mv(W_enc, sums.to(W_enc.dtype)).float())
-            g_pre = g_pre.to(W_enc.dtype)
+            g_pre = (-(gx.float().sum(0) if gx is not None else wt_sums)).to(W_enc.dtype)
         return gx, gW, gb, g_pre, None, None, None, None, None
 
 

@@ -11,6 +11,7 @@ process. Both routes return the same numbers up to the matmul's rounding; the se
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -49,9 +50,20 @@ ROUTES: dict[str, Callable] = {"fused": _fused, "cublas": _cublas}
 
 
 def choose(key: tuple, runs: dict[str, Callable[[], object]]) -> str:
-    """The route whose run is fastest (ties to the first), timed once per key and remembered."""
+    """The route whose run is fastest (ties to the first), timed once per key and remembered. A route that fails
+    (say the Triton kernel does not compile with the installed Triton) is dropped with a warning naming the
+    error; if every route fails, the last error is raised."""
     if key not in _CHOICE:
-        times = {name: _time_ms(run) for name, run in runs.items()}
+        times, error = {}, None
+        for name, run in runs.items():
+            try:
+                times[name] = _time_ms(run)
+            except Exception as exc:  # noqa: BLE001  reported, and the other route serves
+                error = exc
+                warnings.warn(f"kernels: the {name!r} route to the encoder's pre-activations failed "
+                              f"({type(exc).__name__}: {exc}); using the other route", RuntimeWarning, stacklevel=2)
+        if not times:
+            raise error
         _CHOICE[key] = min(times, key=times.get)
     return _CHOICE[key]
 

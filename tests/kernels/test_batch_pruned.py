@@ -134,3 +134,27 @@ def test_values_carry_the_gradient_to_pre(tri):
     code.values.sum().backward()
     assert torch.equal(pre.grad, (code.to_dense(n) > 0).float())
     _same(code, tri._select_batch_full(pre0, pre0, k))
+
+
+def test_a_failing_first_use_falls_back_for_good_with_a_warning(tri, monkeypatch):
+    """If the pruned path fails the first time it runs (its kernels not compiling with the installed Triton, say),
+    the call still returns the exact code through the full path, with a warning, and later calls skip it; once
+    it has worked, a failure is an error."""
+    B, n, k = 16, 512, 2
+    pre = rand(B, n, seed=31, shift=-0.3)
+    full = tri._select_batch_full(pre, pre, k)
+    calls = []
+
+    def broken(*a, **kw):
+        calls.append(1)
+        raise RuntimeError("no histogram here")
+
+    monkeypatch.setattr(tri, "_PRUNED_BATCH", None)
+    monkeypatch.setattr(tb, "select_from_submax", broken)
+    with pytest.warns(RuntimeWarning, match="pruned selection failed on its first use.*no histogram here"):
+        _same(tri.select_batch(pre, k), full)
+    _same(tri.select_batch(pre, k), full)
+    assert len(calls) == 1
+    monkeypatch.setattr(tri, "_PRUNED_BATCH", True)
+    with pytest.raises(RuntimeError, match="no histogram here"):
+        tri.select_batch(pre, k)

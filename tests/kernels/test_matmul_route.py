@@ -67,3 +67,18 @@ def test_an_unknown_route_is_refused(tri, monkeypatch):
     monkeypatch.setattr(tm, "ROUTE", "cuBLAS")
     with pytest.raises(ValueError, match=r"'cuBLAS'.*expected 'auto' or one of \['cublas', 'fused'\]"):
         tm.matmul_with_maxima(rand(4, 8), rand(8, 64), None, 0, 16)
+
+
+def test_a_route_that_fails_is_dropped_with_a_warning(monkeypatch):
+    """A route whose kernel fails (e.g. does not compile with the installed Triton) is reported and the other
+    serves; when both fail, the error reaches the caller."""
+    monkeypatch.setattr(tm, "_CHOICE", {})
+    monkeypatch.setattr(tm, "_time_ms", lambda run: run())
+
+    def broken():
+        raise RuntimeError("PTX too new")
+
+    with pytest.warns(RuntimeWarning, match=r"'fused' route .*RuntimeError: PTX too new"):
+        assert tm.choose(("shape", 3), {"fused": broken, "cublas": lambda: 1.0}) == "cublas"
+    with pytest.raises(RuntimeError, match="PTX too new"), pytest.warns(RuntimeWarning):
+        tm.choose(("shape", 4), {"fused": broken, "cublas": broken})

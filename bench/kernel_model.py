@@ -115,12 +115,13 @@ def print_step_and_memory(summary: list, rows: list[dict]) -> None:
         full, floor = step + opt + T_GAP * 1e3, mm + opt
         phase, ours = peak_ours(FAMILIES[fam], d, n, k, 4096)
         mine = sum(ours.values()) / 2**20
-        peer = sum(peak_sparsify(d, n, k, 4096)[1].values()) / 2**20 if fam == "TopK" else None
+        sparsify = peak_sparsify(d, n, k, 4096) if fam == "TopK" else None  # its step is TopK only
+        peer = sum(sparsify[1].values()) / 2**20 if sparsify else None
         row.update(full_step_ms=full, floor_ms=floor, peak_mib_ours=mine, peak_mib_sparsify=peer)
         peer_s = f"{peer:.0f} | {mine / peer:.2f}x" if peer else "- | -"
         print(f"| {fam} | {d} | {n} | {k} | {full:.3f} | {floor:.3f} | {full / floor:.2f}x | {mine:.0f} | {peer_s} |")
-        if fam == "TopK":
-            parts.append((d, n, k, phase, ours, peak_sparsify(d, n, k, 4096)))
+        if sparsify:
+            parts.append((d, n, k, phase, ours, sparsify))
     for d, n, k, phase, ours, (sp_phase, sp) in parts:
         print(f"\n  TopK d={d} n={n} k={k}: ours at {phase}: "
               + ", ".join(f"{name} {b / 2**20:.0f}" for name, b in ours.items())
@@ -158,7 +159,6 @@ def main() -> int:
     binaries = {la.label: bins[binary_key(_JIT[la.kernel], la)] for la in ours}
     binaries.update({key: bins[binary_key(_JIT[la.kernel], la)] for key, la in base.items()})
     binaries.update({la.label: bins[binary_key(_JIT[la.kernel], la)] for la in passes.values()})
-    binaries_pass = passes
     bad = [label for label, b in binaries.items() if not b.ok or b.spill_bytes]
     gemm_code = {label: b for label, b in binaries.items() if label.startswith(("row matmul", "abs matmul"))}
     if bad:
@@ -187,7 +187,7 @@ def main() -> int:
         # the other route (kernels/triton_matmul.py): cuBLAS's matmul, then one pass for the maxima; the step
         # takes whichever is faster on the GPU, so the prediction at each ETA is the smaller of the two
         gemm = next((p for p in parts if p.kernel == GEMM), None)
-        cublas = (mm * 1e-3 + T_GAP + price(binaries_pass[(gemm.label.split()[0], d, n, k)], binaries)["t"]
+        cublas = (mm * 1e-3 + T_GAP + price(passes[(gemm.label.split()[0], d, n, k)], binaries)["t"]
                   if gemm else None)
 
         def total(eta, parts=parts, gemm=gemm, cublas=cublas, mm=mm, syncs=syncs):
@@ -197,9 +197,10 @@ def main() -> int:
             fused_t = price(gemm, binaries, mm * 1e-3, eta)["t"]
             return (t, "fused") if fused_t <= cublas else (t - fused_t + cublas, "cublas + maxima pass")
 
-        step, route = total(ETA)
-        by_eta = {eta: total(eta)[0] for eta in ETAS}
-        routes = {eta: total(eta)[1] for eta in ETAS}
+        priced = {eta: total(eta) for eta in ETAS}  # ETA is one of ETAS
+        step, route = priced[ETA]
+        by_eta = {eta: t for eta, (t, _) in priced.items()}
+        routes = {eta: r for eta, (_, r) in priced.items()}
         if fam == "TopK" or os.environ.get("KERNEL_MODEL_ALL"):
             print(f"== {fam} d={d} n={n} k={k}: every part of the step" if fused else
                   f"== {fam} d={d} n={n} k={k}: parts past the (cuBLAS) matmul")

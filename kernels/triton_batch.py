@@ -21,16 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_common import order_key
-from kernels.triton_launches import batch_blocks, batch_caps, batch_passes
-
-NPIV = 16  # pivots per bisection pass: a 16-fold narrowing
-POISON = False  # tests set this: every buffer a kernel fills starts as garbage, so an unwritten element shows
-
-
-def _empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
-    out = torch.empty(shape, dtype=dtype, device=device)
-    return out.fill_(-7777) if POISON else out
+from kernels.triton_common import empty, key_shift, order_key
+from kernels.triton_launches import NPIV, batch_blocks, batch_caps, batch_passes
 
 
 @triton.jit
@@ -238,10 +230,6 @@ def _batch_write_kernel(eflat_ptr, ekey_ptr, n, counts_ptr, npass, total, budget
         tl.store(val_ptr + base + c0 + cc, tl.zeros([BLOCK], tl.float32).to(val_ptr.dtype.element_ty), mask=pad)
 
 
-def _shift(dtype: torch.dtype) -> int:
-    return {torch.bfloat16: 16, torch.float16: 13}.get(dtype, 0)
-
-
 def select_from_submax(pre: torch.Tensor, smax: torch.Tensor, k: int, sub: int
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """(idx [B, width] int64, their raw values [B, width], count [B]) of the top k*B entries of relu(pre) over the
@@ -251,7 +239,7 @@ def select_from_submax(pre: torch.Tensor, smax: torch.Tensor, k: int, sub: int
     B, n = pre.shape
     T = smax.shape[1]
     total = min(k * B, B * n)
-    shift = _shift(pre.dtype)
+    shift = key_shift(pre.dtype)
     passes = batch_passes(shift)
     tcap, ecap = batch_caps(total)
     cb, eb, rb, sb = batch_blocks(sub)
@@ -266,16 +254,16 @@ def select_from_submax(pre: torch.Tensor, smax: torch.Tensor, k: int, sub: int
     for p in range(passes):  # t: the total-th largest ReLU'd maximum
         _count_pass_kernel[(tprog,)](smax, smax, BT, counts, p, total, FROM_VALUES=True, SHIFT=shift, BLOCK=cb,
                                      **kw)
-    tid = _empty(tcap, torch.int64, dev)
-    pcnt = _empty(tprog, torch.int64, dev)
+    tid = empty(tcap, torch.int64, dev)
+    pcnt = empty(tprog, torch.int64, dev)
     for store, poff in ((False, pcnt), (True, None)):
         poff = torch.cumsum(pcnt, 0) if store else poff
         _batch_tiles_kernel[(tprog,)](smax, counts, passes, total, pcnt, poff, tid, tcap, BT, STORE=store,
                                       SHIFT=shift, BLOCK=cb, **kw)
     tlen = poff[-1:]
-    eflat = _empty(ecap, torch.int64, dev)
-    ekey = _empty(ecap, torch.int32, dev)
-    pcnt = _empty(eprog, torch.int64, dev)
+    eflat = empty(ecap, torch.int64, dev)
+    ekey = empty(ecap, torch.int32, dev)
+    pcnt = empty(eprog, torch.int64, dev)
     for store, poff in ((False, pcnt), (True, None)):
         poff = torch.cumsum(pcnt, 0) if store else poff
         _batch_entries_kernel[(eprog,)](pre, pre.stride(0), n, T, tid, tlen, tcap, counts, passes, total, pcnt,
@@ -288,20 +276,20 @@ def select_from_submax(pre: torch.Tensor, smax: torch.Tensor, k: int, sub: int
                                                      SHIFT=shift, BLOCK=cb, **kw)
     _batch_row_counts_kernel[(triton.cdiv(ecap, sb),)](eflat, ekey, elen, ecap, n, counts, passes, total, ngt, neq,
                                                        nall, BLOCK=sb, **kw)
-    budget = _empty(B, torch.int32, dev)
-    count = _empty(B, torch.int64, dev)
-    start = _empty(B, torch.int64, dev)
-    out = _empty(2, torch.int64, dev)
+    budget = empty(B, torch.int32, dev)
+    count = empty(B, torch.int64, dev)
+    start = empty(B, torch.int64, dev)
+    out = empty(2, torch.int64, dev)
     _batch_budget_kernel[(1,)](counts, passes, total, tlen, tcap, elen, ecap, ngt, neq, nall, budget, count, start,
                                out, B, BLOCK=sb, **kw)
     width, bad = out.tolist()  # the one host read
     if bad:
         return None
     width = max(int(width), 1)
-    kcol = _empty((B, width), torch.int32, dev)
-    kkey = _empty((B, width), torch.int32, dev)
-    idx = _empty((B, width), torch.int64, dev)
-    val = _empty((B, width), pre.dtype, dev)
+    kcol = empty((B, width), torch.int32, dev)
+    kkey = empty((B, width), torch.int32, dev)
+    idx = empty((B, width), torch.int64, dev)
+    val = empty((B, width), pre.dtype, dev)
     _batch_write_kernel[(B,)](eflat, ekey, n, counts, passes, total, budget, count, start, nall, kcol, kkey, pre,
                               pre.stride(0), idx, val, width, BLOCK=rb, **kw)
     return idx, val, count

@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
+
+POISON = False  # tests set this: every output buffer starts as garbage, so an unwritten element shows
+
+
+def empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """torch.empty for a kernel's output, filled with garbage (NaN or -7777) when POISON is set."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    if POISON:
+        out.fill_(float("nan") if dtype.is_floating_point else -7777)
+    return out
+
+
+def key_shift(dtype: torch.dtype) -> int:
+    """The low bits of an fp32 order key that `dtype` cannot hold (order_key's SHIFT): 16 bf16, 13 fp16, 0 fp32."""
+    return {torch.bfloat16: 16, torch.float16: 13}.get(dtype, 0)
 
 
 @triton.jit

@@ -25,6 +25,8 @@ import triton.language as tl
 from kernels import triton_batch as batch
 from kernels import triton_tiles as tiles
 from kernels.code import SparseCode
+from kernels.triton_common import empty as _empty
+from kernels.triton_common import key_shift as _shift
 from kernels.triton_common import order_key
 from kernels.triton_gather import decode_sse, gather_dot, gather_sum, sorted_pairs
 from kernels.triton_launches import (
@@ -38,22 +40,10 @@ from kernels.triton_launches import (
 from kernels.triton_matmul import matmul_with_maxima
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-POISON = False  # tests set this: every output buffer starts as garbage, so an unwritten element shows
 NPIV = 16  # bisection fan-out per pass
 
 _I32_MIN = -2147483648
 _I32_MAX = 2147483647
-
-
-def _empty(shape, dtype, device) -> torch.Tensor:
-    out = torch.empty(shape, dtype=dtype, device=device)
-    if POISON:
-        out.fill_(float("nan") if dtype.is_floating_point else -7777)
-    return out
-
-
-def _shift(dtype: torch.dtype) -> int:
-    return {torch.bfloat16: 16, torch.float16: 13}.get(dtype, 0)
 
 
 def _p2(x: int) -> int:

@@ -293,7 +293,7 @@ def _tile_launches(dt: str, d: int, n: int, k: int, B: int) -> list[Launch]:
 
 BATCH_FILL = 1.1  # listed sub-blocks and candidate entries per kept entry, for pricing (Gaussian pre: 1.00-1.04)
 BATCH_WIDTH = 1.7  # BatchTopK's code width (the largest row count) over k, for pricing (Gaussian pre: 1.55-1.72)
-NPIV = 16
+NPIV = 16  # pivots per pass of BatchTopK's bisections (kernels/triton_batch.py): a 16-fold narrowing
 
 
 def _batch_launches(dt: str, n: int, k: int, B: int) -> list[Launch]:

@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.triton_common import key_shift as _shift
 from kernels.triton_common import order_key, to_storage
 from kernels.triton_launches import SELECT_WARPS, gemm_blocks, submax_width, tile_select_caps, tile_select_fits
 
@@ -242,10 +243,6 @@ def _order_rows_kernel(pre_ptr, idx_ptr, val_ptr, active_ptr, B, stride_b, k,
 
 def _p2(x: int) -> int:
     return triton.next_power_of_2(max(int(x), 1))
-
-
-def _shift(dtype: torch.dtype) -> int:
-    return {torch.bfloat16: 16, torch.float16: 13}.get(dtype, 0)
 
 
 def gemm_submax(x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, mode: int, sub: int

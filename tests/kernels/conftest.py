@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(__file__))  # helpers.py (pytest runs with --
 @pytest.fixture
 def tri(monkeypatch):
     assert os.environ.get("TRITON_INTERPRET") == "1", "the kernel tests run Triton's CPU interpreter"
-    from kernels import triton_impl
+    from kernels import triton_common, triton_impl
 
-    monkeypatch.setattr(triton_impl, "POISON", True)
+    monkeypatch.setattr(triton_common, "POISON", True)
     return triton_impl

@@ -14,11 +14,6 @@ from kernels import triton_tiles as tiles
 from kernels.triton_launches import batch_prune_fits, submax_width
 
 
-@pytest.fixture(autouse=True)
-def _poisoned(monkeypatch):
-    monkeypatch.setattr(tb, "POISON", True)
-
-
 def _pruned(pre: torch.Tensor, k: int):
     sub = submax_width(pre.shape[1], k)
     return tb.select_from_submax(pre, tiles.submax(pre, 0, sub), k, sub)

@@ -23,6 +23,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -342,7 +343,15 @@ def main() -> int:
         for fam in fams:
             rule = FAMILIES[fam]
             print(f"[{fam} d={d} n={n} k={k} B={B}] checking ...", flush=True)
-            corr = check(P, rule, ARGS.check_rows)
+            try:
+                corr = check(P, rule, ARGS.check_rows)
+            except Exception as exc:  # noqa: BLE001  one family failing (a Triton version, say) must not lose the run
+                print(f"  check failed: {type(exc).__name__}: {exc}", flush=True)
+                rows.append({"family": fam, "rule": rule, "d": d, "n": n, "k": k, "B": B,
+                             "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
+                save(rows)
+                P.zero()
+                continue
             ms = {"gemm": gemm, "torch_topk": topk, "copy_pre": copy_ms,
                   "select_ours": bench(lambda: kernels.select(pre, rule, k=k))}  # noqa: B023
             fused = matmul_fused(P, rule) if CUDA else None  # the interpreter's GEMM is no timing
@@ -366,7 +375,11 @@ def main() -> int:
                 def full(step=steps["ours"], opt=opt):
                     step()
                     opt.step()
-                ms["full_step_ours_adam"] = bench(full)
+                try:
+                    ms["full_step_ours_adam"] = bench(full)
+                except Exception as exc:  # noqa: BLE001
+                    print(f"  full step failed: {type(exc).__name__}: {exc}", flush=True)
+                    ms["full_step_ours_adam"] = None
                 bw = 2 * pre.numel() * pre.element_size() / (copy_ms * 1e-3)  # bytes/s of a copy
                 # fused Adam reads parameter, gradient and two moments and writes three back, in the
                 # parameters' dtype (PERFORMANCE.md's 28 bytes per parameter is this for fp32)
@@ -388,23 +401,40 @@ def main() -> int:
                 "memory_met": None if not mem.get("sparsify") else mem["ours"] <= mem["sparsify"],
             }
             rows.append(row)
+            save(rows)
+            print(f"  ours {_f(ms['ours'])} ms = {_f(row['ratio_to_gemm'], '{:.2f}x')} the matmul "
+                  f"({_f(gemm)} ms); select {row['select_speedup_vs_topk']:.2f}x torch.topk", flush=True)
             P.zero()
         P = pre = None  # free before the next size allocates
         if CUDA:
             torch.cuda.empty_cache()
-    meta = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
-        "device": device_name(), "device_full": torch.cuda.get_device_name() if CUDA else "cpu (TRITON_INTERPRET=1)",
-        "torch": torch.__version__, "triton": _triton_version(), "sparsify": SPARSIFY, "smoke": ARGS.smoke,
-        "timer": "triton.testing.do_bench median" if CUDA else "wall-clock median of 3 (interpreter: not a timing)",
-    }
+    path = save(rows)
+    print_table(META, [r for r in rows if "error" not in r])
+    for r in rows:
+        if "error" in r:
+            print(f"FAILED {r['family']} d={r['d']} n={r['n']} k={r['k']}: {r['error']}")
+    print(f"wrote {path}")
+    return 1 if any("error" in r for r in rows) else 0
+
+
+META = {
+    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+    "device": device_name(), "device_full": torch.cuda.get_device_name() if CUDA else "cpu (TRITON_INTERPRET=1)",
+    "torch": torch.__version__, "triton": None, "sparsify": SPARSIFY, "smoke": ARGS.smoke,
+    "timer": "triton.testing.do_bench median" if CUDA else "wall-clock median of 3 (interpreter: not a timing)",
+}
+
+
+def save(rows: list[dict]) -> Path:
+    """Write every row so far: a run stopped at its time limit keeps what it measured."""
+    META["triton"] = _triton_version()
     out = Path(ARGS.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{meta['date']}-{meta['device']}{'-smoke' if ARGS.smoke else ''}.json"
-    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=_jsonable))
-    print_table(meta, rows)
-    print(f"wrote {path}")
-    return 0
+    path = out / f"{META['date']}-{META['device']}{'-smoke' if ARGS.smoke else ''}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"meta": META, "rows": rows}, indent=1, default=_jsonable))
+    tmp.replace(path)
+    return path
 
 
 def _triton_version() -> str:

@@ -126,6 +126,20 @@ def _check_kinds(cfg: Any, kinds: dict[str, tuple]) -> None:
             setattr(cfg, name, float(v))
 
 
+# training settings that older dictionary configs (in cfg.json files and checkpoints) still hold
+TRAINING_KEYS_IN_OLD_SAE_CONFIGS = ("k_aux", "aux_coef")
+
+
+def move_training_keys(sae_cfg: dict[str, Any], train_cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A checkpoint's (dictionary, training) config dicts with the AuxK settings an older dictionary config holds
+    moved into the training config (where the training config already has them, it wins)."""
+    sae_cfg, train_cfg = dict(sae_cfg), dict(train_cfg)
+    for key in TRAINING_KEYS_IN_OLD_SAE_CONFIGS:
+        if key in sae_cfg:
+            train_cfg.setdefault(key, sae_cfg.pop(key))
+    return sae_cfg, train_cfg
+
+
 @dataclass
 class TrainConfig:
     """How a dictionary is trained."""
@@ -202,20 +216,6 @@ class TrainConfig:
             return self.lr
         gao = 2e-4 / math.sqrt(n_latents / 2**14)
         return max(gao, LR_SHORT_RUN * min(1.0, math.sqrt(LR_FULL_RATE_STEPS / self.steps)))
-
-
-# training settings that the dictionary config held in files written before they moved to TrainConfig
-TRAINING_KEYS_IN_OLD_SAE_CONFIGS = ("k_aux", "aux_coef")
-
-
-def move_training_keys(sae_cfg: dict[str, Any], train_cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A checkpoint's (dictionary, training) config dicts with the AuxK settings an older dictionary config holds
-    moved into the training config (where the training config already has them, it wins)."""
-    sae_cfg, train_cfg = dict(sae_cfg), dict(train_cfg)
-    for key in TRAINING_KEYS_IN_OLD_SAE_CONFIGS:
-        if key in sae_cfg:
-            train_cfg.setdefault(key, sae_cfg.pop(key))
-    return sae_cfg, train_cfg
 
 
 @dataclass

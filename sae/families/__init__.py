@@ -1,13 +1,6 @@
-"""The registry of SAE families. A family is one file (a `Family` subclass) and one `register_family` call.
-
-    from sae.families import Family, register_family
-
-    class Shrunk(Family):          # TopK, its codes halved: override only what the math changes
-        name = "shrunk"
-        ...
-    register_family(Shrunk)        # now SAEConfig(family="shrunk") trains, saves and loads
-
-The built-in families are registered below, in the order `FAMILIES` lists them.
+"""The registry of SAE families. A family is one file (a `Family` subclass) and one `register_family` call;
+docs/extending.md walks through one. The built-in families are registered below, in the order `FAMILIES` lists
+them.
 """
 
 from __future__ import annotations

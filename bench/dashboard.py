@@ -19,14 +19,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "sae" / "analysis")]  # the repo before bench/ (which holds kernels.py);
-# tests/sae/analysis for the Chromium launcher the browser test uses
-
-from browser_helpers import chromium_path, launch  # noqa: E402
+sys.path.insert(0, str(ROOT))  # the repo before bench/ (which holds kernels.py)
 
 from activations import load_model  # noqa: E402
 from sae import SAEConfig, SparseAutoencoder  # noqa: E402
 from sae.analysis import feature_stats, write_browser  # noqa: E402
+from sae.analysis.chromium import chromium_path, launch  # noqa: E402
 
 HOOK = "blocks.3.hook_resid_pre"
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from sae.families import DEFAULT_AUX_COEF, DEFAULT_K_AUX, get_family
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 NORMALIZATIONS = ("dataset_scalar", "none", "layer_norm", "unit_norm", "layer_norm_std", "constant_norm_rescale")
 DEFAULT_K = 32  # k of the top-k families when not given
@@ -44,10 +46,6 @@ class SAEConfig:
     layer_norm (per token), unit_norm (per token centring and unit norm); for loaded dictionaries also
     layer_norm_std (OpenAI's and SAELens's LN: divide by unbiased std + 1e-5) and constant_norm_rescale
     (per token x * sqrt(d_in) / |x|, SAELens)."""
-    k_aux: int = 256
-    """AuxK: dead latents each token may use to reconstruct the residual."""
-    aux_coef: float = 1 / 32
-    """AuxK loss coefficient."""
     options: dict[str, Any] = field(default_factory=dict)
     """Family-specific options (validated by the family)."""
     hook_name: str = ""
@@ -71,12 +69,6 @@ class SAEConfig:
             raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {tuple(DTYPES)}")
         if self.normalize not in NORMALIZATIONS:
             raise ValueError(f"unknown normalize {self.normalize!r}; expected one of {NORMALIZATIONS}")
-        if self.k_aux < 0:
-            raise ValueError(f"k_aux must be >= 0, got {self.k_aux}")
-        if not math.isfinite(self.aux_coef) or self.aux_coef < 0:
-            raise ValueError(f"aux_coef must be a finite float >= 0, got {self.aux_coef!r}")
-        from sae.families import get_family  # late import: families import this module
-
         family = get_family(self.family)
         if self.k is None and family.uses_k:
             self.k = DEFAULT_K  # the default; an explicit k is what families without one refuse
@@ -94,7 +86,8 @@ class SAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SAEConfig:
-        """Build from a dict (cfg.json); unknown keys are ignored, a missing d_in is a ValueError."""
+        """Build from a dict (cfg.json); unknown keys (such as the AuxK settings older files hold, now
+        TrainConfig's) are ignored, a missing d_in is a ValueError."""
         if not isinstance(d, dict):
             raise ValueError(f"a dictionary config must be a JSON object, got {type(d).__name__}")
         if "d_in" not in d:
@@ -109,8 +102,16 @@ def _check_types(cfg: SAEConfig) -> None:
     Integers of other types (numpy, torch) become Python ints, so the config stays JSON-serialisable."""
     kinds = {"d_in": (numbers.Integral,), "n_latents": (numbers.Integral, None), "expansion": (numbers.Integral, None),
              "family": (str,), "k": (numbers.Integral, None), "dtype": (str,), "normalize": (str,),
-             "k_aux": (numbers.Integral,), "aux_coef": (numbers.Real,), "options": (dict,), "hook_name": (str,),
-             "model_name": (str,)}
+             "options": (dict,), "hook_name": (str,), "model_name": (str,)}
+    _check_kinds(cfg, kinds)
+    bad_keys = [k for k in cfg.options if not isinstance(k, str)]
+    if bad_keys:
+        raise ValueError(f"SAEConfig.options keys must be strings, got {bad_keys!r}")
+
+
+def _check_kinds(cfg: Any, kinds: dict[str, tuple]) -> None:
+    """Refuse a field whose value is not of its allowed types (None where allowed), naming the field; ints and
+    reals of other types (numpy, torch) become Python ints and floats."""
     for name, allowed in kinds.items():
         v = getattr(cfg, name)
         if v is None and None in allowed:
@@ -118,14 +119,25 @@ def _check_types(cfg: SAEConfig) -> None:
         if isinstance(v, bool) or not isinstance(v, allowed[0]):
             names = " or ".join("None" if t is None else {"Integral": "int", "Real": "float"}.get(t.__name__, t.__name__)
                                 for t in allowed)
-            raise ValueError(f"SAEConfig.{name} must be {names}, got {v!r}")
+            raise ValueError(f"{type(cfg).__name__}.{name} must be {names}, got {v!r}")
         if allowed[0] is numbers.Integral:
             setattr(cfg, name, int(v))
         elif allowed[0] is numbers.Real:
             setattr(cfg, name, float(v))
-    bad_keys = [k for k in cfg.options if not isinstance(k, str)]
-    if bad_keys:
-        raise ValueError(f"SAEConfig.options keys must be strings, got {bad_keys!r}")
+
+
+# training settings that older dictionary configs (in cfg.json files and checkpoints) still hold
+TRAINING_KEYS_IN_OLD_SAE_CONFIGS = ("k_aux", "aux_coef")
+
+
+def move_training_keys(sae_cfg: dict[str, Any], train_cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A checkpoint's (dictionary, training) config dicts with the AuxK settings an older dictionary config holds
+    moved into the training config (where the training config already has them, it wins)."""
+    sae_cfg, train_cfg = dict(sae_cfg), dict(train_cfg)
+    for key in TRAINING_KEYS_IN_OLD_SAE_CONFIGS:
+        if key in sae_cfg:
+            train_cfg.setdefault(key, sae_cfg.pop(key))
+    return sae_cfg, train_cfg
 
 
 @dataclass
@@ -149,6 +161,10 @@ class TrainConfig:
     dead_window_tokens: int | None = None
     """A latent that has not fired for this many tokens is dead (AuxK trains it); default: the tokens in which an
     average latent fires 32 times (32 n / k), at least one batch, at most a quarter of the run (`dead_window`)."""
+    k_aux: int = DEFAULT_K_AUX
+    """AuxK: dead latents each token may use to reconstruct the residual."""
+    aux_coef: float = DEFAULT_AUX_COEF
+    """AuxK loss coefficient."""
     init_tokens: int = 32_768
     """Tokens used to initialise b_dec (geometric median) and the input scale."""
     seed: int = 0
@@ -163,6 +179,11 @@ class TrainConfig:
     """Device to train on."""
 
     def __post_init__(self) -> None:
+        _check_kinds(self, {"k_aux": (numbers.Integral,), "aux_coef": (numbers.Real,)})
+        if self.k_aux < 0:
+            raise ValueError(f"k_aux must be >= 0, got {self.k_aux}")
+        if not math.isfinite(self.aux_coef) or self.aux_coef < 0:
+            raise ValueError(f"aux_coef must be a finite float >= 0, got {self.aux_coef!r}")
         for name in ("tokens", "batch_size", "checkpoint_every", "log_every", "init_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import NamedTuple
 
@@ -11,9 +12,12 @@ from torch import nn
 import kernels
 from kernels import Encoding, SparseCode
 from sae.config import SAEConfig
-from sae.distributed.batch import batch_variance
-from sae.families import get_family
+from sae.families import TrainStep, get_family
+from sae.io import check_size, check_tensors, get_format
+from sae.losses import batch_variance
 from sae.normalize import denormalize, normalize
+
+FAMILY_PREFIX = "family."  # state-dict prefix of the family's tensors; files hold them without it
 
 
 class ForwardOutput(NamedTuple):
@@ -48,7 +52,6 @@ class SparseAutoencoder(nn.Module):
         # dataset-wide input scale (E|s x|^2 = d); 1 once folded into the weights
         self.register_buffer("input_scale", torch.ones((), dtype=torch.float32, device=device))
         self.family = get_family(cfg.family)(cfg).to(device)
-        self.train_progress = 0.0  # fraction of training done; the trainer sets it (schedules such as KL warm-up)
 
     # --- shape checks -----------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> None:
@@ -99,27 +102,32 @@ class SparseAutoencoder(nn.Module):
         b_dec = self.b_dec / self._out_scale(self.b_dec)
         return kernels.decode(code, self.W_dec, b_dec)
 
-    def forward(self, x: torch.Tensor, dead: torch.Tensor | None = None) -> ForwardOutput:
-        """Encode, decode and compute the training loss; `dead` [n] bool enables AuxK."""
+    def forward(
+        self, x: torch.Tensor, dead: torch.Tensor | None = None, step: TrainStep | None = None
+    ) -> ForwardOutput:
+        """Encode, decode and compute the training loss; `dead` [n] bool enables AuxK; `step` (from the trainer)
+        gives AuxK's settings and where the run stands (default: TrainStep(), AuxK's defaults at the start)."""
+        step = step or TrainStep()
         x_n, stats = self._prepare(x)
-        enc: Encoding = self.family.encode(self, x_n, dead=dead)
+        enc: Encoding = self.family.encode(self, x_n, dead=dead, k_aux=step.k_aux)
         # the squared error comes with the decode: on Triton one gather of W_dec serves forward and backward
         x_hat_n, sse = kernels.decode_sse(enc.code, self.W_dec, self.b_dec, x_n)
         e_hat = kernels.decode(enc.aux, self.W_dec) if enc.aux is not None else None  # no b_dec: in x_hat
-        return self.assemble(x_n, stats, enc, x_hat_n, e_hat, sse)
+        return self.assemble(x_n, stats, enc, x_hat_n, e_hat, sse, step=step)
 
     def assemble(
         self, x_n: torch.Tensor, stats, enc: Encoding, x_hat_n: torch.Tensor, e_hat: torch.Tensor | None,
-        sse: torch.Tensor | None = None,
+        sse: torch.Tensor | None = None, step: TrainStep | None = None,
     ) -> ForwardOutput:
         """Losses and outputs from a forward's pieces (shared with the latent-sharded forward):
         x_hat_n the reconstruction and e_hat the AuxK reconstruction of the residual, in normalised space;
         sse, sum |x_n - x_hat_n|^2, when the decoder computed it."""
+        step = step or TrainStep()
         recon = self.family.recon_loss(self, x_n, enc, x_hat_n, sse=sse)
         aux_active = enc.aux.values.ne(0).any() if enc.aux is not None else None
         aux = self._aux_loss(x_n, x_hat_n, e_hat, aux_active)
-        extras = self.family.extra_losses(self, x_n, enc, x_hat_n)
-        loss = recon + self.cfg.aux_coef * aux + sum(extras.values(), torch.zeros((), device=x_n.device))
+        extras = self.family.extra_losses(self, x_n, enc, x_hat_n, step)
+        loss = recon + step.aux_coef * aux + sum(extras.values(), torch.zeros((), device=x_n.device))
         mse = sse.detach() / x_n.numel() if sse is not None else (x_n - x_hat_n).float().pow(2).mean()
         x_hat = denormalize(x_hat_n, self.cfg.normalize, self.input_scale.to(x_hat_n.dtype), stats)
         scale = self._out_scale(enc.code.values)
@@ -169,20 +177,83 @@ class SparseAutoencoder(nn.Module):
         self.family.fold_scale(s)
         self.input_scale.fill_(1.0)
 
+    def folded(self) -> SparseAutoencoder:
+        """This dictionary acting on raw activations: itself when no dataset scale is pending, else a folded copy."""
+        if self.cfg.normalize == "dataset_scalar" and float(self.input_scale) != 1.0:
+            copied = copy.deepcopy(self)
+            copied.fold_input_scale()
+            return copied
+        return self
+
+    # --- building from tensors ------------------------------------------------------------
+    @classmethod
+    def expected_tensors(cls, cfg: SAEConfig) -> dict[str, tuple[torch.Size, torch.dtype]]:
+        """The tensors a dictionary of `cfg` holds, by file-level name (no 'family.' prefix, no input_scale), with
+        shape and dtype; nothing is allocated."""
+        check_size(cfg.d_in, cfg.n_latents, "config")
+        with torch.device("meta"):
+            template = cls(cfg, device="meta")
+        return {_file_name(n): (t.shape, t.dtype) for n, t in template.state_dict().items() if n != "input_scale"}
+
+    @classmethod
+    def from_tensors(
+        cls,
+        cfg: SAEConfig,
+        tensors: dict[str, torch.Tensor],
+        source: str | Path,
+        *,
+        device: torch.device | str | None = None,
+        input_scale: float = 1.0,
+    ) -> SparseAutoencoder:
+        """A dictionary holding exactly `tensors` (file-level names), checked against `cfg`: the one place where
+        tensors read from any file become a dictionary.
+
+        Missing or extra tensors, wrong shapes and non-finite values raise ValueError naming `source`; each
+        tensor is cast to the dtype the model holds it in (cfg.dtype for weights, fp32 for thresholds). The model
+        is built on the meta device, so nothing is allocated before the tensors are found to fit.
+        """
+        expected = cls.expected_tensors(cfg)
+        missing = sorted(set(expected) - set(tensors))
+        if missing:
+            raise ValueError(f"{source} lacks tensors {missing}; a {cfg.family!r} dictionary needs {sorted(expected)}")
+        extra = sorted(set(tensors) - set(expected))
+        if extra:
+            raise ValueError(f"{source} holds tensors {extra} that a {cfg.family!r} dictionary has no place for")
+        for name, (shape, _) in expected.items():
+            if tuple(tensors[name].shape) != tuple(shape):
+                raise ValueError(f"{source}: tensor {name} has shape {tuple(tensors[name].shape)}, expected {tuple(shape)}")
+        check_tensors(tensors, source)
+        with torch.device("meta"):  # the big matrices come from the file: no random init, no allocation here
+            sae = cls(cfg, device="meta")
+        sae.family = get_family(cfg.family)(cfg)  # small, and may hold derived non-persistent buffers: built for real
+        family_names = {_file_name(n) for n in sae.state_dict() if n.startswith(FAMILY_PREFIX)}
+        state = {
+            (FAMILY_PREFIX + n if n in family_names else n): tensors[n].to(dtype=dtype).contiguous()
+            for n, (_, dtype) in expected.items()
+        }
+        state["input_scale"] = torch.tensor(float(input_scale), dtype=torch.float32)
+        sae.load_state_dict(state, assign=True)
+        return sae.to(device) if device is not None else sae
+
+    def file_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors a file holds, by file-level name (no 'family.' prefix, no input_scale), detached on the CPU."""
+        return {_file_name(n): t.detach().contiguous().cpu() for n, t in self.state_dict().items() if n != "input_scale"}
+
     # --- persistence ----------------------------------------------------------------------
     def save(self, path: str | Path, format: str = "saelens") -> Path:
-        """Write cfg.json and sae_weights.safetensors (SAELens layout), input scale folded in.
+        """Write the dictionary in a registered file format (sae.formats), input scale folded in.
 
-        format="sparsify" writes sparsify's cfg.json + sae.safetensors; "saelens-strict" refuses families
-        and normalisations that SAELens would misread instead of writing them.
+        "saelens" (the default, ours): cfg.json + sae_weights.safetensors; "saelens-strict" refuses families and
+        normalisations that SAELens would misread instead of writing them; "sparsify" writes sparsify's
+        cfg.json + sae.safetensors.
         """
-        from sae.io import save_sae
-
-        return save_sae(self, path, format=format)
+        return get_format(format, "save").save(self, Path(path))
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> SparseAutoencoder:
-        """Load a dictionary written by `save`."""
-        from sae.io import load_sae
+        """Load a dictionary written by `save` (or a plain SAELens folder); for any layout, see `load_pretrained`."""
+        return get_format("saelens").load(Path(path), device=device, dtype=None)
 
-        return load_sae(path, device=device)
+
+def _file_name(state_name: str) -> str:
+    return state_name.removeprefix(FAMILY_PREFIX)

@@ -13,14 +13,16 @@ import torch
 from tqdm.auto import tqdm
 
 from sae.checkpoint import load_checkpoint, save_checkpoint
-from sae.config import TrainConfig
+from sae.config import TrainConfig, move_training_keys
 from sae.data import batches_from
 from sae.distributed.comm import Communicator
+from sae.families import TrainStep
 from sae.init import init_from_sample
 from sae.model import SparseAutoencoder
 
 CHECKPOINT = "checkpoints/latest.pt"
 # TrainConfig fields that may differ on resume: they change where the run is logged and saved, not its result
+# (AuxK's k_aux and aux_coef change the result: a checkpoint refuses them as it refuses another lr)
 RESUMABLE_CHANGES = ("checkpoint_every", "log_every", "wandb_project", "device")
 
 
@@ -94,8 +96,9 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state`; refused when it was written by a run with another dictionary or
         training config (a changed seed, lr, batch size or token count would silently be another run)."""
-        changed = _config_changes("dictionary", state["sae_cfg"], self.sae.cfg.to_dict())
-        changed += _config_changes("training", state.get("train_cfg", {}), asdict(self.cfg), ignore=RESUMABLE_CHANGES)
+        saved_sae, saved_train = move_training_keys(state["sae_cfg"], state.get("train_cfg", {}))
+        changed = _config_changes("dictionary", saved_sae, self.sae.cfg.to_dict())
+        changed += _config_changes("training", saved_train, asdict(self.cfg), ignore=RESUMABLE_CHANGES)
         if changed:
             raise ValueError("cannot resume: the checkpoint was written by a different run: " + "; ".join(changed)
                              + ". Use the checkpoint's settings, or a fresh --out")
@@ -125,9 +128,9 @@ class Trainer:
         lr = lr_at(self.step, steps, self.base_lr, self.cfg)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        sae.train_progress = self.step / steps
+        step = TrainStep(index=self.step, total=steps, k_aux=self.cfg.k_aux, aux_coef=self.cfg.aux_coef)
         dead = self.dead_mask()
-        out = self.comm.forward(sae, x, dead)
+        out = self.comm.forward(sae, x, dead, step)
         bad = ~(torch.isfinite(x).all() & torch.isfinite(out.loss))
         first = bad & (self._bad_step < 0)
         self._bad_step = torch.where(first, self.step, self._bad_step)
@@ -139,7 +142,7 @@ class Trainer:
         sae.remove_parallel_grad()
         self.opt.step()
         sae.set_decoder_norm_to_unit()
-        sae.family.after_step(sae, out.enc, self.step)
+        sae.family.after_step(sae, out.enc, step)
         rows = self.comm.global_rows(x.shape[0])
         self.since_fired = torch.where(self.comm.fired(out.enc.code, self.since_fired.shape[0]), 0,
                                        self.since_fired + rows)

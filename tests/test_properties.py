@@ -15,7 +15,8 @@ from activations.store import FORMAT
 from activations.text import pack_contexts
 from sae.config import SAEConfig
 from sae.families import FAMILIES
-from sae.io import CFG_FILE, read_cfg
+from sae.formats.saekit import read_cfg
+from sae.formats.saelens import CFG_FILE
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

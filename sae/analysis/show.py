@@ -1,18 +1,20 @@
 """Feature panels inline in a notebook: static HTML (escaped), so a saved notebook shows them too.
 
 `show(sae, latent, stats)` renders what the browser shows for one latent; `show_text(sae, model,
-text)` the per-token activations of the latents that respond most to a text.
+text)` (also named `explain_text`) the per-token activations of the latents that respond most to a text.
 """
 
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from typing import Any
 
-from sae.analysis.explain import TextExplanation, explain_text
+import torch
+
 from sae.analysis.features import FeatureStats
 
-__all__ = ["LatentView", "show", "show_text", "text_html"]
+__all__ = ["LatentView", "TextExplanation", "explain_text", "show", "show_text", "text_html"]
 
 _STYLE = ("<style>.saek{font:13px system-ui,sans-serif}.saek .ctx{font-family:monospace;font-size:12px;"
           "white-space:pre-wrap;margin:1px 0}.saek .v{color:#777;font-size:11px;margin-right:6px}"
@@ -95,6 +97,18 @@ def show(sae, latent: int, stats: FeatureStats | str) -> LatentView:
     return LatentView(stats.latent(int(latent)), stats)
 
 
+@dataclass
+class TextExplanation:
+    """`acts[t, j]` is latent `latents[j]`'s activation on token `tokens[t]`; latents ordered by their peak."""
+
+    tokens: list[str]
+    latents: list[int]
+    acts: torch.Tensor  # [T, L]
+
+    def _repr_html_(self) -> str:
+        return text_html(self)
+
+
 def text_html(ex: TextExplanation) -> str:
     """Each top latent as a row of the text's tokens, coloured by that latent's activation."""
     rows = []
@@ -107,5 +121,35 @@ def text_html(ex: TextExplanation) -> str:
 
 
 def show_text(sae, model, text: str, top: int = 8) -> TextExplanation:
-    """`explain_text`, shown inline: per-token activations of the `top` latents on `text`."""
-    return explain_text(sae, model, text, top=top)
+    """Run `text` through the model, encode it at the dictionary's hook, keep the `top` latents by peak
+    activation; in a notebook the result shows each as a row of the text's tokens, coloured by its activation.
+
+    Special tokens (CLS/BOS/SEP) are left out of the ranking, as in `feature_stats`.
+    """
+    from activations import load_model
+    from sae.analysis.features import token_strings
+
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"text must be a non-empty string, got {text!r}")
+    if not isinstance(top, int) or top < 1:
+        raise ValueError(f"top must be a positive integer, got {top!r}")
+    model = load_model(model)
+    hook = sae.cfg.hook_name
+    if hook is None:
+        raise ValueError("the dictionary records no hook_name: set sae.cfg.hook_name to the hook it was trained on")
+    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = ([model.bos_token_id] if model.bos_token_id is not None else []) + ids
+    ids = ids[: model.max_context]
+    tokens = torch.tensor([ids])
+    acts = model.run(tokens, hook)[hook][0]
+    with torch.no_grad():
+        dense = sae.encode_dense(acts.to(sae.W_dec.device)).abs().float().cpu()  # [T, n]
+    special = torch.isin(tokens[0], torch.tensor(sorted(model.special_token_ids), dtype=torch.long))
+    dense[special] = 0
+    peak = dense.max(0).values
+    chosen = [int(i) for i in peak.topk(min(top, peak.numel())).indices if peak[i] > 0]
+    text_of = token_strings(model.tokenizer, ids)
+    return TextExplanation([text_of[i] for i in ids], chosen, dense[:, chosen])
+
+
+explain_text = show_text  # one function, two public names

@@ -15,10 +15,8 @@ import torch.distributed as dist
 
 from kernels import SparseCode
 from sae.distributed.batch import split_batch
+from sae.families import FAMILIES, TrainStep
 from sae.model import ForwardOutput, SparseAutoencoder
-
-# families whose training forward is per token, whose loss is FVU + AuxK and who keep no state
-DDP_FAMILIES = ("topk", "abstopk")
 
 
 class Communicator:
@@ -35,8 +33,10 @@ class Communicator:
         """Check the family fits the mode and give back the module this rank trains."""
         return sae
 
-    def forward(self, sae: SparseAutoencoder, x: torch.Tensor, dead: torch.Tensor | None) -> ForwardOutput:
-        return sae(x, dead=dead)
+    def forward(
+        self, sae: SparseAutoencoder, x: torch.Tensor, dead: torch.Tensor | None, step: TrainStep | None = None
+    ) -> ForwardOutput:
+        return sae(x, dead=dead, step=step)
 
     def reduce_grads(self, sae: SparseAutoencoder) -> None:
         """Make every rank's gradients the gradients of the whole step."""
@@ -79,9 +79,10 @@ class DataParallel(Communicator):
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
 
     def prepare(self, sae: SparseAutoencoder) -> SparseAutoencoder:
-        if sae.cfg.family not in DDP_FAMILIES or sae.cfg.options.get("batch", False):
+        if not sae.family.ddp_supported(sae.cfg.options):
+            able = tuple(name for name, family in FAMILIES.items() if family.ddp_supported({}))
             raise ValueError(
-                f"--distributed ddp trains families whose selection is per token and stateless: {DDP_FAMILIES}; "
+                f"--distributed ddp trains families whose selection is per token and stateless: {able}; "
                 f"family {sae.cfg.family!r} selects over the batch or keeps state, so its ranks would diverge "
                 "(use --distributed shard for batchtopk and batch abstopk)"
             )
@@ -91,9 +92,11 @@ class DataParallel(Communicator):
                 dist.broadcast(t, 0)
         return sae
 
-    def forward(self, sae: SparseAutoencoder, x: torch.Tensor, dead: torch.Tensor | None) -> ForwardOutput:
+    def forward(
+        self, sae: SparseAutoencoder, x: torch.Tensor, dead: torch.Tensor | None, step: TrainStep | None = None
+    ) -> ForwardOutput:
         with split_batch():
-            return sae(x, dead=dead)
+            return sae(x, dead=dead, step=step)
 
     def reduce_grads(self, sae: SparseAutoencoder) -> None:
         grads = [p.grad for p in sae.parameters() if p.grad is not None]

@@ -22,24 +22,25 @@ from kernels import Encoding, SparseCode
 from kernels.encode_torch import pre_activations, with_gradient
 from kernels.select_torch import _mask_to_code
 from sae.distributed.comm import Communicator
+from sae.families import FAMILIES, TrainStep, get_family
 from sae.model import ForwardOutput, SparseAutoencoder
 
 # sharded parameter -> the dimension along the latents
 SHARDED = {"W_enc": 1, "b_enc": 0, "W_dec": 0}
+RULE_NAMES = {"row": "row top-k", "batch": "batch top-k·B", "abs": "top-k by magnitude"}
 
 
 def shard_rule(family: str, options: dict[str, Any]) -> str:
-    """The distributed selection rule of a family's training forward; other families are refused."""
-    if family == "topk":
-        return "row"
-    if family == "batchtopk":
-        return "batch"
-    if family == "abstopk":
-        return "abs-batch" if options.get("batch", False) else "abs"
-    raise ValueError(
-        f"--distributed shard needs a selection that splits over latents: row top-k (topk), batch top-k·B "
-        f"(batchtopk) or top-k by magnitude (abstopk); family {family!r} selects otherwise"
-    )
+    """The distributed selection rule of a family's training forward (its `Family.shard_rule`); other families
+    are refused."""
+    rule = get_family(family).shard_rule(options)
+    if rule is None:
+        able = [f"{RULE_NAMES.get(r, r)} ({name})" for name, f in FAMILIES.items() if (r := f.shard_rule({})) is not None]
+        able = ", ".join(able[:-1]) + " or " + able[-1] if len(able) > 1 else "".join(able)
+        raise ValueError(
+            f"--distributed shard needs a selection that splits over latents: {able}; family {family!r} selects otherwise"
+        )
+    return rule
 
 
 class _SumOverShards(torch.autograd.Function):
@@ -129,13 +130,15 @@ def select_sharded(pre: torch.Tensor, rule: str, k: int, lo: int, n: int) -> tup
 
 
 def sharded_forward(
-    sae: SparseAutoencoder, x: torch.Tensor, dead: torch.Tensor | None, lo: int, rule: str
+    sae: SparseAutoencoder, x: torch.Tensor, dead: torch.Tensor | None, lo: int, rule: str,
+    step: TrainStep | None = None,
 ) -> ForwardOutput:
     """The training forward of a latent-sharded dictionary (every rank calls it on the same batch).
 
     As the single-process twin, the dense [B, n/R] pre-activations are computed without autograd and only
     the selected entries (main and AuxK) are read again with gradient (`_GatherPre`), so the backward is
     B*k*d work rather than two B*(n/R)*d matmuls."""
+    step = step or TrainStep()
     n, n_r = sae.cfg.n_latents, sae.W_dec.shape[0]
     x_n, stats = sae._prepare(x)
     x_in = _IntoShards.apply(x_n - sae.b_dec)
@@ -145,16 +148,16 @@ def sharded_forward(
     signed = rule.startswith("abs")
     aux_local, aux_whole = None, None
     n_dead = int(dead.sum().item()) if dead is not None else 0
-    if n_dead and sae.cfg.k_aux > 0:
+    if n_dead and step.k_aux > 0:
         mine = dead[lo : lo + n_r]
         masked = torch.where(mine, pre, 0.0 if signed else float(torch.finfo(pre.dtype).min))
-        aux_local, aux_whole = select_sharded(masked, "abs" if signed else "row", min(sae.cfg.k_aux, n_dead), lo, n)
+        aux_local, aux_whole = select_sharded(masked, "abs" if signed else "row", min(step.k_aux, n_dead), lo, n)
     if torch.is_grad_enabled():
         local, aux_local = with_gradient(x_in, sae.W_enc, b_enc, pre, Encoding(local, aux_local),
                                          relu=not signed, aux_relu=not signed)
     x_hat_n = _SumOverShards.apply(kernels.decode(local, sae.W_dec)) + sae.b_dec
     e_hat = None if aux_local is None else _SumOverShards.apply(kernels.decode(aux_local, sae.W_dec))
-    return sae.assemble(x_n, stats, Encoding(whole, aux_whole), x_hat_n, e_hat)
+    return sae.assemble(x_n, stats, Encoding(whole, aux_whole), x_hat_n, e_hat, step=step)
 
 
 class LatentShard(Communicator):
@@ -184,8 +187,10 @@ class LatentShard(Communicator):
     def _slice(self, t: torch.Tensor, dim: int) -> torch.Tensor:
         return t.narrow(dim, self.lo, self.n_r).clone()
 
-    def forward(self, sae: SparseAutoencoder, x: torch.Tensor, dead: torch.Tensor | None) -> ForwardOutput:
-        return sharded_forward(sae, x, dead, self.lo, self.rule)
+    def forward(
+        self, sae: SparseAutoencoder, x: torch.Tensor, dead: torch.Tensor | None, step: TrainStep | None = None
+    ) -> ForwardOutput:
+        return sharded_forward(sae, x, dead, self.lo, self.rule, step)
 
     def reduce_grads(self, sae: SparseAutoencoder) -> None:
         # b_dec's gradient is whole on every rank by construction; averaging keeps the copies bit-identical

@@ -9,13 +9,13 @@ Option `encoder_bias` adds b_enc to a (sparsify's early `signed` dictionaries ha
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 import kernels
-from kernels import Encoding, SparseCode
-from sae.families.base import Family, regather
+from kernels import Encoding
+from sae.families.base import DEFAULT_K_AUX, Family, regather
 
 if TYPE_CHECKING:
     from sae.config import SAEConfig
@@ -30,6 +30,7 @@ class AbsTopK(Family):
     uses_b_enc = False
     signed = True
     saelens_architecture = "abstopk"
+    saelens_load_options = {"encoder_bias": True}  # SAELens's AbsTopK ranks |x W_enc + b_enc|
     option_names = ("batch", "encoder_bias")
 
     def __init__(self, cfg: SAEConfig) -> None:
@@ -43,17 +44,23 @@ class AbsTopK(Family):
         cls.check_flag(cfg, "batch")
         cls.check_flag(cfg, "encoder_bias")
 
+    @classmethod
+    def ddp_supported(cls, options: dict[str, Any]) -> bool:
+        return not options.get("batch", False)  # the batch variant selects over the whole batch
+
+    @classmethod
+    def shard_rule(cls, options: dict[str, Any]) -> str | None:
+        return "abs-batch" if options.get("batch", False) else "abs"
+
     def encode(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None
+        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None,
+        k_aux: int = DEFAULT_K_AUX,
     ) -> Encoding:
         if not (self.training and self.cfg.options.get("batch", False)):
-            return super().encode(sae, x_n, dead=dead, k=k)
+            return super().encode(sae, x_n, dead=dead, k=k, k_aux=k_aux)
         pre = self.pre(sae, x_n)
         # batch H_k: the k*B largest magnitudes of the batch, read back with their signs
         chosen = kernels.select(pre.abs(), "batch", k=k or self.cfg.k)
         code = regather(pre, chosen, relu=False)
-        aux = kernels.aux_select(pre, dead, self.cfg.k_aux, signed=True) if dead is not None else None
+        aux = kernels.aux_select(pre, dead, k_aux, signed=True) if dead is not None else None
         return Encoding(code, aux)
-
-    def select(self, pre: torch.Tensor, k: int | None = None) -> SparseCode:
-        return kernels.select(pre, "abs", k=k or self.cfg.k)

@@ -28,7 +28,7 @@ import torch
 
 import kernels
 from kernels import Encoding, SparseCode
-from sae.families.base import Family, regather
+from sae.families.base import DEFAULT_K_AUX, Family, TrainStep, regather
 
 if TYPE_CHECKING:
     from sae.config import SAEConfig
@@ -147,7 +147,8 @@ class AdaptiveK(Family):
 
     # --- the forward -------------------------------------------------------------------------
     def encode(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None
+        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None,
+        k_aux: int = DEFAULT_K_AUX,
     ) -> Encoding:
         pre = self.pre(sae, x_n)
         if k is not None:
@@ -158,14 +159,14 @@ class AdaptiveK(Family):
         idx = top.indices.gather(1, order)
         keep = torch.arange(self.k_max, device=pre.device)[None, :] < k_row[:, None].to(pre.device)
         code = regather(pre, SparseCode(torch.where(keep, vals, torch.zeros_like(vals)), idx))
-        aux = kernels.aux_select(pre, dead, self.cfg.k_aux) if dead is not None else None
+        aux = kernels.aux_select(pre, dead, k_aux) if dead is not None else None
         return Encoding(code, aux)
 
     def extra_losses(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, enc: Encoding, x_hat_n: torch.Tensor
+        self, sae: SparseAutoencoder, x_n: torch.Tensor, enc: Encoding, x_hat_n: torch.Tensor, step: TrainStep
     ) -> dict[str, torch.Tensor]:
         if self.training and self.probe_target == "self" and not bool(self.probe_fitted):
-            if sae.train_progress >= self.probe_fit_at / 2:
+            if step.progress >= self.probe_fit_at / 2:
                 self._accumulate(x_n, x_hat_n)
         if self.l1_coef == 0:
             return {}
@@ -203,13 +204,13 @@ class AdaptiveK(Family):
         return True
 
     @torch.no_grad()
-    def after_step(self, sae: SparseAutoencoder, enc: Encoding, step: int) -> None:
+    def after_step(self, sae: SparseAutoencoder, enc: Encoding, step: TrainStep) -> None:
         if self._delta is not None:
             # before the fit all tokens share k: no averaging needed
             beta = self.shift_beta if bool(self.probe_fitted) and not self._reset_shift else 0.0
             self.k_shift.mul_(beta).add_((1 - beta) * self._delta)
             self._delta, self._reset_shift = None, False
-        if self.probe_target == "self" and not bool(self.probe_fitted) and sae.train_progress >= self.probe_fit_at:
+        if self.probe_target == "self" and not bool(self.probe_fitted) and step.progress >= self.probe_fit_at:
             if self.fit_self_supervised():
                 self._reset_shift = True
 

@@ -3,10 +3,14 @@
 The base class *is* TopK (Gao et al.): other families override only what their math changes.
 A family is an nn.Module child of the SparseAutoencoder so its parameters and buffers
 (thresholds, probes) are trained, checkpointed and saved with the dictionary.
+What the rest of the package may do with a family (train it under ddp or shard, export it for
+SAELens or sparsify) is declared on its class; each capability defaults to "no", so a new family
+is refused by those paths until it says otherwise.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -14,11 +18,37 @@ from torch import nn
 
 import kernels
 from kernels import Encoding, SparseCode
-from sae.distributed.batch import batch_variance
+from sae.losses import batch_variance, fvu
 
 if TYPE_CHECKING:
     from sae.config import SAEConfig
     from sae.model import SparseAutoencoder
+
+DEFAULT_K_AUX = 256  # AuxK: dead latents each token may use (Gao et al.)
+DEFAULT_AUX_COEF = 1 / 32  # AuxK loss coefficient (Gao et al.)
+SAELENS_TENSORS = frozenset({"W_enc", "b_enc", "W_dec", "b_dec"})  # what SAELens's TopK and standard SAEs hold
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    """What the trainer tells one training forward: AuxK's settings and where the run stands.
+
+    Schedules (a KL warm-up, a probe fitted part-way) read `progress`; threshold estimates start at an
+    `index`. Outside the trainer the defaults apply: AuxK as TrainConfig's defaults, the start of the run."""
+
+    index: int = 0
+    """Optimiser steps taken before this one."""
+    total: int = 1
+    """Steps of the whole run."""
+    k_aux: int = DEFAULT_K_AUX
+    """AuxK: dead latents each token may use to reconstruct the residual."""
+    aux_coef: float = DEFAULT_AUX_COEF
+    """AuxK loss coefficient."""
+
+    @property
+    def progress(self) -> float:
+        """Fraction of training done before this step."""
+        return self.index / self.total
 
 
 def regather(pre: torch.Tensor, code: SparseCode, relu: bool = True) -> SparseCode:
@@ -30,12 +60,6 @@ def regather(pre: torch.Tensor, code: SparseCode, relu: bool = True) -> SparseCo
     return SparseCode(torch.where(code.values != 0, vals, torch.zeros_like(vals)), code.indices)
 
 
-def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-    """Fraction of variance unexplained over the batch: sum|x - x_hat|^2 / sum|x - mean(x)|^2."""
-    err = (x - x_hat).float().pow(2).sum()
-    return err / batch_variance(x).clamp_min(1e-12)  # across ranks when the batch is split (ddp)
-
-
 class Family(nn.Module):
     """TopK: keep each token's k largest pre-activations, ReLU them, AuxK on dead latents."""
 
@@ -44,10 +68,15 @@ class Family(nn.Module):
     uses_k: ClassVar[bool] = True
     uses_b_enc: ClassVar[bool] = True
     signed: ClassVar[bool] = False  # codes may be negative (firing is |z| > 0)
+    option_names: ClassVar[tuple[str, ...]] = ()
+    # --- SAELens's layout (format "saelens"; "saelens-strict" keeps only what SAELens reads) ---
     saelens_architecture: ClassVar[str] = "topk"
     saelens_renames: ClassVar[dict[str, str]] = {}  # our tensor name -> SAELens's, where they differ
+    saelens_tensors: ClassVar[frozenset[str]] = SAELENS_TENSORS  # SAELens's names of the tensors its class holds
     saelens_unsupported: ClassVar[str] = ""  # why SAELens cannot represent the family ("" = it can)
-    option_names: ClassVar[tuple[str, ...]] = ()
+    saelens_load_options: ClassVar[dict[str, Any]] = {}  # options a SAELens file of this family implies
+    # --- sparsify's layout: its SparseCoder encodes ReLU + per-token top-k, nothing else ---
+    sparsify_export: ClassVar[bool] = False
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__()
@@ -75,6 +104,19 @@ class Family(nn.Module):
         if name in cfg.options and not isinstance(cfg.options[name], bool):
             raise ValueError(f"family {cls.name!r}: {name}={cfg.options[name]!r}; expected true or false")
 
+    # --- training past one device (sae.distributed) ------------------------------------
+    @classmethod
+    def ddp_supported(cls, options: dict[str, Any]) -> bool:
+        """Whether `ddp` can train it: a per-token, stateless selection and a loss of FVU + AuxK only, so ranks
+        holding shares of a batch compute exactly the single-process step."""
+        return False
+
+    @classmethod
+    def shard_rule(cls, options: dict[str, Any]) -> str | None:
+        """The selection `shard` splits over the latents for its training forward: "row" (top-k per token),
+        "batch" (top k*B of the batch), "abs" or "abs-batch" (by magnitude); None: it cannot be sharded."""
+        return None
+
     # --- the forward ----------------------------------------------------------------
     def pre(self, sae: SparseAutoencoder, x_n: torch.Tensor) -> torch.Tensor:
         """Dense pre-activations [B, n] of normalised inputs: (x_n - b_dec) W_enc (+ b_enc)."""
@@ -82,17 +124,14 @@ class Family(nn.Module):
         return pre + sae.b_enc if self.uses_b_enc else pre
 
     def encode(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None
+        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None,
+        k_aux: int = DEFAULT_K_AUX,
     ) -> Encoding:
-        """Code for normalised inputs x_n [B, d]; the AuxK code over `dead` latents in training."""
+        """Code for normalised inputs x_n [B, d]; in training, the AuxK code of up to k_aux `dead` latents."""
         b_enc = sae.b_enc if self.uses_b_enc else None
         return kernels.encode(
-            x_n, sae.W_enc, b_enc, self.rule, k=k or self.cfg.k, dead=dead, k_aux=self.cfg.k_aux, b_pre=sae.b_dec
+            x_n, sae.W_enc, b_enc, self.rule, k=k or self.cfg.k, dead=dead, k_aux=k_aux, b_pre=sae.b_dec
         )
-
-    def select(self, pre: torch.Tensor, k: int | None = None) -> SparseCode:
-        """The inference selection from (normalised) pre-activations [B, n]."""
-        return kernels.select(pre, self.rule, k=k or self.cfg.k)
 
     def recon_loss(
         self, sae: SparseAutoencoder, x_n: torch.Tensor, enc: Encoding, x_hat_n: torch.Tensor,
@@ -105,14 +144,14 @@ class Family(nn.Module):
         return sse / batch_variance(x_n).clamp_min(1e-12)
 
     def extra_losses(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, enc: Encoding, x_hat_n: torch.Tensor
+        self, sae: SparseAutoencoder, x_n: torch.Tensor, enc: Encoding, x_hat_n: torch.Tensor, step: TrainStep
     ) -> dict[str, torch.Tensor]:
         """Family-specific terms added to the loss (already weighted)."""
         return {}
 
     @torch.no_grad()
-    def after_step(self, sae: SparseAutoencoder, enc: Encoding, step: int) -> None:
-        """Update non-gradient state (thresholds, EMAs) after an optimiser step."""
+    def after_step(self, sae: SparseAutoencoder, enc: Encoding, step: TrainStep) -> None:
+        """Update non-gradient state (thresholds, EMAs) after the optimiser step `step`."""
 
     @torch.no_grad()
     def fold_scale(self, scale: float) -> None:
@@ -121,3 +160,7 @@ class Family(nn.Module):
     def saelens_cfg(self) -> dict[str, Any]:
         """Extra SAELens-compatible cfg.json keys."""
         return {"architecture": self.saelens_architecture, "k": self.cfg.k}
+
+    def saelens_pending(self) -> str:
+        """What this dictionary still lacks for SAELens to read it right ("" = nothing), e.g. an estimate."""
+        return ""

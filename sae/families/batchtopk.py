@@ -16,7 +16,7 @@ import torch
 
 import kernels
 from kernels import Encoding, SparseCode
-from sae.families.base import Family, regather
+from sae.families.base import DEFAULT_K_AUX, SAELENS_TENSORS, Family, TrainStep, regather
 
 if TYPE_CHECKING:
     from sae.config import SAEConfig
@@ -28,6 +28,9 @@ class ThresholdInference(Family):
 
     per_latent_threshold = False  # True: each latent keeps its own EMA (Feature Choice)
     option_names = ("threshold_beta", "threshold_start_step")
+    # SAELens saves batch-dependent dictionaries as JumpReLU with their inference threshold
+    saelens_architecture = "jumprelu"
+    saelens_tensors = SAELENS_TENSORS | {"threshold"}
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
@@ -50,6 +53,12 @@ class ThresholdInference(Family):
     def has_threshold(self) -> bool:
         return bool((self.threshold >= 0).any())
 
+    def saelens_pending(self) -> str:
+        if self.has_threshold:
+            return ""
+        return ("the inference threshold has not been estimated yet, and SAELens saves this family as a JumpReLU "
+                "with that threshold")
+
     def threshold_select(self, pre: torch.Tensor) -> SparseCode | None:
         """The inference code a * 1[a > theta], or None while theta has not been estimated."""
         if not self.has_threshold:
@@ -66,9 +75,9 @@ class ThresholdInference(Family):
         return regather(pre, code)
 
     @torch.no_grad()
-    def update_threshold(self, code: SparseCode, step: int) -> None:
+    def update_threshold(self, code: SparseCode, step: TrainStep) -> None:
         """EMA of the smallest selected positive value (per latent when per_latent_threshold)."""
-        if step < self.start_step:
+        if step.index < self.start_step:
             return
         vals = code.values.detach().float()
         # no host sync: entries that are not positive count as +inf, so a latent (or a batch) without one is
@@ -88,10 +97,6 @@ class ThresholdInference(Family):
     def fold_scale(self, scale: float) -> None:
         self.threshold.copy_(torch.where(self.threshold >= 0, self.threshold / scale, self.threshold))
 
-    def saelens_cfg(self) -> dict[str, Any]:
-        # SAELens saves batch-dependent dictionaries as JumpReLU with their inference threshold
-        return {"architecture": "jumprelu", "k": self.cfg.k}
-
 
 class BatchTopK(ThresholdInference):
     """Top k*B of the ReLU'd batch in training; the estimated threshold at inference."""
@@ -99,22 +104,21 @@ class BatchTopK(ThresholdInference):
     name = "batchtopk"
     rule = "batch"
 
+    @classmethod
+    def shard_rule(cls, options: dict[str, Any]) -> str | None:
+        # BatchTopK itself only: its subclasses change the loss or the AuxK mask, which the sharded forward lacks
+        return "batch" if cls is BatchTopK else None
+
     def encode(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None
+        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None,
+        k_aux: int = DEFAULT_K_AUX,
     ) -> Encoding:
         if not self.training and k is None:
             code = self.threshold_select(self.pre(sae, x_n))
             if code is not None:
                 return Encoding(code, None)
-        return super().encode(sae, x_n, dead=dead, k=k)
-
-    def select(self, pre: torch.Tensor, k: int | None = None) -> SparseCode:
-        if not self.training and k is None:
-            code = self.threshold_select(pre)
-            if code is not None:
-                return code
-        return super().select(pre, k)
+        return super().encode(sae, x_n, dead=dead, k=k, k_aux=k_aux)
 
     @torch.no_grad()
-    def after_step(self, sae: SparseAutoencoder, enc: Encoding, step: int) -> None:
+    def after_step(self, sae: SparseAutoencoder, enc: Encoding, step: TrainStep) -> None:
         self.update_threshold(enc.code, step)

@@ -23,7 +23,7 @@ import torch
 
 import kernels
 from kernels import Encoding, SparseCode
-from sae.families.base import regather
+from sae.families.base import DEFAULT_K_AUX, TrainStep, regather
 from sae.families.batchtopk import BatchTopK, ThresholdInference
 
 if TYPE_CHECKING:
@@ -94,12 +94,13 @@ class MutualChoice(ZipfAux, BatchTopK):
         cls.validate_zipf(cls.name, cfg)
 
     def encode(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None
+        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None,
+        k_aux: int = DEFAULT_K_AUX,
     ) -> Encoding:
-        return super().encode(sae, x_n, dead=self.aux_mask(dead), k=k)
+        return super().encode(sae, x_n, dead=self.aux_mask(dead), k=k, k_aux=k_aux)
 
     @torch.no_grad()
-    def after_step(self, sae: SparseAutoencoder, enc: Encoding, step: int) -> None:
+    def after_step(self, sae: SparseAutoencoder, enc: Encoding, step: TrainStep) -> None:
         super().after_step(sae, enc, step)
         self.update_rate(enc.code)
 
@@ -141,7 +142,8 @@ class FeatureChoice(ZipfAux, ThresholdInference):
         return m
 
     def encode(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None
+        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None,
+        k_aux: int = DEFAULT_K_AUX,
     ) -> Encoding:
         pre = self.pre(sae, x_n)
         if not self.training and k is None:
@@ -150,7 +152,7 @@ class FeatureChoice(ZipfAux, ThresholdInference):
                 return Encoding(code, None)
         code = self.feature_choice(pre, self.tokens_per_latent(pre.shape[0], k))
         mask = self.aux_mask(dead)
-        aux = kernels.aux_select(pre, mask, self.cfg.k_aux) if mask is not None else None
+        aux = kernels.aux_select(pre, mask, k_aux) if mask is not None else None
         return Encoding(code, aux)
 
     @staticmethod
@@ -163,14 +165,7 @@ class FeatureChoice(ZipfAux, ThresholdInference):
         code = kernels.select(kept, "threshold", threshold=0.0)
         return regather(pre, code)
 
-    def select(self, pre: torch.Tensor, k: int | None = None) -> SparseCode:
-        if not self.training and k is None:
-            code = self.threshold_select(pre)
-            if code is not None:
-                return code
-        return self.feature_choice(pre, self.tokens_per_latent(pre.shape[0], k))
-
     @torch.no_grad()
-    def after_step(self, sae: SparseAutoencoder, enc: Encoding, step: int) -> None:
+    def after_step(self, sae: SparseAutoencoder, enc: Encoding, step: TrainStep) -> None:
         self.update_threshold(enc.code, step)
         self.update_rate(enc.code)

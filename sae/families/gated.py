@@ -15,7 +15,7 @@ from torch import nn
 
 import kernels
 from kernels import Encoding, SparseCode
-from sae.families.base import Family
+from sae.families.base import DEFAULT_K_AUX, SAELENS_TENSORS, Family
 
 if TYPE_CHECKING:
     from sae.config import SAEConfig
@@ -30,6 +30,7 @@ class Gated(Family):
     uses_k = False
     saelens_architecture = "gated"
     saelens_renames = {"b_enc": "b_gate"}
+    saelens_tensors = (SAELENS_TENSORS - {"b_enc"}) | {"b_gate", "r_mag", "b_mag"}
     option_names = ("apply_b_dec_to_input",)
 
     def __init__(self, cfg: SAEConfig) -> None:
@@ -52,15 +53,13 @@ class Gated(Family):
         return self._hidden(sae, x_n) * self.r_mag.exp() + self.b_mag
 
     def encode(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None
+        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None,
+        k_aux: int = DEFAULT_K_AUX,
     ) -> Encoding:
         h = self._hidden(sae, x_n)
         gate = kernels.select(h + sae.b_enc, "threshold", threshold=0.0)
         mag = (h * self.r_mag.exp() + self.b_mag).gather(1, gate.indices).relu()
         return Encoding(SparseCode(torch.where(gate.values != 0, mag, torch.zeros_like(mag)), gate.indices), None)
-
-    def select(self, pre: torch.Tensor, k: int | None = None) -> SparseCode:
-        raise ValueError("family 'gated' selects on its gate path, not on pre-activations: use encode()")
 
     @torch.no_grad()
     def fold_scale(self, scale: float) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from kernels import Encoding, SparseCode
-from sae.families.base import Family
+from sae.families.base import DEFAULT_K_AUX, Family
 
 if TYPE_CHECKING:
     from sae.model import SparseAutoencoder
@@ -67,13 +67,15 @@ class HierarchicalTopK(Family):
 
     name = "hierarchicaltopk"
     saelens_architecture = "topk"
+    sparsify_export = True  # at its k_max: the top-k code of every prefix
 
     def encode(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None
+        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None,
+        k_aux: int = DEFAULT_K_AUX,
     ) -> Encoding:
         if k is not None and not 1 <= k <= self.cfg.k:
             raise ValueError(f"hierarchicaltopk: k={k} out of range; this dictionary serves 1 <= k <= k_max={self.cfg.k}")
-        enc = super().encode(sae, x_n, dead=dead, k=k)
+        enc = super().encode(sae, x_n, dead=dead, k=k, k_aux=k_aux)
         return Encoding(sort_code(enc.code), enc.aux)
 
     def recon_loss(

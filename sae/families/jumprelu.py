@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 import kernels
-from kernels import Encoding, SparseCode
-from sae.families.base import Family, regather
+from kernels import Encoding
+from sae.families.base import DEFAULT_K_AUX, SAELENS_TENSORS, Family, regather
 
 if TYPE_CHECKING:
     from sae.config import SAEConfig
@@ -27,6 +27,7 @@ class JumpReLU(Family):
     rule = "threshold"
     uses_k = False
     saelens_architecture = "jumprelu"
+    saelens_tensors = SAELENS_TENSORS | {"threshold"}
     option_names = ("apply_b_dec_to_input",)
 
     def __init__(self, cfg: SAEConfig) -> None:
@@ -44,13 +45,12 @@ class JumpReLU(Family):
         return x_in @ sae.W_enc + sae.b_enc
 
     def encode(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None
+        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None,
+        k_aux: int = DEFAULT_K_AUX,
     ) -> Encoding:
-        return Encoding(self.select(self.pre(sae, x_n)), None)
-
-    def select(self, pre: torch.Tensor, k: int | None = None) -> SparseCode:
+        pre = self.pre(sae, x_n)
         code = kernels.select(pre, "threshold", threshold=self.threshold.to(pre.dtype))
-        return regather(pre, code, relu=False)
+        return Encoding(regather(pre, code, relu=False), None)
 
     @torch.no_grad()
     def fold_scale(self, scale: float) -> None:

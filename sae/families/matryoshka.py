@@ -15,8 +15,8 @@ import torch
 
 import kernels
 from kernels import Encoding, SparseCode
-from sae.families.base import fvu
 from sae.families.batchtopk import BatchTopK
+from sae.losses import fvu
 
 if TYPE_CHECKING:
     from sae.config import SAEConfig

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 import kernels
-from kernels import Encoding, SparseCode
-from sae.families.base import Family, regather
+from kernels import Encoding
+from sae.families.base import DEFAULT_K_AUX, Family, TrainStep
 
 if TYPE_CHECKING:
     from sae.config import SAEConfig
@@ -56,16 +56,14 @@ class Standard(Family):
         return self.encoder_input(sae, x_n) @ sae.W_enc + sae.b_enc
 
     def encode(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None
+        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None,
+        k_aux: int = DEFAULT_K_AUX,
     ) -> Encoding:
         enc = kernels.encode(self.encoder_input(sae, x_n), sae.W_enc, sae.b_enc, "threshold", threshold=0.0)
         return Encoding(enc.code, None)
 
-    def select(self, pre: torch.Tensor, k: int | None = None) -> SparseCode:
-        return regather(pre, kernels.select(pre, "threshold", threshold=0.0))
-
     def extra_losses(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, enc: Encoding, x_hat_n: torch.Tensor
+        self, sae: SparseAutoencoder, x_n: torch.Tensor, enc: Encoding, x_hat_n: torch.Tensor, step: TrainStep
     ) -> dict[str, torch.Tensor]:
         if self.l1_coef == 0:
             return {}

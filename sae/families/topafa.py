@@ -21,7 +21,7 @@ import torch
 
 import kernels
 from kernels import Encoding, SparseCode
-from sae.families.base import Family, regather
+from sae.families.base import DEFAULT_K_AUX, Family, TrainStep, regather
 
 if TYPE_CHECKING:
     from sae.config import SAEConfig
@@ -72,17 +72,18 @@ class TopAFA(Family):
         return regather(pre, chosen)
 
     def encode(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None
+        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None,
+        k_aux: int = DEFAULT_K_AUX,
     ) -> Encoding:
         pre = self.pre(sae, x_n)
         if k is not None:  # a fixed k on request (e.g. to compare at equal L0)
             return Encoding(regather(pre, kernels.select(pre.detach(), "row", k=k)), None)
         code = self.afa_select(sae, x_n, pre)
-        aux = kernels.aux_select(pre, dead, self.cfg.k_aux) if dead is not None else None
+        aux = kernels.aux_select(pre, dead, k_aux) if dead is not None else None
         return Encoding(code, aux)
 
     def extra_losses(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, enc: Encoding, x_hat_n: torch.Tensor
+        self, sae: SparseAutoencoder, x_n: torch.Tensor, enc: Encoding, x_hat_n: torch.Tensor, step: TrainStep
     ) -> dict[str, torch.Tensor]:
         if self.afa_coef == 0:
             return {}

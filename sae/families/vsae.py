@@ -9,7 +9,7 @@ scale collapses the codes (measured: eval L0 0.1 of k = 4 on the test data). Los
     FVU + beta(t) * KL(N(mu, sigma^2) || N(0, I)) + AuxK,
 KL summed over latents, averaged over tokens and divided by the batch variance (the FVU's
 denominator, so beta weighs it against the reconstruction as the reference weighs it against MSE);
-beta(t) warms up linearly over the first 10% of training (`sae.train_progress`).
+beta(t) warms up linearly over the first 10% of training (the trainer's `TrainStep.progress`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch import nn
 
 import kernels
 from kernels import Encoding
-from sae.families.base import Family, regather
+from sae.families.base import DEFAULT_K_AUX, Family, TrainStep, regather
 
 if TYPE_CHECKING:
     from sae.config import SAEConfig
@@ -66,25 +66,27 @@ class VariationalTopK(Family):
         return ((x_n - sae.b_dec) @ self.W_enc_var + self.b_enc_var).clamp(LOGVAR_MIN, LOGVAR_MAX)
 
     def encode(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None
+        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None,
+        k_aux: int = DEFAULT_K_AUX,
     ) -> Encoding:
         if not self.training:
-            return super().encode(sae, x_n, dead=dead, k=k)  # the mean path: TopK of mu
+            return super().encode(sae, x_n, dead=dead, k=k, k_aux=k_aux)  # the mean path: TopK of mu
         mu = self.pre(sae, x_n)
         log_var = self.log_var(sae, x_n)
         z = mu if log_var is None else mu + (0.5 * log_var).exp() * torch.randn_like(mu)
         code = regather(z, kernels.select(z.detach(), "row", k=k or self.cfg.k))
-        aux = kernels.aux_select(mu, dead, self.cfg.k_aux) if dead is not None else None
+        aux = kernels.aux_select(mu, dead, k_aux) if dead is not None else None
         self._posterior = (mu, log_var)  # read by extra_losses in this same forward
         return Encoding(code, aux)
 
-    def kl_weight(self, sae: SparseAutoencoder) -> float:
+    def kl_weight(self, progress: float) -> float:
+        """beta at `progress` (the fraction of training done): linear up to kl_coef over the warm-up."""
         if self.kl_warmup == 0:
             return self.kl_coef
-        return self.kl_coef * min(1.0, sae.train_progress / self.kl_warmup)
+        return self.kl_coef * min(1.0, progress / self.kl_warmup)
 
     def extra_losses(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, enc: Encoding, x_hat_n: torch.Tensor
+        self, sae: SparseAutoencoder, x_n: torch.Tensor, enc: Encoding, x_hat_n: torch.Tensor, step: TrainStep
     ) -> dict[str, torch.Tensor]:
         if not self.training or self._posterior is None:
             return {}
@@ -97,7 +99,7 @@ class VariationalTopK(Family):
             lv = log_var.float()
             kl = 0.5 * (mu.pow(2) + lv.exp() - 1 - lv).sum(1)
         var = (x_n - x_n.mean(0, keepdim=True)).float().pow(2).sum(1).mean().clamp_min(1e-12)
-        return {"kl_loss": self.kl_weight(sae) * kl.mean() / var}
+        return {"kl_loss": self.kl_weight(step.progress) * kl.mean() / var}
 
     @torch.no_grad()
     def fold_scale(self, scale: float) -> None:

@@ -5,82 +5,28 @@
     sae = load_pretrained("path/to/folder")                                   # any local layout
     saes = load_all("EleutherAI/sae-pythia-160m-32x")                         # every hook of a repo
 
-Every format lands in our one SparseAutoencoder (see FORMATS.md and each module's docstring).
+Every format lands in our one SparseAutoencoder (see FORMATS.md and the docstring of each module of `sae.formats`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from sae.io import CFG_FILE, SPARSIFY_WEIGHTS_FILE, WEIGHTS_FILE, check_dtype, load_sae
+from sae.formats.common import layer_hook
+from sae.formats.saelens import load_saelens
+from sae.io import FORMATS, check_dtype, detect_format, format_names, get_format
 from sae.model import SparseAutoencoder
-from sae.pretrained.common import layer_hook
 from sae.pretrained.compat import check_compatible
-from sae.pretrained.dictlearning import DICT_LEARNING_CFG, DICT_LEARNING_WEIGHTS, load_dictionary_learning
-from sae.pretrained.gemmascope import (
-    GEMMA_SCOPE_2_CFG,
-    GEMMA_SCOPE_2_FILE,
-    GEMMA_SCOPE_FILE,
-    load_gemma_scope,
-    load_gemma_scope_2,
-)
-from sae.pretrained.llamascope import LLAMA_SCOPE_CFG, LLAMA_SCOPE_WEIGHTS, load_llama_scope
-from sae.pretrained.openai import load_openai
 from sae.pretrained.registry import Release, find_release, list_releases
-from sae.pretrained.saelens import load_saelens
-from sae.pretrained.sparsify import load_sparsify
 
-# format -> (what identifies it, loader(path, device, dtype))
-FORMATS: dict[str, tuple[str, Callable[..., SparseAutoencoder]]] = {
-    "saelens": (f"{CFG_FILE} + {WEIGHTS_FILE} (ours too)", lambda p, device, dtype: load_sae(p, device=device, dtype=dtype)),
-    "sparsify": (f"{CFG_FILE} + {SPARSIFY_WEIGHTS_FILE}", load_sparsify),
-    "gemma-scope": (GEMMA_SCOPE_FILE, load_gemma_scope),
-    "gemma-scope-2": (f"{GEMMA_SCOPE_2_CFG} + {GEMMA_SCOPE_2_FILE}", load_gemma_scope_2),
-    "llama-scope": (f"{LLAMA_SCOPE_CFG} + {LLAMA_SCOPE_WEIGHTS}", load_llama_scope),
-    "dictionary-learning": (f"{DICT_LEARNING_WEIGHTS} + {DICT_LEARNING_CFG}", load_dictionary_learning),
-    "openai": ("a .pt state dict (OpenAI sparse_autoencoder)", load_openai),
-}
 MAX_DEPTH = 4  # how deep under a repo dictionaries are looked for
 
 
-def detect_format(path: Path) -> str | None:
-    """The format of one dictionary at `path` (a folder or a file), or None."""
-    path = Path(path)
-    if path.is_file():
-        if path.suffix == ".npz":
-            return "gemma-scope"
-        if path.name == DICT_LEARNING_WEIGHTS and (path.parent / DICT_LEARNING_CFG).exists():
-            return "dictionary-learning"
-        if path.suffix in (".pt", ".pth"):
-            return "openai"
-        return None
-    if not path.is_dir():
-        return None
-    has = lambda name: (path / name).exists()  # noqa: E731
-    if has(CFG_FILE) and has(WEIGHTS_FILE):
-        return "saelens"
-    if has(CFG_FILE) and has(SPARSIFY_WEIGHTS_FILE):
-        return "sparsify"
-    if has(GEMMA_SCOPE_FILE):
-        return "gemma-scope"
-    if has(GEMMA_SCOPE_2_FILE) and has(GEMMA_SCOPE_2_CFG):
-        return "gemma-scope-2"
-    if has(LLAMA_SCOPE_CFG) and has(LLAMA_SCOPE_WEIGHTS):
-        return "llama-scope"
-    if has(DICT_LEARNING_WEIGHTS) and has(DICT_LEARNING_CFG):
-        return "dictionary-learning"
-    pts = [p for p in path.iterdir() if p.suffix in (".pt", ".pth")]
-    if len(pts) == 1 and not any(p.is_dir() for p in path.iterdir()):
-        return "openai"
-    return None
-
-
 def _known_formats() -> str:
-    return "; ".join(f"{name}: {what}" for name, (what, _) in FORMATS.items())
+    return "; ".join(f"{name}: {FORMATS[name].files}" for name in format_names("load"))
 
 
 def find_dictionaries(root: Path) -> dict[str, Path]:
@@ -94,9 +40,8 @@ def find_dictionaries(root: Path) -> dict[str, Path]:
         for child in sorted(folder.iterdir()):
             if child.name.startswith("."):
                 continue
-            if detect_format(child) is not None and (child.is_dir() or child.suffix in (".npz", ".pt", ".pth")):
-                if child.name != DICT_LEARNING_WEIGHTS:
-                    found[str(child.relative_to(root))] = child
+            if detect_format(child) is not None:
+                found[str(child.relative_to(root))] = child
             elif child.is_dir() and depth < MAX_DEPTH:
                 walk(child, depth + 1)
 
@@ -146,12 +91,11 @@ def load_path(
     fmt = format or detect_format(path)
     if fmt is None:
         raise _undetectable(path)
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {sorted(FORMATS)}")
+    loader = get_format(fmt).load
     if fmt == "saelens" and release is not None and sae_id in release.norm_scaling_factor:
         sae = load_saelens(path, device=device, dtype=dtype, norm_scaling_factor=release.norm_scaling_factor[sae_id])
     else:
-        sae = FORMATS[fmt][1](path, device=device, dtype=dtype)
+        sae = loader(path, device=device, dtype=dtype)
     if release is not None:
         if not sae.cfg.model_name:
             sae.cfg.model_name = release.model
@@ -189,7 +133,7 @@ def fetch(
     text = str(source)
     release = find_release(text)
     if release is not None:
-        if release.format not in FORMATS:
+        if release.format not in format_names("load"):
             conversion = release.format.split(":", 1)[-1]
             raise ValueError(f"release {text!r} is converted by SAELens with {conversion!r}, a layout we do not read")
         sid, sub = release.find(sae_id, hook)
@@ -224,8 +168,8 @@ def load_pretrained(
     `hook` picks one dictionary of a multi-hook folder or repo (folder names such as `layers.10` or the
     TransformerLens hook they stand for); `sae_id` picks one of a release (or a sub-folder of a repo).
     """
-    if format is not None and format not in FORMATS:
-        raise ValueError(f"unknown format {format!r}; expected one of {sorted(FORMATS)}")
+    if format is not None:
+        get_format(format)  # an unknown name is refused before anything is downloaded
     dtype_name = check_dtype(dtype) if dtype is not None else None
     root, release, sid = fetch(source, hook, sae_id=sae_id, revision=revision)
     target = root if release is not None else choose(root / sid if sid else root, hook)
@@ -249,7 +193,6 @@ def load_all(
 
 
 __all__ = [
-    "FORMATS",
     "check_compatible",
     "detect_format",
     "find_dictionaries",

@@ -1,6 +1,6 @@
 import pytest
 
-from sae.config import SAEConfig, TrainConfig
+from sae.config import SAEConfig, TrainConfig, move_training_keys
 
 
 def test_expansion_sets_n_latents():
@@ -78,11 +78,31 @@ def test_families_without_k_accept_the_default_and_refuse_an_explicit_one():
 
 
 @pytest.mark.parametrize("field, value", [("d_in", "32"), ("n_latents", 12.5), ("k", True), ("options", [1]),
-                                          ("aux_coef", "big"), ("family", 3)])
+                                          ("family", 3)])
 def test_a_field_of_the_wrong_type_is_a_value_error_naming_it(field, value):
     kw = {"d_in": 32, "n_latents": 128, field: value}
     with pytest.raises(ValueError, match=rf"SAEConfig\.{field} must be"):
         SAEConfig(**kw)
+
+
+@pytest.mark.parametrize("field, value", [("aux_coef", "big"), ("k_aux", 2.5), ("k_aux", True)])
+def test_a_training_field_of_the_wrong_type_is_a_value_error_naming_it(field, value):
+    with pytest.raises(ValueError, match=rf"TrainConfig\.{field} must be"):
+        TrainConfig(**{field: value})
+
+
+def test_auxk_settings_are_training_settings_and_old_dictionary_configs_still_load():
+    """k_aux and aux_coef live in TrainConfig (range-checked there); a cfg.json written when SAEConfig held them
+    still loads, and a checkpoint's copies move to the training config."""
+    assert (TrainConfig().k_aux, TrainConfig().aux_coef) == (256, 1 / 32)
+    with pytest.raises(ValueError, match="k_aux must be >= 0"):
+        TrainConfig(k_aux=-1)
+    with pytest.raises(ValueError, match="aux_coef must be a finite float >= 0"):
+        TrainConfig(aux_coef=float("inf"))
+    old = {"d_in": 32, "n_latents": 128, "k": 8, "k_aux": 64, "aux_coef": 0.125}
+    assert SAEConfig.from_dict(old) == SAEConfig(d_in=32, n_latents=128, k=8)
+    sae_cfg, train_cfg = move_training_keys(old, {"seed": 3})
+    assert "k_aux" not in sae_cfg and train_cfg == {"seed": 3, "k_aux": 64, "aux_coef": 0.125}
 
 
 def test_an_option_value_of_the_wrong_type_is_a_value_error():

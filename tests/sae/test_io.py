@@ -74,3 +74,14 @@ def test_wrong_shape_in_weights_file(tiny_sae, tmp_path):
 def test_missing_folder():
     with pytest.raises(FileNotFoundError, match="does not exist"):
         SparseAutoencoder.load("/nonexistent/dictionary")
+
+
+def test_a_cfg_json_holding_auxk_settings_still_loads(tiny_sae, tmp_path):
+    """Files written when SAEConfig held k_aux and aux_coef (now training settings) load as before."""
+    tiny_sae.save(tmp_path)
+    raw = json.loads((tmp_path / "cfg.json").read_text())
+    raw["saekit"].update(k_aux=64, aux_coef=0.125)
+    (tmp_path / "cfg.json").write_text(json.dumps(raw))
+    loaded = SparseAutoencoder.load(tmp_path)
+    assert loaded.cfg == tiny_sae.cfg
+    assert torch.equal(loaded.W_enc, tiny_sae.W_enc)

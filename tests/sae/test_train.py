@@ -137,3 +137,38 @@ def test_resume_with_a_changed_training_config_names_each_field_and_both_values(
     with pytest.raises(ValueError, match="dictionary k: checkpoint 4, this run 8"):
         sae = SparseAutoencoder(SAEConfig(d_in=32, n_latents=128, k=8), seed=1)
         train(sae, TensorBatches(acts, 512, seed=0), cfg, out_dir=tmp_path, resume=True)
+
+
+def test_auxk_settings_are_training_settings_on_resume(acts, tmp_path):
+    """A changed k_aux or aux_coef is refused as a training change (it changes the result, as another lr would),
+    never as a different dictionary."""
+    train(_sae(), TensorBatches(acts, 512, seed=0), _cfg(tokens=512 * 5), out_dir=tmp_path)
+    with pytest.raises(ValueError, match="cannot resume") as err:
+        train(_sae(), TensorBatches(acts, 512, seed=0), _cfg(tokens=512 * 5, k_aux=128, aux_coef=0.5),
+              out_dir=tmp_path, resume=True)
+    msg = str(err.value)
+    assert "training k_aux: checkpoint 256, this run 128" in msg and "training aux_coef: checkpoint 0.03125, this run 0.5" in msg
+    assert "dictionary" not in msg
+
+
+def test_resume_from_a_checkpoint_holding_auxk_in_the_dictionary_config(acts, tmp_path):
+    """Checkpoints written when SAEConfig held k_aux and aux_coef resume, bit-identical to an uninterrupted run."""
+    cfg = _cfg(k_aux=64, aux_coef=0.25)
+    full = _sae()
+    train(full, TensorBatches(acts, 512, seed=0), cfg, out_dir=tmp_path / "full")
+
+    def stop(trainer):
+        if trainer.step == 13:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_sae(), TensorBatches(acts, 512, seed=0), cfg, out_dir=tmp_path / "part", on_step=stop)
+    path = tmp_path / "part" / "checkpoints" / "latest.pt"
+    state = torch.load(path, weights_only=True)
+    for key in ("k_aux", "aux_coef"):  # the older layout: AuxK's settings in the dictionary config only
+        state["sae_cfg"][key] = state["train_cfg"].pop(key)
+    torch.save(state, path)
+    resumed = _sae()
+    train(resumed, TensorBatches(acts, 512, seed=0), cfg, out_dir=tmp_path / "part", resume=True)
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), f"{name} differs after resume"

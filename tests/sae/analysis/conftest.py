@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))  # tiny_lm.py, browser_helpers.py (pytest runs with importlib mode)
+sys.path.insert(0, os.path.dirname(__file__))  # tiny_lm.py (pytest runs with importlib mode)
 
 from tiny_lm import corpus, tiny_lm  # noqa: E402
 

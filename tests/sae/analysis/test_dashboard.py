@@ -6,10 +6,10 @@ import re
 
 import pytest
 import torch
-from browser_helpers import chromium_path, distinct_colours, launch
 from tiny_lm import HOSTILE
 
 from sae import SAEConfig, SparseAutoencoder
+from sae.analysis.chromium import chromium_path, distinct_colours, launch
 from sae.analysis.dashboard import write_browser
 from sae.analysis.features import feature_stats
 

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from sae.config import SAEConfig
+from sae.families import TrainStep
 
 from .conftest import K, make
 
@@ -30,10 +31,10 @@ def test_batch_variant_takes_top_k_b_magnitudes_in_training_only(x):
 
 
 def test_auxk_selects_dead_latents_by_magnitude(x):
-    sae = make("abstopk", k_aux=8)
+    sae = make("abstopk")
     dead = torch.zeros(128, dtype=torch.bool)
     dead[64:] = True
-    out = sae(x, dead=dead)
+    out = sae(x, dead=dead, step=TrainStep(k_aux=8))
     aux = out.enc.aux
     pre = sae.pre_activations(x).detach()
     ref = pre[:, 64:].abs().topk(8, dim=1).indices + 64

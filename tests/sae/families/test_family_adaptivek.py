@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from sae.config import SAEConfig
+from sae.families import TrainStep
 from sae.families.adaptivek import fit_probe
 
 from .conftest import K, make
@@ -47,9 +48,9 @@ def test_fit_probe_recovers_linear_labels_and_inference_k_is_batch_free():
 def test_self_supervised_probe_is_fitted_during_training(x):
     sae = make("adaptivek", options={"probe_fit_at": 0.5, "k_min": 1, "k_max": 16})
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
-    for step in range(20):
-        sae.train_progress = step / 20
-        out = sae(x)
+    for index in range(20):
+        step = TrainStep(index=index, total=20)
+        out = sae(x, step=step)
         opt.zero_grad()
         out.loss.backward()
         opt.step()

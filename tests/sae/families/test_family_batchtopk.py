@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from sae.families import TrainStep
 from sae.model import SparseAutoencoder
 
 from .conftest import K, N, make
@@ -24,14 +25,14 @@ def test_training_batch_holds_exactly_k_times_b(x):
 def test_threshold_is_ema_of_min_selected_value_and_used_in_eval(x):
     sae = make("batchtopk", options={"threshold_start_step": 2, "threshold_beta": 0.9})
     out = sae(x)
-    sae.family.after_step(sae, out.enc, step=1)  # before the start step: nothing
+    sae.family.after_step(sae, out.enc, step=TrainStep(index=1))  # before the start step: nothing
     assert (sae.family.threshold == -1).all()
     m1 = out.code.values[out.code.values > 0].min().item()
-    sae.family.after_step(sae, out.enc, step=2)
+    sae.family.after_step(sae, out.enc, step=TrainStep(index=2))
     torch.testing.assert_close(sae.family.threshold, torch.full((N,), m1))
     out2 = sae(x * 1.5)
     m2 = out2.code.values[out2.code.values > 0].min().item()
-    sae.family.after_step(sae, out2.enc, step=3)
+    sae.family.after_step(sae, out2.enc, step=TrainStep(index=3))
     torch.testing.assert_close(sae.family.threshold, torch.full((N,), 0.9 * m1 + 0.1 * m2))
 
     sae.eval()
@@ -52,7 +53,7 @@ def test_eval_before_threshold_warns_and_uses_batch_rule(x):
 
 def test_threshold_saved_as_saelens_jumprelu_and_folded(x, tmp_path):
     sae = make("batchtopk", options={"threshold_start_step": 0})
-    sae.family.after_step(sae, sae(x).enc, step=0)
+    sae.family.after_step(sae, sae(x).enc, step=TrainStep(index=0))
     sae.input_scale.fill_(2.0)
     sae.eval()
     ref = sae(x * 1.0).x_hat

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from sae.config import SAEConfig
+from sae.families import TrainStep
 
 from .conftest import K, N, make
 
@@ -58,7 +59,7 @@ def test_zipf_underused_mask_and_aux(x):
 def test_feature_choice_threshold_is_per_latent(x):
     sae = make("featurechoice", options={"threshold_start_step": 0, "m": 4})
     out = sae(x)
-    sae.family.after_step(sae, out.enc, 0)
+    sae.family.after_step(sae, out.enc, TrainStep(index=0))
     dense = out.code.to_dense(N).detach()
     masked = torch.where(dense > 0, dense, torch.full_like(dense, float("inf"))).min(0).values
     seen = torch.isfinite(masked)

@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from sae.families import TrainStep
+
 from .conftest import K, N, make
 
 
@@ -30,10 +32,9 @@ def test_kl_term_and_warmup(x, learned):
         kl = 0.5 * (mu.pow(2) + lv.exp() - 1 - lv).sum(1).mean()
     else:
         kl = 0.5 * mu.pow(2).sum(1).mean()
-    sae.train_progress = 0.1  # half-way through the warm-up
-    torch.testing.assert_close(sae(x).extras["kl_loss"], 0.25 * kl / var)
-    sae.train_progress = 0.5
-    out = sae(x)
+    half_way = TrainStep(index=1, total=10)  # progress 0.1: half-way through the warm-up
+    torch.testing.assert_close(sae(x, step=half_way).extras["kl_loss"], 0.25 * kl / var)
+    out = sae(x, step=TrainStep(index=5, total=10))
     torch.testing.assert_close(out.extras["kl_loss"], 0.5 * kl / var)
     out.loss.backward()
     if learned:

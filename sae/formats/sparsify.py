@@ -9,17 +9,18 @@ skip connections (W_skip) are refused: they are not dictionaries of the input.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
-from sae.checkpoint import atomic_write
-from sae.io import CFG_FILE, SPARSIFY_WEIGHTS_FILE, _folded, build_sae, read_json, read_safetensors
+from sae.families import FAMILIES
+from sae.formats.common import layer_hook, make_cfg
+from sae.io import Format, read_json, read_safetensors, write_json, write_safetensors
 from sae.model import SparseAutoencoder
-from sae.pretrained.common import layer_hook, make_cfg
+
+CFG_FILE = "cfg.json"
+SPARSIFY_WEIGHTS_FILE = "sae.safetensors"
 
 
 def load_sparsify(
@@ -71,7 +72,7 @@ def load_sparsify(
     if missing:
         names = {"b_enc": "encoder.bias"}
         raise ValueError(f"{folder / SPARSIFY_WEIGHTS_FILE} lacks {[names.get(m, m) for m in missing]}; it holds {sorted(state)}")
-    return build_sae(cfg, tensors, folder / SPARSIFY_WEIGHTS_FILE, device=device)
+    return SparseAutoencoder.from_tensors(cfg, tensors, folder / SPARSIFY_WEIGHTS_FILE, device=device)
 
 
 def sparsify_cfg(sae: SparseAutoencoder) -> dict[str, Any]:
@@ -92,23 +93,32 @@ def sparsify_cfg(sae: SparseAutoencoder) -> dict[str, Any]:
 
 def save_sparsify(sae: SparseAutoencoder, path: str | Path) -> Path:
     """Write one sparsify hook folder; only per-token top-k dictionaries on raw activations fit the layout."""
-    if sae.cfg.family not in ("topk", "hierarchicaltopk"):
+    if not sae.family.sparsify_export:
+        able = " and ".join(name for name, family in FAMILIES.items() if family.sparsify_export)
         raise ValueError(
             f"family {sae.cfg.family!r} cannot be saved for sparsify: its SparseCoder encodes ReLU + per-token top-k "
-            "only (families topk and hierarchicaltopk at its k)"
+            f"only (families {able} at its k)"
         )
     if sae.cfg.normalize not in ("none", "dataset_scalar"):
         raise ValueError(f"normalize={sae.cfg.normalize!r} cannot be saved for sparsify: it reads raw activations")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    sae = _folded(sae)
+    sae = sae.folded()
     tensors = {
         "encoder.weight": sae.W_enc.detach().T.contiguous().cpu(),
         "encoder.bias": sae.b_enc.detach().contiguous().cpu(),
         "W_dec": sae.W_dec.detach().contiguous().cpu(),
         "b_dec": sae.b_dec.detach().contiguous().cpu(),
     }
-    atomic_write(path / SPARSIFY_WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp))
-    text = json.dumps(sparsify_cfg(sae), indent=2)
-    atomic_write(path / CFG_FILE, lambda tmp: Path(tmp).write_text(text))
+    write_safetensors(path / SPARSIFY_WEIGHTS_FILE, tensors)
+    write_json(path / CFG_FILE, sparsify_cfg(sae))
     return path
+
+
+def detect(path: Path) -> bool:
+    """A folder holding cfg.json and sae.safetensors."""
+    return path.is_dir() and (path / CFG_FILE).exists() and (path / SPARSIFY_WEIGHTS_FILE).exists()
+
+
+FORMAT = Format("sparsify", f"{CFG_FILE} + {SPARSIFY_WEIGHTS_FILE}", detect=detect, load=load_sparsify,
+                save=save_sparsify)

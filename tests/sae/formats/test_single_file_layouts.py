@@ -159,3 +159,21 @@ def test_dictionary_learning_classes(tmp_path):
 def test_dictionary_learning_unknown_class_refused(tmp_path):
     with pytest.raises(ValueError, match="dict_class 'IdentityDict' is not supported"):
         _dl(tmp_path, "IdentityDict", {"x": torch.zeros(1)})
+
+
+def test_a_lone_file_path_and_its_folder_load_alike(tmp_path):
+    """A folder holding one OpenAI .pt, and a dictionary_learning ae.pt given by its file path, load as their
+    detected layout does (the loader is handed what it reads)."""
+    s = _openai_state("ReLU")
+    (tmp_path / "oa").mkdir()
+    torch.save(s, tmp_path / "oa" / "v5_32k_layer_8.pt")
+    x = rnd(8, D)
+    with torch.no_grad():
+        torch.testing.assert_close(load_pretrained(tmp_path / "oa")(x).x_hat,
+                                   load_pretrained(tmp_path / "oa" / "v5_32k_layer_8.pt")(x).x_hat)
+    s = {"bias": rnd(D), "encoder.weight": rnd(N, D), "encoder.bias": rnd(N, scale=0.1), "decoder.weight": rnd(D, N)}
+    folder = _dl(tmp_path, "AutoEncoder", s)
+    by_file = load_pretrained(tmp_path / "AutoEncoder" / "ae.pt")
+    assert by_file.cfg == folder.cfg
+    with torch.no_grad():
+        torch.testing.assert_close(by_file(x).x_hat, folder(x).x_hat)

@@ -18,10 +18,14 @@ from typing import Any
 import torch
 
 from sae.config import SAEConfig
-from sae.io import CFG_FILE, SPARSITY_FILE, WEIGHTS_FILE, build_sae, read_json, read_safetensors
+from sae.families import get_family
+from sae.formats.common import clamp_threshold, make_cfg
+from sae.io import read_json, read_safetensors
 from sae.model import SparseAutoencoder
-from sae.pretrained.common import clamp_threshold, make_cfg
 
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+SPARSITY_FILE = "sparsity.safetensors"
 ARCHITECTURES = ("standard", "topk", "abstopk", "batchtopk", "matryoshka_batchtopk", "jumprelu", "gated")
 NORMALIZE = {"none": "none", "layer_norm": "layer_norm_std", "constant_norm_rescale": "constant_norm_rescale"}
 SCALER_FILE = "activation_scaler.json"
@@ -93,12 +97,11 @@ def saelens_config(raw: dict[str, Any], source: str | Path, dtype: str | None = 
         raise ValueError(f"{source}: apply_b_dec_to_input={apply_b_dec!r}; expected true or false")
     meta = raw.get("metadata") or {}
     family = {"matryoshka_batchtopk": "batchtopk"}.get(arch, arch)
-    options: dict[str, Any] = {}
-    if family in ("standard", "jumprelu", "gated"):
+    family_cls = get_family(family)
+    options: dict[str, Any] = dict(family_cls.saelens_load_options)
+    if "apply_b_dec_to_input" in family_cls.option_names:
         options["apply_b_dec_to_input"] = apply_b_dec
-    if family == "abstopk":
-        options["encoder_bias"] = True  # SAELens's AbsTopK ranks |x W_enc + b_enc|
-    k = raw.get("k") if family in ("topk", "abstopk", "batchtopk") else None
+    k = raw.get("k") if family_cls.uses_k else None
     cfg = make_cfg(
         source,
         d_in=raw.get("d_in"),
@@ -134,8 +137,9 @@ def convert_tensors(sl: SAELensConfig, state: dict[str, torch.Tensor], source: s
         W_enc, b_enc, W_dec = (t[n].double() for n in ("W_enc", "b_enc", "W_dec"))
         norm = W_dec.norm(dim=1)
         t["W_enc"], t["b_enc"], t["W_dec"] = W_enc * norm, b_enc * norm, W_dec / norm[:, None]
-    if not sl.apply_b_dec and sl.cfg.family in ("topk", "abstopk", "batchtopk") and {"W_enc", "b_enc", "b_dec"} <= set(t):
-        # our TopK always reads x - b_dec: (x - b_dec) W + (b_enc + b_dec W) = x W + b_enc
+    reads_x_minus_b_dec = "apply_b_dec_to_input" not in get_family(sl.cfg.family).option_names
+    if not sl.apply_b_dec and reads_x_minus_b_dec and {"W_enc", "b_enc", "b_dec"} <= set(t):
+        # our top-k families always read x - b_dec: (x - b_dec) W + (b_enc + b_dec W) = x W + b_enc
         t["b_enc"] = t["b_enc"].double() + t["b_dec"].double() @ t["W_enc"].double()
     return t
 
@@ -173,7 +177,7 @@ def load_saelens(
             stacklevel=2,
         )
         cfg = SAEConfig.from_dict({**cfg.to_dict(), "normalize": "none"})
-    sae = build_sae(cfg, tensors, folder / WEIGHTS_FILE, device=device, input_scale=scale or 1.0)
+    sae = SparseAutoencoder.from_tensors(cfg, tensors, folder / WEIGHTS_FILE, device=device, input_scale=scale or 1.0)
     if sl.expected_average and scale is not None:
         sae.fold_input_scale()
     sparsity = folder / SPARSITY_FILE

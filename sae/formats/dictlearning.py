@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from sae.io import build_sae, read_json
+from sae.formats.common import clamp_threshold, make_cfg, tensor_of, torch_load_weights
+from sae.io import Format, read_json
 from sae.model import SparseAutoencoder
-from sae.pretrained.common import clamp_threshold, make_cfg, tensor_of, torch_load_weights
 
 DICT_LEARNING_WEIGHTS = "ae.pt"
 DICT_LEARNING_CFG = "config.json"
@@ -84,4 +84,18 @@ def load_dictionary_learning(
             options = {"prefixes": [int(v) for v in np.cumsum(sizes)]}
     cfg = make_cfg(folder / DICT_LEARNING_CFG, d_in=d, d_sae=n, dtype=dtype or "float32", family=family, k=k,
                    options=options, **common)
-    return build_sae(cfg, tensors, file, device=device)
+    return SparseAutoencoder.from_tensors(cfg, tensors, file, device=device)
+
+
+def detect(path: Path) -> bool:
+    """ae.pt beside config.json (the folder, or the ae.pt itself)."""
+    if path.is_file():
+        return path.name == DICT_LEARNING_WEIGHTS and (path.parent / DICT_LEARNING_CFG).exists()
+    return (path / DICT_LEARNING_WEIGHTS).exists() and (path / DICT_LEARNING_CFG).exists()
+
+
+def _load(path: Path, device: torch.device | str | None = None, dtype: str | None = None) -> SparseAutoencoder:
+    return load_dictionary_learning(path.parent if path.is_file() else path, device=device, dtype=dtype)
+
+
+FORMAT = Format("dictionary-learning", f"{DICT_LEARNING_WEIGHTS} + {DICT_LEARNING_CFG}", detect=detect, load=_load)

@@ -5,10 +5,10 @@ per (point, lr) and appends a line to --out (JSON lines) as each finishes, so a 
 and a rerun skips what is done. `--defaults` trains each point once more with no lr given (the
 TrainConfig rule); `--plot` writes docs/results/recipe.html/.png and the table from the lines.
 
-    nice -n 10 python examples/recipe_sweep.py                 # the lr grid (about two CPU-hours on 2 cores)
-    nice -n 10 python examples/recipe_sweep.py --defaults      # the defaults at every point
-    python examples/recipe_sweep.py --plot                     # figure + table into docs/results/
-    python examples/recipe_sweep.py --points L3-n1536-s400     # some points only
+    nice -n 10 python docs/results/scripts/recipe_sweep.py               # the lr grid (about two CPU-hours on 2 cores)
+    nice -n 10 python docs/results/scripts/recipe_sweep.py --defaults    # the defaults at every point
+    python docs/results/scripts/recipe_sweep.py --plot                   # figure + table into docs/results/
+    python docs/results/scripts/recipe_sweep.py --points L3-n1536-s400   # some points only
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Headless Chromium for the browser tests and the benchmark (Playwright driving Debian's chromium)."""
+"""Headless Chromium through Playwright (Debian's chromium or $CHROMIUM): how the feature browser's tests, its
+benchmark and the study figures open pages. Playwright is imported by the caller, not here."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ def chromium_path() -> str | None:
 
 
 def launch(playwright):
+    """A headless Chromium browser from a started Playwright (`sync_playwright()`), with CHROMIUM_ARGS."""
     return playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sae.io import build_sae, read_json, read_safetensors
+from sae.formats.common import clamp_threshold, layer_hook, make_cfg, tensor_of
+from sae.io import Format, read_json, read_safetensors
 from sae.model import SparseAutoencoder
-from sae.pretrained.common import clamp_threshold, layer_hook, make_cfg, tensor_of
 
 GEMMA_SCOPE_FILE = "params.npz"
 
@@ -43,7 +43,7 @@ def load_gemma_scope(
                    options={"apply_b_dec_to_input": False}, hook_name=hook_name, model_name=model_name)
     tensors = {name: tensor_of(arrays, name, file) for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")}
     tensors["threshold"] = clamp_threshold(tensors["threshold"])
-    return build_sae(cfg, tensors, file, device=device)
+    return SparseAutoencoder.from_tensors(cfg, tensors, file, device=device)
 
 
 GEMMA_SCOPE_2_FILE = "params.safetensors"
@@ -81,4 +81,18 @@ def load_gemma_scope_2(
                for ours, theirs in (("W_enc", "w_enc"), ("W_dec", "w_dec"), ("b_enc", "b_enc"), ("b_dec", "b_dec"),
                                     ("threshold", "threshold"))}
     tensors["threshold"] = clamp_threshold(tensors["threshold"])
-    return build_sae(cfg, tensors, folder / GEMMA_SCOPE_2_FILE, device=device)
+    return SparseAutoencoder.from_tensors(cfg, tensors, folder / GEMMA_SCOPE_2_FILE, device=device)
+
+
+def detect(path: Path) -> bool:
+    """A params.npz (or any .npz file), or a folder holding params.npz."""
+    return path.suffix == ".npz" if path.is_file() else (path / GEMMA_SCOPE_FILE).exists()
+
+
+def detect_2(path: Path) -> bool:
+    """A folder holding params.safetensors and config.json."""
+    return path.is_dir() and (path / GEMMA_SCOPE_2_FILE).exists() and (path / GEMMA_SCOPE_2_CFG).exists()
+
+
+FORMAT = Format("gemma-scope", GEMMA_SCOPE_FILE, detect=detect, load=load_gemma_scope)
+FORMAT_2 = Format("gemma-scope-2", f"{GEMMA_SCOPE_2_CFG} + {GEMMA_SCOPE_2_FILE}", detect=detect_2, load=load_gemma_scope_2)

@@ -7,14 +7,14 @@ HierarchicalTopK and Matryoshka as curves over k, per-k TopK dictionaries as the
 Every dictionary trains at the trainer's defaults (learning rate and dead-latent window from TrainConfig's
 rules, docs/results/recipe.md) unless --lr / --dead-window are given.
 
-    python examples/compare_families.py       # the committed study (2.8 CPU-hours: about 85 min on 2 cores)
-    python examples/compare_families.py --tokens 98304 --tokens-per-family 114688 --n-latents 1536 \
+    python docs/results/scripts/compare_families.py    # the committed study (2.8 CPU-hours: about 85 min on 2 cores)
+    python docs/results/scripts/compare_families.py --tokens 98304 --tokens-per-family 114688 --n-latents 1536 \
         --batch-size 1024    # a quick look (a few minutes)
-    python examples/compare_families.py --only topk batchtopk   # re-run some rows, keep the others
+    python docs/results/scripts/compare_families.py --only topk batchtopk   # re-run some rows, keep the others
     # two halves side by side on a 2-core machine (after one run has filled the harvest cache):
-    python examples/compare_families.py --threads 1 --only topk ... --out /tmp/a &
-    python examples/compare_families.py --threads 1 --only batchtopk ... --out /tmp/b
-    python examples/compare_families.py --merge /tmp/a /tmp/b     # -> docs/results
+    python docs/results/scripts/compare_families.py --threads 1 --only topk ... --out /tmp/a &
+    python docs/results/scripts/compare_families.py --threads 1 --only batchtopk ... --out /tmp/b
+    python docs/results/scripts/compare_families.py --merge /tmp/a /tmp/b     # -> docs/results
 """
 
 from __future__ import annotations
@@ -213,14 +213,12 @@ def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
 
 def png_via_chromium(fig, path: Path, width: int, height: int) -> None:
     """The figure rendered by a headless Chromium through Playwright (plotly.js inlined: no network needed), launched
-    as the browser test and bench/dashboard.py launch it (tests/sae/analysis/browser_helpers.py)."""
-    import sys
+    as the browser test and bench/dashboard.py launch it (sae.analysis.chromium)."""
     import tempfile
 
     from playwright.sync_api import sync_playwright
 
-    sys.path.append(str(Path(__file__).resolve().parents[1] / "tests" / "sae" / "analysis"))
-    from browser_helpers import launch
+    from sae.analysis.chromium import launch
 
     with tempfile.TemporaryDirectory() as tmp:
         page_file = Path(tmp) / "figure.html"

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import torch
 
-from sae.io import build_sae
+from sae.formats.common import make_cfg, tensor_of, torch_load_weights
+from sae.io import Format
 from sae.model import SparseAutoencoder
-from sae.pretrained.common import make_cfg, tensor_of, torch_load_weights
+
+PT_SUFFIXES = (".pt", ".pth")
 
 
 def load_openai(
@@ -48,4 +50,20 @@ def load_openai(
         "W_dec": tensor_of(state, "decoder.weight", file).T,
         "b_dec": tensor_of(state, "pre_bias", file),
     }
-    return build_sae(cfg, tensors, file, device=device)
+    return SparseAutoencoder.from_tensors(cfg, tensors, file, device=device)
+
+
+def detect(path: Path) -> bool:
+    """A .pt or .pth file, or a folder holding exactly one and no sub-folders (tried last: other layouts use .pt)."""
+    if path.is_file():
+        return path.suffix in PT_SUFFIXES
+    children = list(path.iterdir())
+    return sum(p.suffix in PT_SUFFIXES for p in children) == 1 and not any(p.is_dir() for p in children)
+
+
+def _load(path: Path, device: torch.device | str | None = None, dtype: str | None = None) -> SparseAutoencoder:
+    file = path if path.is_file() else next(p for p in path.iterdir() if p.suffix in PT_SUFFIXES)
+    return load_openai(file, device=device, dtype=dtype)
+
+
+FORMAT = Format("openai", "a .pt state dict (OpenAI sparse_autoencoder)", detect=detect, load=_load)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from sae.io import build_sae, read_json, read_safetensors
+from sae.formats.common import clamp_threshold, make_cfg, tensor_of
+from sae.io import Format, read_json, read_safetensors
 from sae.model import SparseAutoencoder
-from sae.pretrained.common import clamp_threshold, make_cfg, tensor_of
 
 LLAMA_SCOPE_CFG = "hyperparams.json"
 LLAMA_SCOPE_WEIGHTS = "checkpoints/final.safetensors"
@@ -49,4 +49,12 @@ def load_llama_scope(
         "b_dec": tensor_of(state, "decoder.bias", folder / LLAMA_SCOPE_WEIGHTS).double() * ratio,
         "threshold": clamp_threshold(torch.full((n,), float(threshold))),
     }
-    return build_sae(cfg, tensors, folder / LLAMA_SCOPE_WEIGHTS, device=device, input_scale=s_in)
+    return SparseAutoencoder.from_tensors(cfg, tensors, folder / LLAMA_SCOPE_WEIGHTS, device=device, input_scale=s_in)
+
+
+def detect(path: Path) -> bool:
+    """A folder holding hyperparams.json and checkpoints/final.safetensors."""
+    return path.is_dir() and (path / LLAMA_SCOPE_CFG).exists() and (path / LLAMA_SCOPE_WEIGHTS).exists()
+
+
+FORMAT = Format("llama-scope", f"{LLAMA_SCOPE_CFG} + {LLAMA_SCOPE_WEIGHTS}", detect=detect, load=load_llama_scope)

@@ -1,0 +1,19 @@
+"""Dictionary file layouts, one module each: how to recognise, read and (where it can) write it.
+
+Each module defines a `sae.io.Format`; they are registered here in detection order (a path is read as the
+first layout that claims it: the layouts that need several files first, the lone .pt file last).
+"""
+
+from sae.formats import dictlearning, gemmascope, llamascope, openai, saekit, sparsify
+from sae.io import Format, register_format
+
+register_format(saekit.FORMAT)
+register_format(saekit.STRICT)
+register_format(sparsify.FORMAT)
+register_format(gemmascope.FORMAT)
+register_format(gemmascope.FORMAT_2)
+register_format(llamascope.FORMAT)
+register_format(dictlearning.FORMAT)
+register_format(openai.FORMAT)
+
+__all__ = ["Format", "register_format"]

@@ -44,10 +44,10 @@ bench-harvest: $(STAMP)
 	$(BIN)/python bench/harvest.py
 
 bench-kernels: $(STAMP)
-	$(BIN)/python bench/kernels.py
+	$(BIN)/python bench/kernel_bench.py
 
 bench-model: $(STAMP)
-	$(BIN)/python bench/kernel_model.py
+	$(BIN)/python -m bench.kernel_model
 
 # ours against sparsify and SAELens, one process: the peers need their own environment (transformer-lens < 4)
 bench-train-step: $(INTEROP_STAMP)

@@ -7,7 +7,8 @@ For each family it trains one dictionary twice with `sae.train.Trainer`, once wi
 (the CUDA default) and once with "torch", on synthetic activations (sparse combinations of a random
 ground-truth dictionary plus noise, drawn on the device), and reports: the first step's loss of each (same
 initialisation, so these must agree to rounding), the held-out FVU after the run, the median step time, and the
-peak memory of a step. Writes <out>/gpu_train.json and prints a table. Needs torch, triton, tqdm, safetensors.
+peak memory of a step, and any Triton path whose first-use check failed (it then ran on the twin: kernels/first_use.py).
+Writes <out>/gpu_train.json and prints a table. Needs torch, triton, tqdm, safetensors.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -145,8 +145,10 @@ def main() -> int:
                 print(f"[{fam} {backend}] FAILED {type(exc).__name__}: {exc}", flush=True)
             print(f"[{fam} {backend}] {row[backend]}", flush=True)
         rows.append(row)
+        fallbacks = {str(key): diff for key, diff in kernels.first_use.fallbacks().items()}
         (out / "gpu_train.json").write_text(json.dumps({"device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu",
-                                                        "torch": torch.__version__, "rows": rows}, indent=1))
+                                                        "torch": torch.__version__, "rows": rows,
+                                                        "first_use_fallbacks": fallbacks}, indent=1))
     print("\n| family | first loss triton / torch | held-out FVU triton / torch | step ms triton / torch | "
           "peak MiB triton / torch |\n|---|---|---|---|---|")
     for r in rows:
@@ -157,6 +159,8 @@ def main() -> int:
         print(f"| {r['family']} | {t['first_loss']:.5g} / {c['first_loss']:.5g} | {t['fvu_held_out']:.4f} / "
               f"{c['fvu_held_out']:.4f} | {t['step_ms_median']:.3f} / {c['step_ms_median']:.3f} | "
               f"{t['step_peak_mib'] or 0:.0f} / {c['step_peak_mib'] or 0:.0f} |")
+    for key, diff in kernels.first_use.fallbacks().items():
+        print(f"FIRST-USE CHECK FAILED (this path ran on the torch twin): {key}: {diff}")
     return 1 if failed else 0
 
 

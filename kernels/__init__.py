@@ -1,9 +1,10 @@
 """Sparse top-k encode / select / decode shared by every SAE family.
 
-Each op has a plain-torch twin (the reference and the CPU path); on CUDA a Triton
-kernel runs behind the same signature. Dispatch happens here, never in the caller.
-The Triton module is imported only when a CUDA tensor reaches an op (or a test asks for it),
-so importing `kernels` never needs a GPU driver.
+Each op has a plain-torch twin (the reference and the CPU path); on CUDA a Triton kernel runs behind the same
+signature. Dispatch happens here, never in the caller. The Triton modules are imported only when a CUDA tensor
+reaches an op (or a test asks for them), so importing `kernels` never needs a GPU driver. The first use of each
+Triton path and shape in a process is checked against the twin (kernels/first_use.py); a path that fails it
+runs on the twin from then on, with one warning.
 """
 
 from __future__ import annotations
@@ -12,29 +13,35 @@ import os
 
 import torch
 
+from kernels import first_use, twin_compare
 from kernels.checks import check_code, check_encode, check_k, check_pre, check_rule, check_target
-from kernels.code import SparseCode
-from kernels.decode_torch import decode_torch
-from kernels.encode_torch import Encoding, encode_twin
-from kernels.encode_torch import aux_select as aux_select_torch
-from kernels.select_torch import select_by_rule
+from kernels.code import SparseCode, code_from_mask
+from kernels.decode_twin import decode_twin
+from kernels.encode_twin import Encoding, encode_twin, pre_activations, with_gradient
+from kernels.encode_twin import aux_select as aux_select_twin
+from kernels.rules import RULES, Rule
+from kernels.select_twin import select_by_rule
 
-__all__ = ["SparseCode", "Encoding", "select", "decode", "decode_sse", "encode", "aux_select"]
+__all__ = ["SparseCode", "Encoding", "Rule", "RULES", "BACKEND", "select", "decode", "decode_sse", "encode",
+           "aux_select", "code_from_mask", "pre_activations", "with_gradient"]
 
 # "auto": CUDA -> Triton, CPU -> torch twin.  "triton": Triton everywhere (tests, under TRITON_INTERPRET=1).
 # "torch": the twins everywhere.  Overridable with SAE_KERNELS_BACKEND.
 BACKEND = os.environ.get("SAE_KERNELS_BACKEND", "auto")
+BACKENDS = ("auto", "torch", "triton")
 
 
-def _triton_for(t: torch.Tensor):
-    """The Triton module when `t` should run on it, else None."""
-    if BACKEND == "torch" or (BACKEND == "auto" and not t.is_cuda):
-        return None
-    if t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        return None  # float64 and friends: the twin is the reference path
-    from kernels import triton_impl
+def _use_triton(t: torch.Tensor) -> bool:
+    """Whether `t` should run on the Triton kernels."""
+    if BACKEND not in BACKENDS:
+        raise ValueError(f"kernels.BACKEND (SAE_KERNELS_BACKEND) is {BACKEND!r}: expected one of {BACKENDS}")
+    if BACKEND == "torch" or (BACKEND == "auto" and not first_use.on_cuda(t)):
+        return False
+    return t.dtype in (torch.float32, torch.bfloat16, torch.float16)  # float64 and friends: the twin's
 
-    return triton_impl
+
+def _wants_grad(*tensors: torch.Tensor | None) -> tuple[bool, ...]:
+    return tuple(torch.is_grad_enabled() and t is not None and t.requires_grad for t in tensors)
 
 
 def select(
@@ -51,19 +58,37 @@ def select(
         k = check_k(k, n, rule)
     elif threshold is None:
         raise ValueError("rule 'threshold' needs threshold= (a float or a [n_latents] tensor)")
-    tri = _triton_for(pre)
-    if tri is not None:
-        return tri._select_detached(pre, rule, k, threshold)
+    if _use_triton(pre):
+        from kernels import select_triton
+
+        path = select_triton.path(rule, n, k)
+        key = ("select", rule, path, n, k, pre.dtype, torch.is_tensor(threshold) and threshold.dim() > 0)
+
+        def check() -> str | None:
+            return twin_compare.select_difference(lambda p: select_triton.select(p, rule, k, threshold), pre, rule,
+                                                  k, threshold)
+
+        if first_use.trusted(key, f"select {rule!r} ({path}, n={n}, k={k}, {pre.dtype})", pre, check):
+            return select_triton.select(pre, rule, k, threshold)
     return select_by_rule(pre, rule, k, threshold)
 
 
 def decode(code: SparseCode, W_dec: torch.Tensor, b_dec: torch.Tensor | None = None) -> torch.Tensor:
     """x_hat = code @ W_dec (+ b_dec) as a gather-sum over the rows that fired: [B, d]."""
     check_code(code.values, code.indices, W_dec)
-    tri = _triton_for(W_dec)
-    if tri is not None:
-        return tri.decode(code, W_dec, b_dec)
-    return decode_torch(code, W_dec, b_dec)
+    if _use_triton(W_dec):
+        from kernels import decode_triton
+
+        n, d = W_dec.shape
+        w = code.values.shape[1]
+        key = ("decode", n, d, w, W_dec.dtype, b_dec is not None, _wants_grad(code.values, W_dec, b_dec))
+
+        def check() -> str | None:
+            return twin_compare.decode_difference(decode_triton.decode, code, W_dec, b_dec)
+
+        if first_use.trusted(key, f"decode (n={n}, d={d}, width {w}, {W_dec.dtype})", W_dec, check):
+            return decode_triton.decode(code, W_dec, b_dec)
+    return decode_twin(code, W_dec, b_dec)
 
 
 def decode_sse(
@@ -74,10 +99,23 @@ def decode_sse(
     values' gradient are computed in the same pass); the twin is decode + the plain sum."""
     check_code(code.values, code.indices, W_dec)
     check_target(target, code.values.shape[0], W_dec)
-    tri = _triton_for(W_dec)
-    if tri is not None:
-        return tri.decode_sse_fused(code, W_dec, b_dec, target)
-    x_hat = decode_torch(code, W_dec, b_dec)
+    if _use_triton(W_dec):
+        from kernels import decode_triton
+
+        n, d = W_dec.shape
+        B, w = code.values.shape
+        chunk = decode_triton.chunk_for(B, w, W_dec)
+        key = ("decode_sse", n, d, w, W_dec.dtype, b_dec is not None, chunk < d,
+               _wants_grad(code.values, W_dec, b_dec, target))
+
+        def check() -> str | None:
+            return twin_compare.decode_sse_difference(
+                lambda c, W, b, t: decode_triton.decode_sse(c, W, b, t, chunk=chunk), code, W_dec, b_dec, target)
+
+        name = f"decode + squared error (n={n}, d={d}, width {w}, {-(-d // chunk)} d chunks, {W_dec.dtype})"
+        if first_use.trusted(key, name, W_dec, check):
+            return decode_triton.decode_sse(code, W_dec, b_dec, target)
+    x_hat = decode_twin(code, W_dec, b_dec)
     return x_hat, (x_hat - target).float().pow(2).sum()
 
 
@@ -101,25 +139,50 @@ def encode(
     """
     check_rule(rule)
     check_encode(x, W_enc, b_enc, dead, b_pre)
-    n = W_enc.shape[1]
+    d, n = W_enc.shape
     if rule != "threshold":
         k = check_k(k, n, rule)
     elif threshold is None:
         raise ValueError("rule 'threshold' needs threshold= (a float or a [n_latents] tensor)")
-    tri = _triton_for(W_enc)
-    if tri is not None:
-        code, aux = tri.encode(x, W_enc, b_enc, rule, k, threshold, dead, k_aux, b_pre)
-        return Encoding(code, aux)
+    if _use_triton(W_enc):
+        from kernels import encode_triton
+
+        fused = encode_triton.fused_applies(x, rule, k, n)
+        aux_width = min(k_aux, n) if dead is not None and k_aux >= 1 else 0
+        key = ("encode", rule, d, n, k, aux_width, W_enc.dtype, fused, b_enc is not None, b_pre is not None,
+               W_enc.stride(0) == 1, _wants_grad(x, W_enc, b_enc, b_pre))
+
+        def check() -> str | None:
+            def difference(run) -> str | None:
+                return twin_compare.encode_difference(run, x, W_enc, b_enc, rule, k, threshold, dead, k_aux, b_pre)
+
+            return encode_triton.difference_on_every_route(difference, rule, k, threshold, dead, k_aux, fused)
+
+        name = (f"encode {rule!r} ({'fused matmul, ' if fused else ''}d={d}, n={n}, k={k}, AuxK width "
+                f"{aux_width}, {W_enc.dtype})")
+        if first_use.trusted(key, name, W_enc, check):
+            code, aux = encode_triton.encode(x, W_enc, b_enc, rule, k, threshold, dead, k_aux, b_pre)
+            return Encoding(code, aux)
     return encode_twin(x, W_enc, b_enc, rule, k, threshold, dead, k_aux, b_pre)
 
 
 def aux_select(pre: torch.Tensor, dead: torch.Tensor, k_aux: int, signed: bool = False) -> SparseCode | None:
-    """Each row's k_aux largest pre-activations among `dead` latents (by magnitude when signed); None when
-    k_aux < 1 or (torch twin) no latent is dead. Values are gathered from `pre`, so gradients reach it.
-    On Triton the width is min(k_aux, n) whatever the dead count (zero-valued padding), so no host sync."""
-    tri = _triton_for(pre)
-    if tri is None:
-        return aux_select_torch(pre, dead, k_aux, signed=signed)
+    """AuxK's code: each row's min(k_aux, n) largest pre-activations among the `dead` latents (by magnitude
+    when signed), ordered, zero-valued padding (at index 0) past the dead count; the same fixed width on both
+    paths, so the dead count never reaches the host. None when k_aux < 1. Values are gathered from `pre`, so
+    gradients reach it."""
     if k_aux < 1:
         return None
-    return tri.aux_select(pre, dead, k_aux, signed)
+    if _use_triton(pre):
+        from kernels import select_triton
+
+        n = pre.shape[1]
+        key = ("aux_select", signed, n, min(k_aux, n), pre.dtype)
+
+        def check() -> str | None:
+            return twin_compare.aux_difference(lambda p: select_triton.aux_select(p, dead, k_aux, signed), pre,
+                                               dead, k_aux, signed)
+
+        if first_use.trusted(key, f"AuxK select (n={n}, width {min(k_aux, n)}, {pre.dtype})", pre, check):
+            return select_triton.aux_select(pre, dead, k_aux, signed)
+    return aux_select_twin(pre, dead, k_aux, signed=signed)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-RULES = ("row", "abs", "batch", "threshold", "stat")
+from kernels.rules import RULES
 
 
 def check_rule(rule: str) -> None:
     if rule not in RULES:
-        raise ValueError(f"unknown selection rule {rule!r}; expected one of {RULES}")
+        raise ValueError(f"unknown selection rule {rule!r}; expected one of {tuple(RULES)}")
 
 
 def check_pre(pre: torch.Tensor) -> None:

@@ -25,3 +25,15 @@ class SparseCode(NamedTuple):
     def l0(self) -> torch.Tensor:
         """Active latents per row, [B]."""
         return (self.values != 0).sum(dim=-1)
+
+
+def code_from_mask(values: torch.Tensor, mask: torch.Tensor) -> SparseCode:
+    """Pack the entries of `values` [B, n] where `mask` holds into a code as wide as the fullest row, each row's
+    kept entries first (largest value first), zero-valued padding after."""
+    counts = mask.sum(dim=-1)
+    width = max(int(counts.max().item()), 1)
+    score = torch.where(mask, values, torch.full_like(values, float("-inf")))
+    top, indices = score.topk(width, dim=-1, sorted=True)
+    keep = torch.isfinite(top)
+    vals = torch.where(keep, values.gather(1, indices), torch.zeros_like(top))
+    return SparseCode(vals, indices)

@@ -1,11 +1,18 @@
-"""@triton.jit helpers shared by the Triton kernel modules."""
+"""What the Triton kernel modules share: @triton.jit helpers, output buffers, the interpreter switch."""
 
 from __future__ import annotations
+
+import math
+import os
 
 import torch
 import triton
 import triton.language as tl
 
+from kernels.code import SparseCode
+from kernels.rules import Rule
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # Triton's CPU interpreter (the tests): other blocks
 POISON = False  # tests set this: every output buffer starts as garbage, so an unwritten element shows
 
 
@@ -15,6 +22,33 @@ def empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
     if POISON:
         out.fill_(float("nan") if dtype.is_floating_point else -7777)
     return out
+
+
+def kernel_input(pre: torch.Tensor) -> torch.Tensor:
+    """pre as the selection kernels read it: contiguous float32, bfloat16 or float16."""
+    if pre.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"Triton select takes float32, bfloat16 or float16 pre-activations, got {pre.dtype}")
+    return pre.contiguous()
+
+
+def ordered_code(pre: torch.Tensor, idx: torch.Tensor, count: torch.Tensor | None, rule: Rule) -> SparseCode:
+    """The code of the columns `idx` [B, w] a kernel kept (each row's first `count` when given, the rest
+    padding): values read from pre (differentiable through torch) as the rule keeps them, padding zeroed at
+    index 0, each row ordered by the raw value (by magnitude for a magnitude key) descending, ties in place."""
+    width = idx.shape[1]
+    if count is not None:
+        valid = torch.arange(width, device=idx.device)[None, :] < count[:, None].long()
+        idx = torch.where(valid, idx, torch.zeros_like(idx))
+    raw = pre.gather(1, idx)
+    vals = rule.value(raw)
+    if count is not None:
+        vals = torch.where(valid, vals, torch.zeros_like(vals))
+    with torch.no_grad():  # order by the raw value (as torch.topk does), by magnitude for "abs"
+        score = raw.detach().float().abs() if rule.key == "magnitude" else raw.detach().float()
+        if count is not None:
+            score = torch.where(valid, score, torch.full_like(score, -math.inf))
+        order = score.argsort(dim=1, descending=True, stable=True)
+    return SparseCode(vals.gather(1, order), idx.gather(1, order))
 
 
 def key_shift(dtype: torch.dtype) -> int:

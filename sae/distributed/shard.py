@@ -18,9 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 import kernels
-from kernels import Encoding, SparseCode
-from kernels.encode_torch import pre_activations, with_gradient
-from kernels.select_torch import _mask_to_code
+from kernels import Encoding, SparseCode, code_from_mask, pre_activations, with_gradient
 from sae.distributed.comm import Communicator
 from sae.families import FAMILIES, TrainStep, get_family
 from sae.model import ForwardOutput, SparseAutoencoder
@@ -91,12 +89,18 @@ def _pack_rows(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, B: in
     return SparseCode(values, indices)
 
 
+def _rule(rule: str) -> kernels.Rule:
+    """The kernels rule whose key and values a shard rule takes: "abs-batch" (AbsTopK's batch variant) ranks
+    and keeps as "abs" does, over the batch."""
+    return kernels.RULES["abs" if rule.startswith("abs") else rule]
+
+
 def _score(v: torch.Tensor, rule: str) -> torch.Tensor:
-    return v.abs() if rule.startswith("abs") else v if rule == "row" else v.relu()
+    return _rule(rule).score(v)
 
 
 def _value(v: torch.Tensor, rule: str) -> torch.Tensor:
-    return v if rule.startswith("abs") else v.relu()
+    return _rule(rule).value(v)
 
 
 def select_sharded(pre: torch.Tensor, rule: str, k: int, lo: int, n: int) -> tuple[SparseCode, SparseCode]:
@@ -126,7 +130,7 @@ def select_sharded(pre: torch.Tensor, rule: str, k: int, lo: int, n: int) -> tup
     owned = (cols >= lo) & (cols < lo + n_r)
     mask = torch.zeros(B, n_r, dtype=torch.bool, device=pre.device)
     mask[rows[owned], cols[owned] - lo] = True
-    return _mask_to_code(_value(pre, rule), mask), _pack_rows(rows, cols, val, B)
+    return code_from_mask(_value(pre, rule), mask), _pack_rows(rows, cols, val, B)
 
 
 def sharded_forward(

@@ -8,7 +8,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import kernels
-from kernels.select_torch import select_abs, select_batch, select_row
+from kernels.batch_select_twin import select_batch
+from kernels.select_twin import select_abs, select_row
 from sae.distributed.shard import select_sharded
 
 RULES = {"row": select_row, "abs": select_abs, "batch": select_batch,

@@ -1,5 +1,5 @@
-"""Kernels v5 under the interpreter: BatchTopK's selection pruned by sub-block maxima (kernels/triton_batch.py),
-against the full-batch path (the same ties), the torch twin and float64; its fallbacks; the fused encoder."""
+"""BatchTopK on Triton under the interpreter: the selection pruned by sub-block maxima (kernels/batch_select_triton.py)
+against the full-batch bisection (the same ties), the torch twin and float64; its fallback; the fused encoder."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ import torch
 from helpers import DTYPES, encoder_case, rand, rel, spy
 
 import kernels
-from kernels import select_torch as S
-from kernels import triton_batch as tb
-from kernels import triton_tiles as tiles
-from kernels.triton_launches import batch_prune_fits, submax_width
+from kernels import batch_select_triton as tb
+from kernels import encode_matmul_triton, encode_triton, first_use
+from kernels import select_twin as S
+from kernels.blocks import batch_prune_fits, submax_width
+from kernels.submax_select_triton import submax
 
 
 def _pruned(pre: torch.Tensor, k: int):
     sub = submax_width(pre.shape[1], k)
-    return tb.select_from_submax(pre, tiles.submax(pre, 0, sub), k, sub)
+    return tb.select_from_submax(pre, submax(pre, 0, sub), k, sub)
 
 
 def _same(a: kernels.SparseCode, b: kernels.SparseCode) -> None:
@@ -31,8 +32,8 @@ def test_pruned_batch_is_the_full_path_exactly(tri, B, n, k, dtype):
     assert batch_prune_fits(n, k)
     pre = rand(B, n, dtype=dtype, seed=B + n, shift=-0.3)
     assert _pruned(pre, k) is not None
-    code = tri.select_batch(pre, k)
-    _same(code, tri._select_batch_full(pre, pre.detach(), k))
+    code = tb.select_batch(pre, k)
+    _same(code, tb.select_batch_bisected(pre, pre.detach(), k))
     flat = pre.double().relu().flatten()
     assert int(code.l0().sum()) == k * B
     assert (code.values.double()[code.values != 0] >= flat.topk(k * B).values[-1]).all()
@@ -47,8 +48,8 @@ def test_a_hot_row_takes_most_of_the_batch(tri):
     pre = rand(B, n, seed=9, shift=-0.5)
     pre[3] += 4.0
     assert _pruned(pre, k) is not None
-    code = tri.select_batch(pre, k)
-    _same(code, tri._select_batch_full(pre, pre, k))
+    code = tb.select_batch(pre, k)
+    _same(code, tb.select_batch_bisected(pre, pre, k))
     assert torch.equal(code.to_dense(n), S.select_batch(pre, k).to_dense(n))
     assert int(code.l0()[3]) == k * B
 
@@ -62,8 +63,8 @@ def test_ties_at_the_threshold_go_in_row_then_column_order(tri):
     pre.view(-1)[spots[:10]] = 2.0
     pre.view(-1)[spots[10:]] = 1.0
     assert _pruned(pre, k) is not None
-    code = tri.select_batch(pre, k)
-    _same(code, tri._select_batch_full(pre, pre, k))
+    code = tb.select_batch(pre, k)
+    _same(code, tb.select_batch_bisected(pre, pre, k))
     dense = code.to_dense(n).flatten()
     ties = spots[10:].sort().values
     assert (dense[spots[:10]] == 2.0).all()
@@ -75,26 +76,26 @@ def test_overflow_and_few_positives_fall_back_exactly(tri, monkeypatch):
     make the pruned path decline; the public selection then returns the full path's answer."""
     B, n, k = 16, 512, 2
     pre = rand(B, n, seed=13, shift=-0.3)
-    full = tri._select_batch_full(pre, pre, k)
+    full = tb.select_batch_bisected(pre, pre, k)
     for caps in ((20, 10_000), (10_000, 20)):  # at least total = 32 of each are listed: 20 is too few
         monkeypatch.setattr(tb, "batch_caps", lambda total, c=caps: c)
         assert _pruned(pre, k) is None
-        _same(tri.select_batch(pre, k), full)
+        _same(tb.select_batch(pre, k), full)
     monkeypatch.undo()
     few = -rand(B, n, seed=14).abs()
     few[2, 3], few[5, 100] = 0.5, 0.25
     assert _pruned(few, k) is None
-    code = tri.select_batch(few, k)
+    code = tb.select_batch(few, k)
     assert int(code.l0().sum()) == 2 and sorted(code.values[code.values != 0].tolist()) == [0.25, 0.5]
 
 
 def test_fused_batch_encode_matches_float64_and_the_twin(tri, monkeypatch):
     """BatchTopK on the fused matmul (forced for fp32) with b_pre: the twin's code, and the values and the
     gradients of W_enc, b_enc and b_pre against float64."""
-    monkeypatch.setattr(tri, "FUSED_FP32", True)
+    monkeypatch.setattr(encode_triton, "FUSED_FP32", True)
     B, d, n, k = 24, 20, 1024, 4
     x0, W0, b0, p0 = encoder_case(B, d, n)
-    calls = spy(monkeypatch, tiles, "gemm_submax")
+    calls = spy(monkeypatch, encode_matmul_triton, "gemm_submax")
     out = {}
     for backend in ("torch", "triton"):
         monkeypatch.setattr(kernels, "BACKEND", backend)
@@ -125,31 +126,35 @@ def test_values_carry_the_gradient_to_pre(tri):
     pre0 = rand(B, n, seed=21, shift=-0.3)
     assert _pruned(pre0, k) is not None
     pre = pre0.clone().requires_grad_()
-    code = tri.select_batch(pre, k)
+    code = tb.select_batch(pre, k)
     code.values.sum().backward()
     assert torch.equal(pre.grad, (code.to_dense(n) > 0).float())
-    _same(code, tri._select_batch_full(pre0, pre0, k))
+    _same(code, tb.select_batch_bisected(pre0, pre0, k))
 
 
 def test_a_failing_first_use_falls_back_for_good_with_a_warning(tri, monkeypatch):
-    """If the pruned path fails the first time it runs (its kernels not compiling with the installed Triton, say),
-    the call still returns the exact code through the full path, with a warning, and later calls skip it; once
-    it has worked, a failure is an error."""
+    """If the pruned path fails the first time it runs on a GPU (its kernels not compiling with the installed
+    Triton, say), the first-use check warns once and the call returns the twin's exact code; later calls skip the
+    Triton path. With the check off, the failure reaches the caller."""
     B, n, k = 16, 512, 2
     pre = rand(B, n, seed=31, shift=-0.3)
-    full = tri._select_batch_full(pre, pre, k)
+    twin = S.select_batch(pre, k)
     calls = []
 
     def broken(*a, **kw):
         calls.append(1)
         raise RuntimeError("no histogram here")
 
-    monkeypatch.setattr(tri, "_PRUNED_BATCH", None)
+    monkeypatch.setattr(kernels, "BACKEND", "auto")
+    monkeypatch.setattr(first_use, "on_cuda", lambda t: True)  # a stand-in GPU
+    monkeypatch.setattr(first_use, "_VERDICTS", {})
     monkeypatch.setattr(tb, "select_from_submax", broken)
-    with pytest.warns(RuntimeWarning, match="pruned selection failed on its first use.*no histogram here"):
-        _same(tri.select_batch(pre, k), full)
-    _same(tri.select_batch(pre, k), full)
+    with pytest.warns(RuntimeWarning, match="select 'batch' .*first-use check.*no histogram here") as seen:
+        _same(kernels.select(pre, "batch", k=k), twin)
+    assert len(seen) == 1
+    _same(kernels.select(pre, "batch", k=k), twin)
     assert len(calls) == 1
-    monkeypatch.setattr(tri, "_PRUNED_BATCH", True)
+    monkeypatch.setattr(first_use, "CHECK", "0")
+    monkeypatch.setattr(first_use, "_VERDICTS", {})
     with pytest.raises(RuntimeError, match="no histogram here"):
-        tri.select_batch(pre, k)
+        kernels.select(pre, "batch", k=k)

@@ -7,8 +7,8 @@ import torch
 from helpers import DTYPES, TOL, rand, rel
 
 import kernels
-from kernels import SparseCode
-from kernels.decode_torch import decode_torch
+from kernels import SparseCode, decode_triton
+from kernels.decode_twin import decode_twin
 
 FLOOR = {torch.float32: 1e-6, torch.bfloat16: 2 ** -7}
 
@@ -44,7 +44,7 @@ def test_decode_fwd_bwd(tri, B, n, w, d, dtype, dup):
 
     v = code.values.clone().requires_grad_()
     W = W_dec.clone().requires_grad_()
-    out = tri.decode(SparseCode(v, code.indices), W, b_dec)
+    out = decode_triton.decode(SparseCode(v, code.indices), W, b_dec)
     (out.double() * R).sum().backward()
     assert out.dtype == dtype and v.grad.dtype == dtype and W.grad.dtype == dtype
     assert rel(out, ref_out) <= TOL[dtype]
@@ -57,7 +57,7 @@ def test_decode_fwd_bwd(tri, B, n, w, d, dtype, dup):
     # no worse than twice the twin in the same dtype
     v2 = code.values.clone().requires_grad_()
     W2 = W_dec.clone().requires_grad_()
-    out2 = decode_torch(SparseCode(v2, code.indices), W2, b_dec)
+    out2 = decode_twin(SparseCode(v2, code.indices), W2, b_dec)
     (out2.double() * R).sum().backward()
     for ours, twin, ref in ((out, out2, ref_out), (v.grad, v2.grad, ref_gv), (W.grad, W2.grad, ref_gW)):
         if B >= 32:  # on a handful of elements the comparison is rounding luck
@@ -72,5 +72,5 @@ def test_decode_public_dispatch_and_noncontiguous(tri, monkeypatch):
     sliced = SparseCode(code.values[:, :4], code.indices[:, :4])  # a nested prefix: non-contiguous
     assert not sliced.values.is_contiguous()
     part = kernels.decode(sliced, W)
-    assert rel(part, decode_torch(SparseCode(sliced.values.contiguous(), sliced.indices.contiguous()), W)) < 1e-6
-    assert rel(full, decode_torch(code, W)) < 1e-6
+    assert rel(part, decode_twin(SparseCode(sliced.values.contiguous(), sliced.indices.contiguous()), W)) < 1e-6
+    assert rel(full, decode_twin(code, W)) < 1e-6

@@ -7,7 +7,7 @@ import torch
 from helpers import rand, rel
 
 import kernels
-from kernels.select_torch import select_by_rule
+from kernels.select_twin import select_by_rule
 
 RULES = ["row", "abs", "batch", "threshold", "stat"]
 
@@ -94,7 +94,7 @@ def test_no_grad_inputs_give_detached_codes():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_scatter_rows_is_the_index_add_of_rank_one_rows(dtype):
     """Both ways of forming grad W_enc (embedding_bag over sorted entries; chunked index-add) against a loop."""
-    from kernels.encode_torch import _scatter_rows
+    from kernels.encode_twin import _scatter_rows
 
     B, m, d, n = 30, 5, 7, 40
     idx = torch.randint(0, n, (B, m), generator=torch.Generator().manual_seed(0))
@@ -109,7 +109,7 @@ def test_scatter_rows_is_the_index_add_of_rank_one_rows(dtype):
 
 @pytest.mark.parametrize("shape", [(1537, 24), (24, 1537), (512, 8), (3, 5)])
 def test_blocked_transpose_is_the_transpose(shape):
-    from kernels.encode_torch import _transposed
+    from kernels.encode_twin import _transposed
 
     t = torch.randn(*shape, dtype=torch.float64)
     out = _transposed(t)

@@ -1,5 +1,5 @@
-"""Kernels v4 under the interpreter: the encoder matmul with sub-block maxima in its epilogue, the selection
-pruned by those maxima (and its fallback), b_pre's gradient as a matrix-vector product, and the decode fused
+"""The fused paths under the interpreter: the encoder matmul with sub-block maxima in its epilogue, the row
+selection read off those maxima (and its fallback), b_pre's gradient folded into W_enc's, and the decode fused
 with the squared error; each against float64 and the torch twin."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ import torch
 from helpers import DTYPES, TOL, check_topk_valid, encoder_case, rand, rel, spy
 
 import kernels
-from kernels import triton_tiles as tiles
-from kernels.triton_launches import submax_width, tile_select_caps, tile_select_fits
+from kernels import encode_matmul_triton, encode_triton
+from kernels import submax_select_triton as maxima
+from kernels.blocks import submax_width, tile_select_caps, tile_select_fits
 
 
 def _submax_ref(pre: torch.Tensor, sub: int, mode: int) -> torch.Tensor:
@@ -30,7 +31,7 @@ def test_gemm_submax_matches_float64(tri, B, d, n, sub, bias, layout, mode):
     x = rand(B, d, seed=1)
     W = rand(n, d, seed=2).t() if layout == "column-major" else rand(d, n, seed=2)
     b = rand(n, seed=3) if bias else None
-    pre, smax = tiles.gemm_submax(x, W, b, mode, sub)
+    pre, smax = encode_matmul_triton.gemm_submax(x, W, b, mode, sub)
     ref = x.double() @ W.double() + (b.double() if bias else 0)
     assert rel(pre, ref) < 1e-6
     assert torch.equal(smax.float(), _submax_ref(pre, sub, mode))
@@ -42,9 +43,9 @@ def test_gemm_submax_matches_float64(tri, B, d, n, sub, bias, layout, mode):
 def test_select_from_submax_is_the_exact_topk(tri, B, n, k, mode, dtype):
     pre = rand(B, n, dtype=dtype, seed=n + k)
     sub = submax_width(n, k)
-    smax = tiles.submax(pre, mode, sub)
+    smax = maxima.submax(pre, mode, sub)
     assert torch.equal(smax.float(), _submax_ref(pre, sub, mode))
-    idx, val, flag = tiles.select_from_submax(pre, smax, k, mode, sub)
+    idx, val, flag = maxima.select_from_submax(pre, smax, k, mode, sub)
     assert (flag == 0).all()  # random rows never overflow the buffers
     code = kernels.SparseCode(val.relu() if mode == 0 else val, idx)
     check_topk_valid(pre, code, k, by_abs=mode == 1)
@@ -66,10 +67,10 @@ def test_rows_that_overflow_the_buffers_fall_back_exactly(tri, mode):
     pre[1, : (cap // sub + 2) * sub] = 5.0 + torch.arange((cap // sub + 2) * sub) * 1e-3  # > C entries at >= t
     if mode == 1:
         pre[1, :4] *= -1  # the magnitudes decide
-    smax = tiles.submax(pre, mode, sub)
-    _, _, flag = tiles.select_from_submax(pre, smax, k, mode, sub)
+    smax = maxima.submax(pre, mode, sub)
+    _, _, flag = maxima.select_from_submax(pre, smax, k, mode, sub)
     assert flag.tolist() == [1, 1, 0]
-    idx, raw = tri.topk_by_tiles(pre, k, mode)
+    idx, raw = maxima.topk_from_submax(pre, k, mode)
     code = kernels.SparseCode(raw.relu() if mode == 0 else raw, idx)
     check_topk_valid(pre, code, k, by_abs=mode == 1)
     assert torch.equal(idx[0], torch.arange(k))  # ties go to the lowest columns, as in torch's order
@@ -79,8 +80,8 @@ def test_rows_that_overflow_the_buffers_fall_back_exactly(tri, mode):
 def test_public_select_takes_the_tile_path_where_it_fits(tri, monkeypatch):
     monkeypatch.setattr(kernels, "BACKEND", "triton")
     calls = []
-    real = tiles.select_from_submax
-    monkeypatch.setattr(tiles, "select_from_submax", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = maxima.select_from_submax
+    monkeypatch.setattr(maxima, "select_from_submax", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     for n, k, expect in ((2048, 8, True), (300, 8, False)):
         calls.clear()
         pre = rand(6, n, seed=n)
@@ -102,12 +103,12 @@ def _encode_grads(x0, W0, b0, p0, rule, k, R, want_x):
 def test_fused_encode_with_b_pre_matches_float64_and_the_twin(tri, monkeypatch, rule, want_x):
     """The Triton encoder on the fused path (forced for fp32) and the twin, with b_pre: values and the gradients
     of W_enc, b_enc and b_pre (as -W_enc @ b_enc's gradient when x needs none, else through x's) in float64."""
-    monkeypatch.setattr(tri, "FUSED_FP32", True)
+    monkeypatch.setattr(encode_triton, "FUSED_FP32", True)
     B, d, n, k = 24, 20, 2048, 8
     assert tile_select_fits(n, k)
     x0, W0, b0, p0 = encoder_case(B, d, n)
     R = rand(B, k, dtype=torch.float64, seed=44)
-    calls = spy(monkeypatch, tiles, "gemm_submax")
+    calls = spy(monkeypatch, encode_matmul_triton, "gemm_submax")
     out = {}
     for backend in ("torch", "triton"):
         monkeypatch.setattr(kernels, "BACKEND", backend)
@@ -147,12 +148,12 @@ def test_decode_sse_matches_float64(tri, monkeypatch, dtype, extra_use, chunked)
     loss also reads x_hat directly, so the backward gets an x_hat gradient beside the sse's. chunked: an L2
     budget small enough to cut d = 150 into column chunks of 64, 64 and 22 (each chunk's part of the values'
     gradient summed; 19 tokens x 6 gather each of the 40 rows 2.9 times on average)."""
-    from kernels import triton_gather
+    from kernels import decode_triton
 
     if chunked:
-        monkeypatch.setattr(triton_gather, "L2_BUDGET", 40 * 64 * 4)
-        assert triton_gather.decode_chunk(40, 150, 4, 64, 19 * 6, triton_gather.L2_BUDGET) == 64
-        assert triton_gather.decode_chunk(40, 150, 4, 64, 40, triton_gather.L2_BUDGET) == 150  # rows read once
+        monkeypatch.setattr(decode_triton, "L2_BUDGET", 40 * 64 * 4)
+        assert decode_triton.decode_chunk(40, 150, 4, 64, 19 * 6, decode_triton.L2_BUDGET) == 64
+        assert decode_triton.decode_chunk(40, 150, 4, 64, 40, decode_triton.L2_BUDGET) == 150  # rows read once
     vals0, idx, W0, b0, x0 = _decode_case(dtype, n=40, d=150) if chunked else _decode_case(dtype)
     R = rand(*x0.shape, dtype=torch.float64, seed=60)
     out = {}
@@ -195,7 +196,7 @@ def test_model_forward_uses_the_fused_decode(tri, monkeypatch):
 
 
 def test_sorted_pairs_are_shared_until_the_indices_change(tri):
-    from kernels.triton_gather import sorted_pairs
+    from kernels.weight_grad_triton import sorted_pairs
 
     idx = torch.randint(0, 50, (8, 4))
     a = sorted_pairs(idx, 50)

@@ -1,4 +1,4 @@
-"""The encoder matmul's two routes (kernels/triton_matmul.py): fused Triton epilogue or cuBLAS + a maxima pass give
+"""The encoder matmul's two routes (kernels/encode_matmul_triton.py): fused Triton epilogue or cuBLAS + a maxima pass give
 the same code and gradients; the route is timed once per shape and remembered; a bad route name is refused."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import torch
 from helpers import rand, rel
 
 import kernels
-from kernels import triton_matmul as tm
-from kernels import triton_tiles as tiles
+from kernels import encode_matmul_triton as tm
+from kernels import encode_triton
 
 
 def _encode(rule: str, k: int):
@@ -26,7 +26,7 @@ def _encode(rule: str, k: int):
 
 @pytest.mark.parametrize("rule,k", [("row", 8), ("abs", 8), ("batch", 4)])
 def test_both_routes_give_the_same_code_and_gradients(tri, monkeypatch, rule, k):
-    monkeypatch.setattr(tri, "FUSED_FP32", True)
+    monkeypatch.setattr(encode_triton, "FUSED_FP32", True)
     monkeypatch.setattr(kernels, "BACKEND", "triton")
     calls = []
     for name, fn in tm.ROUTES.items():
@@ -59,7 +59,7 @@ def test_auto_off_cuda_takes_the_fused_route_untimed(tri, monkeypatch):
     monkeypatch.setattr(tm, "_time_ms", lambda run: pytest.fail("timed off CUDA"))
     x, W = rand(8, 20, seed=1), rand(20, 300, seed=2)
     pre, smax = tm.matmul_with_maxima(x, W, None, 0, 16)
-    ref_pre, ref_smax = tiles.gemm_submax(x, W, None, 0, 16)
+    ref_pre, ref_smax = tm.gemm_submax(x, W, None, 0, 16)
     assert torch.equal(pre, ref_pre) and torch.equal(smax, ref_smax)
 
 

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from kernels.code import SparseCode
-from kernels.decode_torch import decode_torch
-from kernels.select_torch import select_abs, select_by_rule, select_row
+from kernels.decode_twin import decode_twin
+from kernels.rules import RULES, aux_rule
+from kernels.select_twin import select_by_rule
 
 # rank-one rows materialised at once by the W_enc gradient's index-add (bounds its memory to ~32 MB in fp32)
 _INDEX_ADD_ELEMENTS = 1 << 23
@@ -27,16 +28,19 @@ class Encoding(NamedTuple):
 
 
 def aux_select(pre: torch.Tensor, dead: torch.Tensor, k_aux: int, signed: bool = False) -> SparseCode | None:
-    """Each row's k_aux largest pre-activations among dead latents (by magnitude when signed)."""
-    n_dead = int(dead.sum().item())
-    if n_dead == 0 or k_aux < 1:
+    """AuxK's code: each row's min(k_aux, n) largest entries among the dead latents (by magnitude when signed),
+    ordered; past the dead count, zero-valued padding at index 0. Fixed width, so the dead count never reaches
+    the host (the Triton path returns the same). None when k_aux < 1."""
+    if k_aux < 1:
         return None
-    k_aux = min(k_aux, n_dead)
-    fill = torch.finfo(pre.dtype).min
-    if signed:
-        masked = torch.where(dead, pre, torch.zeros_like(pre))
-        return select_abs(masked, k_aux)
-    return select_row(torch.where(dead, pre, torch.full_like(pre, fill)), k_aux)
+    rule = aux_rule(signed)
+    width = min(k_aux, pre.shape[1])
+    score = rule.score(pre).masked_fill(~dead, float("-inf"))
+    indices = score.topk(width, dim=-1, sorted=True).indices
+    live = torch.arange(width, device=pre.device) < dead.sum()  # [width]: the first min(dead, width) are real
+    indices = torch.where(live, indices, torch.zeros_like(indices))
+    values = rule.value(pre.gather(1, indices))
+    return SparseCode(torch.where(live, values, torch.zeros_like(values)), indices)
 
 
 def _scatter_rows(idx: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, n: int) -> torch.Tensor:
@@ -94,7 +98,7 @@ class _GatherPre(torch.autograd.Function):
         want_x, want_w, want_b, want_pre = ctx.needs_input_grad[:4]
         gx = gW = gb = gp = None
         if want_x:
-            gx = decode_torch(SparseCode(grad, idx), W_enc.t().contiguous())
+            gx = decode_twin(SparseCode(grad, idx), W_enc.t().contiguous())
         if want_w:
             gW = _transposed(_scatter_rows(idx, grad, x_in, n))  # W_enc's own layout: no copy when accumulated
         if want_b or (want_pre and gx is None):
@@ -156,10 +160,10 @@ def encode_twin(
     `_GatherPre` so gradients reach x, W_enc, b_enc and b_pre only at the main and AuxK entries."""
     pre = pre_activations(x, W_enc, b_enc, b_pre)
     code = select_by_rule(pre, rule, k, threshold)
-    signed = rule == "abs"
-    aux = aux_select(pre, dead, k_aux, signed=signed) if dead is not None else None
+    main = RULES[rule]
+    aux = aux_select(pre, dead, k_aux, signed=main.aux.signed) if dead is not None else None
     params = [t for t in (x, W_enc, b_enc, b_pre) if t is not None]
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in params)):
         return Encoding(code, aux)
-    return with_gradient(x, W_enc, b_enc, pre, Encoding(code, aux), relu=rule in ("row", "batch"),
-                         aux_relu=not signed, b_pre=b_pre)
+    return with_gradient(x, W_enc, b_enc, pre, Encoding(code, aux), relu=not main.signed,
+                         aux_relu=not main.aux.signed, b_pre=b_pre)

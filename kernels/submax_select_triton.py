@@ -1,4 +1,4 @@
-"""Top-k selection pruned by sub-block maxima (kernels v4): exact, one read of the pre-activations or none.
+"""The exact top-k of each row read off its sub-block maxima: the row rules' path (TopK, AbsTopK) on Triton.
 
 Each row of the [B, n] pre-activations is cut into sub-blocks of SUB columns and only their maxima are kept
 ([B, n / SUB], in pre's dtype). If t is the k-th largest of a row's maxima, at least k entries of the row are >= t (one
@@ -6,81 +6,23 @@ in each of those k sub-blocks), so the row's k-th largest entry is >= t, and eve
 sub-block whose maximum is >= t. The selection therefore reads the maxima, lists the (about k) sub-blocks at or
 above t, reads just those, and finds the exact top k among their entries >= t (about k of them): no carried
 state, no statistics, exact by construction. Rows whose lists overflow the fixed buffers (ties among the maxima,
-or entries bunched in few sub-blocks) are flagged on the device and redone by the full-row bisection.
+or entries bunched in few sub-blocks) are flagged on the device and redone by the bisection (fallback_triton).
 
-The maxima come for free from the encoder: `_gemm_submax_kernel` is the x @ W_enc + b_enc matmul whose epilogue
-writes the sub-block maxima beside `pre` (about five instructions per element, read off the sm_90 binary), so
-the pre-activations are written once and never re-read in full. `kernels.select` on a given `pre` (and AuxK,
-over the dead columns only) computes them in one read pass (`_submax_kernel`).
+The maxima come for free from the encoder (encode_matmul_triton: the matmul's epilogue writes them beside `pre`);
+`kernels.select` on a given `pre` computes them in one read pass (`_submax_kernel`).
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_common import key_shift as _shift
-from kernels.triton_common import order_key, to_storage
-from kernels.triton_launches import SELECT_WARPS, gemm_blocks, submax_width, tile_select_caps, tile_select_fits
+from kernels.blocks import SELECT_WARPS, p2, submax_width, tile_select_caps
+from kernels.fallback_triton import bisect_rows
+from kernels.triton_common import INTERPRET, key_shift, order_key
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _I32_MIN = tl.constexpr(-2147483648)
-
-
-@triton.jit
-def _gemm_submax_kernel(x_ptr, w_ptr, bias_ptr, pre_ptr, smax_ptr, B, n, d, s_wd, s_wn, T,
-                        MODE: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, SUB: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                        WITH_SUBMAX: tl.constexpr = True):
-    """pre = x @ W (+ bias) for one [BLOCK_M, BLOCK_N] tile (x [B, d] row-major, W by strides), written in pre's
-    dtype; the epilogue also writes the maximum of each SUB columns of each row (of |pre| for MODE 1) as
-    rounded to pre's dtype, into smax [B, T] (same dtype: exact). Grouped tile order keeps a band of W's columns in
-    L2. WITH_SUBMAX=False is the plain matmul: the cost model's baseline for what the epilogue adds."""
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(B, BLOCK_M)
-    num_n = tl.cdiv(n, BLOCK_N)
-    group = GROUP_M * num_n
-    first_m = (pid // group) * GROUP_M
-    gsize = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group) % gsize
-    pid_n = (pid % group) // gsize
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    mm = rm < B
-    nm = rn < n
-    xp = x_ptr + rm[:, None].to(tl.int64) * d + rk[None, :]
-    wp = w_ptr + rk[:, None].to(tl.int64) * s_wd + rn[None, :].to(tl.int64) * s_wn
-    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k0 in range(0, d, BLOCK_K):
-        km = (k0 + rk) < d
-        a = tl.load(xp, mask=mm[:, None] & km[None, :], other=0.0)
-        b = tl.load(wp, mask=km[:, None] & nm[None, :], other=0.0)
-        if IEEE:
-            acc = tl.dot(a, b, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, b, acc)
-        xp += BLOCK_K
-        wp += BLOCK_K * s_wd
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + rn, mask=nm, other=0.0).to(tl.float32)[None, :]
-    m2 = mm[:, None] & nm[None, :]
-    out = to_storage(acc, pre_ptr.dtype.element_ty)
-    tl.store(pre_ptr + rm[:, None].to(tl.int64) * n + rn[None, :], out, mask=m2)
-    if not WITH_SUBMAX:
-        return
-    v = out.to(tl.float32)
-    if MODE == 1:
-        v = tl.abs(v)
-    v = tl.where(m2, v, float("-inf"))
-    mx = tl.max(tl.reshape(v, [BLOCK_M, BLOCK_N // SUB, SUB]), axis=2)
-    sc = pid_n * (BLOCK_N // SUB) + tl.arange(0, BLOCK_N // SUB)
-    tl.store(smax_ptr + rm[:, None].to(tl.int64) * T + sc[None, :], mx.to(smax_ptr.dtype.element_ty),
-             mask=mm[:, None] & (sc < T)[None, :])
-
 
 @triton.jit
 def _submax_kernel(pre_ptr, smax_ptr, B, n, stride_b, T, MODE: tl.constexpr, SUB: tl.constexpr,
@@ -150,11 +92,11 @@ def _rank_desc(keys, cols, live):
 
 
 @triton.jit
-def _select_tiles_kernel(pre_ptr, smax_ptr, t1_ptr, k1_ptr, tid_ptr, hkey_ptr, hcol_ptr, kkey_ptr, kcol_ptr,
-                         idx_ptr, val_ptr, flag_ptr, B, n, stride_b, T, k,
-                         MODE: tl.constexpr, SHIFT: tl.constexpr, SUB: tl.constexpr, TP: tl.constexpr,
-                         G: tl.constexpr, T1CAP: tl.constexpr, TCAP: tl.constexpr, C: tl.constexpr,
-                         KP: tl.constexpr, BLOCK_B: tl.constexpr):
+def _select_from_maxima_kernel(pre_ptr, smax_ptr, t1_ptr, k1_ptr, tid_ptr, hkey_ptr, hcol_ptr, kkey_ptr,
+                               kcol_ptr, idx_ptr, val_ptr, flag_ptr, B, n, stride_b, T, k,
+                               MODE: tl.constexpr, SHIFT: tl.constexpr, SUB: tl.constexpr, TP: tl.constexpr,
+                               G: tl.constexpr, T1CAP: tl.constexpr, TCAP: tl.constexpr, C: tl.constexpr,
+                               KP: tl.constexpr, BLOCK_B: tl.constexpr):
     """Exact top-k per row from its sub-block maxima (see the module docstring): idx [B, k] (int64) and the raw
     values val [B, k], ordered by key descending, ties by column; flag[b] = 1 for a row left to the fallback
     (a buffer overflowed: more than T1CAP maxima at or above the first bound, more than TCAP sub-blocks at or
@@ -241,39 +183,12 @@ def _order_rows_kernel(pre_ptr, idx_ptr, val_ptr, active_ptr, B, stride_b, k,
     tl.store(val_ptr + r64[:, None] * k + rank, raw, mask=km)
 
 
-def _p2(x: int) -> int:
-    return triton.next_power_of_2(max(int(x), 1))
-
-
-def gemm_submax(x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, mode: int, sub: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pre [B, n] and its sub-block maxima [B, ceil(n / sub)], both in x's dtype) from one fused matmul.
-    x [B, d] contiguous; W [d, n] row- or column-major. fp32 inputs multiply in IEEE fp32 (as torch does with
-    TF32 off), 16-bit ones on the tensor cores."""
-    B, d = x.shape
-    n = W.shape[1]
-    T = triton.cdiv(n, sub)
-    pre = torch.empty((B, n), dtype=x.dtype, device=x.device)
-    if INTERPRET and x.dtype != torch.float32:  # the interpreter's 16-bit tl.dot is wrong: multiply in fp32 there
-        x, W, bias = x.float(), W.float(), bias.float() if bias is not None else None
-    smax = torch.empty((B, T), dtype=x.dtype, device=x.device)
-    BM, BN, BK, GM, nw, stages = gemm_blocks(d, n, x.dtype, interpret=INTERPRET)
-    if BN % sub:
-        raise ValueError(f"sub-block width {sub} must divide the matmul's column tile {BN}")
-    grid = (triton.cdiv(B, BM) * triton.cdiv(n, BN),)
-    kw = {} if INTERPRET else {"num_stages": stages}
-    _gemm_submax_kernel[grid](x, W, bias if bias is not None else x, pre, smax, B, n, d, W.stride(0), W.stride(1),
-                              T, MODE=mode, HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32, SUB=sub,
-                              BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, GROUP_M=GM, num_warps=nw, **kw)
-    return pre, smax
-
-
 def submax(pre: torch.Tensor, mode: int, sub: int) -> torch.Tensor:
     """Sub-block maxima [B, ceil(n / sub)] (pre's dtype: exact) of pre (|pre| for mode 1) in one read."""
     B, n = pre.shape
     T = triton.cdiv(n, sub)
     smax = torch.empty((B, T), dtype=pre.dtype, device=pre.device)
-    BB, BN = (min(_p2(B), 64), max(sub, min(_p2(n), 1024))) if INTERPRET else (2, max(sub, min(_p2(n), 512)))
+    BB, BN = (min(p2(B), 64), max(sub, min(p2(n), 1024))) if INTERPRET else (2, max(sub, min(p2(n), 512)))
     _submax_kernel[(triton.cdiv(B, BB),)](pre, smax, B, n, pre.stride(0), T, MODE=mode, SUB=sub, BLOCK_B=BB,
                                           BLOCK_N=BN, num_warps=4)
     return smax
@@ -286,9 +201,9 @@ def select_from_submax(pre: torch.Tensor, smax: torch.Tensor, k: int, mode: int,
     B, n = pre.shape
     T = smax.shape[1]
     t1cap, tcap, C = tile_select_caps(k)
-    KP = _p2(k)
+    KP = p2(k)
     dev = pre.device
-    BB = min(_p2(B), 16) if INTERPRET else 1
+    BB = min(p2(B), 16) if INTERPRET else 1
     t1 = torch.empty((B, t1cap), dtype=torch.int32, device=dev)
     k1 = torch.empty((B, t1cap), dtype=torch.int32, device=dev)
     tid = torch.empty((B, tcap), dtype=torch.int32, device=dev)
@@ -299,9 +214,9 @@ def select_from_submax(pre: torch.Tensor, smax: torch.Tensor, k: int, mode: int,
     idx = torch.empty((B, k), dtype=torch.int64, device=dev)
     val = torch.empty((B, k), dtype=pre.dtype, device=dev)
     flag = torch.empty((B,), dtype=torch.int32, device=dev)
-    _select_tiles_kernel[(triton.cdiv(B, BB),)](
+    _select_from_maxima_kernel[(triton.cdiv(B, BB),)](
         pre, smax, t1, k1, tid, hkey, hcol, kkey, kcol, idx, val, flag, B, n, pre.stride(0), T, k, MODE=mode,
-        SHIFT=_shift(pre.dtype), SUB=sub, TP=_p2(T), G=KP, T1CAP=t1cap, TCAP=tcap, C=C, KP=KP, BLOCK_B=BB,
+        SHIFT=key_shift(pre.dtype), SUB=sub, TP=p2(T), G=KP, T1CAP=t1cap, TCAP=tcap, C=C, KP=KP, BLOCK_B=BB,
         num_warps=SELECT_WARPS)
     return idx, val, flag
 
@@ -310,9 +225,20 @@ def order_rows(pre: torch.Tensor, idx: torch.Tensor, val: torch.Tensor, active: 
                ) -> None:
     """Reorder (in place) the rows flagged in `active` by key, writing their raw values into val."""
     B = pre.shape[0]
-    BB = min(_p2(B), 16) if INTERPRET else 1
+    BB = min(p2(B), 16) if INTERPRET else 1
     _order_rows_kernel[(triton.cdiv(B, BB),)](pre, idx, val, active, B, pre.stride(0), k, MODE=mode,
-                                              SHIFT=_shift(pre.dtype), KP=_p2(k), BLOCK_B=BB, num_warps=4)
+                                              SHIFT=key_shift(pre.dtype), KP=p2(k), BLOCK_B=BB, num_warps=4)
 
 
-__all__ = ["gemm_submax", "submax", "select_from_submax", "order_rows", "submax_width", "tile_select_fits"]
+def topk_from_submax(pre: torch.Tensor, k: int, mode: int, smax: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices [B, k], raw values [B, k]) of each row's top k by key MODE, ordered by key descending (ties by
+    column), read off the sub-block maxima (`smax`, from the fused encoder matmul, or one read pass here). Rows
+    the pruning flags (overflowing its buffers) take the bisection and are ordered on the device: no sync."""
+    sub = submax_width(pre.shape[1], k)
+    if smax is None:
+        smax = submax(pre, mode, sub)
+    idx, raw, flag = select_from_submax(pre, smax, k, mode, sub)
+    bisect_rows(pre, k, mode, active=flag, out=idx)
+    order_rows(pre, idx, raw, flag, k, mode)
+    return idx, raw

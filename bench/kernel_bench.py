@@ -1,14 +1,16 @@
 #!/usr/bin/env python
 """Kernel benchmark: correctness at full size, then timings against the encoder matmul and the peers.
 
-One call on a GPU machine:   python bench/kernels.py --out $OUT
-CPU smoke (tiny sizes, Triton's interpreter, wall-clock timer):   python bench/kernels.py --smoke --out /tmp/x
+One call on a GPU machine:   python bench/kernel_bench.py --out $OUT
+CPU smoke (tiny sizes, Triton's interpreter, wall-clock timer):   python bench/kernel_bench.py --smoke --out /tmp/x
 
 For each family (TopK = rule "row", AbsTopK = "abs", BatchTopK = "batch") and size (d, n, k, B) it checks our
 encode + decode against a float64 computation at the kernel's own indices (three runs, largest difference), then
 times with triton.testing.do_bench medians, in the same run: the encoder matmul alone, torch.topk alone, our
 select alone, the naive dense step, torch topk + gather decode, sparsify's fused encoder + decoder (when the
-eai-sparsify wheel is installed), and ours (fwd+bwd), plus our full training step with fused Adam.
+eai-sparsify wheel is installed), and ours (fwd+bwd; and with AuxK beside the main code, as training runs it), plus
+our full training step with fused Adam. A Triton path that fails its first-use check (kernels/first_use.py) runs on
+the torch twin: the run names it (META's first_use_fallbacks), since its timings are then the twin's.
 Writes <out>/<date>-<device>.json (a row per family and size, with ratio_to_gemm) and prints the table.
 Needs only torch and triton (and optionally sparsify).
 """
@@ -31,6 +33,7 @@ FULL_SIZES = [(768, 24576, 32, 4096), (768, 131072, 32, 4096), (2304, 65536, 64,
 SMOKE_SIZES = [(16, 300, 4, 64), (24, 520, 8, 33), (32, 2048, 8, 64)]  # the last takes the v4 fused path
 FAMILIES = {"topk": "row", "abstopk": "abs", "batchtopk": "batch"}
 BAR = {"topk": 1.5, "abstopk": 1.7, "batchtopk": 1.7}
+K_AUX = 256  # AuxK's width in the training step (TrainConfig's default), a quarter of the latents dead
 
 
 def parse() -> argparse.Namespace:
@@ -173,17 +176,32 @@ def step_ours(P: Problem, rule: str):
     return run
 
 
+def step_ours_auxk(P: Problem, rule: str):
+    """Our training step's kernels with AuxK beside the main code (every fourth latent dead: the AuxK code is
+    full), the AuxK loss as the model computes it: the dead latents reconstruct the detached residual."""
+    dead = torch.arange(P.n, device=DEV) % 4 == 0
+
+    def run():
+        P.zero()
+        enc = kernels.encode(P.x, P.W_enc, P.b_enc, rule, k=P.k, b_pre=P.b_dec, dead=dead, k_aux=K_AUX)
+        x_hat, sse = kernels.decode_sse(enc.code, P.W_dec, P.b_dec, P.x)
+        e = (P.x - x_hat).detach()
+        aux = (e - kernels.decode(enc.aux, P.W_dec)).float().pow(2).sum() / e.float().var(0).sum().clamp_min(1e-12)
+        (sse + aux / 32).backward()
+    return run
+
+
 def matmul_fused(P: Problem, rule: str):
     """Our Triton encoder matmul with the sub-block maxima epilogue alone (None where the rule does not use it)."""
-    from kernels import triton_tiles
-    from kernels.triton_launches import batch_prune_fits, submax_width, tile_select_fits
+    from kernels.blocks import batch_prune_fits, submax_width, tile_select_fits
+    from kernels.encode_matmul_triton import gemm_submax
 
     fits = batch_prune_fits(P.n, P.k) if rule == "batch" else rule in ("row", "abs") and tile_select_fits(P.n, P.k)
     if not fits:
         return None
     x_in = P.x - P.b_dec
     sub = submax_width(P.n, P.k)
-    return lambda: triton_tiles.gemm_submax(x_in, P.W_enc.detach(), P.b_enc.detach(), int(rule == "abs"), sub)
+    return lambda: gemm_submax(x_in, P.W_enc.detach(), P.b_enc.detach(), int(rule == "abs"), sub)
 
 
 def _torch_select(pre, rule, k):
@@ -222,7 +240,7 @@ def step_topk_gather(P: Problem, rule: str):
         P.zero()
         pre = (P.x - P.b_dec) @ P.W_enc + P.b_enc
         if rule == "batch":
-            from kernels.select_torch import select_batch
+            from kernels.batch_select_twin import select_batch
 
             v, i = select_batch(pre, P.k)
         else:
@@ -277,8 +295,9 @@ def _grads(P: Problem, x_hat, loss) -> dict:
 
 def check(P: Problem, rule: str, rows: int) -> dict:
     """Ours and the naive dense torch step (same dtype) against float64 at each one's own indices."""
+    from kernels.batch_select_twin import select_batch
     from kernels.code import SparseCode
-    from kernels.select_torch import select_abs, select_batch, select_row
+    from kernels.select_twin import select_abs, select_row
 
     B = min(rows, P.B)
     x = P.x[:B]
@@ -358,7 +377,8 @@ def main() -> int:
             ms["matmul_fused_triton"] = bench(fused) if fused is not None else None
             mem = {}
             steps = {"naive_dense": step_naive(P, rule), "topk_gather": step_topk_gather(P, rule),
-                     "sparsify": step_sparsify(P, rule), "ours": step_ours(P, rule)}
+                     "sparsify": step_sparsify(P, rule), "ours": step_ours(P, rule),
+                     "ours_with_auxk": step_ours_auxk(P, rule)}
             for name, fn in steps.items():
                 if fn is None:
                     ms[name], mem[name] = None, None
@@ -389,6 +409,7 @@ def main() -> int:
             row = {
                 "family": fam, "rule": rule, "d": d, "n": n, "k": k, "B": B, "dtype": "bf16", "ms": ms,
                 "ratio_to_gemm": ms["ours"] / gemm if ms.get("ours") else None,
+                "ratio_to_gemm_with_auxk": ms["ours_with_auxk"] / gemm if ms.get("ours_with_auxk") else None,
                 # the cost model's ETA, measured: cuBLAS's matmul time over our fused Triton matmul's
                 "eta_measured": gemm / ms["matmul_fused_triton"] if ms.get("matmul_fused_triton") else None,
                 "select_speedup_vs_topk": topk / ms["select_ours"],
@@ -413,6 +434,8 @@ def main() -> int:
     for r in rows:
         if "error" in r:
             print(f"FAILED {r['family']} d={r['d']} n={r['n']} k={r['k']}: {r['error']}")
+    for key, diff in META["first_use_fallbacks"].items():
+        print(f"FIRST-USE CHECK FAILED (this path ran on the torch twin): {key}: {diff}")
     print(f"wrote {path}")
     return 1 if any("error" in r for r in rows) else 0
 
@@ -426,8 +449,10 @@ META = {
 
 
 def save(rows: list[dict]) -> Path:
-    """Write every row so far: a run stopped at its time limit keeps what it measured."""
+    """Write every row so far: a run stopped at its time limit keeps what it measured. A Triton path that failed
+    its first-use check ran on the torch twin: its timings are the twin's (META lists them)."""
     META["triton"] = _triton_version()
+    META["first_use_fallbacks"] = {str(key): diff for key, diff in kernels.first_use.fallbacks().items()}
     out = Path(ARGS.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{META['date']}-{META['device']}{'-smoke' if ARGS.smoke else ''}.json"
@@ -457,7 +482,7 @@ def print_table(meta: dict, rows: list[dict]) -> None:
     print(f"\n{meta['device_full']}  torch {meta['torch']}  triton {meta['triton']}  sparsify {meta['sparsify']}")
     print(f"timer: {meta['timer']}; times in ms; ratio = ours fwd+bwd / encoder matmul")
     head = ("family", "d", "n", "k", "gemm", "topk", "select", "naive", "topk+gather", "sparsify", "ours",
-            "ratio", "bar", "MiB ours", "MiB sparsify", "max rel err")
+            "ratio", "bar", "ours + AuxK", "ratio + AuxK", "MiB ours", "MiB sparsify", "max rel err")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
@@ -465,7 +490,8 @@ def print_table(meta: dict, rows: list[dict]) -> None:
         err = max(r["correctness"]["rel_err_max_of_3"].values())
         cells = (r["family"], r["d"], r["n"], r["k"], _f(ms["gemm"]), _f(ms["torch_topk"]), _f(ms["select_ours"]),
                  _f(ms["naive_dense"]), _f(ms["topk_gather"]), _f(ms["sparsify"]), _f(ms["ours"]),
-                 _f(r["ratio_to_gemm"], "{:.2f}x"), f"{BAR[r['family']]}x", _f(mem["ours"], "{:.0f}"),
+                 _f(r["ratio_to_gemm"], "{:.2f}x"), f"{BAR[r['family']]}x", _f(ms["ours_with_auxk"]),
+                 _f(r["ratio_to_gemm_with_auxk"], "{:.2f}x"), _f(mem["ours"], "{:.0f}"),
                  _f(mem["sparsify"], "{:.0f}"), f"{err:.1e}")
         print("| " + " | ".join(str(c) for c in cells) + " |")
 

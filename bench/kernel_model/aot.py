@@ -2,11 +2,11 @@
 
 Triton's wheel bundles `ptxas` and `cuobjdump`, so `triton.compile` can target sm_90 with no driver. From each
 binary we read what decides its speed before any GPU runs it: registers, spilled bytes (ptxas's log), and the
-instruction mix of its innermost loops (cuobjdump's SASS). Used by the compile test (tests/kernels) and by the
-cost model (bench/kernel_model.py). Run a check from a shell with `python -m kernels.aot` (prints the table,
-exit status 1 on a compile error or a spill).
+instruction mix of its innermost loops (cuobjdump's SASS). Used by the compile test (tests/bench) and by the
+cost model (bench/kernel_model). Run the check from the repository root with `python -m bench.kernel_model.aot`
+(prints the table, exit status 1 on a compile error or a spill).
 
-Environment: TRITON_INTERPRET must be unset before `kernels.triton_impl` is imported (the interpreter replaces
+Environment: TRITON_INTERPRET must be unset before the kernel modules are imported (the interpreter replaces
 every jit function); this module refuses to run otherwise.
 """
 
@@ -24,6 +24,8 @@ import tempfile
 from collections import Counter
 from typing import NamedTuple
 
+from bench.kernel_model.launches import Launch
+
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9 warns when unset; 1 is its default
 ARCH = 90  # H100 / H200
 # SASS opcodes by the pipe that executes them (Hopper: the integer ALU pipe has 16 lanes per SM sub-partition,
@@ -33,32 +35,6 @@ ALU = {"ISETP", "IADD3", "LOP3", "SEL", "SHF", "PRMT", "IMNMX", "VIMNMX", "FSETP
        "VABSDIFF", "VIMNMX3", "IMNMX3", "FMNMX3"}
 FMA = {"FFMA", "FADD", "FMUL", "IMAD", "HFMA2", "HADD2", "HMUL2", "IDP"}
 MEM = {"LDG", "STG", "LDS", "STS", "ATOM", "RED", "ATOMG", "REDG", "LDGSTS", "LD", "ST", "ATOMS", "REDUX", "LDSM"}
-
-
-class Launch(NamedTuple):
-    """One kernel launch as the ops make it: what to compile, and what the cost model needs to price it.
-
-    signature: runtime parameters, each a type string ("*bf16", "i32", "i64") or an example int (specialized as
-    the JIT does: 1 becomes a constant, a multiple of 16 is marked divisible by 16). tile: elements one
-    iteration of each innermost loop handles (per program; one number for every loop, or one per loop); work:
-    elements each innermost loop covers in all (summed over programs and passes), in address order of the loops;
-    nbytes: DRAM bytes the launch moves; programs: the grid's size, which prices the code outside the loops
-    (0: not priced).
-    """
-
-    label: str
-    kernel: str
-    signature: dict
-    constexprs: dict
-    num_warps: int = 4
-    tile: int | tuple[int, ...] = 1
-    work: tuple[float, ...] = ()
-    nbytes: float = 0.0
-    programs: int = 0
-
-    def tiles(self) -> tuple[int, ...]:
-        """The tile of each innermost loop."""
-        return self.tile if isinstance(self.tile, tuple) else (self.tile,) * len(self.work)
 
 
 class Binary(NamedTuple):
@@ -185,7 +161,8 @@ def compile_one(fn, launch: Launch) -> Binary:
 
 
 # the modules whose *_kernel functions are compiled
-KERNEL_MODULES = ("kernels.triton_impl", "kernels.triton_gather", "kernels.triton_tiles", "kernels.triton_batch")
+KERNEL_MODULES = ("kernels.fallback_triton", "kernels.submax_select_triton", "kernels.batch_select_triton",
+                  "kernels.encode_matmul_triton", "kernels.decode_triton", "kernels.weight_grad_triton")
 
 
 def kernel_functions() -> dict:
@@ -195,7 +172,11 @@ def kernel_functions() -> dict:
     out = {}
     for mod in KERNEL_MODULES:
         m = importlib.import_module(mod)
-        out.update({name: fn for name, fn in vars(m).items() if name.endswith("_kernel")})
+        for name, fn in vars(m).items():
+            if name.endswith("_kernel"):
+                if name in out and out[name] is not fn:
+                    raise ValueError(f"two kernels named {name!r} (in {mod} and another of {KERNEL_MODULES})")
+                out[name] = fn
     return out
 
 
@@ -251,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import triton
 
-    from kernels.triton_launches import benchmark_launches
+    from bench.kernel_model.launches import benchmark_launches
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--jobs", type=int, default=2)

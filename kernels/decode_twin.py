@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from kernels.code import SparseCode
 
 
-def decode_torch(code: SparseCode, W_dec: torch.Tensor, b_dec: torch.Tensor | None = None) -> torch.Tensor:
+def decode_twin(code: SparseCode, W_dec: torch.Tensor, b_dec: torch.Tensor | None = None) -> torch.Tensor:
     """x_hat[b] = sum_j values[b, j] * W_dec[indices[b, j]] (+ b_dec): B*k*d work, never B*n*d."""
     values, indices = code
     if W_dec.device.type == "cpu" and W_dec.dtype in (torch.float32, torch.float64):

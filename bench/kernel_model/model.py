@@ -1,9 +1,9 @@
-#!/usr/bin/env python
 """Cost model of the Triton kernels on an H100, from the compiled sm_90 binaries: no GPU needed.
 
-    python bench/kernel_model.py [--json OUT.json] [--jobs 2]
+    python -m bench.kernel_model [--json OUT.json] [--jobs 2]        (from the repository root)
 
-Compiles every launch of a training step (kernels/triton_launches.py) for sm_90 with Triton's bundled ptxas,
+Compiles every launch of a training step (bench/kernel_model/step.py, launches.py) for sm_90 with Triton's bundled
+ptxas,
 reads each innermost loop's instructions (and those outside every loop) from the SASS, and prices each launch with
 
     t_launch = max(bytes / BW,  t_issue)  +  t_gap
@@ -18,11 +18,13 @@ instructions need 2 clocks). The fused encoder matmul (v4) is priced against the
 
 ETA, the Triton matmul's speed as a fraction of cuBLAS's, is an assumption (no GPU measured it); the table
 shows the ratio at ETA = 1, 0.85 and 0.7. At each ETA the step takes the faster of that and the other route,
-cuBLAS's matmul + one maxima pass, as kernels/triton_matmul.py chooses by timing both on the GPU. Torch
+cuBLAS's matmul + one maxima pass, as kernels/encode_matmul_triton.py chooses by timing both on the GPU. Torch
 launches in the step are priced by bytes only. Then t_step = sum of t_launch + host_syncs * t_sync. The matmul
 and torch.topk times are the H100 measurements in PERFORMANCE.md. Last, the full training step (fwd+bwd +
 torch's fused Adam, priced by its bytes) against its floor (matmul + Adam's bytes / BW), and the peak memory of
-one fwd+bwd against sparsify's by accounting (bench/memory_model.py). The output is a prediction, not a
+one fwd+bwd against sparsify's by accounting (bench/kernel_model/memory.py). The training step includes AuxK's
+code over the dead latents (k_aux = 256, at least that many latents dead); the step without it, which
+bench/kernel_bench.py times, is printed beside it. The output is a prediction, not a
 measurement: the instruction counts come from the Triton on this machine (`triton.__version__` is printed),
 which may differ from the GPU machine's.
 """
@@ -32,11 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.pop("TRITON_INTERPRET", None)  # compile the real kernels, not the interpreter's stand-ins
 
 # H100 SXM figures (PERFORMANCE.md: copy bandwidth measured; clock = sustained boost under load)
@@ -57,7 +55,7 @@ GEMM = "_gemm_submax_kernel"
 def price(launch, binaries, matmul_s: float = 0.0, eta: float = ETA) -> dict:
     """Predicted seconds of one launch, with the parts of the formula. The fused matmul (GEMM) is the measured
     cuBLAS time / eta plus what its epilogue adds over the plain Triton matmul's (binaries["baseline"])."""
-    from kernels.aot import issue_slots, per_element
+    from bench.kernel_model.aot import issue_slots, per_element
 
     mem = launch.nbytes / BW
     row = {"label": launch.label, "bytes": launch.nbytes, "t_mem": mem, "t_alu": 0.0, "instr_per_elem": []}
@@ -101,12 +99,12 @@ def adam_bytes(d: int, n: int, es: int = 2) -> int:
 
 
 def print_step_and_memory(summary: list, rows: list[dict]) -> None:
-    """The full training step against its floor, and peak memory against sparsify's (bench/memory_model.py)."""
-    from memory_model import peak_ours, peak_sparsify
+    """The full training step against its floor, and peak memory against sparsify's (bench/kernel_model/memory.py)."""
+    from bench.kernel_model.memory import peak_ours, peak_sparsify
 
     print("\nFull step (fwd+bwd + fused Adam) against its floor = matmul + Adam's bytes / BW "
           f"(7 x 2 bytes per parameter at {BW / 1e12:.1f} TB/s); peak memory of one fwd+bwd, ours against "
-          "sparsify's TopK (accounting, bench/memory_model.py):")
+          "sparsify's TopK without AuxK (accounting, bench/kernel_model/memory.py):")
     print("| family | d | n | k | full step ms | floor ms | ÷ floor | peak MiB ours | peak MiB sparsify | ours ÷ sparsify |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     parts = []
@@ -129,6 +127,21 @@ def print_step_and_memory(summary: list, rows: list[dict]) -> None:
               + " MiB")
 
 
+def _priced(parts: list, syncs: int, binaries: dict, mm: float, cublas: float | None) -> dict:
+    """{eta: (step seconds, route)}: the step at each ETA, its fused matmul replaced by the cuBLAS route
+    (cuBLAS's matmul + one maxima pass: `cublas` seconds) where that is faster, as the GPU's timing chooses."""
+    gemm = next((p for p in parts if p.kernel == GEMM), None)
+    out = {}
+    for eta in ETAS:
+        t = sum(price(p, binaries, mm * 1e-3, eta)["t"] for p in parts) + syncs * T_SYNC
+        if gemm is None:
+            out[eta] = (t + mm * 1e-3, "cublas")
+            continue
+        fused_t = price(gemm, binaries, mm * 1e-3, eta)["t"]
+        out[eta] = (t, "fused") if fused_t <= cublas else (t - fused_t + cublas, "cublas + maxima pass")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", help="write the per-part predictions here")
@@ -136,18 +149,20 @@ def main() -> int:
     a = ap.parse_args()
     import triton
 
-    from kernels.aot import _JIT, binary_key, compile_all
-    from kernels.triton_launches import SIZES, launches, select_parts, step_parts
+    from bench.kernel_model.aot import _JIT, binary_key, compile_all
+    from bench.kernel_model.launches import K_AUX, SIZES, launches
+    from bench.kernel_model.step import select_parts, step_parts
 
     plans = {}
     for d, n, k, B in SIZES:
         for fam, rule in FAMILIES.items():
-            plans[(d, n, k, fam)] = step_parts(rule, d, n, k, B) + (select_parts(rule, n, k, B),)
-    ours = [p for parts, _, (sel, _) in plans.values() for p in parts + sel if p.kernel]
+            plans[(d, n, k, fam)] = {"step": step_parts(rule, d, n, k, B), "no_auxk": step_parts(rule, d, n, k, B, k_aux=0),
+                                     "select": select_parts(rule, n, k, B)}
+    ours = [p for plan in plans.values() for parts, _ in plan.values() for p in parts if p.kernel]
     base = {}  # each fused matmul's plain Triton twin: what its epilogue adds is priced from the difference
-    for (d, n, k, _), _plan in plans.items():
+    for (d, n, k, _), plan in plans.items():
         plain = next(la for la in launches(d, n, k, 4096, "bf16") if la.label.startswith("matmul alone"))
-        for la in _plan[0]:
+        for la in plan["step"][0]:
             if la.kernel == GEMM:
                 base[f"baseline:{la.label}"] = plain
     passes = {}  # the maxima pass of the cuBLAS route, per (fused matmul's mode: "row" or "abs", size)
@@ -171,33 +186,27 @@ def main() -> int:
           " * warps * programs / (SMSPs * clock)")
     print(f"  BW {BW / 1e12:.1f} TB/s, {SMSP} SMSPs at {CLOCK / 1e9:.3f} GHz, gap {T_GAP * 1e6:.0f} us per launch, "
           f"{T_SYNC * 1e6:.0f} us per host sync, ETA {ETA} (assumed); matmul and torch.topk as measured "
-          "(PERFORMANCE.md)")
+          f"(PERFORMANCE.md); the step with AuxK's code (k_aux = {K_AUX}, at least that many latents dead)")
     label, b = min(gemm_code.items())  # the sizes share one tile: one is enough
     print(f"  {label}: sm_90 code {b.loops[0].get('HGMMA', 0)} HGMMA (wgmma) per K step, "
           f"{b.regs} registers, {b.shared} B shared memory, {b.spill_bytes} B spilled")
     print()
-    out = {"triton": triton.__version__, "constants": {"BW": BW, "SMSP": SMSP, "CLOCK": CLOCK, "T_GAP": T_GAP,
-                                                        "T_SYNC": T_SYNC}, "rows": []}
+    out = {"triton": triton.__version__, "k_aux": K_AUX, "constants": {"BW": BW, "SMSP": SMSP, "CLOCK": CLOCK,
+                                                                      "T_GAP": T_GAP, "T_SYNC": T_SYNC}, "rows": []}
     summary = []
-    for (d, n, k, fam), (parts, syncs, (sel_parts, sel_syncs)) in plans.items():
+    for (d, n, k, fam), plan in plans.items():
         mm, topk = MEASURED[(d, n, k)]
+        (parts, syncs), (sel_parts, sel_syncs) = plan["step"], plan["select"]
         fused = any(p.kernel == GEMM for p in parts)
         rows = [price(p, binaries, mm * 1e-3) for p in parts]
         sel = sum(price(p, binaries)["t"] for p in sel_parts) + sel_syncs * T_SYNC
-        # the other route (kernels/triton_matmul.py): cuBLAS's matmul, then one pass for the maxima; the step
-        # takes whichever is faster on the GPU, so the prediction at each ETA is the smaller of the two
+        # the other route (kernels/encode_matmul_triton.py): cuBLAS's matmul, then one pass for the maxima; the
+        # step takes whichever is faster on the GPU, so the prediction at each ETA is the smaller of the two
         gemm = next((p for p in parts if p.kernel == GEMM), None)
         cublas = (mm * 1e-3 + T_GAP + price(passes[(gemm.label.split()[0], d, n, k)], binaries)["t"]
                   if gemm else None)
-
-        def total(eta, parts=parts, gemm=gemm, cublas=cublas, mm=mm, syncs=syncs):
-            t = sum(price(p, binaries, mm * 1e-3, eta)["t"] for p in parts) + syncs * T_SYNC
-            if gemm is None:
-                return t + mm * 1e-3, "cublas"
-            fused_t = price(gemm, binaries, mm * 1e-3, eta)["t"]
-            return (t, "fused") if fused_t <= cublas else (t - fused_t + cublas, "cublas + maxima pass")
-
-        priced = {eta: total(eta) for eta in ETAS}  # ETA is one of ETAS
+        priced = _priced(parts, syncs, binaries, mm, cublas)
+        plain = _priced(*plan["no_auxk"], binaries, mm, cublas)
         step, route = priced[ETA]
         by_eta = {eta: t for eta, (t, _) in priced.items()}
         routes = {eta: r for eta, (_, r) in priced.items()}
@@ -218,23 +227,23 @@ def main() -> int:
                 print()
         ratio = step / (mm * 1e-3)
         ratios = {eta: t / (mm * 1e-3) for eta, t in by_eta.items()}
-        summary.append((fam, d, n, k, mm, step * 1e3, ratio, ratios, BAR[fam], sel * 1e3, topk / (sel * 1e3)))
+        plain_ratio = plain[ETA][0] / (mm * 1e-3)
+        summary.append((fam, d, n, k, mm, step * 1e3, ratio, ratios, plain_ratio, BAR[fam], sel * 1e3,
+                        topk / (sel * 1e3)))
         out["rows"].append({"family": fam, "d": d, "n": n, "k": k, "matmul_ms": mm, "step_ms": step * 1e3,
                             "ratio_to_matmul": ratio, "ratio_by_eta": ratios, "route_by_eta": routes,
+                            "step_ms_without_auxk": plain[ETA][0] * 1e3, "ratio_without_auxk": plain_ratio,
                             "select_ms": sel * 1e3, "topk_ms": topk, "syncs": syncs, "parts": rows})
     eh = " | ".join(f"÷ matmul (ETA {e})" for e in ETAS)
-    print(f"| family | d | n | k | matmul ms (measured) | fwd+bwd ms (predicted, ETA {ETA}) | {eh} | bar | select ms "
-          "(predicted) | torch.topk ÷ select |")
-    print("|---|---|---|---|---|---|" + "---|" * len(ETAS) + "---|---|---|")
-    for fam, d, n, k, mm, step, _ratio, ratios, bar, sel, speed in summary:
+    print(f"| family | d | n | k | matmul ms (measured) | fwd+bwd with AuxK ms (predicted, ETA {ETA}) | {eh} | "
+          f"without AuxK ÷ matmul (ETA {ETA}) | bar | select ms (predicted) | torch.topk ÷ select |")
+    print("|---|---|---|---|---|---|" + "---|" * len(ETAS) + "---|---|---|---|")
+    for fam, d, n, k, mm, step, _ratio, ratios, plain_ratio, bar, sel, speed in summary:
         rs = " | ".join(f"{ratios[e]:.2f}x" for e in ETAS)
-        print(f"| {fam} | {d} | {n} | {k} | {mm:.3f} | {step:.3f} | {rs} | {bar}x | {sel:.3f} | {speed:.2f}x |")
+        print(f"| {fam} | {d} | {n} | {k} | {mm:.3f} | {step:.3f} | {rs} | {plain_ratio:.2f}x | {bar}x | {sel:.3f} | "
+              f"{speed:.2f}x |")
     print_step_and_memory(summary, out["rows"])
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

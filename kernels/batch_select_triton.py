@@ -1,7 +1,8 @@
-"""BatchTopK's selection pruned by sub-block maxima (kernels v5): the top k*B of the ReLU'd batch without reading
-the pre-activations in full, exact, with no host sync but the one the rule needs (its code's width).
+"""Selection over the batch (BatchTopK) on Triton: the top k*B of the ReLU'd batch, pruned by sub-block maxima
+(without reading the pre-activations in full), exact, with no host sync but the one the rule needs (its code's
+width); the bisection over the whole batch (fallback_triton) where the pruning does not fit or declines.
 
-The row argument of `triton_tiles`, over the whole batch: if t is the (k*B)-th largest sub-block maximum, at least
+The row argument of `submax_select_triton`, over the whole batch: if t is the (k*B)-th largest sub-block maximum, at least
 k*B entries are >= t (one in each of those sub-blocks), so the batch's (k*B)-th largest entry is >= t, and every
 kept entry is >= t. So: t by bisection over the maxima ([B, n / SUB], SUB times fewer than the entries); the
 sub-blocks whose maximum is >= t listed (about k*B); their entries >= t listed (about k*B: every entry of the batch
@@ -12,7 +13,7 @@ Both lists are compacted in order (a count launch, a cumulative sum, a write lau
 candidates come out in (row, column) order and each row's are contiguous. Each bisection pass is one launch: its
 programs replay the earlier passes' counts (16 numbers per pass, on the device) to find their pivots. A list that
 overflows its buffer (ties among the maxima, entries bunched in few sub-blocks) or a batch with fewer than k*B
-positive maxima is flagged on the device and read with the width; the caller then runs the full-batch path.
+positive maxima is flagged on the device and read with the width; the full-batch bisection then answers.
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_common import empty, key_shift, order_key
-from kernels.triton_launches import NPIV, batch_blocks, batch_caps, batch_passes
+from kernels.blocks import NPIV, batch_blocks, batch_caps, batch_passes, batch_prune_fits, submax_width
+from kernels.code import SparseCode
+from kernels.fallback_triton import bisect_batch
+from kernels.rules import RULES
+from kernels.submax_select_triton import submax
+from kernels.triton_common import empty, kernel_input, key_shift, order_key, ordered_code
 
 
 @triton.jit
@@ -92,7 +97,7 @@ def _place(hit, ids, pcnt_ptr, poff_ptr, out_ptr, cap, STORE: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["npass"])
-def _batch_tiles_kernel(smax_ptr, counts_ptr, npass, total, pcnt_ptr, poff_ptr, tid_ptr, tcap, BT,
+def _batch_subblocks_kernel(smax_ptr, counts_ptr, npass, total, pcnt_ptr, poff_ptr, tid_ptr, tcap, BT,
                         STORE: tl.constexpr, SHIFT: tl.constexpr, BITS: tl.constexpr, NPIV: tl.constexpr,
                         BLOCK: tl.constexpr):
     """The sub-blocks (flat ids b * T + s) whose maximum's ReLU'd key is >= t (the bisection's result after
@@ -258,7 +263,7 @@ def select_from_submax(pre: torch.Tensor, smax: torch.Tensor, k: int, sub: int
     pcnt = empty(tprog, torch.int64, dev)
     for store, poff in ((False, pcnt), (True, None)):
         poff = torch.cumsum(pcnt, 0) if store else poff
-        _batch_tiles_kernel[(tprog,)](smax, counts, passes, total, pcnt, poff, tid, tcap, BT, STORE=store,
+        _batch_subblocks_kernel[(tprog,)](smax, counts, passes, total, pcnt, poff, tid, tcap, BT, STORE=store,
                                       SHIFT=shift, BLOCK=cb, **kw)
     tlen = poff[-1:]
     eflat = empty(ecap, torch.int64, dev)
@@ -293,3 +298,28 @@ def select_from_submax(pre: torch.Tensor, smax: torch.Tensor, k: int, sub: int
     _batch_write_kernel[(B,)](eflat, ekey, n, counts, passes, total, budget, count, start, nall, kcol, kkey, pre,
                               pre.stride(0), idx, val, width, BLOCK=rb, **kw)
     return idx, val, count
+
+
+def select_batch(pre: torch.Tensor, k: int, smax: torch.Tensor | None = None) -> SparseCode:
+    """Top k*B of relu(pre) over the batch, ties at the threshold in row, then column order. Where a row holds
+    enough sub-blocks, the pruned path reads the sub-block maxima (`smax`, from the fused encoder matmul, or one
+    read pass here) and the few sub-blocks they point to; otherwise, or when its buffers overflow, the bisection
+    over the whole batch. One host read either way (two after an overflow)."""
+    p = kernel_input(pre.detach())
+    n = p.shape[1]
+    if batch_prune_fits(n, k):
+        sub = submax_width(n, k)
+        pruned = select_from_submax(p, smax if smax is not None else submax(p, 0, sub), k, sub)
+        if pruned is not None:  # rows already ordered, padding zero-valued at index 0
+            idx, raw, count = pruned
+            if not pre.requires_grad:
+                return SparseCode(RULES["batch"].value(raw), idx)
+            valid = torch.arange(idx.shape[1], device=idx.device)[None, :] < count[:, None]
+            return SparseCode(torch.where(valid, RULES["batch"].value(pre.gather(1, idx)), 0.0), idx)
+    return select_batch_bisected(pre, p, k)
+
+
+def select_batch_bisected(pre: torch.Tensor, p: torch.Tensor, k: int) -> SparseCode:
+    """The fallback: the bisection over the whole batch (`p`, pre detached and contiguous), values from `pre`."""
+    idx, count = bisect_batch(p, k)
+    return ordered_code(pre, idx, count, RULES["batch"])

@@ -61,13 +61,13 @@ class TextSource:
         return load_text(self.dataset, split=self.split, config=self.dataset_config, text_column=self.text_column,
                          streaming=self.streamed if streaming is None else streaming)
 
-    def texts(self, dataset=None) -> Iterator[str]:
-        """The non-empty texts of the split, in order (of `dataset` when given: this source, already open)."""
-        return iter_texts(self.open() if dataset is None else dataset, self.text_column)
+    def texts(self, opened=None) -> Iterator[str]:
+        """The non-empty texts of the split, in order; `opened`: what `open()` returned, to read it again."""
+        return iter_texts(self.open() if opened is None else opened, self.text_column)
 
-    def contexts(self, model: Any, dataset=None) -> Iterator[torch.Tensor]:
+    def contexts(self, model: Any, opened=None) -> Iterator[torch.Tensor]:
         """`[context_len]` token contexts packed for `model` (a `ModelAdapter`): BOS first where it has one."""
-        return pack_contexts(self.texts(dataset), model.tokenizer, self.context_len, model.bos_token_id,
+        return pack_contexts(self.texts(opened), model.tokenizer, self.context_len, model.bos_token_id,
                              model.sep_token_id)
 
     def describe(self) -> str:

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from activations.hooks import HookPoints
+from activations.source import TextSource
 from sae.families import DEFAULT_AUX_COEF, DEFAULT_K_AUX, get_family
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -220,23 +222,19 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
-    """Where activations come from and where a run's files go (the CLI's harvesting options)."""
+    """Where activations come from and where a run's files go (the CLI's harvesting options).
+
+    A run trains on the text's 'train' split and scores metrics.json on its 'test' split."""
 
     model: str = "minilm"
     """Model: 'minilm' (the embedded default), a hub name or a local path."""
-    hook: str = "blocks.3.hook_resid_pre"
-    """Hook point whose activations the dictionary reads."""
-    dataset: str = ""
-    """Text: a hub dataset name or a local .txt/.json/.jsonl/.parquet file; empty = the embedded corpus."""
-    dataset_config: str = ""
-    """Configuration of a hub dataset (the second argument of datasets.load_dataset), e.g. 'wikitext-103-raw-v1'."""
-    text_column: str = "text"
-    """Column holding the text, for hub datasets and .json/.jsonl/.parquet files."""
+    hooks: HookPoints = field(default_factory=HookPoints)
+    """The hook points: one dictionary each."""
+    text: TextSource = field(default_factory=TextSource)
+    """The text the activations are harvested from."""
     cache_dir: str = ""
     """Harvest into this folder first (safetensors shards + manifest, one subfolder per split and size) and read
     batches back from it; a later run with the same model, hook and data reuses it. Empty: no disk cache."""
-    context_len: int = 128
-    """Tokens per context."""
     harvest_tokens: int = 0
     """Hold this many training activations in memory and reuse them epoch after epoch; 0 streams all tokens."""
     eval_tokens: int = 65_536
@@ -251,9 +249,11 @@ class RunConfig:
     """Replace the run already in out (without it, and without --resume, a non-empty out is refused)."""
 
     def __post_init__(self) -> None:
-        for name, least in (("context_len", 2), ("eval_tokens", 1), ("pca_tokens", 1), ("harvest_tokens", 0)):
+        for name, least in (("eval_tokens", 1), ("pca_tokens", 1), ("harvest_tokens", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < least:
                 raise ValueError(f"{name} must be an int >= {least}, got {v!r}")
+        if not isinstance(self.hooks, HookPoints) or not isinstance(self.text, TextSource):
+            raise ValueError(f"hooks must be HookPoints and text a TextSource, got {self.hooks!r} and {self.text!r}")
         if not self.out:
             raise ValueError("out must name a folder for the run's files")

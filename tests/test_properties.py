@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from activations import ActivationStream, CacheError
-from activations.store import FORMAT
+from activations.cache import FORMAT
 from activations.text import pack_contexts
 from sae.config import SAEConfig
 from sae.families import FAMILIES

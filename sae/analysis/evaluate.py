@@ -17,18 +17,20 @@ Definitions (SAEBench "core" / SAELens `get_recons_loss`, where they have one):
   final-layer hidden states with the clean ones; embedding recovered = (cos_spliced - cos_ablated) /
   (1 - cos_ablated) for each ablation, the loss-recovered scale with 1 - cos as the loss.
 
-The held-out tokens are the first `tokens` non-special positions of the dataset's `test` split,
-packed into `context_len` contexts exactly as the activation stream packs them: the same arguments
-always score the same tokens, whatever the seed or batch size.
+The held-out tokens are the first `tokens` non-special positions of a `TextSource` (by default the
+dataset's `test` split), packed into `context_len` contexts exactly as the activation stream packs them:
+the same arguments always score the same tokens, whatever the seed or batch size.
+
+The reconstruction metrics come from the pass itself; everything else is a registered measure
+(`sae.analysis.measures`): `geometry` and `spliced` here, in that order, then any registered later.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -38,16 +40,19 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from activations.models import ModelAdapter
-from activations.text import describe_source, iter_texts, load_text, pack_contexts
-from sae.analysis.interventions import check_fit, splice_edit
+from activations.source import TextSource, as_source
+from sae.analysis.interventions import check_fit
+from sae.analysis.measures import MEASURES, HeldOut, register_measure
+from sae.analysis.spliced import spliced as spliced_measure
 from sae.checkpoint import atomic_write
 from sae.model import SparseAutoencoder
 
-__all__ = ["DENSE_THRESHOLD", "ReconstructionStats", "VarianceAccumulator", "evaluate", "held_out_contexts",
-           "open_text", "reconstruction_metrics", "write_evaluation"]
+__all__ = ["DENSE_THRESHOLD", "HELD_OUT", "ReconstructionStats", "VarianceAccumulator", "evaluate",
+           "held_out_contexts", "reconstruction_metrics", "write_evaluation"]
 
 DENSE_THRESHOLD = 0.1  # a latent firing on more than this fraction of tokens is "dense" (SAEBench)
 SAMPLE_TOKENS = 4096  # activations kept for the AFA measures
+HELD_OUT = TextSource(split="test")  # what a dataset given on its own is read as: its held-out split
 
 
 class VarianceAccumulator:
@@ -154,21 +159,15 @@ def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[torch.Tenso
 
 
 # --- held-out text ----------------------------------------------------------------------------
-def open_text(dataset: Any = None, split: str = "test", dataset_config: str | None = None,
-              text_column: str = "text"):
-    """The dataset's `split` as the activation stream reads it (hub names and local files streamed)."""
-    streaming = isinstance(dataset, str | os.PathLike) and dataset != "embedded"
-    return load_text(dataset or None, split=split, config=dataset_config or None, text_column=text_column,
-                     streaming=streaming)
+def held_out_contexts(model: ModelAdapter, source: TextSource | Any = None, *, tokens: int, batch_size: int = 16,
+                      split: str | None = None,
+                      context_len: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`(contexts [B, T], scored [B, T] bool)`: the first `tokens` non-special positions of the text, in order.
 
-
-def held_out_contexts(model: ModelAdapter, dataset: Any = None, *, tokens: int, context_len: int = 128,
-                      batch_size: int = 16, split: str = "test", dataset_config: str | None = None,
-                      text_column: str = "text") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """`(contexts [B, T], scored [B, T] bool)`: the first `tokens` non-special positions of `split`, in order."""
-    ds = open_text(dataset, split, dataset_config, text_column)
-    contexts = pack_contexts(iter_texts(ds, text_column), model.tokenizer, context_len, model.bos_token_id,
-                             model.sep_token_id)
+    `source` is a `TextSource` (read as given), or a dataset read as `HELD_OUT` (its 'test' split, 128-token
+    contexts); `split` and `context_len`, when given, replace the source's."""
+    src = as_source(source, HELD_OUT, split=split, context_len=context_len)
+    contexts = src.contexts(model)
     special = torch.tensor(sorted(model.special_token_ids), dtype=torch.long)
     got = 0
     while got < tokens:
@@ -183,104 +182,69 @@ def held_out_contexts(model: ModelAdapter, dataset: Any = None, *, tokens: int, 
         got += int(keep.sum())
         yield ids, keep
     if got == 0:
-        raise ValueError(f"dataset {describe_source(dataset, split, dataset_config)!r} yields no context of "
-                         f"{context_len} tokens: it is empty or too short")
+        raise ValueError(f"dataset {src.describe()!r} yields no context of {src.context_len} tokens: "
+                         "it is empty or too short")
     if got < tokens:
-        warnings.warn(f"dataset {describe_source(dataset, split, dataset_config)!r} ran out after {got} of "
-                      f"{tokens} held-out tokens", stacklevel=2)
+        warnings.warn(f"dataset {src.describe()!r} ran out after {got} of {tokens} held-out tokens", stacklevel=2)
 
 
-# --- the model with the dictionary spliced in ---------------------------------------------------
-class _Downstream:
-    """Sums over scored positions of CE / KL (causal) or cosines (encoder), per condition."""
+# --- the measures after the pass ----------------------------------------------------------------
+def _geometry(run: HeldOut) -> dict[str, Any]:
+    """The superposition and decoder measures of `sae.analysis.geometry`; the cosine histogram goes to eval/."""
+    from sae.analysis.geometry import geometry
 
-    def __init__(self, causal: bool) -> None:
-        self.causal = causal
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
-
-    def _add(self, key: str, values: torch.Tensor) -> None:
-        self.sums[key] = self.sums.get(key, 0.0) + values.double().sum().item()
-        self.counts[key] = self.counts.get(key, 0) + values.numel()
-
-    def add(self, name: str, ids: torch.Tensor, keep: torch.Tensor, clean: torch.Tensor, out: torch.Tensor) -> None:
-        """`clean`: the clean run's log-probabilities (causal) or final hidden states (encoder)."""
-        keep = keep.to(out.device)
-        if self.causal:
-            logp = out.float().log_softmax(-1)
-            target = ids[:, 1:].to(out.device)
-            ce = -logp[:, :-1].gather(-1, target[..., None])[..., 0]
-            self._add(f"ce_loss_{name}", ce[keep[:, :-1]])
-            if name != "clean":
-                kl = (clean.exp() * (clean - logp)).sum(-1)  # KL(clean || edited) per position
-                self._add(f"kl_div_{name}", kl[keep])
-        elif name != "clean":
-            self._add(f"hidden_cos_{name}", F.cosine_similarity(out.float(), clean.float(), dim=-1)[keep])
-            pooled = F.cosine_similarity(out.float().mean(1), clean.float().mean(1), dim=-1)
-            self._add(f"embedding_cos_{name}", pooled)
-
-    def result(self) -> dict[str, float]:
-        m = {k: self.sums[k] / max(self.counts[k], 1) for k in self.sums}
-        for abl in ("zero_ablation", "mean_ablation"):
-            short = abl.split("_")[0]
-            if self.causal:
-                m[f"loss_recovered_{short}"] = _recovered(m[f"ce_loss_{abl}"], m["ce_loss_spliced"], m["ce_loss_clean"])
-            else:
-                for what in ("embedding", "hidden"):
-                    m[f"{what}_recovered_{short}"] = _recovered(1 - m[f"{what}_cos_{abl}"],
-                                                                1 - m[f"{what}_cos_spliced"], 0.0)
-        if self.causal:
-            m["kl_div_score"] = _recovered(m["kl_div_zero_ablation"], m["kl_div_spliced"], 0.0)
-        return m
+    geo = geometry(run.sae, run.sample, run.distributions["latent_mean_abs_activation"])
+    hist = geo.pop("decoder_cos_hist")  # a distribution: eval/, not metrics.json
+    run.distributions.update({f"decoder_cos_hist_{k}": torch.tensor(v) for k, v in hist.items()})
+    return geo
 
 
-def _recovered(ablated: float, spliced: float, clean: float) -> float:
-    """(ablated - spliced) / (ablated - clean): 1 = as good as clean, 0 = as bad as the ablation."""
-    gap = ablated - clean
-    return (ablated - spliced) / gap if gap != 0 else math.nan
+register_measure("geometry", _geometry)
+register_measure("spliced", spliced_measure)
 
 
 @torch.no_grad()
 def evaluate(
     sae: SparseAutoencoder,
     model: ModelAdapter,
-    dataset: Any = None,
+    source: TextSource | Any = None,
     *,
     tokens: int = 65_536,
     batch_size: int = 16,
-    context_len: int = 128,
+    split: str | None = None,
+    context_len: int | None = None,
     hook: str | None = None,
-    split: str = "test",
-    dataset_config: str | None = None,
-    text_column: str = "text",
-    spliced: bool = True,
-    geometry: bool = True,
+    skip: Collection[str] = (),
     keep_activations: list[torch.Tensor] | None = None,
     return_distributions: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Reconstruction metrics and, with `spliced`, the model's output with the dictionary spliced in.
+    """Reconstruction metrics, then every registered measure not in `skip` (`geometry`: superposition and
+    decoder structure; `spliced`: the model's output with the dictionary spliced in).
 
-    With `geometry`, the superposition and decoder measures of `sae.analysis.geometry` too.
-    `dataset` is what `ActivationStream` takes (None: the embedded corpus); `tokens` held-out
-    positions of its `split` are scored, `batch_size` contexts of `context_len` tokens per forward.
-    `keep_activations`, when a list, receives the scored activations (e.g. for the PCA baseline).
-    With `return_distributions` the result holds a `"distributions"` dict of tensors (eval/ folder).
+    `source` is a `TextSource`, read as given, or a dataset (anything `ActivationStream` takes; None: the
+    embedded corpus), read as `HELD_OUT`: `tokens` held-out positions of its 'test' split are scored,
+    `batch_size` contexts of `context_len` tokens per forward. `split` and `context_len`, when given,
+    replace the source's. `keep_activations`, when a list, receives the scored activations (e.g. for the
+    PCA baseline). With `return_distributions` the result holds a `"distributions"` dict of tensors (eval/).
     """
     for name, v in (("tokens", tokens), ("batch_size", batch_size)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    unknown = sorted(set(skip) - set(MEASURES))
+    if unknown:
+        raise ValueError(f"skip names no registered measure: {unknown}; the measures are {list(MEASURES)}")
+    src = as_source(source, HELD_OUT, split=split, context_len=context_len)
     hook = check_fit(model, sae, hook)
-    if context_len > model.max_context:
-        raise ValueError(f"context_len {context_len} is longer than the maximum context {model.max_context} "
+    if src.context_len > model.max_context:
+        raise ValueError(f"context_len {src.context_len} is longer than the maximum context {model.max_context} "
                          f"of model {model.name!r}")
     was_training = sae.training
     sae.eval()
     try:
         stats = ReconstructionStats(sae)
         batches: list[tuple[torch.Tensor, torch.Tensor]] = []
-        contexts = held_out_contexts(model, dataset, tokens=tokens, context_len=context_len, batch_size=batch_size,
-                                     split=split, dataset_config=dataset_config, text_column=text_column)
+        contexts = held_out_contexts(model, src, tokens=tokens, batch_size=batch_size)
         with tqdm(total=tokens, desc="eval: reconstruction", unit="tok", disable=not progress, leave=False) as bar:
             for ids, keep in contexts:
                 acts = model.run(ids, [hook])[hook]
@@ -290,44 +254,22 @@ def evaluate(
                     keep_activations.append(x.cpu())
                 batches.append((ids, keep))
                 bar.update(int(keep.sum()))
-        metrics: dict[str, Any] = {**stats.result(), "eval_hook": hook, "eval_context_len": context_len}
-        if geometry:
-            from sae.analysis.geometry import geometry as measure
-
-            dists = stats.distributions()
-            geo = measure(sae, torch.cat(stats.sample), dists["latent_mean_abs_activation"])
-            hist = geo.pop("decoder_cos_hist")  # a distribution: eval/, not metrics.json
-            metrics.update(geo)
-        if spliced:
-            metrics.update(_spliced(sae, model, hook, batches, stats.var.mean.float(), progress))
+        metrics: dict[str, Any] = {**stats.result(), "eval_hook": hook, "eval_context_len": src.context_len}
+        run = HeldOut(sae, model, hook, batches, stats.var.mean.float(), torch.cat(stats.sample), metrics,
+                      stats.distributions(), progress)
+        for name, measure in list(MEASURES.items()):
+            if name in skip:
+                continue
+            got = measure(run)
+            clash = sorted(set(got) & set(metrics))
+            if clash:
+                raise ValueError(f"measure {name!r} returned {clash}, which earlier measures already give")
+            metrics.update(got)
         if return_distributions:
-            metrics["distributions"] = stats.distributions()
-            if geometry:
-                metrics["distributions"].update({f"decoder_cos_hist_{k}": torch.tensor(v) for k, v in hist.items()})
+            metrics["distributions"] = run.distributions
         return metrics
     finally:
         sae.train(was_training)
-
-
-def _spliced(sae: SparseAutoencoder, model: ModelAdapter, hook: str, batches, mean: torch.Tensor,
-             progress: bool) -> dict[str, float]:
-    acc = _Downstream(model.is_causal)
-    for ids, keep in tqdm(batches, desc="eval: spliced", unit="batch", disable=not progress, leave=False):
-        clean = model.forward(ids)
-        acc.add("clean", ids, keep, clean, clean)
-        if model.is_causal:
-            clean = clean.float().log_softmax(-1)
-        conditions = {
-            "spliced": splice_edit(sae, mask=keep),
-            "spliced_with_error": splice_edit(sae, error_term=True, mask=keep),
-            "zero_ablation": torch.zeros_like,
-            "mean_ablation": lambda a: mean.to(a.device, a.dtype).expand_as(a).clone(),
-        }
-        for name, edit in conditions.items():
-            acc.add(name, ids, keep, clean, model.forward(ids, {hook: edit}))
-    out = acc.result()
-    out["eval_model_kind"] = "causal" if model.is_causal else "encoder"
-    return out
 
 
 def write_evaluation(out_dir: str | Path, metrics: dict[str, Any], merge: bool = True) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Per-latent feature statistics in one streaming pass, written to one file.
 
-`feature_stats(sae, model, dataset)` runs the model over `tokens` tokens of text, encodes each
+`feature_stats(sae, model, source)` runs the model over `tokens` tokens of text, encodes each
 batch with the dictionary and keeps, per latent: firing count, activation sum and max, an
 activation histogram, the top-N contexts (a token window around the peak with that latent's
 activation on every token), a uniform sample of firings (grouped by activation quantile at the
@@ -27,9 +27,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from activations.source import TextSource, as_source
 from sae.checkpoint import atomic_write
 
-__all__ = ["FeatureStats", "feature_stats", "STATS_FILE"]
+__all__ = ["FEATURE_TEXT", "FeatureStats", "feature_stats", "STATS_FILE"]
 
 STATS_FILE = "feature_stats.safetensors"
 _META_KEY = "saekit_feature_stats"
@@ -38,6 +39,7 @@ _HIST_BINS = 32
 _LOGIT_K = 10
 _COOC_M = 8
 _PRE_ACT_BUDGET = 1 << 24  # elements of the [batch tokens, n_latents] pre-activations held per forward
+FEATURE_TEXT = TextSource(context_len=64)  # what a dataset given on its own is read as: its train split
 
 # --- batched per-latent tables ----------------------------------------------------------------
 
@@ -374,15 +376,13 @@ def token_strings(tokenizer, ids) -> dict[int, str]:
     return out
 
 
-def _identity(sae, model, dataset, split, tokens, context_len, top_n, quantiles, per_quantile, window,
+def _identity(sae, model, source: TextSource, tokens, top_n, quantiles, per_quantile, window,
               cooc_tokens, seed) -> dict[str, Any]:
-    from activations.text import describe_source
-
     w = sae.W_dec.detach()
     return {
         "format": _FORMAT, "n_latents": sae.cfg.n_latents, "d_in": sae.cfg.d_in, "hook": sae.cfg.hook_name,
-        "model": model.name, "dataset": describe_source(dataset, split), "tokens_target": tokens,
-        "context_len": context_len, "top_n": top_n, "quantiles": quantiles, "per_quantile": per_quantile,
+        "model": model.name, "dataset": source.describe(), "tokens_target": tokens,
+        "context_len": source.context_len, "top_n": top_n, "quantiles": quantiles, "per_quantile": per_quantile,
         "window": list(window), "cooc_tokens": cooc_tokens, "seed": seed,
         "sae_digest": f"{float(w.double().sum()):.10e}/{float(w.double().abs().sum()):.10e}",
     }
@@ -391,16 +391,15 @@ def _identity(sae, model, dataset, split, tokens, context_len, top_n, quantiles,
 def feature_stats(
     sae,
     model,
-    dataset: Any = None,
+    source: TextSource | Any = None,
     *,
     tokens: int = 65_536,
     top_n: int = 20,
     quantiles: int = 10,
     per_quantile: int = 2,
     window: tuple[int, int] = (8, 4),
-    context_len: int = 64,
-    split: str = "train",
-    text_column: str = "text",
+    split: str | None = None,
+    context_len: int | None = None,
     cooc_tokens: int = 4096,
     exclude_special: bool = True,
     out: str | Path | None = None,
@@ -409,21 +408,23 @@ def feature_stats(
     seed: int = 0,
     progress: bool = True,
 ) -> FeatureStats:
-    """Per-latent statistics of `sae` over `tokens` tokens of `dataset`, in one streaming pass.
+    """Per-latent statistics of `sae` over `tokens` tokens of text, in one streaming pass.
 
-    `model` is a `ModelAdapter` or a name for `load_model`; `dataset` is anything `load_text`
-    takes (None: the embedded corpus; its held-out "test" split has only about 18k tokens). With `out` the result is written
-    there (a file, or `feature_stats.safetensors` in a folder) and a partial file beside it lets an
-    interrupted pass resume. Token windows are `window = (before, after)` tokens around the peak.
+    `model` is a `ModelAdapter` or a name for `load_model`; `source` is a `TextSource`, read as given, or
+    anything `load_text` takes, read as `FEATURE_TEXT` (its train split, 64-token contexts; None: the
+    embedded corpus, whose held-out "test" split has only about 18k tokens); `split` and `context_len`,
+    when given, replace the source's (a context longer than the model's is cut to it). With `out` the
+    result is written there (a file, or `feature_stats.safetensors` in a folder) and a partial file
+    beside it lets an interrupted pass resume. Token windows are `window = (before, after)` tokens around the peak.
     `batch_tokens` (tokens per forward) defaults to what keeps the `[tokens, n_latents]`
     pre-activations of one batch at 2^24 elements.
     """
     from activations import load_model
-    from activations.text import iter_texts, load_text, pack_contexts
 
+    src = as_source(source, FEATURE_TEXT, split=split, context_len=context_len)
     for name, v, lo in (("tokens", tokens, 1), ("top_n", top_n, 1), ("quantiles", quantiles, 1),
-                        ("per_quantile", per_quantile, 0), ("context_len", context_len, 2),
-                        ("cooc_tokens", cooc_tokens, 0), ("checkpoint_every", checkpoint_every, 1),
+                        ("per_quantile", per_quantile, 0), ("cooc_tokens", cooc_tokens, 0),
+                        ("checkpoint_every", checkpoint_every, 1),
                         ("batch_tokens", batch_tokens or 1, 1)):
         if not isinstance(v, int) or v < lo:
             raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
@@ -433,15 +434,16 @@ def feature_stats(
     if sae.cfg.hook_name is None:
         raise ValueError("the dictionary records no hook_name: set sae.cfg.hook_name to the hook it was trained on")
     model.check_hooks(sae.cfg.hook_name)
-    context_len = min(context_len, model.max_context)
+    if src.context_len > model.max_context:
+        src = src.replace(context_len=model.max_context)
+    context_len = src.context_len
     path = None
     if out is not None:
         path = Path(out)
         path = path / STATS_FILE if path.is_dir() or path.suffix != ".safetensors" else path
     partial = path.with_name(path.name + ".partial") if path else None
     n, device = sae.cfg.n_latents, sae.W_dec.device
-    ident = _identity(sae, model, dataset, split, tokens, context_len, top_n, quantiles, per_quantile,
-                      window, cooc_tokens, seed)
+    ident = _identity(sae, model, src, tokens, top_n, quantiles, per_quantile, window, cooc_tokens, seed)
     width = window[0] + 1 + window[1]
     top = _TopTable(n, top_n, width, device)
     samples = _TopTable(n, quantiles * per_quantile, width, device) if per_quantile else None
@@ -480,8 +482,7 @@ def feature_stats(
 
     per_batch = max(1, (batch_tokens or min(4096, _PRE_ACT_BUDGET // n)) // context_len)
     special = torch.tensor(sorted(model.special_token_ids), dtype=torch.long, device=device)
-    texts = iter_texts(load_text(dataset, split=split, text_column=text_column, streaming=True), text_column)
-    stream = pack_contexts(texts, model.tokenizer, context_len, model.bos_token_id, model.sep_token_id)
+    stream = src.contexts(model, src.open(streaming=True))
     n_ctx_target = math.ceil(tokens / context_len)
     cooc_p = min(1.0, cooc_tokens / max(tokens, 1))
     bar = tqdm(total=n_ctx_target * context_len, initial=done_ctx * context_len, unit="tok",
@@ -566,10 +567,11 @@ def feature_stats(
         bar.close()
         sae.train(sae_was_training)
     if done_tokens == 0:
-        raise ValueError(f"no text in the {split!r} split of {dataset or 'the embedded corpus'}: nothing to measure")
+        raise ValueError(f"no text in the {src.split!r} split of {src.dataset or 'the embedded corpus'}: "
+                         "nothing to measure")
     if done_tokens < tokens:
-        warnings.warn(f"the {split!r} split of {dataset or 'the embedded corpus'} ran out after {done_tokens} tokens "
-                      f"(asked for {tokens})", stacklevel=2)
+        warnings.warn(f"the {src.split!r} split of {src.dataset or 'the embedded corpus'} ran out after "
+                      f"{done_tokens} tokens (asked for {tokens})", stacklevel=2)
 
     result = checkpoint(True)
     t = result.tensors

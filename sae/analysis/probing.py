@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from activations.models import ModelAdapter
+from activations.source import TextSource, as_source
 from sae.analysis.interventions import check_fit
 from sae.model import SparseAutoencoder
 
@@ -134,15 +135,18 @@ def probe_features(acts: torch.Tensor, codes: torch.Tensor, labels: Sequence[Any
     return {**mean, "probe_classes": list(per_class), "probe_per_class": per_class, "probe_examples": len(labels)}
 
 
-def sparse_probe(sae: SparseAutoencoder, model: ModelAdapter, dataset: Any = None, label_column: str = "label", *,
-                 text_column: str = "text", m: Sequence[int] = DEFAULT_M, hook: str | None = None,
-                 context_len: int = 128, batch_size: int = 16, seed: int = 0,
-                 progress: bool = True) -> dict[str, Any]:
+def sparse_probe(sae: SparseAutoencoder, model: ModelAdapter, source: TextSource | Any = None,
+                 label_column: str = "label", *, m: Sequence[int] = DEFAULT_M, hook: str | None = None,
+                 batch_size: int = 16, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """SAEBench-style sparse probing of `sae` on a labelled `datasets` dataset (None: the default task).
 
-    Returns mean test accuracies `probe_full_activations` and `probe_sae_top_{m}` over the classes'
-    one-vs-rest tasks, plus the per-class figures.
+    `source` is the dataset, or a `TextSource` holding it with its `text_column` and `context_len` (texts
+    are cut to that many tokens; 128 when the dataset is given on its own). Returns mean test accuracies
+    `probe_full_activations` and `probe_sae_top_{m}` over the classes' one-vs-rest tasks, plus the
+    per-class figures.
     """
+    src = as_source(source)
+    dataset, text_column, context_len = src.dataset, src.text_column, src.context_len
     if dataset is None:
         dataset = default_task(seed=seed)
         text_column, label_column = "text", "label"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import activations.store as store
+import activations.cache as cache
 from activations import ActivationStream, CacheError
 
 H2_POST, H3_PRE = "blocks.2.hook_resid_post", "blocks.3.hook_resid_pre"
@@ -79,7 +79,7 @@ def test_cache_batches_mix_contexts_and_resume_exactly(full):
 
 
 def test_killed_harvest_resumes_to_the_same_cache(minilm, full, tmp_path, monkeypatch):
-    real = store._atomic_write
+    real = cache._atomic_write
 
     def dies_at_third_shard(path, data):
         if path.name == "shard_00002.safetensors":
@@ -87,14 +87,14 @@ def test_killed_harvest_resumes_to_the_same_cache(minilm, full, tmp_path, monkey
             raise KeyboardInterrupt
         real(path, data)
 
-    monkeypatch.setattr(store, "_atomic_write", dies_at_third_shard)
+    monkeypatch.setattr(cache, "_atomic_write", dies_at_third_shard)
     with pytest.raises(KeyboardInterrupt):
         _stream(minilm, tmp_path).harvest()
     m = json.loads((tmp_path / "manifest.json").read_text())
     assert not m["complete"] and len(m["shards"]) == 2
     with pytest.raises(CacheError, match="incomplete"):
         ActivationStream.from_cache(tmp_path, batch_size=B)
-    monkeypatch.setattr(store, "_atomic_write", real)
+    monkeypatch.setattr(cache, "_atomic_write", real)
     _stream(minilm, tmp_path).harvest()
     assert _files(tmp_path) == _files(full)
 
@@ -158,14 +158,14 @@ def test_trainer_consumes_cache_and_live_streams_unchanged(minilm, full, tmp_pat
 
 _KILLED_CHILD = """
 import sys, time
-import activations.store as store
+import activations.cache as cache
 from activations import ActivationStream
-real = store._atomic_write
+real = cache._atomic_write
 def slow(path, data):
     real(path, data)
     if path.name == "shard_00001.safetensors":
         time.sleep(120)  # the parent kills us here
-store._atomic_write = slow
+cache._atomic_write = slow
 ActivationStream("minilm", hook=[{h2!r}, {h3!r}], context_len=16, batch_size={b}, total_tokens={total}, seed=0,
                  cache_dir=sys.argv[1], shard_tokens=480, progress=False).harvest()
 """
@@ -215,7 +215,7 @@ def _docs(start, n):
 
 def test_a_cache_of_an_edited_local_corpus_is_harvested_again(minilm, tmp_path):
     corpus, cache = tmp_path / "corpus.txt", tmp_path / "cache"
-    kw = dict(hook=H3_PRE, dataset=str(corpus), split="all", total_tokens=4 * B)
+    kw = dict(hook=H3_PRE, source=str(corpus), split="all", total_tokens=4 * B)
     corpus.write_text(_docs(0, 6))
     before = list(_stream(minilm, cache, **kw))
     corpus.write_text(_docs(6, 6))  # edited in place: same path, other text

@@ -8,7 +8,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from activations import ActivationStream
+from activations import ActivationStream, TextSource
 from activations.text import pack_contexts
 
 H2_POST, H3_PRE = "blocks.2.hook_resid_post", "blocks.3.hook_resid_pre"
@@ -114,7 +114,7 @@ def test_special_positions_dropped_when_asked(minilm, exclude):
     special = torch.tensor(sorted(minilm.special_token_ids))
     want = int((~torch.isin(tokens, special)).sum()) if exclude else tokens.numel()
     assert want < tokens.numel() or not exclude
-    stream = ActivationStream(minilm, hook=H3_PRE, dataset=ds, context_len=16, batch_size=8,
+    stream = ActivationStream(minilm, hook=H3_PRE, source=ds, context_len=16, batch_size=8,
                               total_tokens=10**6, exclude_special_tokens=exclude, progress=False, prefetch=0)
     with pytest.warns(UserWarning, match="ran out"):
         n = sum(x.shape[0] for x in stream)
@@ -123,8 +123,8 @@ def test_special_positions_dropped_when_asked(minilm, exclude):
 
 def test_empty_dataset(minilm):
     with pytest.raises(ValueError, match="empty"):
-        ActivationStream(minilm, dataset=Dataset.from_dict({"text": []}), progress=False)
-    short = ActivationStream(minilm, hook=H3_PRE, dataset=Dataset.from_dict({"text": ["hi"]}), context_len=64,
+        ActivationStream(minilm, source=Dataset.from_dict({"text": []}), progress=False)
+    short = ActivationStream(minilm, hook=H3_PRE, source=Dataset.from_dict({"text": ["hi"]}), context_len=64,
                              batch_size=8, total_tokens=100, progress=False)
     with pytest.raises(ValueError, match="no context of 64 tokens"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -133,7 +133,7 @@ def test_empty_dataset(minilm):
 
 def test_bad_arguments(minilm):
     with pytest.raises(ValueError, match="'nope'"):
-        ActivationStream(minilm, dataset=Dataset.from_dict({"text": ["a"]}), text_column="nope")
+        ActivationStream(minilm, source=TextSource(Dataset.from_dict({"text": ["a"]}), text_column="nope"))
     with pytest.raises(ValueError, match="context_len 1024.*512"):
         ActivationStream(minilm, context_len=1024)
     with pytest.raises(ValueError, match="close matches"):

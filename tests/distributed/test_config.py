@@ -3,33 +3,12 @@
 import pytest
 import torch.distributed as dist
 
+from sae.cli.run import run_training
 from sae.config import RunConfig, SAEConfig, TrainConfig
 from sae.distributed.comm import DataParallel
-from sae.distributed.config import DistributedConfig, parse_hooks
+from sae.distributed.config import DistributedConfig
 from sae.distributed.shard import LatentShard, shard_rule
 from sae.model import SparseAutoencoder
-from sae.run import run_training
-
-DEFAULT = "blocks.3.hook_resid_pre"
-
-
-def test_layers_expand_through_the_template():
-    assert parse_hooks(None, "0-2,5", "blocks.{}.hook_resid_pre", DEFAULT) == [
-        "blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.2.hook_resid_pre", "blocks.5.hook_resid_pre"]
-    assert parse_hooks(["a", "b"], "", "", DEFAULT) == ["a", "b"]
-    assert parse_hooks(None, "", "", DEFAULT) == [DEFAULT]
-
-
-@pytest.mark.parametrize("hooks, layers, template, message", [
-    (["a"], "1", "blocks.{}.x", "not both"),
-    (None, "1", "blocks.x", "exactly one '{}'"),
-    (None, "3-1", "blocks.{}.x", "runs backwards"),
-    (None, "one", "blocks.{}.x", "expected numbers and ranges"),
-    (["a", "a"], "", "", "given twice"),
-])
-def test_bad_hook_lists_are_refused(hooks, layers, template, message):
-    with pytest.raises(ValueError, match=message):
-        parse_hooks(hooks, layers, template, DEFAULT)
 
 
 def test_unknown_mode_is_refused():

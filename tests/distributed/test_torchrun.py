@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from activations import HookPoints, TextSource
 from sae.checkpoint import load_checkpoint
 from sae.cli import main
+from sae.cli.run import harvest
 from sae.config import RunConfig, SAEConfig, TrainConfig
 from sae.data import TensorBatches
 from sae.model import SparseAutoencoder
-from sae.run import harvest
 from sae.train import Trainer, train
 
 pytestmark = pytest.mark.slow
@@ -46,7 +47,8 @@ def acts() -> dict[str, torch.Tensor]:
     """The training vectors every run below harvests: both hooks from one pass."""
     from activations import load_model
 
-    return harvest(RunConfig(context_len=64), load_model("minilm"), "train", HARVEST, 0, BATCH, HOOKS)
+    return harvest(RunConfig(text=TextSource(context_len=64)), load_model("minilm"), "train", HARVEST, 0, BATCH,
+                   HookPoints(HOOKS))
 
 
 _REFERENCES: dict[str, SparseAutoencoder] = {}

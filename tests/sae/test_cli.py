@@ -1,10 +1,21 @@
 import dataclasses
+import typing
 
 import pytest
 
 from sae.cli import build_parser, main
-from sae.cli_args import dataclass_kwargs
+from sae.cli.args import dataclass_kwargs
 from sae.config import RunConfig, SAEConfig, TrainConfig
+
+
+def _leaf_fields(cls):
+    """The fields of `cls`, a nested dataclass's (a TextSource, HookPoints) in its place."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _leaf_fields(hints[f.name])
+        elif f.init:
+            yield f
 
 
 def test_every_config_field_is_an_option():
@@ -12,8 +23,8 @@ def test_every_config_field_is_an_option():
     train = parser._subparsers._group_actions[0].choices["train"]  # noqa: SLF001
     dests = {a.dest for a in train._actions}  # noqa: SLF001
     for cls in (RunConfig, SAEConfig, TrainConfig):
-        for f in dataclasses.fields(cls):
-            if f.name not in ("d_in", "hook_name", "model_name"):
+        for f in _leaf_fields(cls):
+            if f.name not in ("d_in", "hook_name", "model_name", "split"):  # the run reads 'train' and 'test'
                 assert f.name in dests, f"--{f.name} missing"
 
 

@@ -44,3 +44,36 @@ def test_dashboard_refuses_a_file_as_out(saved, capsys):
     (saved / "afile").write_text("x")
     assert main(["dashboard", str(saved / "sae"), "--out", str(saved / "afile")]) == 2
     assert "is a file; the browser needs a folder" in capsys.readouterr().err
+
+
+def test_dashboard_reads_a_text_column_of_local_files_and_a_hub_dataset_config(saved, monkeypatch, capsys):
+    """The dashboard takes the text options `train` and `eval` take: --text-column, --dataset-config."""
+    import json
+
+    import datasets
+
+    body = saved / "body.jsonl"
+    body.write_text("\n".join(json.dumps({"body": t}) for t in corpus(200)) + "\n")
+    common = ["--tokens", "256", "--context-len", "32", "--top-n", "2", "--quantiles", "2"]
+    argv = ["dashboard", str(saved / "sae"), "--out", str(saved / "browser-body"), *common]
+    assert main([*argv, "--dataset", str(body)]) == 2  # no 'text' column
+    assert "text column 'text' not in" in capsys.readouterr().err
+    assert main([*argv, "--dataset", str(body), "--text-column", "body"]) == 0
+    assert FeatureStats.load(saved / "sae").meta["tokens"] >= 256
+
+    asked = []
+
+    def hub(path, name=None, split=None, streaming=False, **kw):
+        asked.append((path, name, split))
+        if name != "tiny-config":
+            raise ValueError(f"Config name is missing: pick one of ['tiny-config'], got {name!r}")
+        return datasets.Dataset.from_dict({"body": corpus(200, seed=1)})
+
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    argv = ["dashboard", str(saved / "sae"), "--out", str(saved / "browser-hub"), *common,
+            "--dataset", "someone/tiny-corpus", "--text-column", "body"]
+    assert main(argv) == 2 and "Config name is missing" in capsys.readouterr().err
+    assert main([*argv, "--dataset-config", "tiny-config"]) == 0
+    assert asked[-1] == ("someone/tiny-corpus", "tiny-config", "train")
+    stats = FeatureStats.load(saved / "sae")
+    assert stats.meta["identity"]["dataset"] == "hub:someone/tiny-corpus:tiny-config:train"

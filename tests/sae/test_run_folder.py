@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from sae.run_folder import LOCK_FILE, RunFolderError, run_folder
+from sae.cli.run_folder import LOCK_FILE, RunFolderError, run_folder
 
 
 def _finished_run(path):

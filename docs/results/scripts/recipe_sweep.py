@@ -23,8 +23,7 @@ from pathlib import Path
 
 import torch
 
-from activations import ActivationStream, load_model
-from activations.store import CacheError
+from activations import ActivationStream, CacheError, load_model
 from sae import SAEConfig, SparseAutoencoder, TrainConfig, train
 from sae.analysis.evaluate import reconstruction_metrics
 from sae.data import TensorBatches

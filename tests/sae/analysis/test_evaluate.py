@@ -151,5 +151,45 @@ def test_bad_inputs_name_the_values(gpt2, minilm):
         run_evaluation(_sae(64, "blocks.1.hook_resid_pre"), gpt2, ds, tokens=0, progress=False)
     with pytest.warns(UserWarning, match="ran out after"):
         m = run_evaluation(_sae(64, "blocks.1.hook_resid_pre"), gpt2, ds, tokens=10_000, context_len=16,
-                           spliced=False, progress=False)
+                           skip=("spliced",), progress=False)
     assert 0 < m["eval_tokens"] < 10_000
+
+
+@pytest.fixture
+def registry():
+    """The measure registry, restored after the test: a registration ends with it."""
+    from sae.analysis.measures import MEASURES
+
+    before = dict(MEASURES)
+    yield MEASURES
+    MEASURES.clear()
+    MEASURES.update(before)
+
+
+def test_a_registered_measure_is_in_the_output_and_can_be_skipped(gpt2, registry):
+    """A new measure is a function of the held-out pass plus one `register_measure` call."""
+    from sae.analysis import measures
+
+    assert list(registry) == ["geometry", "spliced"]
+
+    def mean_norm(run):
+        run.distributions["token_norm"] = run.sample.norm(dim=1).cpu()
+        return {"mean_activation_norm": run.sample.norm(dim=1).mean().item(), "saw_l0": run.metrics["l0"]}
+
+    measures.register_measure("mean_norm", mean_norm)
+    with pytest.raises(ValueError, match="'mean_norm' is already registered"):
+        measures.register_measure("mean_norm", mean_norm)
+    sae, ds = _sae(64, "blocks.1.hook_resid_pre"), datasets.Dataset.from_dict({"text": TEXTS})
+    kept: list[torch.Tensor] = []
+    m = run_evaluation(sae, gpt2, ds, tokens=40, context_len=16, skip=("spliced",), keep_activations=kept,
+                       return_distributions=True, progress=False)
+    x = torch.cat(kept)
+    assert m["mean_activation_norm"] == pytest.approx(x.norm(dim=1).mean().item(), rel=1e-6)
+    assert m["saw_l0"] == m["l0"] and "ce_loss_clean" not in m and "afa_eps_lbo" in m
+    assert list(m)[-3:] == ["mean_activation_norm", "saw_l0", "distributions"]  # after the built-in measures
+    torch.testing.assert_close(m["distributions"]["token_norm"], x.norm(dim=1))
+    skipped = run_evaluation(sae, gpt2, ds, tokens=40, context_len=16, skip=("spliced", "mean_norm"),
+                             progress=False)
+    assert "mean_activation_norm" not in skipped and skipped["fvu"] == m["fvu"]
+    with pytest.raises(ValueError, match=r"skip names no registered measure: \['nope'\]"):
+        run_evaluation(sae, gpt2, ds, tokens=40, skip=("nope",), progress=False)

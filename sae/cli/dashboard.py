@@ -3,30 +3,27 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from sae.cli_args import add_dataclass_args, dataclass_kwargs
+from activations.source import TextSource
+from sae.cli.args import add_dataclass_args, build_dataclass, dataclass_kwargs
 
 
 @dataclass
 class DashboardConfig:
     """Options of `python -m sae dashboard`."""
 
+    path: str = field(metadata={"positional": True})
+    """Dictionary folder (cfg.json + sae_weights.safetensors)."""
     out: str = ""
     """Browser folder (index.html + data/); empty = DIR/browser."""
     tokens: int = 65_536
     """Tokens the statistics pass reads."""
     model: str = ""
     """Model: empty = the model_name the dictionary records."""
-    dataset: str = ""
-    """Text: a hub dataset name or local .txt/.json/.jsonl/.parquet files; empty = the embedded corpus."""
-    text_column: str = "text"
-    """Column holding the text, for hub datasets and .json/.jsonl/.parquet files."""
-    split: str = "train"
-    """Dataset split the statistics are measured on (the embedded corpus's 'test' split has about 18k tokens)."""
-    context_len: int = 64
-    """Tokens per context."""
+    text: TextSource = field(default_factory=lambda: TextSource(context_len=64))
+    """The text the statistics are measured on (the embedded corpus's 'test' split has about 18k tokens)."""
     top_n: int = 20
     """Top-activating contexts kept per latent."""
     quantiles: int = 10
@@ -40,7 +37,6 @@ class DashboardConfig:
 def add_dashboard_parser(sub: argparse._SubParsersAction) -> None:
     """The `dashboard` subcommand."""
     p = sub.add_parser("dashboard", help="write the offline feature browser of a saved dictionary")
-    p.add_argument("path", help="dictionary folder (cfg.json + sae_weights.safetensors)")
     add_dataclass_args(p, DashboardConfig)
 
 
@@ -51,8 +47,8 @@ def run_dashboard(args: argparse.Namespace) -> Path:
     from sae.analysis.features import STATS_FILE, feature_stats
     from sae.model import SparseAutoencoder
 
-    cfg = DashboardConfig(**dataclass_kwargs(args, DashboardConfig))
-    path = Path(args.path)
+    cfg = build_dataclass(DashboardConfig, dataclass_kwargs(args, DashboardConfig))
+    path = Path(cfg.path)
     out = Path(cfg.out) if cfg.out else path / "browser"
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; the browser needs a folder")
@@ -61,7 +57,6 @@ def run_dashboard(args: argparse.Namespace) -> Path:
     if not model_name:
         raise ValueError(f"{path}/cfg.json records no model_name: pass --model")
     model = load_model(model_name, device=cfg.device)
-    stats = feature_stats(sae, model, cfg.dataset or None, tokens=cfg.tokens, top_n=cfg.top_n,
-                          quantiles=cfg.quantiles, context_len=cfg.context_len, split=cfg.split,
-                          text_column=cfg.text_column, out=path / STATS_FILE, seed=cfg.seed)
+    stats = feature_stats(sae, model, cfg.text, tokens=cfg.tokens, top_n=cfg.top_n, quantiles=cfg.quantiles,
+                          out=path / STATS_FILE, seed=cfg.seed)
     return write_browser(stats, out)

@@ -1,4 +1,4 @@
-"""A whole run: harvest, train, fold, save, evaluate against the PCA baseline. Used by the CLI and the demo.
+"""A whole run: harvest, train, fold, save, evaluate against the PCA baseline. Used by `train` and `demo`.
 
 Several hook points train from one harvest, one dictionary each in `out/<hook name>/`; under torchrun
 the run is one rank of a `ddp`, `shard` or `layers` job (sae.distributed)."""
@@ -12,75 +12,69 @@ from typing import Any
 
 import torch
 
-from activations.text import TEST_EVERY, check_local_text
+from activations.hooks import HookPoints
+from activations.source import TextSource
+from activations.text import TEST_EVERY
 from sae.analysis.evaluate import evaluate, write_evaluation
 from sae.analysis.pca import pca_fvu
+from sae.cli.run_folder import run_folder
 from sae.config import RunConfig, SAEConfig, TrainConfig
 from sae.data import TensorBatches
 from sae.distributed.comm import Communicator, DataParallel, RankShare
 from sae.distributed.config import DistributedConfig
 from sae.model import SparseAutoencoder
-from sae.run_folder import run_folder
 from sae.train import train
 
 _PROBE_D_IN = 4096  # a stand-in width for checking options before the model (and its true width) is loaded
 
 
 def _stream(run: RunConfig, model, split: str, tokens: int, batch_size: int, seed: int,
-            hooks: list[str] | None = None, rank_share: tuple[int, int] = (0, 1)):
+            hooks: HookPoints | None = None, rank_share: tuple[int, int] = (0, 1)):
     from activations import ActivationStream
 
     cache = Path(run.cache_dir) / f"{split}-{tokens}" if run.cache_dir else None
     if cache is not None and rank_share[1] > 1:
         cache = cache / f"rank{rank_share[0]}-of-{rank_share[1]}"
-    return ActivationStream(
-        model,
-        hook=run.hook if hooks is None else hooks[0] if len(hooks) == 1 else list(hooks),
-        dataset=run.dataset or None,
-        split=split,
-        context_len=run.context_len,
-        batch_size=batch_size,
-        total_tokens=tokens,
-        seed=seed,
-        cache_dir=cache,
-        dataset_config=run.dataset_config or None,
-        text_column=run.text_column,
-        rank_share=rank_share,
-    )
+    return ActivationStream(model, hook=run.hooks if hooks is None else hooks, source=run.text, split=split,
+                            batch_size=batch_size, total_tokens=tokens, seed=seed, cache_dir=cache,
+                            rank_share=rank_share)
 
 
 def _collect(run: RunConfig, stream, split: str, tokens: int) -> torch.Tensor | dict[str, torch.Tensor]:
     batches = list(stream)
     if not batches:
-        raise ValueError(f"no activations harvested from the {split!r} split of {run.dataset or 'the embedded corpus'}")
+        raise ValueError(f"no activations harvested from the {split!r} split of "
+                         f"{run.text.dataset or 'the embedded corpus'}")
     if isinstance(batches[0], dict):  # several hooks: one tensor each
         return {h: torch.cat([b[h] for b in batches])[:tokens] for h in batches[0]}
     return torch.cat(batches)[:tokens]
 
 
 def harvest(run: RunConfig, model, split: str, tokens: int, seed: int, batch_size: int = 4096,
-            hooks: list[str] | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
-    """Up to `tokens` activations of `split` as one in-memory [N, d] tensor (several hooks: a dict of them)."""
+            hooks: HookPoints | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Up to `tokens` activations of `split` as one in-memory [N, d] tensor (several hooks: a dict of them).
+
+    `hooks`: some of the run's hook points (default: all of them)."""
     return _collect(run, _stream(run, model, split, tokens, batch_size, seed, hooks), split, tokens)
 
 
-def _per_hook(acts, hooks: list[str]) -> dict[str, torch.Tensor]:
-    return acts if isinstance(acts, dict) else {hooks[0]: acts}
+def _per_hook(acts, hooks: HookPoints) -> dict[str, torch.Tensor]:
+    return acts if isinstance(acts, dict) else {hooks.names[0]: acts}
 
 
-def eval_settings(run: RunConfig) -> dict[str, Any]:
+def eval_settings(text: TextSource, eval_tokens: int) -> dict[str, Any]:
     """What decides the held-out tokens of metrics.json; `python -m sae eval` defaults to them."""
-    return {"dataset": run.dataset, "dataset_config": run.dataset_config, "text_column": run.text_column,
-            "context_len": run.context_len, "eval_tokens": run.eval_tokens}
+    return {"dataset": text.dataset or "", "dataset_config": text.dataset_config or "",
+            "text_column": text.text_column, "context_len": text.context_len, "eval_tokens": eval_tokens}
 
 
-def _check_held_out(run: RunConfig, model, seed: int, batch_size: int, hooks: list[str] | None = None) -> None:
+def _check_held_out(run: RunConfig, model, seed: int, batch_size: int, hooks: HookPoints | None = None) -> None:
     """Check that the test split yields held-out text before training: a dataset without it fails in seconds,
     not after training."""
     try:
         _stream(run, model, "test", run.eval_tokens, batch_size, seed, hooks).check_not_empty()
     except ValueError as e:
-        raise ValueError(f"dataset {run.dataset or 'embedded'!r} has no usable 'test' split for the held-out metrics "
+        raise ValueError(f"dataset {run.text.dataset or 'embedded'!r} has no usable 'test' split for the held-out metrics "
                          f"({e}); use a hub dataset that has one, or local files with at least {TEST_EVERY} documents "
                          "(every 20th is held out)") from e
 
@@ -88,10 +82,9 @@ def _check_held_out(run: RunConfig, model, seed: int, batch_size: int, hooks: li
 def check_run(run: RunConfig, sae_kwargs: dict[str, Any], tcfg: TrainConfig) -> None:
     """Everything that can be checked before the model loads, each a one-line error: the dictionary's options
     (k, family, family options; the final check with the model's width follows), the device, the corpus files."""
-    SAEConfig(d_in=_PROBE_D_IN, hook_name=run.hook, model_name=run.model, **sae_kwargs)
+    SAEConfig(d_in=_PROBE_D_IN, hook_name=run.hooks.names[0], model_name=run.model, **sae_kwargs)
     check_device(tcfg.device)
-    if run.dataset:
-        check_local_text(run.dataset)
+    run.text.check_local()
 
 
 def check_device(device: str) -> None:
@@ -116,15 +109,14 @@ def run_training(
     sae_kwargs: dict[str, Any],
     tcfg: TrainConfig,
     dcfg: DistributedConfig | None = None,
-    hooks: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Train one dictionary per hook point end to end; each folder gets cfg.json, sae_weights.safetensors,
-    metrics.json, log.jsonl. One hook: `run.out`, its metrics returned; several: `run.out/<hook>/`, and
-    {hook: metrics}. Under `dcfg.distributed` this process is one rank (launched by torchrun); ranks that
-    write nothing return {}."""
+    """Train one dictionary per hook point of `run.hooks` end to end; each folder gets cfg.json,
+    sae_weights.safetensors, metrics.json, log.jsonl. One hook: `run.out`, its metrics returned; several:
+    `run.out/<hook>/`, and {hook: metrics}. Under `dcfg.distributed` this process is one rank (launched by
+    torchrun); ranks that write nothing return {}."""
     check_run(run, sae_kwargs, tcfg)
     dcfg = dcfg or DistributedConfig()
-    hooks = list(hooks or [run.hook])
+    hooks = run.hooks
     mode = dcfg.distributed
     if mode in ("ddp", "shard") and len(hooks) > 1:
         raise ValueError(f"--distributed {mode} trains one hook point; got {len(hooks)}: use --distributed layers")
@@ -162,11 +154,12 @@ def run_training(
         if mode != "layers":
             return _run(out, run, hooks, sae_kwargs, tcfg, DataParallel() if mode == "ddp" else LatentShard(), nested)
         parts: list[Any] = [None] * world
-        dist.all_gather_object(parts, _run(out, run, hooks[rank::world], sae_kwargs, tcfg, Communicator(), nested))
+        mine = HookPoints(hooks.names[rank::world])
+        dist.all_gather_object(parts, _run(out, run, mine, sae_kwargs, tcfg, Communicator(), nested))
         return {h: m for part in parts for h, m in part.items()} if rank == 0 else {}
 
 
-def _run(out: Path, run: RunConfig, hooks: list[str], sae_kwargs: dict[str, Any], tcfg: TrainConfig,
+def _run(out: Path, run: RunConfig, hooks: HookPoints, sae_kwargs: dict[str, Any], tcfg: TrainConfig,
          comm: Communicator, nested: bool) -> dict[str, Any]:
     """One harvest for `hooks`, then one dictionary per hook trained through `comm`."""
     from activations import ActivationStream, load_model
@@ -189,8 +182,8 @@ def _run(out: Path, run: RunConfig, hooks: list[str], sae_kwargs: dict[str, Any]
             raise ValueError(f"--distributed ddp splits each batch evenly: batch_size={tcfg.batch_size} is not a "
                              f"multiple of the {share[1]} ranks")
         # ddp: each rank streams its own contexts, batches of batch_size / world
-        data = {hooks[0]: _stream(run, model, "train", tcfg.tokens // share[1], tcfg.batch_size // share[1],
-                                  tcfg.seed, hooks, rank_share=share)}
+        data = {hooks.names[0]: _stream(run, model, "train", tcfg.tokens // share[1], tcfg.batch_size // share[1],
+                                        tcfg.seed, hooks, rank_share=share)}
     else:  # several hooks through the disk cache: harvested once, each dictionary reads its own hook
         cache = _stream(run, model, "train", tcfg.tokens, tcfg.batch_size, tcfg.seed, hooks).harvest()
         data = {h: ActivationStream.from_cache(cache, tcfg.batch_size, tcfg.seed, hook=h, verify=False,
@@ -214,8 +207,7 @@ def _run(out: Path, run: RunConfig, hooks: list[str], sae_kwargs: dict[str, Any]
         sae.fold_input_scale()
         sae.save(folder)
         held_out: list[torch.Tensor] = []
-        metrics = evaluate(sae, model, run.dataset or None, tokens=run.eval_tokens, context_len=run.context_len,
-                           hook=h, dataset_config=run.dataset_config or None, text_column=run.text_column,
+        metrics = evaluate(sae, model, run.text, split="test", tokens=run.eval_tokens, hook=h,
                            keep_activations=held_out, return_distributions=True)
         eval_batches = list(torch.cat(held_out).split(4096))
         rank = max(1, min(round(metrics["l0"]), sae.cfg.d_in))
@@ -229,8 +221,8 @@ def _run(out: Path, run: RunConfig, hooks: list[str], sae_kwargs: dict[str, Any]
                 "train_tokens_per_s": result.tokens / max(result.seconds, 1e-9) if result.steps else 0.0,
                 "harvest_seconds": harvest_s,
                 "total_seconds": time.perf_counter() - t0,
-                "eval_settings": eval_settings(run),
+                "eval_settings": eval_settings(run.text, run.eval_tokens),
             }
         )
         all_metrics[h] = write_evaluation(folder, metrics, merge=False)
-    return all_metrics if nested else all_metrics[hooks[0]]
+    return all_metrics if nested else all_metrics[hooks.names[0]]

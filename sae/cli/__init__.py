@@ -1,0 +1,55 @@
+"""Command line: python -m sae train|demo|eval|dashboard|pretrained. Options are generated from config dataclasses.
+
+One module per subcommand (`train`, `eval`, `dashboard`, `pretrained`), the whole training run in `run`
+(its output folder in `run_folder`), the dataclass-to-argparse generator in `args`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from sae.cli.dashboard import add_dashboard_parser, run_dashboard
+from sae.cli.eval import add_eval_parser, run_eval
+from sae.cli.pretrained import add_pretrained_parser, run_pretrained
+from sae.cli.train import add_train_parsers, run_train
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sae", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_parsers(sub)
+    add_eval_parser(sub)
+    add_pretrained_parser(sub)
+    add_dashboard_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "pretrained":
+        return run_pretrained(args)
+    try:
+        if args.command == "dashboard":
+            print(f"feature browser: {run_dashboard(args).resolve()}  (open it in a web browser)")
+            return 0
+        if args.command == "eval":
+            metrics = run_eval(args)
+        else:
+            from sae.distributed.group import PeerLost
+
+            try:
+                metrics = run_train(args)
+            except PeerLost as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 3
+    except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if metrics:  # the other ranks of a distributed run write nothing
+        print(json.dumps(metrics, indent=2))
+    return 0

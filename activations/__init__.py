@@ -11,5 +11,14 @@ from activations.source import TextSource
 from activations.stream import ActivationStream
 from activations.text import embedded_corpus, load_text
 
-__all__ = ["ActivationStream", "CacheError", "HookPoints", "ModelAdapter", "TextSource", "embedded_corpus",
-           "interleave_order", "load_model", "load_text"]
+__all__ = [
+    "ActivationStream",
+    "CacheError",
+    "HookPoints",
+    "ModelAdapter",
+    "TextSource",
+    "embedded_corpus",
+    "interleave_order",
+    "load_model",
+    "load_text",
+]

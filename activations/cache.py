@@ -24,8 +24,7 @@ from tqdm.auto import tqdm
 
 from activations.mixing import BatchIterable, RunningStats, interleave_order
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "CacheError", "CacheReader", "check_identity", "read_manifest",
-           "write_cache"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "CacheError", "CacheReader", "check_identity", "read_manifest", "write_cache"]
 
 MANIFEST = "manifest.json"
 FORMAT = "saekit-activations"
@@ -38,7 +37,6 @@ Harvest = Callable[[int, int, Any], Iterator[tuple[int, dict[str, torch.Tensor],
 
 class CacheError(ValueError):
     """A cache that cannot be used: another model or hook, or a corrupt / half-written shard."""
-
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -79,7 +77,6 @@ def _shard_intact(path: Path, sha256: str) -> bool:
     return True
 
 
-
 class _Shard:
     """One safetensors shard, memory-mapped with numpy (no copy until rows are gathered)."""
 
@@ -91,11 +88,13 @@ class _Shard:
         if size != entry["bytes"]:
             raise CacheError(
                 f"shard {str(path)!r} is {size} bytes but the manifest says {entry['bytes']}: "
-                "it is corrupt or half-written; delete it and resume the harvest (same cache_dir)")
+                "it is corrupt or half-written; delete it and resume the harvest (same cache_dir)"
+            )
         if verify and not _shard_intact(path, entry["sha256"]):
             raise CacheError(
                 f"shard {str(path)!r} does not match its checksum in the manifest: it is corrupt; "
-                "delete it and resume the harvest (same cache_dir)")
+                "delete it and resume the harvest (same cache_dir)"
+            )
         with open(path, "rb") as f:
             try:
                 (hlen,) = struct.unpack("<Q", f.read(8))
@@ -116,8 +115,7 @@ class _Shard:
             if self.rows == 0:
                 self.arrays[key] = np.zeros(meta["shape"], dtype=dtype)
             else:
-                self.arrays[key] = np.memmap(path, dtype=dtype, mode="r", offset=base + begin,
-                                             shape=tuple(meta["shape"]))
+                self.arrays[key] = np.memmap(path, dtype=dtype, mode="r", offset=base + begin, shape=tuple(meta["shape"]))
 
 
 def read_manifest(cache_dir: Path) -> dict[str, Any] | None:
@@ -138,6 +136,7 @@ def read_manifest(cache_dir: Path) -> dict[str, Any] | None:
 
 def _check_manifest(m: dict[str, Any], path: Path) -> None:
     """Refuse a manifest whose fields have the wrong type (hand-edited or damaged), naming the field."""
+
     def bad(what: str) -> CacheError:
         return CacheError(f"manifest {str(path)!r} is damaged: {what}")
 
@@ -158,9 +157,16 @@ def _check_manifest(m: dict[str, Any], path: Path) -> None:
     if not isinstance(shards, list):
         raise bad(f"shards {shards!r} is not a list")
     for e in shards:
-        ok = (isinstance(e, dict) and isinstance(e.get("file"), str) and Path(e["file"]).name == e["file"]
-              and e["file"] not in ("", ".", "..") and is_int(e.get("rows")) and is_int(e.get("bytes"))
-              and isinstance(e.get("sha256"), str) and isinstance(e.get("sums"), dict))
+        ok = (
+            isinstance(e, dict)
+            and isinstance(e.get("file"), str)
+            and Path(e["file"]).name == e["file"]
+            and e["file"] not in ("", ".", "..")
+            and is_int(e.get("rows"))
+            and is_int(e.get("bytes"))
+            and isinstance(e.get("sha256"), str)
+            and isinstance(e.get("sums"), dict)
+        )
         if not ok:
             raise bad(f"shard entry {e!r} lacks a plain file name, rows, bytes, sha256 or sums")
     stats = m.get("stats")
@@ -178,12 +184,14 @@ def check_identity(cache_dir: Path, want: dict[str, Any]) -> dict[str, Any] | No
         if m.get(key) != want[key]:
             raise CacheError(
                 f"cache {str(cache_dir)!r} holds activations of {key} {m.get(key)!r}, not {want[key]!r}: "
-                "refusing to mix them; use another cache_dir")
+                "refusing to mix them; use another cache_dir"
+            )
     for key, value in want.items():
         if key != "dataset_content" and m.get(key) != value:
             raise CacheError(
                 f"cache {str(cache_dir)!r} was harvested with {key}={m.get(key)!r}, this stream asks "
-                f"for {key}={value!r}; use another cache_dir or the same settings")
+                f"for {key}={value!r}; use another cache_dir or the same settings"
+            )
     return m
 
 
@@ -191,8 +199,9 @@ def _write_manifest(cache_dir: Path, manifest: dict[str, Any]) -> None:
     _atomic_write(cache_dir / MANIFEST, json.dumps(manifest, indent=1).encode())
 
 
-def write_cache(cache_dir: Path, identity: dict[str, Any], d_ins: dict[str, int], harvest: Harvest,
-                progress: bool = True) -> None:
+def write_cache(
+    cache_dir: Path, identity: dict[str, Any], d_ins: dict[str, int], harvest: Harvest, progress: bool = True
+) -> None:
     """Fill `cache_dir` with what `harvest` yields, one shard per `identity["batches_per_shard"]` forward passes.
 
     `identity` is what the manifest records of the stream (model, hooks, dataset, total_tokens, ...) and must
@@ -202,17 +211,19 @@ def write_cache(cache_dir: Path, identity: dict[str, Any], d_ins: dict[str, int]
     hooks, total = identity["hooks"], identity["total_tokens"]
     m = check_identity(cache_dir, identity)
     if m is not None and m.get("dataset_content") != identity["dataset_content"]:
-        warnings.warn(f"cache {str(cache_dir)!r}: the files of dataset {identity['dataset']!r} changed since "
-                      f"it was harvested (content {m.get('dataset_content')} -> {identity['dataset_content']}): "
-                      "harvesting them again", stacklevel=3)
+        warnings.warn(
+            f"cache {str(cache_dir)!r}: the files of dataset {identity['dataset']!r} changed since "
+            f"it was harvested (content {m.get('dataset_content')} -> {identity['dataset_content']}): "
+            "harvesting them again",
+            stacklevel=3,
+        )
         for entry in m.get("shards", []):
             (cache_dir / entry["file"]).unlink(missing_ok=True)
         m = None
     if m is not None and m.get("complete"):
         return
     if m is None:
-        m = {"format": FORMAT, "version": FORMAT_VERSION, **identity, "d_in": d_ins,
-             "shards": [], "complete": False, "tokens": 0}
+        m = {"format": FORMAT, "version": FORMAT_VERSION, **identity, "d_in": d_ins, "shards": [], "complete": False, "tokens": 0}
     for stray in cache_dir.glob("*.tmp*"):  # left by a harvest killed mid-write
         stray.unlink()
     # keep the prefix of listed shards that are intact; the rest is redone
@@ -242,14 +253,12 @@ def write_cache(cache_dir: Path, identity: dict[str, Any], d_ins: dict[str, int]
         sha = hashlib.sha256(data).hexdigest()
         key, size, mtime = _stamp(cache_dir / name)
         _VERIFIED[key] = (size, mtime, sha)  # hashed from the very bytes just written
-        m["shards"].append({"file": name, "rows": int(ctx.numel()), "bytes": len(data), "sha256": sha,
-                            "sums": sums})
+        m["shards"].append({"file": name, "rows": int(ctx.numel()), "bytes": len(data), "sha256": sha, "sums": sums})
         m["tokens"] += int(ctx.numel())
         _write_manifest(cache_dir, m)
         buf.clear()
 
-    with tqdm(total=total, initial=m["tokens"], desc="harvest", unit="tok", disable=not progress,
-              dynamic_ncols=True) as bar:
+    with tqdm(total=total, initial=m["tokens"], desc="harvest", unit="tok", disable=not progress, dynamic_ncols=True) as bar:
         if m["tokens"] < total:
             _write_manifest(cache_dir, m)
             for b, acts, ctx in harvest(start_batch, m["tokens"], bar):
@@ -272,17 +281,19 @@ def write_cache(cache_dir: Path, identity: dict[str, Any], d_ins: dict[str, int]
 class CacheReader(BatchIterable):
     """Batches from a finished cache, memory-mapped (see `ActivationStream.from_cache`)."""
 
-    def __init__(self, cache_dir: Path, batch_size: int, seed: int, hook: Any, epochs: int | None,
-                 verify: bool, expect_model: str | None) -> None:
+    def __init__(
+        self, cache_dir: Path, batch_size: int, seed: int, hook: Any, epochs: int | None, verify: bool, expect_model: str | None
+    ) -> None:
         m = read_manifest(cache_dir)
         if m is None:
             raise CacheError(f"no activation cache at {str(cache_dir)!r} (no {MANIFEST})")
         if not m.get("complete"):
-            raise CacheError(f"cache {str(cache_dir)!r} is incomplete ({m.get('tokens', 0)} of "
-                             f"{m.get('total_tokens')} tokens): resume the harvest with the same settings")
+            raise CacheError(
+                f"cache {str(cache_dir)!r} is incomplete ({m.get('tokens', 0)} of "
+                f"{m.get('total_tokens')} tokens): resume the harvest with the same settings"
+            )
         if expect_model is not None and m["model"] != expect_model:
-            raise CacheError(f"cache {str(cache_dir)!r} holds activations of model {m['model']!r}, "
-                             f"not {expect_model!r}")
+            raise CacheError(f"cache {str(cache_dir)!r} holds activations of model {m['model']!r}, not {expect_model!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.manifest, self.cache_dir = m, cache_dir
@@ -314,8 +325,11 @@ class CacheReader(BatchIterable):
         out = {}
         for h in self.hooks:
             s = self.manifest["stats"][h]
-            out[h] = {"mean_sq_norm": s["mean_sq_norm"], "mean": torch.tensor(s["mean"], dtype=torch.float32),
-                      "tokens": s["tokens"]}
+            out[h] = {
+                "mean_sq_norm": s["mean_sq_norm"],
+                "mean": torch.tensor(s["mean"], dtype=torch.float32),
+                "tokens": s["tokens"],
+            }
         return out if self.multi else out[self.hooks[0]]
 
     def __len__(self) -> int:
@@ -339,8 +353,11 @@ class CacheReader(BatchIterable):
                 if a < b:
                     parts.append(self.shards[s].arrays[h][idx[a:b] - self.offsets[s]])
             out[h] = torch.from_numpy(np.concatenate(parts).astype(np.float32, copy=False))
-        parts = [self.shards[s].arrays[_CTX_KEY][idx[cuts[s]:cuts[s + 1]] - self.offsets[s]]
-                 for s in range(len(self.shards)) if cuts[s] < cuts[s + 1]]
+        parts = [
+            self.shards[s].arrays[_CTX_KEY][idx[cuts[s] : cuts[s + 1]] - self.offsets[s]]
+            for s in range(len(self.shards))
+            if cuts[s] < cuts[s + 1]
+        ]
         out[_CTX_KEY] = torch.from_numpy(np.concatenate(parts).astype(np.int64))
         return out
 

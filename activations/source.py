@@ -58,8 +58,13 @@ class TextSource:
 
     def open(self, streaming: bool | None = None):
         """The dataset's split (a `datasets` dataset holding `text_column`), streamed where `streamed` says."""
-        return load_text(self.dataset, split=self.split, config=self.dataset_config, text_column=self.text_column,
-                         streaming=self.streamed if streaming is None else streaming)
+        return load_text(
+            self.dataset,
+            split=self.split,
+            config=self.dataset_config,
+            text_column=self.text_column,
+            streaming=self.streamed if streaming is None else streaming,
+        )
 
     def texts(self, opened=None) -> Iterator[str]:
         """The non-empty texts of the split, in order; `opened`: what `open()` returned, to read it again."""
@@ -67,8 +72,7 @@ class TextSource:
 
     def contexts(self, model: Any, opened=None) -> Iterator[torch.Tensor]:
         """`[context_len]` token contexts packed for `model` (a `ModelAdapter`): BOS first where it has one."""
-        return pack_contexts(self.texts(opened), model.tokenizer, self.context_len, model.bos_token_id,
-                             model.sep_token_id)
+        return pack_contexts(self.texts(opened), model.tokenizer, self.context_len, model.bos_token_id, model.sep_token_id)
 
     def describe(self) -> str:
         """A stable name of the dataset and split, for cache manifests and messages."""
@@ -83,8 +87,9 @@ class TextSource:
         check_local_text(self.dataset)
 
 
-def as_source(source: TextSource | Any, default: TextSource | None = None, *, split: str | None = None,
-              context_len: int | None = None) -> TextSource:
+def as_source(
+    source: TextSource | Any, default: TextSource | None = None, *, split: str | None = None, context_len: int | None = None
+) -> TextSource:
     """`source` as a `TextSource`: one is taken as given; anything else (None, a hub name, a path, a `datasets`
     dataset) becomes the dataset of `default`. `split` and `context_len`, when given, replace the source's."""
     src = source if isinstance(source, TextSource) else (default or TextSource()).replace(dataset=source)

@@ -27,6 +27,7 @@ from activations.source import TextSource, as_source
 
 __all__ = ["ActivationStream"]
 
+
 class ActivationStream(BatchIterable):
     """An iterable of shuffled float32 CPU activation batches `[batch_size, d_in]`.
 
@@ -86,15 +87,21 @@ class ActivationStream(BatchIterable):
         self.model: ModelAdapter = load_model(model, device=device, dtype=dtype)
         self.multi = len(hook) > 1 if isinstance(hook, HookPoints) else not isinstance(hook, str)
         self.hooks = self.model.check_hooks(list(hook) if isinstance(hook, HookPoints) else hook)
-        for name, v in (("batch_size", batch_size), ("total_tokens", total_tokens),
-                        ("model_batch_size", model_batch_size), ("shard_tokens", shard_tokens)):
+        for name, v in (
+            ("batch_size", batch_size),
+            ("total_tokens", total_tokens),
+            ("model_batch_size", model_batch_size),
+            ("shard_tokens", shard_tokens),
+        ):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         self.source = as_source(source, split=split, context_len=context_len)
         context_len = self.source.context_len
         if context_len > self.model.max_context:
-            raise ValueError(f"context_len {context_len} is longer than the maximum context "
-                             f"{self.model.max_context} of model {self.model.name!r}")
+            raise ValueError(
+                f"context_len {context_len} is longer than the maximum context "
+                f"{self.model.max_context} of model {self.model.name!r}"
+            )
         self.context_len, self.batch_size, self.total_tokens = context_len, batch_size, total_tokens
         self.seed, self.exclude_special_tokens = seed, exclude_special_tokens
         self.model_batch_size, self.prefetch, self.progress = model_batch_size, prefetch, progress
@@ -160,8 +167,9 @@ class ActivationStream(BatchIterable):
             raise self._too_short()
 
     def _too_short(self) -> ValueError:
-        return ValueError(f"dataset {self.dataset_desc!r} yields no context of {self.context_len} tokens: "
-                          "it is empty or too short")
+        return ValueError(
+            f"dataset {self.dataset_desc!r} yields no context of {self.context_len} tokens: it is empty or too short"
+        )
 
     def harvest(self) -> Path:
         """Fill `cache_dir` (resuming an interrupted harvest); return the folder."""
@@ -226,8 +234,7 @@ class ActivationStream(BatchIterable):
         if not seen_any:
             raise self._too_short()
         if got < self.total_tokens:
-            warnings.warn(f"dataset {self.dataset_desc!r} ran out after {got} of {self.total_tokens} tokens",
-                          stacklevel=2)
+            warnings.warn(f"dataset {self.dataset_desc!r} ran out after {got} of {self.total_tokens} tokens", stacklevel=2)
 
     def _live_batches(self) -> Iterator[tuple[Any, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.seed)
@@ -236,8 +243,9 @@ class ActivationStream(BatchIterable):
         pool_ctx: list[torch.Tensor] = []
         n_pool = 0
         pool_rows = max(self.shuffle_contexts * (self.context_len - 1), 2 * self.batch_size)
-        with tqdm(total=self.total_tokens, desc="harvest", unit="tok", disable=not self.progress,
-                  dynamic_ncols=True, leave=False) as bar:
+        with tqdm(
+            total=self.total_tokens, desc="harvest", unit="tok", disable=not self.progress, dynamic_ncols=True, leave=False
+        ) as bar:
             for _, acts, ctx in self._chunks(bar=bar):
                 for h in self.hooks:
                     stats[h].add(acts[h])
@@ -271,11 +279,16 @@ class ActivationStream(BatchIterable):
     # --- cache --------------------------------------------------------------------------------
     def _identity(self) -> dict[str, Any]:
         return {
-            "model": self.model.name, "hooks": list(self.hooks), "dataset": self.dataset_desc,
+            "model": self.model.name,
+            "hooks": list(self.hooks),
+            "dataset": self.dataset_desc,
             "dataset_content": self.dataset_content,
-            "text_column": self.source.text_column, "context_len": self.context_len,
-            "exclude_special_tokens": self.exclude_special_tokens, "total_tokens": self.total_tokens,
-            "model_batch_size": self.model_batch_size, "batches_per_shard": self.batches_per_shard,
+            "text_column": self.source.text_column,
+            "context_len": self.context_len,
+            "exclude_special_tokens": self.exclude_special_tokens,
+            "total_tokens": self.total_tokens,
+            "model_batch_size": self.model_batch_size,
+            "batches_per_shard": self.batches_per_shard,
             "dtype": "float32",
             **({"rank_share": list(self.rank_share)} if self.rank_share[1] > 1 else {}),
         }
@@ -283,12 +296,14 @@ class ActivationStream(BatchIterable):
     def _cache_reader(self) -> CacheReader:
         if self._reader is None:
             self._write_cache()
-            self._reader = CacheReader(self.cache_dir, self.batch_size, self.seed,
-                                       self.hooks if self.multi else self.hooks[0], 1, True, self.model.name)
+            self._reader = CacheReader(
+                self.cache_dir, self.batch_size, self.seed, self.hooks if self.multi else self.hooks[0], 1, True, self.model.name
+            )
         return self._reader
 
     def _write_cache(self) -> None:
         """Harvest into cache_dir; an interrupted harvest resumes after its last whole shard."""
+
         def harvest(start_batch: int, tokens_done: int, bar: Any):
             return _prefetched(lambda: self._chunks(start_batch, tokens_done, bar), self.prefetch)
 
@@ -337,4 +352,3 @@ def _prefetched(make: Any, depth: int) -> Iterator[Any]:
         # goes on to use the model (say, after an interrupted harvest) must not race it for the model's hooks.
         stop.set()
         thread.join(timeout=_JOIN_TIMEOUT_S)
-

@@ -23,15 +23,33 @@ from typing import Any
 
 import torch
 
-__all__ = ["embedded_corpus", "load_text", "pack_contexts", "iter_texts", "describe_source", "check_local_text",
-           "content_fingerprint"]
+__all__ = [
+    "embedded_corpus",
+    "load_text",
+    "pack_contexts",
+    "iter_texts",
+    "describe_source",
+    "check_local_text",
+    "content_fingerprint",
+]
 
 # Document i of the sorted embedded corpus belongs to "test" when i % TEST_EVERY == TEST_EVERY - 1.
 TEST_EVERY = 20
 _CORPUS_VERSION = 1
 _MIN_DOCSTRING = 120
-_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "tkinter",
-              "turtledemo", "ensurepip", "__phello__", "__pycache__"}
+_SKIP_DIRS = {
+    "site-packages",
+    "dist-packages",
+    "test",
+    "tests",
+    "idlelib",
+    "lib2to3",
+    "tkinter",
+    "turtledemo",
+    "ensurepip",
+    "__phello__",
+    "__pycache__",
+}
 _LOCAL_SUFFIXES = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
@@ -54,8 +72,11 @@ def _collect_documents() -> list[dict[str, str]]:
         stack: list[tuple[ast.AST, str]] = [(tree, module)]
         while stack:
             node, qual = stack.pop()
-            doc = ast.get_docstring(node) if isinstance(
-                node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) else None
+            doc = (
+                ast.get_docstring(node)
+                if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+                else None
+            )
             if doc and len(doc) >= _MIN_DOCSTRING:
                 docs.setdefault(f"stdlib/{qual}", doc)
             for child in ast.iter_child_nodes(node):
@@ -122,7 +143,8 @@ def _looks_local(source: str) -> bool:
     return (
         Path(source).suffix.lower() in _LOCAL_SUFFIXES
         or source.startswith((".", "/", "~"))
-        or os.sep in source.rstrip(os.sep) and Path(source).exists()
+        or os.sep in source.rstrip(os.sep)
+        and Path(source).exists()
     )
 
 
@@ -182,8 +204,7 @@ def _local_files(source: str) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in _LOCAL_SUFFIXES)
         if not files:
-            raise FileNotFoundError(
-                f"no .txt/.json/.jsonl/.parquet files in dataset folder {source!r}")
+            raise FileNotFoundError(f"no .txt/.json/.jsonl/.parquet files in dataset folder {source!r}")
     elif any(ch in source for ch in "*?["):
         files = sorted(Path(p) for p in glob.glob(source))
         if not files:
@@ -196,7 +217,8 @@ def _local_files(source: str) -> list[Path]:
     if None in kinds or len(kinds) != 1:
         raise ValueError(
             f"local dataset {source!r}: expected files of one kind among "
-            f"{sorted(_LOCAL_SUFFIXES)}, got {sorted({p.suffix for p in files})}")
+            f"{sorted(_LOCAL_SUFFIXES)}, got {sorted({p.suffix for p in files})}"
+        )
     for p in files:
         if p.stat().st_size == 0:
             raise ValueError(f"dataset file {str(p)!r} is empty")
@@ -234,8 +256,10 @@ def _decode(decoder: codecs.IncrementalDecoder, block: bytes, offset: int, path:
         decoder.decode(block, final=final)
     except UnicodeDecodeError as e:
         at = offset - pending + e.start
-        raise ValueError(f"dataset file {str(path)!r} is not UTF-8 text: byte offset {at} ({e.reason}); "
-                         "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+        raise ValueError(
+            f"dataset file {str(path)!r} is not UTF-8 text: byte offset {at} ({e.reason}); "
+            "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
 
 
 def check_local_text(source: Any) -> None:
@@ -267,8 +291,7 @@ def _load_local(source: str, streaming: bool, **kwargs: Any):
     for p in files:
         _file_digest(p)  # refuse a non-UTF-8 text file here, naming it and the byte offset
     builder = _LOCAL_SUFFIXES[files[0].suffix.lower()]
-    return datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train",
-                                 streaming=streaming, **kwargs)
+    return datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train", streaming=streaming, **kwargs)
 
 
 def _local_split(ds, split: str, source: str):

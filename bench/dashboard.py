@@ -34,8 +34,7 @@ def _rss_mib() -> float:
 
 
 def measure(model, n: int, tokens: int, folder: Path, repeats: int) -> dict[str, float]:
-    sae = SparseAutoencoder(SAEConfig(d_in=model.d_model, n_latents=n, k=32, hook_name=HOOK, model_name="minilm"),
-                            seed=0)
+    sae = SparseAutoencoder(SAEConfig(d_in=model.d_model, n_latents=n, k=32, hook_name=HOOK, model_name="minilm"), seed=0)
     before = _rss_mib()
     t0 = time.perf_counter()
     stats = feature_stats(sae, model, tokens=tokens, top_n=20, quantiles=10)
@@ -59,10 +58,18 @@ def measure(model, n: int, tokens: int, folder: Path, repeats: int) -> dict[str,
             ready_ms.append(float(page.evaluate("document.body.dataset.readyMs")))
             page.close()
         browser.close()
-    return {"latents": n, "tokens": stats.meta["tokens"], "pass_s": pass_s, "peak_rss_growth_mib": grew,
-            "tables_mib": tables, "dense_mib": stats.meta["tokens"] * n * 4 / 2**20, "write_s": write_s,
-            "ready_ms": statistics.median(ready_ms), "wall_ms": statistics.median(wall_ms),
-            "index_mib": (index.parent / "data" / "index.js").stat().st_size / 2**20}
+    return {
+        "latents": n,
+        "tokens": stats.meta["tokens"],
+        "pass_s": pass_s,
+        "peak_rss_growth_mib": grew,
+        "tables_mib": tables,
+        "dense_mib": stats.meta["tokens"] * n * 4 / 2**20,
+        "write_s": write_s,
+        "ready_ms": statistics.median(ready_ms),
+        "wall_ms": statistics.median(wall_ms),
+        "index_mib": (index.parent / "data" / "index.js").stat().st_size / 2**20,
+    }
 
 
 def main() -> None:
@@ -76,16 +83,22 @@ def main() -> None:
     model = load_model("minilm")
     with tempfile.TemporaryDirectory() as tmp:
         rows = [measure(model, n, args.tokens, Path(tmp), args.repeats) for n in (3072, args.latents)]
-    print(f"\n{'latents':>8} {'tokens':>7} {'stats pass s':>12} {'RSS growth MiB':>14} {'tables MiB':>10} "
-          f"{'dense MiB':>10} {'write s':>8} {'index.js MiB':>12} {'first page ms':>13} {'goto->ready ms':>14}")
+    print(
+        f"\n{'latents':>8} {'tokens':>7} {'stats pass s':>12} {'RSS growth MiB':>14} {'tables MiB':>10} "
+        f"{'dense MiB':>10} {'write s':>8} {'index.js MiB':>12} {'first page ms':>13} {'goto->ready ms':>14}"
+    )
     for r in rows:
-        print(f"{r['latents']:>8} {r['tokens']:>7} {r['pass_s']:>12.1f} {r['peak_rss_growth_mib']:>14.0f} "
-              f"{r['tables_mib']:>10.0f} {r['dense_mib']:>10.0f} {r['write_s']:>8.1f} {r['index_mib']:>12.2f} "
-              f"{r['ready_ms']:>13.0f} {r['wall_ms']:>14.0f}")
+        print(
+            f"{r['latents']:>8} {r['tokens']:>7} {r['pass_s']:>12.1f} {r['peak_rss_growth_mib']:>14.0f} "
+            f"{r['tables_mib']:>10.0f} {r['dense_mib']:>10.0f} {r['write_s']:>8.1f} {r['index_mib']:>12.2f} "
+            f"{r['ready_ms']:>13.0f} {r['wall_ms']:>14.0f}"
+        )
     base, big = rows
-    print(f"first page at {big['latents']} latents: {big['ready_ms']:.0f} ms in page "
-          f"({big['ready_ms'] / base['ready_ms']:.2f}x the {base['latents']}-latent baseline), "
-          f"{big['wall_ms']:.0f} ms from navigation to drawn; target < 2000 ms")
+    print(
+        f"first page at {big['latents']} latents: {big['ready_ms']:.0f} ms in page "
+        f"({big['ready_ms'] / base['ready_ms']:.2f}x the {base['latents']}-latent baseline), "
+        f"{big['wall_ms']:.0f} ms from navigation to drawn; target < 2000 ms"
+    )
 
 
 if __name__ == "__main__":

@@ -72,8 +72,9 @@ def step_times(sae, comm, x, steps: int, warmup: int, sync) -> list[float]:
     from sae.train import Trainer
 
     # a dead window longer than the run: no AuxK, as the byte formula assumes (random inputs would kill latents)
-    tcfg = TrainConfig(tokens=x.shape[0] * (steps + warmup), batch_size=x.shape[0], device=str(x.device),
-                       dead_window_tokens=10**12)
+    tcfg = TrainConfig(
+        tokens=x.shape[0] * (steps + warmup), batch_size=x.shape[0], device=str(x.device), dead_window_tokens=10**12
+    )
     trainer = Trainer(sae, tcfg, comm=comm)
     times = []
     for i in range(steps + warmup):
@@ -105,12 +106,16 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, queue) ->
     cfg = SAEConfig(d_in=d, n_latents=n, k=k)
     row = {"ranks": world}
     if world == 1:  # the plain path, same process
-        row["plain_s"] = statistics.median(step_times(SparseAutoencoder(cfg, device=dev, seed=0), Communicator(), x,
-                                                      args.steps, args.warmup, sync))
+        row["plain_s"] = statistics.median(
+            step_times(SparseAutoencoder(cfg, device=dev, seed=0), Communicator(), x, args.steps, args.warmup, sync)
+        )
     counter = ByteCounter()
     times = step_times(SparseAutoencoder(cfg, device=dev, seed=0), LatentShard(), x, args.steps, args.warmup, sync)
-    row.update(shard_s=statistics.median(times), bytes_per_step=counter.bytes / (args.steps + args.warmup),
-               formula_bytes=formula(d, k, B))
+    row.update(
+        shard_s=statistics.median(times),
+        bytes_per_step=counter.bytes / (args.steps + args.warmup),
+        formula_bytes=formula(d, k, B),
+    )
     if rank == 0:
         queue.put(row)
     dist.destroy_process_group()
@@ -128,8 +133,7 @@ def main() -> None:
     rows = []
     for world in (int(r) for r in args.ranks.split(",")):
         queue, port = ctx.SimpleQueue(), free_port()
-        procs = [ctx.Process(target=worker, args=(r, world, port, args, queue))
-                 for r in range(world)]
+        procs = [ctx.Process(target=worker, args=(r, world, port, args, queue)) for r in range(world)]
         for p in procs:
             p.start()
         for p in procs:
@@ -143,13 +147,15 @@ def main() -> None:
     print(f"{'ranks':>5} {'plain ms':>9} {'shard ms':>9} {'shard/plain':>11} {'bytes/step':>11} {'formula':>9}")
     for r in rows:
         ratio = r["shard_s"] / plain if plain else float("nan")
-        print(f"{r['ranks']:>5} {plain * 1e3:>9.2f} {r['shard_s'] * 1e3:>9.2f} {ratio:>11.2f} "
-              f"{r['bytes_per_step']:>11.0f} {r['formula_bytes']:>9d}")
+        print(
+            f"{r['ranks']:>5} {plain * 1e3:>9.2f} {r['shard_s'] * 1e3:>9.2f} {ratio:>11.2f} "
+            f"{r['bytes_per_step']:>11.0f} {r['formula_bytes']:>9d}"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"distributed-{args.device}.json").write_text(json.dumps({"device": device, "size": args.size,
-                                                                     "plain_s": plain, "rows": rows}, indent=1))
-
+    (out / f"distributed-{args.device}.json").write_text(
+        json.dumps({"device": device, "size": args.size, "plain_s": plain, "rows": rows}, indent=1)
+    )
 
 
 if __name__ == "__main__":

@@ -110,8 +110,13 @@ def run(family: str, backend: str, args, atoms: torch.Tensor) -> dict:
     sae.eval()
     with torch.no_grad():
         fvu = float(sae(held).fvu)
-    return {"first_loss": first, "fvu_held_out": fvu, "step_ms_median": statistics.median(times),
-            "step_peak_mib": peak, "steps": args.steps}
+    return {
+        "first_loss": first,
+        "fvu_held_out": fvu,
+        "step_ms_median": statistics.median(times),
+        "step_peak_mib": peak,
+        "steps": args.steps,
+    }
 
 
 def main() -> int:
@@ -146,19 +151,31 @@ def main() -> int:
             print(f"[{fam} {backend}] {row[backend]}", flush=True)
         rows.append(row)
         fallbacks = {str(key): diff for key, diff in kernels.first_use.fallbacks().items()}
-        (out / "gpu_train.json").write_text(json.dumps({"device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu",
-                                                        "torch": torch.__version__, "rows": rows,
-                                                        "first_use_fallbacks": fallbacks}, indent=1))
-    print("\n| family | first loss triton / torch | held-out FVU triton / torch | step ms triton / torch | "
-          "peak MiB triton / torch |\n|---|---|---|---|---|")
+        (out / "gpu_train.json").write_text(
+            json.dumps(
+                {
+                    "device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu",
+                    "torch": torch.__version__,
+                    "rows": rows,
+                    "first_use_fallbacks": fallbacks,
+                },
+                indent=1,
+            )
+        )
+    print(
+        "\n| family | first loss triton / torch | held-out FVU triton / torch | step ms triton / torch | "
+        "peak MiB triton / torch |\n|---|---|---|---|---|"
+    )
     for r in rows:
         t, c = r["triton"], r["torch"]
         if "error" in t or "error" in c:
             print(f"| {r['family']} | failed: {t.get('error', '')} {c.get('error', '')} | | | |")
             continue
-        print(f"| {r['family']} | {t['first_loss']:.5g} / {c['first_loss']:.5g} | {t['fvu_held_out']:.4f} / "
-              f"{c['fvu_held_out']:.4f} | {t['step_ms_median']:.3f} / {c['step_ms_median']:.3f} | "
-              f"{t['step_peak_mib'] or 0:.0f} / {c['step_peak_mib'] or 0:.0f} |")
+        print(
+            f"| {r['family']} | {t['first_loss']:.5g} / {c['first_loss']:.5g} | {t['fvu_held_out']:.4f} / "
+            f"{c['fvu_held_out']:.4f} | {t['step_ms_median']:.3f} / {c['step_ms_median']:.3f} | "
+            f"{t['step_peak_mib'] or 0:.0f} / {c['step_peak_mib'] or 0:.0f} |"
+        )
     for key, diff in kernels.first_use.fallbacks().items():
         print(f"FIRST-USE CHECK FAILED (this path ran on the torch twin): {key}: {diff}")
     return 1 if failed else 0

@@ -34,8 +34,7 @@ def naive(model, hook: str, context_len: int, model_batch: int, total: int) -> t
     """run_with_cache on everything (all hooks, all layers, the LM head), keep one hook."""
     special = torch.tensor(sorted(model.special_token_ids))
     t0 = time.perf_counter()
-    ctxs = pack_contexts(iter_texts(load_text()), model.tokenizer, context_len, model.bos_token_id,
-                         model.sep_token_id)
+    ctxs = pack_contexts(iter_texts(load_text()), model.tokenizer, context_len, model.bos_token_id, model.sep_token_id)
     got = 0
     while got < total:
         tokens = torch.stack([c for _, c in zip(range(model_batch), ctxs)])
@@ -48,8 +47,17 @@ def naive(model, hook: str, context_len: int, model_batch: int, total: int) -> t
 
 def pipeline(model, hook, context_len, model_batch, batch_size, total, prefetch=4, cache_dir=None):
     t0 = time.perf_counter()
-    s = ActivationStream(model, hook=hook, context_len=context_len, batch_size=batch_size, total_tokens=total,
-                         model_batch_size=model_batch, prefetch=prefetch, cache_dir=cache_dir, progress=False)
+    s = ActivationStream(
+        model,
+        hook=hook,
+        context_len=context_len,
+        batch_size=batch_size,
+        total_tokens=total,
+        model_batch_size=model_batch,
+        prefetch=prefetch,
+        cache_dir=cache_dir,
+        progress=False,
+    )
     n = sum(x.shape[0] for x in s)
     return n, time.perf_counter() - t0
 
@@ -78,8 +86,17 @@ class ToyStep:
 def overlap(model, hook, context_len, model_batch, batch_size, total, prefetch, pool):
     """Train on a live stream; return (wall s, s waiting for data, after the first batch; steps; total wall s)."""
     step = ToyStep(model.hook_dims(hook)[hook])
-    s = ActivationStream(model, hook=hook, context_len=context_len, batch_size=batch_size, total_tokens=total,
-                         model_batch_size=model_batch, prefetch=prefetch, progress=False, shuffle_contexts=pool)
+    s = ActivationStream(
+        model,
+        hook=hook,
+        context_len=context_len,
+        batch_size=batch_size,
+        total_tokens=total,
+        model_batch_size=model_batch,
+        prefetch=prefetch,
+        progress=False,
+        shuffle_contexts=pool,
+    )
     it = iter(s)
     wait, steps, t0 = 0.0, 0, time.perf_counter()
     start = t0
@@ -124,8 +141,11 @@ def main() -> None:
         rows.append((name, n, secs, n / secs))
         print(f"  {name}: {n} tokens in {secs:.2f} s = {n / secs:,.0f} tok/s", flush=True)
 
-    print(f"harvest bench: {args.model} {args.hook} ctx {args.context_len} x {args.model_batch}, "
-          f"{args.tokens} tokens, torch threads {torch.get_num_threads()}, {args.device}", flush=True)
+    print(
+        f"harvest bench: {args.model} {args.hook} ctx {args.context_len} x {args.model_batch}, "
+        f"{args.tokens} tokens, torch threads {torch.get_num_threads()}, {args.device}",
+        flush=True,
+    )
     # interleave two rounds of (a) and (b) so a change in machine load hits both alike
     a_runs, b_runs = [], []
     for _ in range(2):
@@ -147,8 +167,11 @@ def main() -> None:
     print(f"  ratio (a)/(b) = {ra / rb:.2f}x (target >= 1.5x); (c)/(a) = {rc / ra:.1f}x (target >= 20x)")
 
     ob, pool = args.overlap_batch, 64
-    print(f"overlap with a training-like consumer (TopK SAE step, n=3072, k=32), batches of {ob}, "
-          f"mixing pool {pool} contexts; times after the first batch:", flush=True)
+    print(
+        f"overlap with a training-like consumer (TopK SAE step, n=3072, k=32), batches of {ob}, "
+        f"mixing pool {pool} contexts; times after the first batch:",
+        flush=True,
+    )
     d = model.hook_dims(args.hook)[args.hook]
     step = ToyStep(d)
     x = torch.randn(ob, d)
@@ -162,12 +185,17 @@ def main() -> None:
     for pf in (0, 4):
         wall, wait, steps, total_wall = overlap(*common, ob, args.overlap_tokens, pf, pool)
         ov[pf] = (wall, wait, steps, total_wall)
-        print(f"  prefetch={pf}: {steps - 1} steps in {wall:.2f} s, waiting on data {wait:.2f} s "
-              f"({100 * wait / wall:.0f}% of the time); {total_wall:.2f} s with start-up", flush=True)
+        print(
+            f"  prefetch={pf}: {steps - 1} steps in {wall:.2f} s, waiting on data {wait:.2f} s "
+            f"({100 * wait / wall:.0f}% of the time); {total_wall:.2f} s with start-up",
+            flush=True,
+        )
     print("\nmarkdown:\n")
-    print(f"Date {datetime.date.today()}, machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads. Model `{args.model}`, hook `{args.hook}`, "
-          f"contexts of {args.context_len} tokens, {args.model_batch} per forward, batches of {args.batch_size}.\n")
+    print(
+        f"Date {datetime.date.today()}, machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads. Model `{args.model}`, hook `{args.hook}`, "
+        f"contexts of {args.context_len} tokens, {args.model_batch} per forward, batches of {args.batch_size}.\n"
+    )
     print("| path | tokens | seconds | tokens/s | vs (a) |")
     print("|---|---:|---:|---:|---:|")
     for name, n, secs, rate in rows:
@@ -177,8 +205,10 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     print(f"| train step alone | 1 | {t_step:.3f} | - | - |")
     for pf, (wall, wait, steps, total_wall) in ov.items():
-        print(f"| live stream, prefetch={pf} | {steps - 1} | {wall:.2f} | {wait:.2f} s ({100 * wait / wall:.0f}%) "
-              f"| {total_wall:.2f} |")
+        print(
+            f"| live stream, prefetch={pf} | {steps - 1} | {wall:.2f} | {wait:.2f} s ({100 * wait / wall:.0f}%) "
+            f"| {total_wall:.2f} |"
+        )
 
 
 if __name__ == "__main__":

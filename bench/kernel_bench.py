@@ -173,6 +173,7 @@ def step_ours(P: Problem, rule: str):
     def run():
         P.zero()
         _ours(P, P.x, rule)[2].backward()
+
     return run
 
 
@@ -188,6 +189,7 @@ def step_ours_auxk(P: Problem, rule: str):
         e = (P.x - x_hat).detach()
         aux = (e - kernels.decode(enc.aux, P.W_dec)).float().pow(2).sum() / e.float().var(0).sum().clamp_min(1e-12)
         (sse + aux / 32).backward()
+
     return run
 
 
@@ -222,6 +224,7 @@ def _torch_select(pre, rule, k):
 
 def step_naive(P: Problem, rule: str):
     """The dense step: z = scatter(select(pre)) [B, n], x_hat = z @ W_dec."""
+
     def run():
         P.zero()
         pre = (P.x - P.b_dec) @ P.W_enc + P.b_enc
@@ -231,11 +234,13 @@ def step_naive(P: Problem, rule: str):
         else:
             z = torch.zeros_like(pre).scatter(1, i, v)
         _loss(z @ P.W_dec + P.b_dec, P.x).backward()
+
     return run
 
 
 def step_topk_gather(P: Problem, rule: str):
     """torch.topk + a gather decode (W_dec[idx] weighted sum); for batch, per-row padding via the twin."""
+
     def run():
         P.zero()
         pre = (P.x - P.b_dec) @ P.W_enc + P.b_enc
@@ -247,6 +252,7 @@ def step_topk_gather(P: Problem, rule: str):
             v, i = _torch_select(pre, rule, P.k)
         x_hat = torch.einsum("bk,bkd->bd", v, P.W_dec[i]) + P.b_dec
         _loss(x_hat, P.x).backward()
+
     return run
 
 
@@ -260,6 +266,7 @@ def step_sparsify(P: Problem, rule: str):
         acts, idx = out[0], out[1]
         x_hat = _sp_decoder(idx, acts.to(P.W_dec.dtype), P.W_dec.mT) + P.b_dec
         _loss(x_hat, P.x).backward()
+
     return run
 
 
@@ -335,9 +342,14 @@ def check(P: Problem, rule: str, rows: int) -> dict:
     naive = _errs(_grads(P, xh, loss), _f64(P, x, code, rule)[0])
     P.zero()
     within = all(worst[key] <= max(2e-2, 0) and worst[key] <= max(2 * naive[key], 1e-3) for key in worst)
-    return {"rel_err_max_of_3": worst, "naive_rel_err": naive, "selection_valid": bool(valid),
-            "exact_set_match": statistics.fmean(match) if match else None, "rows_checked": B,
-            "numerics_met": within}
+    return {
+        "rel_err_max_of_3": worst,
+        "naive_rel_err": naive,
+        "selection_valid": bool(valid),
+        "exact_set_match": statistics.fmean(match) if match else None,
+        "rows_checked": B,
+        "numerics_met": within,
+    }
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -366,19 +378,37 @@ def main() -> int:
                 corr = check(P, rule, ARGS.check_rows)
             except Exception as exc:  # noqa: BLE001  one family failing (a Triton version, say) must not lose the run
                 print(f"  check failed: {type(exc).__name__}: {exc}", flush=True)
-                rows.append({"family": fam, "rule": rule, "d": d, "n": n, "k": k, "B": B,
-                             "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
+                rows.append(
+                    {
+                        "family": fam,
+                        "rule": rule,
+                        "d": d,
+                        "n": n,
+                        "k": k,
+                        "B": B,
+                        "error": f"{type(exc).__name__}: {exc}",
+                        "traceback": traceback.format_exc(),
+                    }
+                )
                 save(rows)
                 P.zero()
                 continue
-            ms = {"gemm": gemm, "torch_topk": topk, "copy_pre": copy_ms,
-                  "select_ours": bench(lambda: kernels.select(pre, rule, k=k))}  # noqa: B023
+            ms = {
+                "gemm": gemm,
+                "torch_topk": topk,
+                "copy_pre": copy_ms,
+                "select_ours": bench(lambda: kernels.select(pre, rule, k=k)),  # noqa: B023
+            }
             fused = matmul_fused(P, rule) if CUDA else None  # the interpreter's GEMM is no timing
             ms["matmul_fused_triton"] = bench(fused) if fused is not None else None
             mem = {}
-            steps = {"naive_dense": step_naive(P, rule), "topk_gather": step_topk_gather(P, rule),
-                     "sparsify": step_sparsify(P, rule), "ours": step_ours(P, rule),
-                     "ours_with_auxk": step_ours_auxk(P, rule)}
+            steps = {
+                "naive_dense": step_naive(P, rule),
+                "topk_gather": step_topk_gather(P, rule),
+                "sparsify": step_sparsify(P, rule),
+                "ours": step_ours(P, rule),
+                "ours_with_auxk": step_ours_auxk(P, rule),
+            }
             for name, fn in steps.items():
                 if fn is None:
                     ms[name], mem[name] = None, None
@@ -395,6 +425,7 @@ def main() -> int:
                 def full(step=steps["ours"], opt=opt):
                     step()
                     opt.step()
+
                 try:
                     ms["full_step_ours_adam"] = bench(full)
                 except Exception as exc:  # noqa: BLE001
@@ -407,13 +438,21 @@ def main() -> int:
                 ms["full_step_floor"] = gemm + opt_bytes / bw * 1e3
                 del opt
             row = {
-                "family": fam, "rule": rule, "d": d, "n": n, "k": k, "B": B, "dtype": "bf16", "ms": ms,
+                "family": fam,
+                "rule": rule,
+                "d": d,
+                "n": n,
+                "k": k,
+                "B": B,
+                "dtype": "bf16",
+                "ms": ms,
                 "ratio_to_gemm": ms["ours"] / gemm if ms.get("ours") else None,
                 "ratio_to_gemm_with_auxk": ms["ours_with_auxk"] / gemm if ms.get("ours_with_auxk") else None,
                 # the cost model's ETA, measured: cuBLAS's matmul time over our fused Triton matmul's
                 "eta_measured": gemm / ms["matmul_fused_triton"] if ms.get("matmul_fused_triton") else None,
                 "select_speedup_vs_topk": topk / ms["select_ours"],
-                "peak_mib": mem, "correctness": corr,
+                "peak_mib": mem,
+                "correctness": corr,
             }
             row["bar"] = {
                 "fwd_bwd": f"<= {BAR[fam]}x gemm",
@@ -423,8 +462,11 @@ def main() -> int:
             }
             rows.append(row)
             save(rows)
-            print(f"  ours {_f(ms['ours'])} ms = {_f(row['ratio_to_gemm'], '{:.2f}x')} the matmul "
-                  f"({_f(gemm)} ms); select {row['select_speedup_vs_topk']:.2f}x torch.topk", flush=True)
+            print(
+                f"  ours {_f(ms['ours'])} ms = {_f(row['ratio_to_gemm'], '{:.2f}x')} the matmul "
+                f"({_f(gemm)} ms); select {row['select_speedup_vs_topk']:.2f}x torch.topk",
+                flush=True,
+            )
             P.zero()
         P = pre = None  # free before the next size allocates
         if CUDA:
@@ -442,8 +484,12 @@ def main() -> int:
 
 META = {
     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
-    "device": device_name(), "device_full": torch.cuda.get_device_name() if CUDA else "cpu (TRITON_INTERPRET=1)",
-    "torch": torch.__version__, "triton": None, "sparsify": SPARSIFY, "smoke": ARGS.smoke,
+    "device": device_name(),
+    "device_full": torch.cuda.get_device_name() if CUDA else "cpu (TRITON_INTERPRET=1)",
+    "torch": torch.__version__,
+    "triton": None,
+    "sparsify": SPARSIFY,
+    "smoke": ARGS.smoke,
     "timer": "triton.testing.do_bench median" if CUDA else "wall-clock median of 3 (interpreter: not a timing)",
 }
 
@@ -481,18 +527,51 @@ def _f(v, fmt="{:.3f}"):
 def print_table(meta: dict, rows: list[dict]) -> None:
     print(f"\n{meta['device_full']}  torch {meta['torch']}  triton {meta['triton']}  sparsify {meta['sparsify']}")
     print(f"timer: {meta['timer']}; times in ms; ratio = ours fwd+bwd / encoder matmul")
-    head = ("family", "d", "n", "k", "gemm", "topk", "select", "naive", "topk+gather", "sparsify", "ours",
-            "ratio", "bar", "ours + AuxK", "ratio + AuxK", "MiB ours", "MiB sparsify", "max rel err")
+    head = (
+        "family",
+        "d",
+        "n",
+        "k",
+        "gemm",
+        "topk",
+        "select",
+        "naive",
+        "topk+gather",
+        "sparsify",
+        "ours",
+        "ratio",
+        "bar",
+        "ours + AuxK",
+        "ratio + AuxK",
+        "MiB ours",
+        "MiB sparsify",
+        "max rel err",
+    )
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
         ms, mem = r["ms"], r["peak_mib"]
         err = max(r["correctness"]["rel_err_max_of_3"].values())
-        cells = (r["family"], r["d"], r["n"], r["k"], _f(ms["gemm"]), _f(ms["torch_topk"]), _f(ms["select_ours"]),
-                 _f(ms["naive_dense"]), _f(ms["topk_gather"]), _f(ms["sparsify"]), _f(ms["ours"]),
-                 _f(r["ratio_to_gemm"], "{:.2f}x"), f"{BAR[r['family']]}x", _f(ms["ours_with_auxk"]),
-                 _f(r["ratio_to_gemm_with_auxk"], "{:.2f}x"), _f(mem["ours"], "{:.0f}"),
-                 _f(mem["sparsify"], "{:.0f}"), f"{err:.1e}")
+        cells = (
+            r["family"],
+            r["d"],
+            r["n"],
+            r["k"],
+            _f(ms["gemm"]),
+            _f(ms["torch_topk"]),
+            _f(ms["select_ours"]),
+            _f(ms["naive_dense"]),
+            _f(ms["topk_gather"]),
+            _f(ms["sparsify"]),
+            _f(ms["ours"]),
+            _f(r["ratio_to_gemm"], "{:.2f}x"),
+            f"{BAR[r['family']]}x",
+            _f(ms["ours_with_auxk"]),
+            _f(r["ratio_to_gemm_with_auxk"], "{:.2f}x"),
+            _f(mem["ours"], "{:.0f}"),
+            _f(mem["sparsify"], "{:.0f}"),
+            f"{err:.1e}",
+        )
         print("| " + " | ".join(str(c) for c in cells) + " |")
 
 

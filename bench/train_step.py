@@ -51,8 +51,7 @@ def sparsify(d: int, n: int, k: int, B: int, x: torch.Tensor) -> Callable[[], No
     from sparsify.sign_sgd import SignSGD
 
     sae = SparseCoder(d, SparseCoderConfig(num_latents=n, k=k), device="cpu", dtype=torch.float32)
-    opt = ScheduleFreeWrapper(SignSGD([{"params": sae.parameters(), "lr": 5e-3 / (n / 2**14) ** 0.5}]),
-                              momentum=0.95)
+    opt = ScheduleFreeWrapper(SignSGD([{"params": sae.parameters(), "lr": 5e-3 / (n / 2**14) ** 0.5}]), momentum=0.95)
     opt.train()
     since_fired = torch.zeros(n, dtype=torch.long)
     auxk_alpha, dead_threshold = 1 / 32, 10_000_000
@@ -84,9 +83,15 @@ def saelens(d: int, n: int, k: int, B: int, x: torch.Tensor) -> Callable[[], Non
 
     def step() -> None:
         sae.train()
-        out = sae.training_forward_pass(TrainStepInput(
-            sae_in=x, coefficients={}, dead_neuron_mask=since_fired > 10**9, n_training_steps=state["step"],
-            is_logging_step=False))
+        out = sae.training_forward_pass(
+            TrainStepInput(
+                sae_in=x,
+                coefficients={},
+                dead_neuron_mask=since_fired > 10**9,
+                n_training_steps=state["step"],
+                is_logging_step=False,
+            )
+        )
         with torch.no_grad():
             did_fire = out.feature_acts.bool().float().sum(-2).bool()
             since_fired.add_(1)

@@ -1,6 +1,6 @@
 """Train a small TopK dictionary on the embedded default and watch its curves (= notebooks/01_train.ipynb).
 
-    python examples/01_train.py      # writes runs/notebook/ (and runs/notebook/curves.html)
+python examples/01_train.py      # writes runs/notebook/ (and runs/notebook/curves.html)
 """
 
 # %% [markdown]
@@ -41,8 +41,7 @@ print("activations:", tuple(acts.shape))
 # %%
 cfg = SAEConfig(d_in=acts.shape[1], n_latents=512, k=16, hook_name=HOOK, model_name="minilm")
 sae = SparseAutoencoder(cfg, seed=0)
-tcfg = TrainConfig(tokens=2 * acts.shape[0], batch_size=1024, dead_window_tokens=16_384, log_every=2,
-                   checkpoint_every=1000)
+tcfg = TrainConfig(tokens=2 * acts.shape[0], batch_size=1024, dead_window_tokens=16_384, log_every=2, checkpoint_every=1000)
 result = train(sae, TensorBatches(acts, tcfg.batch_size, seed=0), tcfg, out_dir=OUT)
 sae.fold_input_scale()
 sae.save(OUT)

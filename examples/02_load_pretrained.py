@@ -37,8 +37,11 @@ HOOK = ours.cfg.hook_name
 # %%
 acts = torch.cat(list(ActivationStream.from_cache("runs/acts", batch_size=4096, seed=0)))
 other = SparseAutoencoder(ours.cfg, seed=1)
-train(other, TensorBatches(acts, 1024, seed=1), TrainConfig(tokens=2 * acts.shape[0], batch_size=1024,
-                                                             dead_window_tokens=16_384, seed=1))
+train(
+    other,
+    TensorBatches(acts, 1024, seed=1),
+    TrainConfig(tokens=2 * acts.shape[0], batch_size=1024, dead_window_tokens=16_384, seed=1),
+)
 other.fold_input_scale()  # saved dictionaries act on raw activations
 other.save(PUBLISHED / HOOK)  # one sub-folder per hook, as SAELens releases are laid out
 cfg = json.loads((PUBLISHED / HOOK / "cfg.json").read_text())

@@ -22,8 +22,21 @@ from kernels.encode_twin import aux_select as aux_select_twin
 from kernels.rules import RULES, Rule
 from kernels.select_twin import select_by_rule
 
-__all__ = ["SparseCode", "Encoding", "Rule", "RULES", "BACKEND", "select", "decode", "decode_sse", "encode",
-           "aux_select", "code_from_mask", "pre_activations", "with_gradient"]
+__all__ = [
+    "SparseCode",
+    "Encoding",
+    "Rule",
+    "RULES",
+    "BACKEND",
+    "select",
+    "decode",
+    "decode_sse",
+    "encode",
+    "aux_select",
+    "code_from_mask",
+    "pre_activations",
+    "with_gradient",
+]
 
 # "auto": CUDA -> Triton, CPU -> torch twin.  "triton": Triton everywhere (tests, under TRITON_INTERPRET=1).
 # "torch": the twins everywhere.  Overridable with SAE_KERNELS_BACKEND.
@@ -65,8 +78,7 @@ def select(
         key = ("select", rule, path, n, k, pre.dtype, torch.is_tensor(threshold) and threshold.dim() > 0)
 
         def check() -> str | None:
-            return twin_compare.select_difference(lambda p: select_triton.select(p, rule, k, threshold), pre, rule,
-                                                  k, threshold)
+            return twin_compare.select_difference(lambda p: select_triton.select(p, rule, k, threshold), pre, rule, k, threshold)
 
         if first_use.trusted(key, f"select {rule!r} ({path}, n={n}, k={k}, {pre.dtype})", pre, check):
             return select_triton.select(pre, rule, k, threshold)
@@ -105,12 +117,12 @@ def decode_sse(
         n, d = W_dec.shape
         B, w = code.values.shape
         chunk = decode_triton.chunk_for(B, w, W_dec)
-        key = ("decode_sse", n, d, w, W_dec.dtype, b_dec is not None, chunk < d,
-               _wants_grad(code.values, W_dec, b_dec, target))
+        key = ("decode_sse", n, d, w, W_dec.dtype, b_dec is not None, chunk < d, _wants_grad(code.values, W_dec, b_dec, target))
 
         def check() -> str | None:
             return twin_compare.decode_sse_difference(
-                lambda c, W, b, t: decode_triton.decode_sse(c, W, b, t, chunk=chunk), code, W_dec, b_dec, target)
+                lambda c, W, b, t: decode_triton.decode_sse(c, W, b, t, chunk=chunk), code, W_dec, b_dec, target
+            )
 
         name = f"decode + squared error (n={n}, d={d}, width {w}, {-(-d // chunk)} d chunks, {W_dec.dtype})"
         if first_use.trusted(key, name, W_dec, check):
@@ -149,8 +161,20 @@ def encode(
 
         fused = encode_triton.fused_applies(x, rule, k, n)
         aux_width = min(k_aux, n) if dead is not None and k_aux >= 1 else 0
-        key = ("encode", rule, d, n, k, aux_width, W_enc.dtype, fused, b_enc is not None, b_pre is not None,
-               W_enc.stride(0) == 1, _wants_grad(x, W_enc, b_enc, b_pre))
+        key = (
+            "encode",
+            rule,
+            d,
+            n,
+            k,
+            aux_width,
+            W_enc.dtype,
+            fused,
+            b_enc is not None,
+            b_pre is not None,
+            W_enc.stride(0) == 1,
+            _wants_grad(x, W_enc, b_enc, b_pre),
+        )
 
         def check() -> str | None:
             def difference(run) -> str | None:
@@ -158,8 +182,7 @@ def encode(
 
             return encode_triton.difference_on_every_route(difference, rule, k, threshold, dead, k_aux, fused)
 
-        name = (f"encode {rule!r} ({'fused matmul, ' if fused else ''}d={d}, n={n}, k={k}, AuxK width "
-                f"{aux_width}, {W_enc.dtype})")
+        name = f"encode {rule!r} ({'fused matmul, ' if fused else ''}d={d}, n={n}, k={k}, AuxK width {aux_width}, {W_enc.dtype})"
         if first_use.trusted(key, name, W_enc, check):
             code, aux = encode_triton.encode(x, W_enc, b_enc, rule, k, threshold, dead, k_aux, b_pre)
             return Encoding(code, aux)
@@ -180,8 +203,9 @@ def aux_select(pre: torch.Tensor, dead: torch.Tensor, k_aux: int, signed: bool =
         key = ("aux_select", signed, n, min(k_aux, n), pre.dtype)
 
         def check() -> str | None:
-            return twin_compare.aux_difference(lambda p: select_triton.aux_select(p, dead, k_aux, signed), pre,
-                                               dead, k_aux, signed)
+            return twin_compare.aux_difference(
+                lambda p: select_triton.aux_select(p, dead, k_aux, signed), pre, dead, k_aux, signed
+            )
 
         if first_use.trusted(key, f"AuxK select (n={n}, width {min(k_aux, n)}, {pre.dtype})", pre, check):
             return select_triton.aux_select(pre, dead, k_aux, signed)

@@ -50,8 +50,19 @@ def _narrowed(counts_ptr, npass, total, BITS: tl.constexpr, NPIV: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["npass"])
-def _count_pass_kernel(key_ptr, len_ptr, cap, counts_ptr, npass, total, FROM_VALUES: tl.constexpr,
-                       SHIFT: tl.constexpr, BITS: tl.constexpr, NPIV: tl.constexpr, BLOCK: tl.constexpr):
+def _count_pass_kernel(
+    key_ptr,
+    len_ptr,
+    cap,
+    counts_ptr,
+    npass,
+    total,
+    FROM_VALUES: tl.constexpr,
+    SHIFT: tl.constexpr,
+    BITS: tl.constexpr,
+    NPIV: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """Pass `npass` of the bisection for the total-th largest key: counts of keys >= each of its 16 pivots, added
     into counts_ptr[npass * NPIV + j] (relaxed: read by later launches only). FROM_VALUES: the keys are the ReLU'd
     order keys of `cap` values; else int32 keys, min(*len_ptr, cap) of them (programs past them return).
@@ -97,9 +108,22 @@ def _place(hit, ids, pcnt_ptr, poff_ptr, out_ptr, cap, STORE: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["npass"])
-def _batch_subblocks_kernel(smax_ptr, counts_ptr, npass, total, pcnt_ptr, poff_ptr, tid_ptr, tcap, BT,
-                        STORE: tl.constexpr, SHIFT: tl.constexpr, BITS: tl.constexpr, NPIV: tl.constexpr,
-                        BLOCK: tl.constexpr):
+def _batch_subblocks_kernel(
+    smax_ptr,
+    counts_ptr,
+    npass,
+    total,
+    pcnt_ptr,
+    poff_ptr,
+    tid_ptr,
+    tcap,
+    BT,
+    STORE: tl.constexpr,
+    SHIFT: tl.constexpr,
+    BITS: tl.constexpr,
+    NPIV: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """The sub-blocks (flat ids b * T + s) whose maximum's ReLU'd key is >= t (the bisection's result after
     `npass` passes over the maxima), listed in order (see _place)."""
     pid = tl.program_id(0)
@@ -111,9 +135,29 @@ def _batch_subblocks_kernel(smax_ptr, counts_ptr, npass, total, pcnt_ptr, poff_p
 
 
 @triton.jit(do_not_specialize=["npass"])
-def _batch_entries_kernel(pre_ptr, stride_b, n, T, tid_ptr, tlen_ptr, tcap, counts_ptr, npass, total,
-                          pcnt_ptr, poff_ptr, eflat_ptr, ekey_ptr, ecap, STORE: tl.constexpr, SHIFT: tl.constexpr,
-                          BITS: tl.constexpr, NPIV: tl.constexpr, SUB: tl.constexpr, BLOCK_S: tl.constexpr):
+def _batch_entries_kernel(
+    pre_ptr,
+    stride_b,
+    n,
+    T,
+    tid_ptr,
+    tlen_ptr,
+    tcap,
+    counts_ptr,
+    npass,
+    total,
+    pcnt_ptr,
+    poff_ptr,
+    eflat_ptr,
+    ekey_ptr,
+    ecap,
+    STORE: tl.constexpr,
+    SHIFT: tl.constexpr,
+    BITS: tl.constexpr,
+    NPIV: tl.constexpr,
+    SUB: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
     """The entries >= t of the listed sub-blocks (BLOCK_S per program), listed in order (see _place) as their
     flat index b * n + column and ReLU'd order key."""
     pid = tl.program_id(0)
@@ -135,8 +179,22 @@ def _batch_entries_kernel(pre_ptr, stride_b, n, T, tid_ptr, tlen_ptr, tcap, coun
 
 
 @triton.jit(do_not_specialize=["npass"])
-def _batch_row_counts_kernel(eflat_ptr, ekey_ptr, elen_ptr, ecap, n, counts_ptr, npass, total, ngt_ptr, neq_ptr,
-                             nall_ptr, BITS: tl.constexpr, NPIV: tl.constexpr, BLOCK: tl.constexpr):
+def _batch_row_counts_kernel(
+    eflat_ptr,
+    ekey_ptr,
+    elen_ptr,
+    ecap,
+    n,
+    counts_ptr,
+    npass,
+    total,
+    ngt_ptr,
+    neq_ptr,
+    nall_ptr,
+    BITS: tl.constexpr,
+    NPIV: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """Per row, its candidates above the exact threshold, at it, and in all (relaxed atomics into zeroed
     counters; the candidates come in row order, so a warp's adds mostly hit one address)."""
     pid = tl.program_id(0)
@@ -155,9 +213,26 @@ def _batch_row_counts_kernel(eflat_ptr, ekey_ptr, elen_ptr, ecap, n, counts_ptr,
 
 
 @triton.jit(do_not_specialize=["npass"])
-def _batch_budget_kernel(counts_ptr, npass, total, tlen_ptr, tcap, elen_ptr, ecap, ngt_ptr, neq_ptr, nall_ptr,
-                         budget_ptr, count_ptr, start_ptr, out_ptr, B, BITS: tl.constexpr, NPIV: tl.constexpr,
-                         BLOCK: tl.constexpr):
+def _batch_budget_kernel(
+    counts_ptr,
+    npass,
+    total,
+    tlen_ptr,
+    tcap,
+    elen_ptr,
+    ecap,
+    ngt_ptr,
+    neq_ptr,
+    nall_ptr,
+    budget_ptr,
+    count_ptr,
+    start_ptr,
+    out_ptr,
+    B,
+    BITS: tl.constexpr,
+    NPIV: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """One program: each row's share of the ties (in row order: total minus everything above the threshold,
     handed out row by row), its kept count and its first candidate; out = [width (the largest count), 1 when the
     pruned path cannot answer (fewer than total positive maxima, or a list over its buffer)]."""
@@ -189,9 +264,28 @@ def _batch_budget_kernel(counts_ptr, npass, total, tlen_ptr, tcap, elen_ptr, eca
 
 
 @triton.jit(do_not_specialize=["npass"])
-def _batch_write_kernel(eflat_ptr, ekey_ptr, n, counts_ptr, npass, total, budget_ptr, count_ptr, start_ptr,
-                        nall_ptr, kcol_ptr, kkey_ptr, pre_ptr, stride_b, idx_ptr, val_ptr, width,
-                        BITS: tl.constexpr, NPIV: tl.constexpr, BLOCK: tl.constexpr):
+def _batch_write_kernel(
+    eflat_ptr,
+    ekey_ptr,
+    n,
+    counts_ptr,
+    npass,
+    total,
+    budget_ptr,
+    count_ptr,
+    start_ptr,
+    nall_ptr,
+    kcol_ptr,
+    kkey_ptr,
+    pre_ptr,
+    stride_b,
+    idx_ptr,
+    val_ptr,
+    width,
+    BITS: tl.constexpr,
+    NPIV: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """One program per row: its kept entries (above the threshold, and its first `budget` ties), gathered in
     column order into the row's scratch (kcol, kkey), then each written at its rank (key descending, ties by
     column: the order of torch.topk's values) into idx[row] with its raw value in val[row]; zeros past count."""
@@ -235,8 +329,9 @@ def _batch_write_kernel(eflat_ptr, ekey_ptr, n, counts_ptr, npass, total, budget
         tl.store(val_ptr + base + c0 + cc, tl.zeros([BLOCK], tl.float32).to(val_ptr.dtype.element_ty), mask=pad)
 
 
-def select_from_submax(pre: torch.Tensor, smax: torch.Tensor, k: int, sub: int
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+def select_from_submax(
+    pre: torch.Tensor, smax: torch.Tensor, k: int, sub: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """(idx [B, width] int64, their raw values [B, width], count [B]) of the top k*B entries of relu(pre) over the
     batch, ties at the threshold in row, then column order; each row ordered by value descending, ties by column,
     zeros past its count. None when the pruned path cannot answer (the caller falls back). smax: the maxima of
@@ -253,40 +348,62 @@ def select_from_submax(pre: torch.Tensor, smax: torch.Tensor, k: int, sub: int
     tprog, eprog = triton.cdiv(BT, cb), triton.cdiv(tcap, eb)
     # one zeroed buffer: both bisections' counts, then the per-row counters
     state = torch.zeros(2 * passes * NPIV + 3 * B, dtype=torch.int64, device=dev)
-    counts = state[:2 * passes * NPIV]
-    ngt, neq, nall = state[2 * passes * NPIV:].view(torch.int32).view(6, B)[:3]
+    counts = state[: 2 * passes * NPIV]
+    ngt, neq, nall = state[2 * passes * NPIV :].view(torch.int32).view(6, B)[:3]
     kw = dict(BITS=31 - shift, NPIV=NPIV)
     for p in range(passes):  # t: the total-th largest ReLU'd maximum
-        _count_pass_kernel[(tprog,)](smax, smax, BT, counts, p, total, FROM_VALUES=True, SHIFT=shift, BLOCK=cb,
-                                     **kw)
+        _count_pass_kernel[(tprog,)](smax, smax, BT, counts, p, total, FROM_VALUES=True, SHIFT=shift, BLOCK=cb, **kw)
     tid = empty(tcap, torch.int64, dev)
     pcnt = empty(tprog, torch.int64, dev)
     for store, poff in ((False, pcnt), (True, None)):
         poff = torch.cumsum(pcnt, 0) if store else poff
-        _batch_subblocks_kernel[(tprog,)](smax, counts, passes, total, pcnt, poff, tid, tcap, BT, STORE=store,
-                                      SHIFT=shift, BLOCK=cb, **kw)
+        _batch_subblocks_kernel[(tprog,)](
+            smax, counts, passes, total, pcnt, poff, tid, tcap, BT, STORE=store, SHIFT=shift, BLOCK=cb, **kw
+        )
     tlen = poff[-1:]
     eflat = empty(ecap, torch.int64, dev)
     ekey = empty(ecap, torch.int32, dev)
     pcnt = empty(eprog, torch.int64, dev)
     for store, poff in ((False, pcnt), (True, None)):
         poff = torch.cumsum(pcnt, 0) if store else poff
-        _batch_entries_kernel[(eprog,)](pre, pre.stride(0), n, T, tid, tlen, tcap, counts, passes, total, pcnt,
-                                        poff, eflat, ekey, ecap, STORE=store, SHIFT=shift, SUB=sub, BLOCK_S=eb,
-                                        **kw)
+        _batch_entries_kernel[(eprog,)](
+            pre,
+            pre.stride(0),
+            n,
+            T,
+            tid,
+            tlen,
+            tcap,
+            counts,
+            passes,
+            total,
+            pcnt,
+            poff,
+            eflat,
+            ekey,
+            ecap,
+            STORE=store,
+            SHIFT=shift,
+            SUB=sub,
+            BLOCK_S=eb,
+            **kw,
+        )
     elen = poff[-1:]
-    cand_counts = counts[passes * NPIV:]
+    cand_counts = counts[passes * NPIV :]
     for p in range(passes):  # the exact threshold among the candidates
-        _count_pass_kernel[(triton.cdiv(ecap, cb),)](ekey, elen, ecap, cand_counts, p, total, FROM_VALUES=False,
-                                                     SHIFT=shift, BLOCK=cb, **kw)
-    _batch_row_counts_kernel[(triton.cdiv(ecap, sb),)](eflat, ekey, elen, ecap, n, counts, passes, total, ngt, neq,
-                                                       nall, BLOCK=sb, **kw)
+        _count_pass_kernel[(triton.cdiv(ecap, cb),)](
+            ekey, elen, ecap, cand_counts, p, total, FROM_VALUES=False, SHIFT=shift, BLOCK=cb, **kw
+        )
+    _batch_row_counts_kernel[(triton.cdiv(ecap, sb),)](
+        eflat, ekey, elen, ecap, n, counts, passes, total, ngt, neq, nall, BLOCK=sb, **kw
+    )
     budget = empty(B, torch.int32, dev)
     count = empty(B, torch.int64, dev)
     start = empty(B, torch.int64, dev)
     out = empty(2, torch.int64, dev)
-    _batch_budget_kernel[(1,)](counts, passes, total, tlen, tcap, elen, ecap, ngt, neq, nall, budget, count, start,
-                               out, B, BLOCK=sb, **kw)
+    _batch_budget_kernel[(1,)](
+        counts, passes, total, tlen, tcap, elen, ecap, ngt, neq, nall, budget, count, start, out, B, BLOCK=sb, **kw
+    )
     width, bad = out.tolist()  # the one host read
     if bad:
         return None
@@ -295,8 +412,27 @@ def select_from_submax(pre: torch.Tensor, smax: torch.Tensor, k: int, sub: int
     kkey = empty((B, width), torch.int32, dev)
     idx = empty((B, width), torch.int64, dev)
     val = empty((B, width), pre.dtype, dev)
-    _batch_write_kernel[(B,)](eflat, ekey, n, counts, passes, total, budget, count, start, nall, kcol, kkey, pre,
-                              pre.stride(0), idx, val, width, BLOCK=rb, **kw)
+    _batch_write_kernel[(B,)](
+        eflat,
+        ekey,
+        n,
+        counts,
+        passes,
+        total,
+        budget,
+        count,
+        start,
+        nall,
+        kcol,
+        kkey,
+        pre,
+        pre.stride(0),
+        idx,
+        val,
+        width,
+        BLOCK=rb,
+        **kw,
+    )
     return idx, val, count
 
 

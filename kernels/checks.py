@@ -33,9 +33,7 @@ def check_k(k: int | None, n: int, rule: str) -> int:
 
 def check_code(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor) -> None:
     if values.shape != indices.shape or values.dim() != 2:
-        raise ValueError(
-            f"code values {tuple(values.shape)} and indices {tuple(indices.shape)} must both be [batch, width]"
-        )
+        raise ValueError(f"code values {tuple(values.shape)} and indices {tuple(indices.shape)} must both be [batch, width]")
     if values.shape[0] == 0:
         raise ValueError("empty batch: the code has 0 rows")
     if W_dec.dim() != 2:
@@ -50,14 +48,16 @@ def check_code(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor)
 
 def check_target(target: torch.Tensor, B: int, W_dec: torch.Tensor) -> None:
     if target.shape != (B, W_dec.shape[1]):
-        raise ValueError(f"target of shape {tuple(target.shape)} does not fit the code and W_dec: expected "
-                         f"[{B}, {W_dec.shape[1]}]")
+        raise ValueError(
+            f"target of shape {tuple(target.shape)} does not fit the code and W_dec: expected [{B}, {W_dec.shape[1]}]"
+        )
     if target.device != W_dec.device:
         raise ValueError(f"target on {target.device} but W_dec on {W_dec.device}")
 
 
-def check_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor | None, dead: torch.Tensor | None,
-                 b_pre: torch.Tensor | None = None) -> None:
+def check_encode(
+    x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor | None, dead: torch.Tensor | None, b_pre: torch.Tensor | None = None
+) -> None:
     if x.dim() != 2 or W_enc.dim() != 2 or x.shape[1] != W_enc.shape[0]:
         raise ValueError(f"x {tuple(x.shape)} and W_enc {tuple(W_enc.shape)} do not fit: expected [B, d] @ [d, n]")
     if x.shape[0] == 0:
@@ -73,7 +73,6 @@ def check_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor | Non
         if b_enc.dtype != W_enc.dtype:
             raise TypeError(f"b_enc dtype {b_enc.dtype} does not match W_enc dtype {W_enc.dtype}")
     if b_pre is not None and (b_pre.shape != (x.shape[1],) or b_pre.dtype != x.dtype):
-        raise ValueError(f"b_pre must be a [{x.shape[1]}] tensor of x's dtype {x.dtype}, got {b_pre.dtype} "
-                         f"{tuple(b_pre.shape)}")
+        raise ValueError(f"b_pre must be a [{x.shape[1]}] tensor of x's dtype {x.dtype}, got {b_pre.dtype} {tuple(b_pre.shape)}")
     if dead is not None and (dead.shape != (n,) or dead.dtype != torch.bool):
         raise ValueError(f"dead must be a bool [{n}] mask, got {dead.dtype} {tuple(dead.shape)}")

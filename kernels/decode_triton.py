@@ -25,8 +25,7 @@ def _blocks_dense(B: int, d: int) -> tuple[int, int]:
 
 
 @triton.jit
-def _gather_sum_kernel(val_ptr, idx_ptr, w_ptr, out_ptr, B, width, d, s_wn, s_wd,
-                       BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+def _gather_sum_kernel(val_ptr, idx_ptr, w_ptr, out_ptr, B, width, d, s_wn, s_wd, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
     """out[b, :] = sum_j val[b, j] * W[idx[b, j], :] (W addressed by strides)."""
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -44,8 +43,7 @@ def _gather_sum_kernel(val_ptr, idx_ptr, w_ptr, out_ptr, B, width, d, s_wn, s_wd
 
 
 @triton.jit
-def _gather_dot_kernel(g_ptr, idx_ptr, w_ptr, out_ptr, B, width, d, s_wn, s_wd,
-                       BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+def _gather_dot_kernel(g_ptr, idx_ptr, w_ptr, out_ptr, B, width, d, s_wn, s_wd, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
     """out[b, j] = <g[b, :], W[idx[b, j], :]>: each program owns whole rows, so every output is written once."""
     pid = tl.program_id(0)
     rows = (pid * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
@@ -63,9 +61,27 @@ def _gather_dot_kernel(g_ptr, idx_ptr, w_ptr, out_ptr, B, width, d, s_wn, s_wd,
 
 
 @triton.jit
-def _decode_sse_kernel(val_ptr, idx_ptr, w_ptr, bias_ptr, tgt_ptr, xhat_ptr, dy_ptr, gval_ptr, sse_ptr,
-                       B, width, d, s_wn, s_wd, chunk,
-                       HAS_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr):
+def _decode_sse_kernel(
+    val_ptr,
+    idx_ptr,
+    w_ptr,
+    bias_ptr,
+    tgt_ptr,
+    xhat_ptr,
+    dy_ptr,
+    gval_ptr,
+    sse_ptr,
+    B,
+    width,
+    d,
+    s_wn,
+    s_wd,
+    chunk,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """Decode, squared error and the values' gradient with each gathered W element read once, over the columns
     [c * chunk, (c + 1) * chunk) of one d chunk c: per d block, x_hat = sum_j val[b, j] W[idx[b, j]] (+ bias)
     rounded to x_hat's dtype, e = x_hat - target, dY = 2e rounded to dY's dtype (what autograd would hand the
@@ -88,8 +104,7 @@ def _decode_sse_kernel(val_ptr, idx_ptr, w_ptr, bias_ptr, tgt_ptr, xhat_ptr, dy_
         dc = d0 + tl.arange(0, BLOCK_D)
         dm = dc < d_end
         m3 = m2[:, :, None] & dm[None, None, :]
-        w = tl.load(w_ptr + i[:, :, None] * s_wn + dc[None, None, :].to(tl.int64) * s_wd, mask=m3,
-                    other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + i[:, :, None] * s_wn + dc[None, None, :].to(tl.int64) * s_wd, mask=m3, other=0.0).to(tl.float32)
         xh = tl.sum(v[:, :, None] * w, axis=1)
         if HAS_BIAS:
             xh += tl.load(bias_ptr + dc, mask=dm, other=0.0).to(tl.float32)[None, :]
@@ -106,16 +121,17 @@ def _decode_sse_kernel(val_ptr, idx_ptr, w_ptr, bias_ptr, tgt_ptr, xhat_ptr, dy_
     tl.store(sse_ptr + pid, tl.sum(sse, axis=0))
 
 
-
-def gather_sum(values: torch.Tensor, indices: torch.Tensor, W: torch.Tensor, s_wn: int, s_wd: int, d: int,
-               out_dtype: torch.dtype) -> torch.Tensor:
+def gather_sum(
+    values: torch.Tensor, indices: torch.Tensor, W: torch.Tensor, s_wn: int, s_wd: int, d: int, out_dtype: torch.dtype
+) -> torch.Tensor:
     """[B, d] = sum_j values[:, j] * W[indices[:, j]] (fp32 accumulate, one rounding to out_dtype by torch:
     the interpreter's fp32->bf16 store truncates)."""
     B, width = values.shape
     out = torch.empty((B, d), dtype=torch.float32, device=values.device)
     BB, BD = _blocks_dense(B, d)
     _gather_sum_kernel[(triton.cdiv(B, BB), triton.cdiv(d, BD))](
-        values, indices, W, out, B, width, d, s_wn, s_wd, BLOCK_B=BB, BLOCK_D=BD)
+        values, indices, W, out, B, width, d, s_wn, s_wd, BLOCK_B=BB, BLOCK_D=BD
+    )
     return out.to(out_dtype)
 
 
@@ -131,9 +147,14 @@ def chunk_for(B: int, width: int, W: torch.Tensor) -> int:
     return decode_chunk(n, d, W.element_size(), _sse_blocks(B, width, W)[1], B * width, L2_BUDGET)
 
 
-def decode_sse_parts(values: torch.Tensor, indices: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None,
-                     target: torch.Tensor, chunk: int | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def decode_sse_parts(
+    values: torch.Tensor,
+    indices: torch.Tensor,
+    W: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    chunk: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_hat [B, d] in W's dtype, sse () fp32, dY [B, d] in W's dtype, values' gradient [B, w] fp32) for the
     loss sum (x_hat - target)^2, one gather of W's rows (kernel `_decode_sse_kernel`), d cut into chunks whose W
     columns fit in L2 (`chunk_for`, unless `chunk` is given); the chunks' parts of the values' gradient summed
@@ -149,9 +170,27 @@ def decode_sse_parts(values: torch.Tensor, indices: torch.Tensor, W: torch.Tenso
     dy = torch.empty((B, d), dtype=W.dtype, device=W.device)
     gval = torch.empty((chunks, B, width), dtype=torch.float32, device=W.device)
     part = torch.empty(grid[0], dtype=torch.float32, device=W.device)
-    _decode_sse_kernel[grid](values, indices, W, bias if bias is not None else W, target, x_hat, dy, gval, part, B,
-                             width, d, W.stride(0), W.stride(1), chunk, HAS_BIAS=bias is not None, BLOCK_B=BB,
-                             BLOCK_W=BW, BLOCK_D=BD)
+    _decode_sse_kernel[grid](
+        values,
+        indices,
+        W,
+        bias if bias is not None else W,
+        target,
+        x_hat,
+        dy,
+        gval,
+        part,
+        B,
+        width,
+        d,
+        W.stride(0),
+        W.stride(1),
+        chunk,
+        HAS_BIAS=bias is not None,
+        BLOCK_B=BB,
+        BLOCK_W=BW,
+        BLOCK_D=BD,
+    )
     return x_hat, part.sum(), dy, gval[0] if chunks == 1 else gval.sum(0)
 
 
@@ -161,8 +200,7 @@ def gather_dot(g: torch.Tensor, indices: torch.Tensor, W: torch.Tensor, s_wn: in
     d = g.shape[1]
     out = torch.empty((B, width), dtype=torch.float32, device=g.device)
     BB, BD = _blocks_dense(B, d)
-    _gather_dot_kernel[(triton.cdiv(B, BB),)](g, indices, W, out, B, width, d, s_wn, s_wd,
-                                              BLOCK_B=BB, BLOCK_D=BD)
+    _gather_dot_kernel[(triton.cdiv(B, BB),)](g, indices, W, out, B, width, d, s_wn, s_wd, BLOCK_B=BB, BLOCK_D=BD)
     return out
 
 
@@ -231,8 +269,9 @@ class DecodeSSEFn(torch.autograd.Function):
         return (g_vals.to(values.dtype) if g_vals is not None else None), None, gW, g_b, g_t, None
 
 
-def decode_sse(code: SparseCode, W_dec: torch.Tensor, b_dec: torch.Tensor | None, target: torch.Tensor,
-               chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_sse(
+    code: SparseCode, W_dec: torch.Tensor, b_dec: torch.Tensor | None, target: torch.Tensor, chunk: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_hat, sum of (x_hat - target)^2 in fp32) with one gather of W_dec's rows for forward and backward; d in
     chunks of `chunk` columns when given (the first-use check runs a slice as the whole batch would run)."""
     return DecodeSSEFn.apply(code.values, code.indices.long(), W_dec, b_dec, target, chunk)

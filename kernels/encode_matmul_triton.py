@@ -22,10 +22,28 @@ from kernels.triton_common import INTERPRET, to_storage
 
 
 @triton.jit
-def _gemm_submax_kernel(x_ptr, w_ptr, bias_ptr, pre_ptr, smax_ptr, B, n, d, s_wd, s_wn, T,
-                        MODE: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, SUB: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                        WITH_SUBMAX: tl.constexpr = True):
+def _gemm_submax_kernel(
+    x_ptr,
+    w_ptr,
+    bias_ptr,
+    pre_ptr,
+    smax_ptr,
+    B,
+    n,
+    d,
+    s_wd,
+    s_wn,
+    T,
+    MODE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    IEEE: tl.constexpr,
+    SUB: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    WITH_SUBMAX: tl.constexpr = True,
+):
     """pre = x @ W (+ bias) for one [BLOCK_M, BLOCK_N] tile (x [B, d] row-major, W by strides), written in pre's
     dtype; the epilogue also writes the maximum of each SUB columns of each row (of |pre| for MODE 1) as
     rounded to pre's dtype, into smax [B, T] (same dtype: exact). Grouped tile order keeps a band of W's columns in
@@ -69,13 +87,16 @@ def _gemm_submax_kernel(x_ptr, w_ptr, bias_ptr, pre_ptr, smax_ptr, B, n, d, s_wd
     v = tl.where(m2, v, float("-inf"))
     mx = tl.max(tl.reshape(v, [BLOCK_M, BLOCK_N // SUB, SUB]), axis=2)
     sc = pid_n * (BLOCK_N // SUB) + tl.arange(0, BLOCK_N // SUB)
-    tl.store(smax_ptr + rm[:, None].to(tl.int64) * T + sc[None, :], mx.to(smax_ptr.dtype.element_ty),
-             mask=mm[:, None] & (sc < T)[None, :])
+    tl.store(
+        smax_ptr + rm[:, None].to(tl.int64) * T + sc[None, :],
+        mx.to(smax_ptr.dtype.element_ty),
+        mask=mm[:, None] & (sc < T)[None, :],
+    )
 
 
-
-def gemm_submax(x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, mode: int, sub: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def gemm_submax(
+    x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, mode: int, sub: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(pre [B, n] and its sub-block maxima [B, ceil(n / sub)], both in x's dtype) from one fused matmul.
     x [B, d] contiguous; W [d, n] row- or column-major. fp32 inputs multiply in IEEE fp32 (as torch does with
     TF32 off), 16-bit ones on the tensor cores."""
@@ -91,10 +112,31 @@ def gemm_submax(x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, mod
         raise ValueError(f"sub-block width {sub} must divide the matmul's column tile {BN}")
     grid = (triton.cdiv(B, BM) * triton.cdiv(n, BN),)
     kw = {} if INTERPRET else {"num_stages": stages}
-    _gemm_submax_kernel[grid](x, W, bias if bias is not None else x, pre, smax, B, n, d, W.stride(0), W.stride(1),
-                              T, MODE=mode, HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32, SUB=sub,
-                              BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, GROUP_M=GM, num_warps=nw, **kw)
+    _gemm_submax_kernel[grid](
+        x,
+        W,
+        bias if bias is not None else x,
+        pre,
+        smax,
+        B,
+        n,
+        d,
+        W.stride(0),
+        W.stride(1),
+        T,
+        MODE=mode,
+        HAS_BIAS=bias is not None,
+        IEEE=x.dtype == torch.float32,
+        SUB=sub,
+        BLOCK_M=BM,
+        BLOCK_N=BN,
+        BLOCK_K=BK,
+        GROUP_M=GM,
+        num_warps=nw,
+        **kw,
+    )
     return pre, smax
+
 
 ROUTE = "auto"  # "fused" or "cublas" forces one (tests); "auto" times both once per shape on CUDA
 TIMED_REPS = 3
@@ -113,13 +155,13 @@ def _time_ms(fn: Callable[[], object]) -> float:
     return start.elapsed_time(end) / TIMED_REPS
 
 
-def _fused(x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, mode: int, sub: int
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+def _fused(x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, mode: int, sub: int) -> tuple[torch.Tensor, torch.Tensor]:
     return gemm_submax(x, W, bias, mode, sub)
 
 
-def _cublas(x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, mode: int, sub: int
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+def _cublas(
+    x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, mode: int, sub: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     pre = torch.addmm(bias, x, W) if bias is not None else x @ W
     return pre, submax(pre, mode, sub)
 
@@ -138,16 +180,21 @@ def choose(key: tuple, runs: dict[str, Callable[[], object]]) -> str:
                 times[name] = _time_ms(run)
             except Exception as exc:  # noqa: BLE001  reported, and the other route serves
                 error = exc
-                warnings.warn(f"kernels: the {name!r} route to the encoder's pre-activations failed "
-                              f"({type(exc).__name__}: {exc}); using the other route", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"kernels: the {name!r} route to the encoder's pre-activations failed "
+                    f"({type(exc).__name__}: {exc}); using the other route",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         if not times:
             raise error
         _CHOICE[key] = min(times, key=times.get)
     return _CHOICE[key]
 
 
-def matmul_with_maxima(x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, mode: int, sub: int,
-                       route: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def matmul_with_maxima(
+    x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, mode: int, sub: int, route: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(pre = x @ W (+ bias) [B, n], its maxima over each `sub` columns [B, ceil(n / sub)]) by `route`, else ROUTE:
     "auto" takes the faster; off CUDA, or while a CUDA graph is being captured, the fused route (no timing)."""
     route = route or ROUTE
@@ -158,6 +205,5 @@ def matmul_with_maxima(x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | No
             key = (tuple(x.shape), tuple(W.shape), W.stride(), x.dtype, bias is not None, mode, sub, x.device)
             route = choose(key, {name: (lambda f=f: f(x, W, bias, mode, sub)) for name, f in ROUTES.items()})
     if route not in ROUTES:
-        raise ValueError(f"kernels.encode_matmul_triton.ROUTE is {route!r}: expected 'auto' or one of "
-                         f"{sorted(ROUTES)}")
+        raise ValueError(f"kernels.encode_matmul_triton.ROUTE is {route!r}: expected 'auto' or one of {sorted(ROUTES)}")
     return ROUTES[route](x, W, bias, mode, sub)

@@ -103,8 +103,7 @@ class EncodeFn(torch.autograd.Function):
             g_vals = torch.zeros(B, ctx.w, dtype=x.dtype, device=x.device)
         gs = g_vals.float()
         if idx_all.shape[1] > ctx.w:
-            ga = g_aux.float() if g_aux is not None else torch.zeros(B, idx_all.shape[1] - ctx.w,
-                                                                       device=x.device)
+            ga = g_aux.float() if g_aux is not None else torch.zeros(B, idx_all.shape[1] - ctx.w, device=x.device)
             gs = torch.cat([gs, ga], 1)
         gs = torch.where(mask_all, gs, torch.zeros_like(gs)).contiguous()
         d, n = W_enc.shape
@@ -133,8 +132,7 @@ class EncodeFn(torch.autograd.Function):
         return gx, gW, gb, g_pre, None, None, None, None, None, None
 
 
-def encode(x, W_enc, b_enc, rule, k, threshold, dead, k_aux, b_pre=None, route=None
-           ) -> tuple[SparseCode, SparseCode | None]:
+def encode(x, W_enc, b_enc, rule, k, threshold, dead, k_aux, b_pre=None, route=None) -> tuple[SparseCode, SparseCode | None]:
     """(code, AuxK code or None) of the pre-activations (x - b_pre) @ W_enc + b_enc; backward at those entries.
     `route`: forces a route to the fused pre-activations (encode_matmul_triton.ROUTES)."""
     vals, idx, aux_vals, aux_idx = EncodeFn.apply(x, W_enc, b_enc, b_pre, rule, k, threshold, dead, k_aux, route)
@@ -142,8 +140,9 @@ def encode(x, W_enc, b_enc, rule, k, threshold, dead, k_aux, b_pre=None, route=N
     return SparseCode(vals, idx), aux
 
 
-def difference_on_every_route(difference: Callable[[Callable], str | None], rule: str, k, threshold, dead, k_aux: int,
-                              fused: bool) -> str | None:
+def difference_on_every_route(
+    difference: Callable[[Callable], str | None], rule: str, k, threshold, dead, k_aux: int, fused: bool
+) -> str | None:
     """The first-use check of `encode`: difference(run) (what differs from the twin, or None) with `run` the Triton
     encode on each route to the pre-activations the process may take: both where the fused matmul applies and
     no route is forced (the faster is chosen later, by timing the whole batch). A route that raises is left to
@@ -151,6 +150,7 @@ def difference_on_every_route(difference: Callable[[Callable], str | None], rule
     routes = list(matmul.ROUTES) if fused and matmul.ROUTE == "auto" else [None]
     errors = []
     for route in routes:
+
         def run(x, W, b, p, route=route):
             return encode(x, W, b, rule, k, threshold, dead, k_aux, p, route)
 

@@ -115,8 +115,9 @@ def _regathered(vals: torch.Tensor, code: SparseCode, relu: bool) -> SparseCode:
     return SparseCode(torch.where(code.values != 0, vals, torch.zeros_like(vals)), code.indices)
 
 
-def pre_activations(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor | None,
-                    b_pre: torch.Tensor | None = None) -> torch.Tensor:
+def pre_activations(
+    x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor | None, b_pre: torch.Tensor | None = None
+) -> torch.Tensor:
     """(x - b_pre) @ W_enc (+ b_enc), [B, n], computed without autograd (gradients go through `with_gradient`)."""
     with torch.no_grad():
         pre = (x - b_pre if b_pre is not None else x) @ W_enc
@@ -141,8 +142,7 @@ def with_gradient(
     idx = code.indices if aux is None else torch.cat([code.indices, aux.indices], dim=1)
     vals = _GatherPre.apply(x, W_enc, b_enc, b_pre, pre, idx)
     w = code.indices.shape[1]
-    return Encoding(_regathered(vals[:, :w], code, relu),
-                    None if aux is None else _regathered(vals[:, w:], aux, aux_relu))
+    return Encoding(_regathered(vals[:, :w], code, relu), None if aux is None else _regathered(vals[:, w:], aux, aux_relu))
 
 
 def encode_twin(
@@ -165,5 +165,6 @@ def encode_twin(
     params = [t for t in (x, W_enc, b_enc, b_pre) if t is not None]
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in params)):
         return Encoding(code, aux)
-    return with_gradient(x, W_enc, b_enc, pre, Encoding(code, aux), relu=not main.signed,
-                         aux_relu=not main.aux.signed, b_pre=b_pre)
+    return with_gradient(
+        x, W_enc, b_enc, pre, Encoding(code, aux), relu=not main.signed, aux_relu=not main.aux.signed, b_pre=b_pre
+    )

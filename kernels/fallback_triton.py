@@ -23,8 +23,9 @@ from kernels.triton_common import INTERPRET, empty, key_shift, order_key
 
 
 @triton.jit
-def _load_keys(pre_ptr, colmask_ptr, rows, rmask, cols, n, stride_b,
-               MODE: tl.constexpr, SHIFT: tl.constexpr, HAS_COLMASK: tl.constexpr):
+def _load_keys(
+    pre_ptr, colmask_ptr, rows, rmask, cols, n, stride_b, MODE: tl.constexpr, SHIFT: tl.constexpr, HAS_COLMASK: tl.constexpr
+):
     # HAS_COLMASK: a per-column int8 mask (AuxK's dead latents)
     cmask = cols < n
     if HAS_COLMASK:
@@ -37,9 +38,24 @@ def _load_keys(pre_ptr, colmask_ptr, rows, rmask, cols, n, stride_b,
 
 
 @triton.jit
-def _row_kth_kernel(pre_ptr, colmask_ptr, active_ptr, thr_ptr, cgt_ptr, B, n, stride_b, k,
-                    MODE: tl.constexpr, SHIFT: tl.constexpr, HAS_COLMASK: tl.constexpr, HAS_ACTIVE: tl.constexpr,
-                    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, NPIV: tl.constexpr):
+def _row_kth_kernel(
+    pre_ptr,
+    colmask_ptr,
+    active_ptr,
+    thr_ptr,
+    cgt_ptr,
+    B,
+    n,
+    stride_b,
+    k,
+    MODE: tl.constexpr,
+    SHIFT: tl.constexpr,
+    HAS_COLMASK: tl.constexpr,
+    HAS_ACTIVE: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    NPIV: tl.constexpr,
+):
     """Per row: the k-th largest key (thr) and how many keys exceed it (cgt < k). HAS_ACTIVE: only the rows
     flagged in active[] (the others are left alone; a program without one returns at once)."""
     pid = tl.program_id(0)
@@ -67,8 +83,7 @@ def _row_kth_kernel(pre_ptr, colmask_ptr, active_ptr, thr_ptr, cgt_ptr, B, n, st
         counts = tl.zeros([BLOCK_B, NPIV], tl.int32)
         for start in range(0, n, BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
-            key, m = _load_keys(pre_ptr, colmask_ptr, rows, rmask, cols, n, stride_b, MODE, SHIFT,
-                                HAS_COLMASK)
+            key, m = _load_keys(pre_ptr, colmask_ptr, rows, rmask, cols, n, stride_b, MODE, SHIFT, HAS_COLMASK)
             ge = key.to(tl.int64)[:, :, None] >= piv[:, None, :]
             counts += tl.sum(ge.to(tl.int32), axis=1)
         # counts fall with j and counts[0] >= k: the last pivot still holding k keys bounds the k-th from below
@@ -86,11 +101,32 @@ def _row_kth_kernel(pre_ptr, colmask_ptr, active_ptr, thr_ptr, cgt_ptr, B, n, st
 
 
 @triton.jit
-def _compact_kernel(pre_ptr, colmask_ptr, active_ptr, thr_ptr, cgt_ptr, budget_ptr, thrv_ptr, thr_sb, thr_sn,
-                    idx_ptr, ngt_ptr, neq_ptr, B, n, stride_b, width,
-                    MODE: tl.constexpr, SHIFT: tl.constexpr, HAS_COLMASK: tl.constexpr, HAS_ACTIVE: tl.constexpr,
-                    BY_VALUE: tl.constexpr, STORE: tl.constexpr,
-                    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+def _compact_kernel(
+    pre_ptr,
+    colmask_ptr,
+    active_ptr,
+    thr_ptr,
+    cgt_ptr,
+    budget_ptr,
+    thrv_ptr,
+    thr_sb,
+    thr_sn,
+    idx_ptr,
+    ngt_ptr,
+    neq_ptr,
+    B,
+    n,
+    stride_b,
+    width,
+    MODE: tl.constexpr,
+    SHIFT: tl.constexpr,
+    HAS_COLMASK: tl.constexpr,
+    HAS_ACTIVE: tl.constexpr,
+    BY_VALUE: tl.constexpr,
+    STORE: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """Write each row's kept column indices into idx[b, :count] (order of columns; ties at the key threshold
     up to a per-row budget). BY_VALUE: keep x > thrv[b * thr_sb + col * thr_sn] instead (threshold, stat).
     STORE=False only counts (ngt: kept above threshold, neq: ties), for variable-width rules.
@@ -122,8 +158,7 @@ def _compact_kernel(pre_ptr, colmask_ptr, active_ptr, thr_ptr, cgt_ptr, budget_p
             gt = m & (x > t.to(tl.float32))
             eq = gt & (cols[None, :] < 0)
         else:
-            key, m = _load_keys(pre_ptr, colmask_ptr, rows, rmask, cols, n, stride_b, MODE, SHIFT,
-                                HAS_COLMASK)
+            key, m = _load_keys(pre_ptr, colmask_ptr, rows, rmask, cols, n, stride_b, MODE, SHIFT, HAS_COLMASK)
             gt = m & (key > thr[:, None])
             eq = m & (key == thr[:, None])
         gti = gt.to(tl.int32)
@@ -149,8 +184,18 @@ def _compact_kernel(pre_ptr, colmask_ptr, active_ptr, thr_ptr, cgt_ptr, budget_p
 
 
 @triton.jit
-def _count_ge_kernel(pre_ptr, piv_ptr, counts_ptr, B, n, stride_b, SHIFT: tl.constexpr,
-                     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, NPIV: tl.constexpr):
+def _count_ge_kernel(
+    pre_ptr,
+    piv_ptr,
+    counts_ptr,
+    B,
+    n,
+    stride_b,
+    SHIFT: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    NPIV: tl.constexpr,
+):
     pid = tl.program_id(0)
     rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
@@ -172,22 +217,39 @@ def _blocks(B: int, n: int) -> tuple[int, int, int]:
     return select_blocks(n)
 
 
-def row_kth(pre: torch.Tensor, k: int, mode: int, colmask: torch.Tensor | None = None,
-            active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def row_kth(
+    pre: torch.Tensor, k: int, mode: int, colmask: torch.Tensor | None = None, active: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(thr, cgt) [B] int32: each row's k-th largest key by MODE and the count of keys above it."""
     B, n = pre.shape
     BB, BN, nw = _blocks(B, n)
     thr = empty((B,), torch.int32, pre.device)
     cgt = empty((B,), torch.int32, pre.device)
     _row_kth_kernel[(triton.cdiv(B, BB),)](
-        pre, colmask if colmask is not None else thr, active if active is not None else thr, thr, cgt, B, n,
-        pre.stride(0), k, MODE=mode, SHIFT=key_shift(pre.dtype), HAS_COLMASK=colmask is not None,
-        HAS_ACTIVE=active is not None, BLOCK_B=BB, BLOCK_N=BN, NPIV=NPIV, num_warps=nw)
+        pre,
+        colmask if colmask is not None else thr,
+        active if active is not None else thr,
+        thr,
+        cgt,
+        B,
+        n,
+        pre.stride(0),
+        k,
+        MODE=mode,
+        SHIFT=key_shift(pre.dtype),
+        HAS_COLMASK=colmask is not None,
+        HAS_ACTIVE=active is not None,
+        BLOCK_B=BB,
+        BLOCK_N=BN,
+        NPIV=NPIV,
+        num_warps=nw,
+    )
     return thr, cgt
 
 
-def compact(pre, mode, colmask, thr, cgt, budget, width, by_value=False, thrv=None, thr_strides=(0, 0),
-            store=True, active=None, out=None):
+def compact(
+    pre, mode, colmask, thr, cgt, budget, width, by_value=False, thrv=None, thr_strides=(0, 0), store=True, active=None, out=None
+):
     """The compaction pass: (idx [B, width],) of each row's kept columns, or (ngt, neq) [B] counts with
     store=False (see _compact_kernel)."""
     B, n = pre.shape
@@ -198,17 +260,43 @@ def compact(pre, mode, colmask, thr, cgt, budget, width, by_value=False, thrv=No
     ngt = dummy if store else empty((B,), torch.int32, dev)
     neq = dummy if store else empty((B,), torch.int32, dev)
     _compact_kernel[(triton.cdiv(B, BB),)](
-        pre, colmask if colmask is not None else dummy, active if active is not None else dummy,
-        thr if thr is not None else dummy, cgt if cgt is not None else dummy,
-        budget if budget is not None else dummy, thrv if thrv is not None else pre,
-        thr_strides[0], thr_strides[1], idx, ngt, neq, B, n, pre.stride(0), max(width, 1),
-        MODE=mode, SHIFT=key_shift(pre.dtype), HAS_COLMASK=colmask is not None, HAS_ACTIVE=active is not None,
-        BY_VALUE=by_value, STORE=store, BLOCK_B=BB, BLOCK_N=BN, num_warps=nw)
+        pre,
+        colmask if colmask is not None else dummy,
+        active if active is not None else dummy,
+        thr if thr is not None else dummy,
+        cgt if cgt is not None else dummy,
+        budget if budget is not None else dummy,
+        thrv if thrv is not None else pre,
+        thr_strides[0],
+        thr_strides[1],
+        idx,
+        ngt,
+        neq,
+        B,
+        n,
+        pre.stride(0),
+        max(width, 1),
+        MODE=mode,
+        SHIFT=key_shift(pre.dtype),
+        HAS_COLMASK=colmask is not None,
+        HAS_ACTIVE=active is not None,
+        BY_VALUE=by_value,
+        STORE=store,
+        BLOCK_B=BB,
+        BLOCK_N=BN,
+        num_warps=nw,
+    )
     return (idx,) if store else (ngt, neq)
 
 
-def bisect_rows(pre: torch.Tensor, k: int, mode: int, colmask: torch.Tensor | None = None,
-                active: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+def bisect_rows(
+    pre: torch.Tensor,
+    k: int,
+    mode: int,
+    colmask: torch.Tensor | None = None,
+    active: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Each row's top k column indices by key MODE ([B, k], column order; ties to the lowest columns), among the
     columns `colmask` keeps when given (rows with fewer leave the rest of their slots unwritten); into `out` and
     only for the rows flagged in `active` when given. No host sync."""
@@ -238,8 +326,9 @@ def bisect_batch(p: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         step = ((hi - lo + NPIV - 1) // NPIV).clamp_min(1)
         piv = lo + jj * step
         counts.zero_()
-        _count_ge_kernel[(triton.cdiv(B, BB),)](p, piv, counts, B, n, p.stride(0), SHIFT=shift,
-                                                BLOCK_B=BB, BLOCK_N=BN, NPIV=NPIV, num_warps=nw)
+        _count_ge_kernel[(triton.cdiv(B, BB),)](
+            p, piv, counts, B, n, p.stride(0), SHIFT=shift, BLOCK_B=BB, BLOCK_N=BN, NPIV=NPIV, num_warps=nw
+        )
         # counts fall with j: the last pivot still holding `total` keys bounds the threshold from below
         j = (((counts >= total) & (piv < hi)).sum() - 1).clamp_min(0)
         lo, hi = lo + j * step, torch.minimum(hi, lo + (j + 1) * step)

@@ -51,8 +51,12 @@ def trusted(key: tuple, name: str, t: torch.Tensor, check: Callable[[], str | No
         diff = f"it raised {type(exc).__name__}: {exc}"
     _VERDICTS[key] = diff
     if diff is not None:
-        warnings.warn(f"kernels: the Triton {name} failed its first-use check against the torch twin ({diff}); "
-                      "this process uses the twin for it", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"kernels: the Triton {name} failed its first-use check against the torch twin ({diff}); "
+            "this process uses the twin for it",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return diff is None
 
 

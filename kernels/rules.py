@@ -57,7 +57,6 @@ RULES: dict[str, Rule] = {
 }
 
 
-
 def aux_rule(signed: bool) -> Rule:
     """The rule of AuxK's code over the dead latents: by magnitude with signs kept ("abs") when the main code is
     signed, else "row"."""

@@ -64,8 +64,7 @@ def select_by_value(pre: torch.Tensor, thrv: torch.Tensor, strides: tuple[int, i
     """Keep pre > thrv (broadcast by strides): a count pass, then a write pass at the widest row's count."""
     p = kernel_input(pre.detach())
     thrv = thrv.to(torch.float32).contiguous()
-    ngt, _ = compact(p, 0, None, None, None, None, 1, by_value=True, thrv=thrv, thr_strides=strides,
-                     store=False)
+    ngt, _ = compact(p, 0, None, None, None, None, 1, by_value=True, thrv=thrv, thr_strides=strides, store=False)
     width = max(int(ngt.max().item()), 1)
     (idx,) = compact(p, 0, None, None, None, None, width, by_value=True, thrv=thrv, thr_strides=strides)
     return ordered_code(pre, idx, ngt, RULES[rule])
@@ -78,8 +77,9 @@ def select_threshold(pre: torch.Tensor, threshold) -> SparseCode:
     if thr.dim() == 0:
         return select_by_value(pre, thr.reshape(1), (0, 0), "threshold")
     if thr.shape != (pre.shape[1],):
-        raise ValueError(f"threshold of shape {tuple(thr.shape)} does not fit pre {tuple(pre.shape)}: "
-                         f"expected a scalar or [{pre.shape[1]}]")
+        raise ValueError(
+            f"threshold of shape {tuple(thr.shape)} does not fit pre {tuple(pre.shape)}: expected a scalar or [{pre.shape[1]}]"
+        )
     return select_by_value(pre, thr, (0, 1), "threshold")
 
 
@@ -88,8 +88,7 @@ def select_stat(pre: torch.Tensor, k: int) -> SparseCode:
     return select_by_value(pre, thr, (1, 0), "stat")
 
 
-def select(pre: torch.Tensor, rule: str, k: int | None, threshold=None, colmask: torch.Tensor | None = None
-           ) -> SparseCode:
+def select(pre: torch.Tensor, rule: str, k: int | None, threshold=None, colmask: torch.Tensor | None = None) -> SparseCode:
     """The Triton selection for `rule` (arguments already checked by `kernels.select`)."""
     if rule == "row":
         return select_row(pre, k, colmask)

@@ -24,9 +24,11 @@ from kernels.triton_common import INTERPRET, key_shift, order_key
 
 _I32_MIN = tl.constexpr(-2147483648)
 
+
 @triton.jit
-def _submax_kernel(pre_ptr, smax_ptr, B, n, stride_b, T, MODE: tl.constexpr, SUB: tl.constexpr,
-                   BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+def _submax_kernel(
+    pre_ptr, smax_ptr, B, n, stride_b, T, MODE: tl.constexpr, SUB: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr
+):
     """One read of pre: the maximum of each SUB columns of each row (of |pre| for MODE 1)."""
     pid = tl.program_id(0)
     rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -41,8 +43,11 @@ def _submax_kernel(pre_ptr, smax_ptr, B, n, stride_b, T, MODE: tl.constexpr, SUB
         v = tl.where(m, v, float("-inf"))
         mx = tl.max(tl.reshape(v, [BLOCK_B, BLOCK_N // SUB, SUB]), axis=2)
         sc = start // SUB + tl.arange(0, BLOCK_N // SUB)
-        tl.store(smax_ptr + rows[:, None].to(tl.int64) * T + sc[None, :], mx.to(smax_ptr.dtype.element_ty),
-                 mask=rmask[:, None] & (sc < T)[None, :])
+        tl.store(
+            smax_ptr + rows[:, None].to(tl.int64) * T + sc[None, :],
+            mx.to(smax_ptr.dtype.element_ty),
+            mask=rmask[:, None] & (sc < T)[None, :],
+        )
 
 
 @triton.jit
@@ -86,17 +91,42 @@ def _unpack(ptr, base, count, rmask, other, CAP: tl.constexpr):
 def _rank_desc(keys, cols, live):
     """Each live entry's place in its row ordered by key descending, ties by column: the count of live entries
     with a larger key, or an equal key and a smaller column ([rows, K] against [rows, K]: K is small)."""
-    before = live[:, None, :] & ((keys[:, None, :] > keys[:, :, None])
-                                 | ((keys[:, None, :] == keys[:, :, None]) & (cols[:, None, :] < cols[:, :, None])))
+    before = live[:, None, :] & (
+        (keys[:, None, :] > keys[:, :, None]) | ((keys[:, None, :] == keys[:, :, None]) & (cols[:, None, :] < cols[:, :, None]))
+    )
     return tl.sum(before.to(tl.int32), axis=2)
 
 
 @triton.jit
-def _select_from_maxima_kernel(pre_ptr, smax_ptr, t1_ptr, k1_ptr, tid_ptr, hkey_ptr, hcol_ptr, kkey_ptr,
-                               kcol_ptr, idx_ptr, val_ptr, flag_ptr, B, n, stride_b, T, k,
-                               MODE: tl.constexpr, SHIFT: tl.constexpr, SUB: tl.constexpr, TP: tl.constexpr,
-                               G: tl.constexpr, T1CAP: tl.constexpr, TCAP: tl.constexpr, C: tl.constexpr,
-                               KP: tl.constexpr, BLOCK_B: tl.constexpr):
+def _select_from_maxima_kernel(
+    pre_ptr,
+    smax_ptr,
+    t1_ptr,
+    k1_ptr,
+    tid_ptr,
+    hkey_ptr,
+    hcol_ptr,
+    kkey_ptr,
+    kcol_ptr,
+    idx_ptr,
+    val_ptr,
+    flag_ptr,
+    B,
+    n,
+    stride_b,
+    T,
+    k,
+    MODE: tl.constexpr,
+    SHIFT: tl.constexpr,
+    SUB: tl.constexpr,
+    TP: tl.constexpr,
+    G: tl.constexpr,
+    T1CAP: tl.constexpr,
+    TCAP: tl.constexpr,
+    C: tl.constexpr,
+    KP: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
     """Exact top-k per row from its sub-block maxima (see the module docstring): idx [B, k] (int64) and the raw
     values val [B, k], ordered by key descending, ties by column; flag[b] = 1 for a row left to the fallback
     (a buffer overflowed: more than T1CAP maxima at or above the first bound, more than TCAP sub-blocks at or
@@ -125,8 +155,11 @@ def _select_from_maxima_kernel(pre_ptr, smax_ptr, t1_ptr, k1_ptr, tid_ptr, hkey_
     # 3. their entries at or above t, compacted in column order
     es = tl.arange(0, TCAP * SUB)
     slot = es // SUB
-    tile = tl.load(tid_ptr + r64[:, None] * TCAP + slot[None, :], mask=rmask[:, None] & (slot[None, :] <
-                   tl.minimum(ncand, TCAP)[:, None]), other=-1)
+    tile = tl.load(
+        tid_ptr + r64[:, None] * TCAP + slot[None, :],
+        mask=rmask[:, None] & (slot[None, :] < tl.minimum(ncand, TCAP)[:, None]),
+        other=-1,
+    )
     cols = tile * SUB + (es % SUB)[None, :]
     em = (tile >= 0) & (cols < n)
     v = tl.load(pre_ptr + r64[:, None] * stride_b + cols, mask=em, other=0.0).to(tl.float32)
@@ -158,8 +191,19 @@ def _select_from_maxima_kernel(pre_ptr, smax_ptr, t1_ptr, k1_ptr, tid_ptr, hkey_
 
 
 @triton.jit
-def _order_rows_kernel(pre_ptr, idx_ptr, val_ptr, active_ptr, B, stride_b, k,
-                       MODE: tl.constexpr, SHIFT: tl.constexpr, KP: tl.constexpr, BLOCK_B: tl.constexpr):
+def _order_rows_kernel(
+    pre_ptr,
+    idx_ptr,
+    val_ptr,
+    active_ptr,
+    B,
+    stride_b,
+    k,
+    MODE: tl.constexpr,
+    SHIFT: tl.constexpr,
+    KP: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
     """For the rows flagged in active[] (the fallback's): read their k column indices (any order), and write
     them back with their raw values ordered by key descending, ties by column. Other programs return at once."""
     pid = tl.program_id(0)
@@ -189,13 +233,15 @@ def submax(pre: torch.Tensor, mode: int, sub: int) -> torch.Tensor:
     T = triton.cdiv(n, sub)
     smax = torch.empty((B, T), dtype=pre.dtype, device=pre.device)
     BB, BN = (min(p2(B), 64), max(sub, min(p2(n), 1024))) if INTERPRET else (2, max(sub, min(p2(n), 512)))
-    _submax_kernel[(triton.cdiv(B, BB),)](pre, smax, B, n, pre.stride(0), T, MODE=mode, SUB=sub, BLOCK_B=BB,
-                                          BLOCK_N=BN, num_warps=4)
+    _submax_kernel[(triton.cdiv(B, BB),)](
+        pre, smax, B, n, pre.stride(0), T, MODE=mode, SUB=sub, BLOCK_B=BB, BLOCK_N=BN, num_warps=4
+    )
     return smax
 
 
-def select_from_submax(pre: torch.Tensor, smax: torch.Tensor, k: int, mode: int, sub: int
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def select_from_submax(
+    pre: torch.Tensor, smax: torch.Tensor, k: int, mode: int, sub: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(idx [B, k] int64, raw values [B, k] in pre's dtype, flag [B] int32): the exact top k of each row, ordered,
     for every row not flagged; flagged rows are left for the fallback. No host sync."""
     B, n = pre.shape
@@ -215,23 +261,48 @@ def select_from_submax(pre: torch.Tensor, smax: torch.Tensor, k: int, mode: int,
     val = torch.empty((B, k), dtype=pre.dtype, device=dev)
     flag = torch.empty((B,), dtype=torch.int32, device=dev)
     _select_from_maxima_kernel[(triton.cdiv(B, BB),)](
-        pre, smax, t1, k1, tid, hkey, hcol, kkey, kcol, idx, val, flag, B, n, pre.stride(0), T, k, MODE=mode,
-        SHIFT=key_shift(pre.dtype), SUB=sub, TP=p2(T), G=KP, T1CAP=t1cap, TCAP=tcap, C=C, KP=KP, BLOCK_B=BB,
-        num_warps=SELECT_WARPS)
+        pre,
+        smax,
+        t1,
+        k1,
+        tid,
+        hkey,
+        hcol,
+        kkey,
+        kcol,
+        idx,
+        val,
+        flag,
+        B,
+        n,
+        pre.stride(0),
+        T,
+        k,
+        MODE=mode,
+        SHIFT=key_shift(pre.dtype),
+        SUB=sub,
+        TP=p2(T),
+        G=KP,
+        T1CAP=t1cap,
+        TCAP=tcap,
+        C=C,
+        KP=KP,
+        BLOCK_B=BB,
+        num_warps=SELECT_WARPS,
+    )
     return idx, val, flag
 
 
-def order_rows(pre: torch.Tensor, idx: torch.Tensor, val: torch.Tensor, active: torch.Tensor, k: int, mode: int
-               ) -> None:
+def order_rows(pre: torch.Tensor, idx: torch.Tensor, val: torch.Tensor, active: torch.Tensor, k: int, mode: int) -> None:
     """Reorder (in place) the rows flagged in `active` by key, writing their raw values into val."""
     B = pre.shape[0]
     BB = min(p2(B), 16) if INTERPRET else 1
-    _order_rows_kernel[(triton.cdiv(B, BB),)](pre, idx, val, active, B, pre.stride(0), k, MODE=mode,
-                                              SHIFT=key_shift(pre.dtype), KP=p2(k), BLOCK_B=BB, num_warps=4)
+    _order_rows_kernel[(triton.cdiv(B, BB),)](
+        pre, idx, val, active, B, pre.stride(0), k, MODE=mode, SHIFT=key_shift(pre.dtype), KP=p2(k), BLOCK_B=BB, num_warps=4
+    )
 
 
-def topk_from_submax(pre: torch.Tensor, k: int, mode: int, smax: torch.Tensor | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_from_submax(pre: torch.Tensor, k: int, mode: int, smax: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(indices [B, k], raw values [B, k]) of each row's top k by key MODE, ordered by key descending (ties by
     column), read off the sub-block maxima (`smax`, from the fused encoder matmul, or one read pass here). Rows
     the pruning flags (overflowing its buffers) take the bisection and are ordered on the device: no sync."""

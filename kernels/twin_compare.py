@@ -53,8 +53,17 @@ def _lowest_kept(score: torch.Tensor, code: SparseCode, live: torch.Tensor, per_
     return torch.where(torch.isinf(low), torch.full_like(low, float("nan")), low)
 
 
-def compare_codes(tri: SparseCode, twin: SparseCode, pre: torch.Tensor, rule: Rule, live_tri: torch.Tensor,
-                  live_twin: torch.Tensor, boundary: torch.Tensor, band: float, count: str | None) -> str | None:
+def compare_codes(
+    tri: SparseCode,
+    twin: SparseCode,
+    pre: torch.Tensor,
+    rule: Rule,
+    live_tri: torch.Tensor,
+    live_twin: torch.Tensor,
+    boundary: torch.Tensor,
+    band: float,
+    count: str | None,
+) -> str | None:
     """What differs between two codes of `pre` [B, n] by `rule`, or None: the same entries except among those
     whose score lies within `band` (relative) of `boundary` (broadcast to [B, n]), no index twice in a row, as
     many entries per row (count "row") or in all ("total"), the Triton code's values the rule's values of
@@ -91,8 +100,7 @@ def compare_codes(tri: SparseCode, twin: SparseCode, pre: torch.Tensor, rule: Ru
     return None
 
 
-def compare_tensors(named: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]], dtype: torch.dtype
-                    ) -> str | None:
+def compare_tensors(named: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]], dtype: torch.dtype) -> str | None:
     """The first of the named (Triton, twin) pairs that differ by more than the dtype's tolerance, or None."""
     tol = TOL.get(dtype, 1e-3)
     for name, (got, want) in named.items():
@@ -109,8 +117,7 @@ def compare_tensors(named: dict[str, tuple[torch.Tensor | None, torch.Tensor | N
     return None
 
 
-def _boundary(pre: torch.Tensor, twin: SparseCode, live: torch.Tensor, rule: str, k: int | None, threshold
-              ) -> torch.Tensor:
+def _boundary(pre: torch.Tensor, twin: SparseCode, live: torch.Tensor, rule: str, k: int | None, threshold) -> torch.Tensor:
     """Where `rule` cuts `pre`: the twin's k-th score per row (row, abs), its least kept score over the batch
     (batch), the threshold (threshold, stat)."""
     r = RULES[rule]
@@ -122,17 +129,16 @@ def _boundary(pre: torch.Tensor, twin: SparseCode, live: torch.Tensor, rule: str
     return _lowest_kept(r.score(pre).double(), twin, live, per_row=r.over == "row")
 
 
-def _check_code(tri: SparseCode, twin: SparseCode, pre: torch.Tensor, rule: str, k, threshold, band: float
-                ) -> str | None:
+def _check_code(tri: SparseCode, twin: SparseCode, pre: torch.Tensor, rule: str, k, threshold, band: float) -> str | None:
     r = RULES[rule]
     live_tri, live_twin = _live(tri, r), _live(twin, r)
     count = "row" if r.fixed_width else "total" if rule == "batch" and band == 0 else None
-    return compare_codes(tri, twin, pre, r, live_tri, live_twin, _boundary(pre, twin, live_twin, rule, k, threshold),
-                         band, count)
+    return compare_codes(tri, twin, pre, r, live_tri, live_twin, _boundary(pre, twin, live_twin, rule, k, threshold), band, count)
 
 
-def _check_aux(tri: SparseCode, twin: SparseCode, pre: torch.Tensor, dead: torch.Tensor, k_aux: int, signed: bool,
-               band: float) -> str | None:
+def _check_aux(
+    tri: SparseCode, twin: SparseCode, pre: torch.Tensor, dead: torch.Tensor, k_aux: int, signed: bool, band: float
+) -> str | None:
     r = aux_rule(signed)
     width = min(k_aux, pre.shape[1])
     if tri.indices.shape[1] != width:
@@ -146,15 +152,15 @@ def _check_aux(tri: SparseCode, twin: SparseCode, pre: torch.Tensor, dead: torch
     return None if diff is None else f"AuxK: {diff}"
 
 
-def select_difference(run: Callable[[torch.Tensor], SparseCode], pre: torch.Tensor, rule: str, k, threshold
-                      ) -> str | None:
+def select_difference(run: Callable[[torch.Tensor], SparseCode], pre: torch.Tensor, rule: str, k, threshold) -> str | None:
     """Triton's `select` (run) against the twin's on the first rows of pre: the same code (ties exactly)."""
     rows = pre[:ROWS].detach()
     return _check_code(run(rows), select_by_rule(rows, rule, k, threshold), rows, rule, k, threshold, 0.0)
 
 
-def aux_difference(run: Callable[[torch.Tensor], SparseCode], pre: torch.Tensor, dead: torch.Tensor, k_aux: int,
-                   signed: bool) -> str | None:
+def aux_difference(
+    run: Callable[[torch.Tensor], SparseCode], pre: torch.Tensor, dead: torch.Tensor, k_aux: int, signed: bool
+) -> str | None:
     """Triton's `aux_select` (run) against the twin's on the first rows of pre."""
     rows = pre[:ROWS].detach()
     return _check_aux(run(rows), aux_select_twin(rows, dead, k_aux, signed), rows, dead, k_aux, signed, 0.0)
@@ -175,8 +181,18 @@ def _weights(like: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.randn(like.shape, generator=g, device=like.device, dtype=torch.float32)
 
 
-def encode_difference(run: Callable[..., tuple[SparseCode, SparseCode | None]], x: torch.Tensor,
-                      W_enc: torch.Tensor, b_enc, rule: str, k, threshold, dead, k_aux: int, b_pre) -> str | None:
+def encode_difference(
+    run: Callable[..., tuple[SparseCode, SparseCode | None]],
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc,
+    rule: str,
+    k,
+    threshold,
+    dead,
+    k_aux: int,
+    b_pre,
+) -> str | None:
     """Triton's `encode` (run(x, W_enc, b_enc, b_pre)) against the twin on the first rows of x: the codes (ties
     within the band rounding allows), the values, and the gradients the caller's tensors ask for (x, W_enc,
     b_enc, b_pre), against the twin's at the Triton codes' entries."""
@@ -208,17 +224,18 @@ def encode_difference(run: Callable[..., tuple[SparseCode, SparseCode | None]], 
     got = _grads(loss(Encoding(code, aux)), lt)
     with torch.enable_grad():
         lw = _leaves(tensors, wants)
-        detached = Encoding(SparseCode(code.values.detach(), code.indices),
-                            None if aux is None else SparseCode(aux.values.detach(), aux.indices))
-        ref = with_gradient(lw[0], lw[1], lw[2], pre_activations(*lw), detached, relu=not r.signed,
-                            aux_relu=not r.aux.signed, b_pre=lw[3])
+        detached = Encoding(
+            SparseCode(code.values.detach(), code.indices), None if aux is None else SparseCode(aux.values.detach(), aux.indices)
+        )
+        ref = with_gradient(
+            lw[0], lw[1], lw[2], pre_activations(*lw), detached, relu=not r.signed, aux_relu=not r.aux.signed, b_pre=lw[3]
+        )
         want = _grads(loss(ref), lw)
     names = ("x's gradient", "W_enc's gradient", "b_enc's gradient", "b_pre's gradient")
     return compare_tensors(dict(zip(names, zip(got, want))), dtype)
 
 
-def decode_difference(run: Callable[..., torch.Tensor], code: SparseCode, W_dec: torch.Tensor, b_dec
-                      ) -> str | None:
+def decode_difference(run: Callable[..., torch.Tensor], code: SparseCode, W_dec: torch.Tensor, b_dec) -> str | None:
     """Triton's `decode` (run(code, W_dec, b_dec)) against the twin on the first rows of the code: x_hat and the
     gradients the caller's tensors ask for (values, W_dec, b_dec), under random output weights."""
     tensors = (code.values[:ROWS], W_dec, b_dec)
@@ -235,8 +252,9 @@ def decode_difference(run: Callable[..., torch.Tensor], code: SparseCode, W_dec:
     return compare_tensors(dict(zip(names, zip(out["triton"], out["twin"]))), W_dec.dtype)
 
 
-def decode_sse_difference(run: Callable[..., tuple[torch.Tensor, torch.Tensor]], code: SparseCode,
-                          W_dec: torch.Tensor, b_dec, target: torch.Tensor) -> str | None:
+def decode_sse_difference(
+    run: Callable[..., tuple[torch.Tensor, torch.Tensor]], code: SparseCode, W_dec: torch.Tensor, b_dec, target: torch.Tensor
+) -> str | None:
     """Triton's `decode_sse` (run(code, W_dec, b_dec, target)) against the twin on the first rows: x_hat, the
     squared error and the gradients of the error the caller's tensors ask for (values, W_dec, b_dec, target)."""
     tensors = (code.values[:ROWS], W_dec, b_dec, target[:ROWS])
@@ -254,6 +272,12 @@ def decode_sse_difference(run: Callable[..., tuple[torch.Tensor, torch.Tensor]],
             x_hat, sse = fn(SparseCode(v, idx), W, b, t)
             grads = _grads(sse, [v, W, b, t]) if any(wants) else [None] * 4
         out[name] = [x_hat, sse] + grads
-    names = ("x_hat", "the squared error", "the values' gradient", "W_dec's gradient", "b_dec's gradient",
-             "the target's gradient")
+    names = (
+        "x_hat",
+        "the squared error",
+        "the values' gradient",
+        "W_dec's gradient",
+        "b_dec's gradient",
+        "the target's gradient",
+    )
     return compare_tensors(dict(zip(names, zip(out["triton"], out["twin"]))), W_dec.dtype)

@@ -20,9 +20,27 @@ from kernels.triton_common import INTERPRET
 
 
 @triton.jit
-def _grad_rows_kernel(lat_ptr, tok_ptr, coef_ptr, off_ptr, src_ptr, out_ptr, gb_ptr, w_ptr, part_ptr, n, d, s_on,
-                      s_od, HAS_BIAS: tl.constexpr, HAS_PRE: tl.constexpr, DOT_BF16: tl.constexpr,
-                      BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+def _grad_rows_kernel(
+    lat_ptr,
+    tok_ptr,
+    coef_ptr,
+    off_ptr,
+    src_ptr,
+    out_ptr,
+    gb_ptr,
+    w_ptr,
+    part_ptr,
+    n,
+    d,
+    s_on,
+    s_od,
+    HAS_BIAS: tl.constexpr,
+    HAS_PRE: tl.constexpr,
+    DOT_BF16: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """out[l, dblock] = sum over the pairs p of latent l of coef[p] * src[tok[p], dblock], for the latents of
     this program's block; pairs sorted by latent, off[i] = first pair of latent i * BLOCK_L. Written once.
     HAS_BIAS: gb[l] = the sum of latent l's coefficients. HAS_PRE (with HAS_BIAS): part[block, dblock] =
@@ -64,7 +82,6 @@ def _grad_rows_kernel(lat_ptr, tok_ptr, coef_ptr, off_ptr, src_ptr, out_ptr, gb_
         tl.store(part_ptr + pid_l.to(tl.int64) * d + dc, tl.sum(w * bias[:, None], axis=0), mask=dmask)
 
 
-
 class SortedPairs:
     """A code's (token, latent) pairs sorted by latent, with the first pair of every latent block."""
 
@@ -79,8 +96,14 @@ class SortedPairs:
         edges = torch.arange(0, triton.cdiv(n, self.block_l) + 1, device=indices.device, dtype=torch.int32)
         self.off = torch.searchsorted(self.lat, edges * self.block_l).to(torch.int32)
 
-    def grad(self, coef: torch.Tensor, src: torch.Tensor, out: torch.Tensor, bias_out: torch.Tensor | None = None,
-             weight: torch.Tensor | None = None) -> torch.Tensor | None:
+    def grad(
+        self,
+        coef: torch.Tensor,
+        src: torch.Tensor,
+        out: torch.Tensor,
+        bias_out: torch.Tensor | None = None,
+        weight: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
         """out[l, :] (by out's strides, [n, d] or a [d, n] tensor's transpose) = sum over latent l's pairs of
         coef * src[token]; bias_out[l] = sum of its coef. coef: [B, w] in the code's order. With `weight` (laid
         out as out) and bias_out, also returns weight^T bias_out ([d] fp32) from the same launch."""
@@ -92,14 +115,29 @@ class SortedPairs:
         s_on, s_od = out.stride()
         if weight is not None and (bias_out is None or weight.stride() != out.stride()):
             raise ValueError("the weight's product needs bias_out and the weight laid out as out")
-        part = torch.empty((triton.cdiv(self.n, BL), d), dtype=torch.float32, device=src.device) \
-            if weight is not None else None
+        part = torch.empty((triton.cdiv(self.n, BL), d), dtype=torch.float32, device=src.device) if weight is not None else None
         dot_bf16 = src.dtype == torch.bfloat16 and not INTERPRET  # the interpreter's bf16 dot is wrong
         _grad_rows_kernel[(triton.cdiv(self.n, BL), triton.cdiv(d, BD))](
-            self.lat, self.tok, c, self.off, src, out, bias_out if bias_out is not None else c,
-            weight if weight is not None else src, part if part is not None else c, self.n, d, s_on, s_od,
-            HAS_BIAS=bias_out is not None, HAS_PRE=weight is not None, DOT_BF16=dot_bf16, BLOCK_L=BL, BLOCK_P=BP,
-            BLOCK_D=BD)
+            self.lat,
+            self.tok,
+            c,
+            self.off,
+            src,
+            out,
+            bias_out if bias_out is not None else c,
+            weight if weight is not None else src,
+            part if part is not None else c,
+            self.n,
+            d,
+            s_on,
+            s_od,
+            HAS_BIAS=bias_out is not None,
+            HAS_PRE=weight is not None,
+            DOT_BF16=dot_bf16,
+            BLOCK_L=BL,
+            BLOCK_P=BP,
+            BLOCK_D=BD,
+        )
         return part.sum(0) if part is not None else None
 
 
@@ -111,8 +149,7 @@ _LAST_PAIRS: list = []
 
 def sorted_pairs(indices: torch.Tensor, n: int) -> SortedPairs:
     """SortedPairs of `indices`, reused when the same tensor (same storage, shape and version) asks again."""
-    key = (indices.data_ptr(), tuple(indices.shape), indices.stride(), indices.dtype, indices.device,
-           indices._version, n)
+    key = (indices.data_ptr(), tuple(indices.shape), indices.stride(), indices.dtype, indices.device, indices._version, n)
     if _LAST_PAIRS and _LAST_PAIRS[0][0] == key:
         return _LAST_PAIRS[0][2]
     sp = SortedPairs(indices, n)

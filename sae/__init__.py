@@ -1,7 +1,7 @@
 """Sparse autoencoders for language-model interpretability.
 
-    from sae import SAEConfig, SparseAutoencoder
-    sae = SparseAutoencoder(SAEConfig(d_in=384, n_latents=3072, family="topk", k=32))
+from sae import SAEConfig, SparseAutoencoder
+sae = SparseAutoencoder(SAEConfig(d_in=384, n_latents=3072, family="topk", k=32))
 """
 
 from kernels import SparseCode

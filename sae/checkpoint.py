@@ -49,6 +49,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         why = next((ln for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "").strip()
         raise ValueError(
             f"checkpoint {path} holds objects other than tensors and plain data, so loading it could run code: "
-            f"refused{f' ({why})' if why else ''}; delete it or train without --resume") from e
+            f"refused{f' ({why})' if why else ''}; delete it or train without --resume"
+        ) from e
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
         raise ValueError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from e

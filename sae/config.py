@@ -102,9 +102,18 @@ def _check_types(cfg: SAEConfig) -> None:
     """Refuse a field of the wrong type (as from a hand-edited cfg.json) with its name, before any arithmetic.
 
     Integers of other types (numpy, torch) become Python ints, so the config stays JSON-serialisable."""
-    kinds = {"d_in": (numbers.Integral,), "n_latents": (numbers.Integral, None), "expansion": (numbers.Integral, None),
-             "family": (str,), "k": (numbers.Integral, None), "dtype": (str,), "normalize": (str,),
-             "options": (dict,), "hook_name": (str,), "model_name": (str,)}
+    kinds = {
+        "d_in": (numbers.Integral,),
+        "n_latents": (numbers.Integral, None),
+        "expansion": (numbers.Integral, None),
+        "family": (str,),
+        "k": (numbers.Integral, None),
+        "dtype": (str,),
+        "normalize": (str,),
+        "options": (dict,),
+        "hook_name": (str,),
+        "model_name": (str,),
+    }
     _check_kinds(cfg, kinds)
     bad_keys = [k for k in cfg.options if not isinstance(k, str)]
     if bad_keys:
@@ -119,8 +128,9 @@ def _check_kinds(cfg: Any, kinds: dict[str, tuple]) -> None:
         if v is None and None in allowed:
             continue
         if isinstance(v, bool) or not isinstance(v, allowed[0]):
-            names = " or ".join("None" if t is None else {"Integral": "int", "Real": "float"}.get(t.__name__, t.__name__)
-                                for t in allowed)
+            names = " or ".join(
+                "None" if t is None else {"Integral": "int", "Real": "float"}.get(t.__name__, t.__name__) for t in allowed
+            )
             raise ValueError(f"{type(cfg).__name__}.{name} must be {names}, got {v!r}")
         if allowed[0] is numbers.Integral:
             setattr(cfg, name, int(v))

@@ -87,8 +87,9 @@ class SparseAutoencoder(nn.Module):
         an int in [1, n_latents] is refused (k=0 would otherwise fall back to the configured k)."""
         k = kw.get("k")
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.cfg.n_latents):
-            raise ValueError(f"encode: k={k!r}; expected an int with 1 <= k <= n_latents={self.cfg.n_latents} "
-                             "(or no k for the configured one)")
+            raise ValueError(
+                f"encode: k={k!r}; expected an int with 1 <= k <= n_latents={self.cfg.n_latents} (or no k for the configured one)"
+            )
         x_n, _ = self._prepare(x)
         code = self.family.encode(self, x_n, **kw).code
         return SparseCode(code.values / self._out_scale(code.values), code.indices)
@@ -102,9 +103,7 @@ class SparseAutoencoder(nn.Module):
         b_dec = self.b_dec / self._out_scale(self.b_dec)
         return kernels.decode(code, self.W_dec, b_dec)
 
-    def forward(
-        self, x: torch.Tensor, dead: torch.Tensor | None = None, step: TrainStep | None = None
-    ) -> ForwardOutput:
+    def forward(self, x: torch.Tensor, dead: torch.Tensor | None = None, step: TrainStep | None = None) -> ForwardOutput:
         """Encode, decode and compute the training loss; `dead` [n] bool enables AuxK; `step` (from the trainer)
         gives AuxK's settings and where the run stands (default: TrainStep(), AuxK's defaults at the start)."""
         step = step or TrainStep()
@@ -116,8 +115,14 @@ class SparseAutoencoder(nn.Module):
         return self.assemble(x_n, stats, enc, x_hat_n, e_hat, sse, step=step)
 
     def assemble(
-        self, x_n: torch.Tensor, stats, enc: Encoding, x_hat_n: torch.Tensor, e_hat: torch.Tensor | None,
-        sse: torch.Tensor | None = None, step: TrainStep | None = None,
+        self,
+        x_n: torch.Tensor,
+        stats,
+        enc: Encoding,
+        x_hat_n: torch.Tensor,
+        e_hat: torch.Tensor | None,
+        sse: torch.Tensor | None = None,
+        step: TrainStep | None = None,
     ) -> ForwardOutput:
         """Losses and outputs from a forward's pieces (shared with the latent-sharded forward):
         x_hat_n the reconstruction and e_hat the AuxK reconstruction of the residual, in normalised space;

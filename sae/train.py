@@ -100,8 +100,11 @@ class Trainer:
         changed = _config_changes("dictionary", saved_sae, self.sae.cfg.to_dict())
         changed += _config_changes("training", saved_train, asdict(self.cfg), ignore=RESUMABLE_CHANGES)
         if changed:
-            raise ValueError("cannot resume: the checkpoint was written by a different run: " + "; ".join(changed)
-                             + ". Use the checkpoint's settings, or a fresh --out")
+            raise ValueError(
+                "cannot resume: the checkpoint was written by a different run: "
+                + "; ".join(changed)
+                + ". Use the checkpoint's settings, or a fresh --out"
+            )
         self.sae.load_state_dict(state["sae"])
         self.opt.load_state_dict(state["opt"])
         self.step, self.tokens = state["step"], state["tokens"]
@@ -134,8 +137,7 @@ class Trainer:
         bad = ~(torch.isfinite(x).all() & torch.isfinite(out.loss))
         first = bad & (self._bad_step < 0)
         self._bad_step = torch.where(first, self.step, self._bad_step)
-        self._bad_what = torch.where(first, torch.where(torch.isfinite(x).all(), out.loss.detach().float(), 0.0),
-                                     self._bad_what)
+        self._bad_what = torch.where(first, torch.where(torch.isfinite(x).all(), out.loss.detach().float(), 0.0), self._bad_what)
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
         self.comm.reduce_grads(sae)
@@ -144,8 +146,7 @@ class Trainer:
         sae.set_decoder_norm_to_unit()
         sae.family.after_step(sae, out.enc, step)
         rows = self.comm.global_rows(x.shape[0])
-        self.since_fired = torch.where(self.comm.fired(out.enc.code, self.since_fired.shape[0]), 0,
-                                       self.since_fired + rows)
+        self.since_fired = torch.where(self.comm.fired(out.enc.code, self.since_fired.shape[0]), 0, self.since_fired + rows)
         self.step += 1
         self.tokens += rows
         return {
@@ -164,10 +165,13 @@ class Trainer:
         if step < 0:
             return
         if float(self._bad_what) == 0.0:
-            raise NonFiniteError(f"batch at step {step} contains NaN or inf activations; stopped, the last "
-                                 "checkpoint holds the weights from before it")
-        raise NonFiniteError(f"loss is {float(self._bad_what)} at step {step}; stopped, the last checkpoint "
-                             "holds the weights from before it")
+            raise NonFiniteError(
+                f"batch at step {step} contains NaN or inf activations; stopped, the last "
+                "checkpoint holds the weights from before it"
+            )
+        raise NonFiniteError(
+            f"loss is {float(self._bad_what)} at step {step}; stopped, the last checkpoint holds the weights from before it"
+        )
 
     # --- the loop ---------------------------------------------------------------------
     def fit(
@@ -196,8 +200,9 @@ class Trainer:
             _truncate_log(log_path, self.step)
         wandb_run = _maybe_wandb(cfg, self.sae) if self.comm.is_writer else None
         start, t0 = self.step, time.perf_counter()
-        with tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
-                  disable=not self.comm.is_writer) as bar:
+        with tqdm(
+            total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True, disable=not self.comm.is_writer
+        ) as bar:
             self._loop(batches, bar, log_path, wandb_run, on_step)
         if wandb_run is not None:
             wandb_run.finish()
@@ -302,4 +307,3 @@ def _maybe_wandb(cfg: TrainConfig, sae: SparseAutoencoder):
         tqdm.write("wandb is not installed: logging to log.jsonl only")
         return None
     return wandb.init(project=cfg.wandb_project, config={"sae": sae.cfg.to_dict(), "train": asdict(cfg)})
-

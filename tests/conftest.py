@@ -21,8 +21,9 @@ def tiny_gpt2_path(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("tiny-gpt2")
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=30522,
-                               bos_token_id=None, eos_token_id=None)).save_pretrained(path)
+    GPT2LMHeadModel(
+        GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=30522, bos_token_id=None, eos_token_id=None)
+    ).save_pretrained(path)
     AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(path)
     return str(path)
 

@@ -20,19 +20,37 @@ from sae.formats.saelens import CFG_FILE
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-scalars = (st.none() | st.booleans() | st.integers(-5, 300) | st.integers(-(2**70), 2**70)
-           | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=6))
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
-                           | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=6)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 300)
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=6)
+)
+json_values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=6
+)
 option_names = sorted({name for fam in FAMILIES.values() for name in fam.option_names} | {"zz"})
 options = st.dictionaries(st.sampled_from(option_names), json_values, max_size=3)
-config_dicts = st.fixed_dictionaries({}, optional={
-    "d_in": scalars, "n_latents": scalars, "expansion": scalars, "k": scalars, "k_aux": scalars,
-    "aux_coef": scalars, "dtype": st.sampled_from(["float32", "bfloat16", "float8"]) | scalars,
-    "normalize": st.sampled_from(["none", "layer_norm", "zscore"]) | scalars,
-    "family": st.sampled_from([*FAMILIES, "topq"]) | scalars, "options": options | json_values,
-    "hook_name": scalars, "model_name": scalars, "extra": json_values,
-})
+config_dicts = st.fixed_dictionaries(
+    {},
+    optional={
+        "d_in": scalars,
+        "n_latents": scalars,
+        "expansion": scalars,
+        "k": scalars,
+        "k_aux": scalars,
+        "aux_coef": scalars,
+        "dtype": st.sampled_from(["float32", "bfloat16", "float8"]) | scalars,
+        "normalize": st.sampled_from(["none", "layer_norm", "zscore"]) | scalars,
+        "family": st.sampled_from([*FAMILIES, "topq"]) | scalars,
+        "options": options | json_values,
+        "hook_name": scalars,
+        "model_name": scalars,
+        "extra": json_values,
+    },
+)
 
 
 @FAST
@@ -46,11 +64,20 @@ def test_sae_config_from_any_dict_is_built_or_refused_with_a_value_error(d):
     assert SAEConfig.from_dict(cfg.to_dict()) == cfg  # what is accepted round-trips
 
 
-saelens_like = st.fixed_dictionaries({}, optional={
-    "d_in": scalars, "d_sae": scalars, "architecture": st.sampled_from([*FAMILIES, "standard"]) | scalars,
-    "k": scalars, "dtype": scalars, "metadata": json_values, "activation_fn_kwargs": json_values,
-    "hook_point": scalars, "saekit": config_dicts | json_values,
-})
+saelens_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "d_in": scalars,
+        "d_sae": scalars,
+        "architecture": st.sampled_from([*FAMILIES, "standard"]) | scalars,
+        "k": scalars,
+        "dtype": scalars,
+        "metadata": json_values,
+        "activation_fn_kwargs": json_values,
+        "hook_point": scalars,
+        "saekit": config_dicts | json_values,
+    },
+)
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +109,12 @@ def tokenizer():
 
 
 @settings(max_examples=60, deadline=None)
-@given(docs=st.lists(st.text(max_size=40), max_size=8), context_len=st.integers(2, 12),
-       specials=st.sampled_from([(101, 102), (None, 102), (101, None), (None, None)]), doc_batch=st.integers(1, 4))
+@given(
+    docs=st.lists(st.text(max_size=40), max_size=8),
+    context_len=st.integers(2, 12),
+    specials=st.sampled_from([(101, 102), (None, 102), (101, None), (None, None)]),
+    doc_batch=st.integers(1, 4),
+)
 def test_packing_any_unicode_loses_and_duplicates_no_token(tokenizer, docs, context_len, specials, doc_batch):
     bos, sep = specials
     stream = []
@@ -97,7 +128,7 @@ def test_packing_any_unicode_loses_and_duplicates_no_token(tokenizer, docs, cont
     assert all(c.shape == (context_len,) for c in contexts)
     if bos is not None:
         assert all(int(c[0]) == bos for c in contexts)
-    packed = [int(t) for c in contexts for t in c[context_len - body:]]
+    packed = [int(t) for c in contexts for t in c[context_len - body :]]
     assert packed == stream[: len(contexts) * body]  # in order, none lost or repeated; only the last partial dropped
 
 
@@ -109,15 +140,26 @@ def test_cache_manifest_of_any_bytes_is_refused_with_a_cache_error(folder, data)
         ActivationStream.from_cache(folder, batch_size=4)
 
 
-manifests = st.fixed_dictionaries({"format": st.just(FORMAT)}, optional={
-    "hooks": st.lists(st.sampled_from(["h", "g"]), max_size=2) | json_values,
-    "model": st.just("m") | scalars, "d_in": st.fixed_dictionaries({"h": st.integers(0, 4)}) | json_values,
-    "tokens": scalars, "complete": st.booleans() | scalars, "total_tokens": scalars,
-    "shards": st.lists(st.fixed_dictionaries({"file": st.sampled_from(["s.safetensors", "../x", ""]) | scalars},
-                                             optional={"rows": scalars, "bytes": scalars, "sha256": scalars,
-                                                       "sums": json_values}), max_size=2) | json_values,
-    "stats": st.fixed_dictionaries({"h": json_values}) | json_values,
-})
+manifests = st.fixed_dictionaries(
+    {"format": st.just(FORMAT)},
+    optional={
+        "hooks": st.lists(st.sampled_from(["h", "g"]), max_size=2) | json_values,
+        "model": st.just("m") | scalars,
+        "d_in": st.fixed_dictionaries({"h": st.integers(0, 4)}) | json_values,
+        "tokens": scalars,
+        "complete": st.booleans() | scalars,
+        "total_tokens": scalars,
+        "shards": st.lists(
+            st.fixed_dictionaries(
+                {"file": st.sampled_from(["s.safetensors", "../x", ""]) | scalars},
+                optional={"rows": scalars, "bytes": scalars, "sha256": scalars, "sums": json_values},
+            ),
+            max_size=2,
+        )
+        | json_values,
+        "stats": st.fixed_dictionaries({"h": json_values}) | json_values,
+    },
+)
 
 
 @FAST

@@ -30,9 +30,37 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9 warns when 
 ARCH = 90  # H100 / H200
 # SASS opcodes by the pipe that executes them (Hopper: the integer ALU pipe has 16 lanes per SM sub-partition,
 # so one of its warp instructions takes 2 issue slots; FMA-pipe and memory instructions take one)
-ALU = {"ISETP", "IADD3", "LOP3", "SEL", "SHF", "PRMT", "IMNMX", "VIMNMX", "FSETP", "FSEL", "FMNMX", "ISCADD",
-       "LEA", "PLOP3", "P2R", "R2P", "IABS", "FLO", "POPC", "BMSK", "SGXT", "VIADD", "I2IP", "F2FP", "IADD",
-       "VABSDIFF", "VIMNMX3", "IMNMX3", "FMNMX3"}
+ALU = {
+    "ISETP",
+    "IADD3",
+    "LOP3",
+    "SEL",
+    "SHF",
+    "PRMT",
+    "IMNMX",
+    "VIMNMX",
+    "FSETP",
+    "FSEL",
+    "FMNMX",
+    "ISCADD",
+    "LEA",
+    "PLOP3",
+    "P2R",
+    "R2P",
+    "IABS",
+    "FLO",
+    "POPC",
+    "BMSK",
+    "SGXT",
+    "VIADD",
+    "I2IP",
+    "F2FP",
+    "IADD",
+    "VABSDIFF",
+    "VIMNMX3",
+    "IMNMX3",
+    "FMNMX3",
+}
 FMA = {"FFMA", "FADD", "FMUL", "IMAD", "HFMA2", "HADD2", "HMUL2", "IDP"}
 MEM = {"LDG", "STG", "LDS", "STS", "ATOM", "RED", "ATOMG", "REDG", "LDGSTS", "LD", "ST", "ATOMS", "REDUX", "LDSM"}
 
@@ -93,8 +121,15 @@ def source(fn, launch: Launch):
 def binary_key(fn, launch: Launch) -> str:
     """Launches with equal keys compile to the same binary."""
     src = source(fn, launch)
-    return json.dumps([launch.kernel, src.signature, sorted((str(k), repr(v)) for k, v in src.constants.items()),
-                       sorted((str(k), v) for k, v in src.attrs.items()), launch.num_warps])
+    return json.dumps(
+        [
+            launch.kernel,
+            src.signature,
+            sorted((str(k), repr(v)) for k, v in src.constants.items()),
+            sorted((str(k), v) for k, v in src.attrs.items()),
+            launch.num_warps,
+        ]
+    )
 
 
 def _tool(name: str) -> str:
@@ -121,10 +156,8 @@ def innermost_loops(cubin: bytes) -> tuple[list[Counter], Counter]:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run([_tool("cuobjdump"), "-sass", f.name], capture_output=True, text=True,
-                             check=True).stdout
-    ins = [(int(m.group(1), 16), m.group(2).strip())
-           for m in re.finditer(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", out, re.M)]
+        out = subprocess.run([_tool("cuobjdump"), "-sass", f.name], capture_output=True, text=True, check=True).stdout
+    ins = [(int(m.group(1), 16), m.group(2).strip()) for m in re.finditer(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", out, re.M)]
     spans = []
     for a, t in ins:
         m = re.search(r"0x([0-9a-f]+)", t) if _op(t) == "BRA" else None
@@ -132,8 +165,9 @@ def innermost_loops(cubin: bytes) -> tuple[list[Counter], Counter]:
             spans.append((int(m.group(1), 16), a))
     inner = [s for s in spans if not any(o != s and s[0] <= o[0] and o[1] <= s[1] for o in spans)]
     loops = [Counter(_op(t) for a, t in ins if lo <= a <= hi) for lo, hi in sorted(inner)]
-    straight = Counter(_op(t) for a, t in ins if not any(lo <= a <= hi for lo, hi in spans)
-                       and _op(t) not in ("NOP", "BRA", "EXIT"))
+    straight = Counter(
+        _op(t) for a, t in ins if not any(lo <= a <= hi for lo, hi in spans) and _op(t) not in ("NOP", "BRA", "EXIT")
+    )
     return loops, straight
 
 
@@ -150,8 +184,7 @@ def compile_one(fn, launch: Launch) -> Binary:
             st.enter_context(knobs.nvidia.scope())
             knobs.nvidia.dump_ptxas_log = True
             st.enter_context(contextlib.redirect_stdout(log))
-            k = triton.compile(source(fn, launch), target=GPUTarget("cuda", ARCH, 32),
-                               options={"num_warps": launch.num_warps})
+            k = triton.compile(source(fn, launch), target=GPUTarget("cuda", ARCH, 32), options={"num_warps": launch.num_warps})
     except Exception as exc:  # noqa: BLE001  the error is the result
         head = "\n".join(str(exc).strip().splitlines()[:10])[:1500]
         return Binary(key, False, f"{type(exc).__name__}: {head}", 0, 0, 0, [], Counter())
@@ -161,8 +194,14 @@ def compile_one(fn, launch: Launch) -> Binary:
 
 
 # the modules whose *_kernel functions are compiled
-KERNEL_MODULES = ("kernels.fallback_triton", "kernels.submax_select_triton", "kernels.batch_select_triton",
-                  "kernels.encode_matmul_triton", "kernels.decode_triton", "kernels.weight_grad_triton")
+KERNEL_MODULES = (
+    "kernels.fallback_triton",
+    "kernels.submax_select_triton",
+    "kernels.batch_select_triton",
+    "kernels.encode_matmul_triton",
+    "kernels.decode_triton",
+    "kernels.weight_grad_triton",
+)
 
 
 def kernel_functions() -> dict:
@@ -250,19 +289,34 @@ def main(argv: list[str] | None = None) -> int:
         ok = b.ok and b.spill_bytes == 0
         bad += not ok
         per = [round(per_element(lp, la.num_warps, t)[0], 1) for lp, t in zip(b.loops, la.tiles())]
-        rows.append({"label": la.label, "kernel": la.kernel, "ok": b.ok, "error": b.error, "regs": b.regs,
-                     "spill_bytes": b.spill_bytes, "shared": b.shared, "instr_per_elem": per,
-                     "loops_described": len(la.work), "loops_found": len(b.loops),
-                     "straight_instr": sum(b.straight.values())})
+        rows.append(
+            {
+                "label": la.label,
+                "kernel": la.kernel,
+                "ok": b.ok,
+                "error": b.error,
+                "regs": b.regs,
+                "spill_bytes": b.spill_bytes,
+                "shared": b.shared,
+                "instr_per_elem": per,
+                "loops_described": len(la.work),
+                "loops_found": len(b.loops),
+                "straight_instr": sum(b.straight.values()),
+            }
+        )
         state = "ok" if ok else ("SPILLS" if b.ok else "FAILED")
-        print(f"{state:6} {la.label:48} regs {b.regs:3} spill {b.spill_bytes:4} B  smem {b.shared:6} B  "
-              f"hot loops instr/elem {per}")
+        print(
+            f"{state:6} {la.label:48} regs {b.regs:3} spill {b.spill_bytes:4} B  smem {b.shared:6} B  hot loops instr/elem {per}"
+        )
         if not b.ok:
             print("   ", b.error.replace("\n", "\n    "))
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"triton": triton.__version__, "arch": ARCH, "binaries": len(bins), "uncovered": uncovered,
-                       "launches": rows}, f, indent=1)
+            json.dump(
+                {"triton": triton.__version__, "arch": ARCH, "binaries": len(bins), "uncovered": uncovered, "launches": rows},
+                f,
+                indent=1,
+            )
     return 1 if bad else 0
 
 

@@ -27,13 +27,24 @@ def peak_ours(rule: str, d: int, n: int, k: int, B: int, es: int = 2) -> tuple[s
     else:
         t1cap, tcap, c = tile_select_caps(k)
         scratch = B * (2 * t1cap + tcap + 2 * c + 2 * p2(k)) * 4 + B * 4
-    select = {"x - b_pre": x_in, "pre [B, n]": B * n * es, "sub-block maxima": B * T * es,
-              "selection scratch": scratch, "code": code}
+    select = {
+        "x - b_pre": x_in,
+        "pre [B, n]": B * n * es,
+        "sub-block maxima": B * T * es,
+        "selection scratch": scratch,
+        "code": code,
+    }
     chunks = cdiv(d, decode_chunk(n, d, es, decode_sse_blocks(width, d, es)[1], B * width))
     pairs = B * width * (4 + 8 + 4 + 4)  # sorted latents, order, tokens, coefficients
-    backward = {"x - b_pre": x_in, "code": code, "x_hat and dY": 2 * B * d * es,
-                "values' gradient (per d chunk)": chunks * B * width * 4, "sorted pairs": pairs,
-                "W_enc and W_dec gradients": 2 * n * d * es, "bias gradients (fp32 sums)": n * 4 + 2 * d * es}
+    backward = {
+        "x - b_pre": x_in,
+        "code": code,
+        "x_hat and dY": 2 * B * d * es,
+        "values' gradient (per d chunk)": chunks * B * width * 4,
+        "sorted pairs": pairs,
+        "W_enc and W_dec gradients": 2 * n * d * es,
+        "bias gradients (fp32 sums)": n * 4 + 2 * d * es,
+    }
     phases = {"selection (pre alive)": select, "backward (gradients alive)": backward}
     name = max(phases, key=lambda p: sum(phases[p].values()))
     return name, phases[name]
@@ -45,10 +56,16 @@ def peak_sparsify(d: int, n: int, k: int, B: int, es: int = 2) -> tuple[str, dic
     which the step keeps until its backward is done; the encoder's backward builds the [B, k, d] products."""
     x_in, pre, code = B * d * es, B * n * es, B * k * (8 + es)
     forward = {"x - b_dec": x_in, "linear output and its ReLU": 2 * pre, "top-k values and indices": code}
-    backward = {"x - b_dec": x_in, "pre-activations (returned, kept)": pre, "code": code,
-                "x_hat and its gradient": 2 * B * d * es, "W_dec gradient": n * d * es,
-                "decoder's row map and counts": B * k * 8 + (n + 1) * 4,
-                "encoder's [B, k, d] contributions": B * k * d * es, "W_enc gradient": n * d * es}
+    backward = {
+        "x - b_dec": x_in,
+        "pre-activations (returned, kept)": pre,
+        "code": code,
+        "x_hat and its gradient": 2 * B * d * es,
+        "W_dec gradient": n * d * es,
+        "decoder's row map and counts": B * k * 8 + (n + 1) * 4,
+        "encoder's [B, k, d] contributions": B * k * d * es,
+        "W_enc gradient": n * d * es,
+    }
     phases = {"forward": forward, "encoder backward": backward}
     name = max(phases, key=lambda p: sum(phases[p].values()))
     return name, phases[name]

@@ -62,8 +62,9 @@ def price(launch, binaries, matmul_s: float = 0.0, eta: float = ETA) -> dict:
     if launch.kernel:
         b = binaries[launch.label]
         if len(b.loops) != len(launch.work):
-            raise ValueError(f"{launch.label}: the binary has {len(b.loops)} innermost loops, the launch "
-                             f"describes {len(launch.work)}")
+            raise ValueError(
+                f"{launch.label}: the binary has {len(b.loops)} innermost loops, the launch describes {len(launch.work)}"
+            )
         for loop, work, tile in zip(b.loops, launch.work, launch.tiles()):
             instr, slots = per_element(loop, launch.num_warps, tile)
             row["instr_per_elem"].append(round(instr, 1))
@@ -102,9 +103,11 @@ def print_step_and_memory(summary: list, rows: list[dict]) -> None:
     """The full training step against its floor, and peak memory against sparsify's (bench/kernel_model/memory.py)."""
     from bench.kernel_model.memory import peak_ours, peak_sparsify
 
-    print("\nFull step (fwd+bwd + fused Adam) against its floor = matmul + Adam's bytes / BW "
-          f"(7 x 2 bytes per parameter at {BW / 1e12:.1f} TB/s); peak memory of one fwd+bwd, ours against "
-          "sparsify's TopK without AuxK (accounting, bench/kernel_model/memory.py):")
+    print(
+        "\nFull step (fwd+bwd + fused Adam) against its floor = matmul + Adam's bytes / BW "
+        f"(7 x 2 bytes per parameter at {BW / 1e12:.1f} TB/s); peak memory of one fwd+bwd, ours against "
+        "sparsify's TopK without AuxK (accounting, bench/kernel_model/memory.py):"
+    )
     print("| family | d | n | k | full step ms | floor ms | ÷ floor | peak MiB ours | peak MiB sparsify | ours ÷ sparsify |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     parts = []
@@ -121,10 +124,13 @@ def print_step_and_memory(summary: list, rows: list[dict]) -> None:
         if sparsify:
             parts.append((d, n, k, phase, ours, sparsify))
     for d, n, k, phase, ours, (sp_phase, sp) in parts:
-        print(f"\n  TopK d={d} n={n} k={k}: ours at {phase}: "
-              + ", ".join(f"{name} {b / 2**20:.0f}" for name, b in ours.items())
-              + f" MiB\n  sparsify at {sp_phase}: " + ", ".join(f"{name} {b / 2**20:.0f}" for name, b in sp.items())
-              + " MiB")
+        print(
+            f"\n  TopK d={d} n={n} k={k}: ours at {phase}: "
+            + ", ".join(f"{name} {b / 2**20:.0f}" for name, b in ours.items())
+            + f" MiB\n  sparsify at {sp_phase}: "
+            + ", ".join(f"{name} {b / 2**20:.0f}" for name, b in sp.items())
+            + " MiB"
+        )
 
 
 def _priced(parts: list, syncs: int, binaries: dict, mm: float, cublas: float | None) -> dict:
@@ -156,8 +162,11 @@ def main() -> int:
     plans = {}
     for d, n, k, B in SIZES:
         for fam, rule in FAMILIES.items():
-            plans[(d, n, k, fam)] = {"step": step_parts(rule, d, n, k, B), "no_auxk": step_parts(rule, d, n, k, B, k_aux=0),
-                                     "select": select_parts(rule, n, k, B)}
+            plans[(d, n, k, fam)] = {
+                "step": step_parts(rule, d, n, k, B),
+                "no_auxk": step_parts(rule, d, n, k, B, k_aux=0),
+                "select": select_parts(rule, n, k, B),
+            }
     ours = [p for plan in plans.values() for parts, _ in plan.values() for p in parts if p.kernel]
     base = {}  # each fused matmul's plain Triton twin: what its epilogue adds is priced from the difference
     for (d, n, k, _), plan in plans.items():
@@ -168,8 +177,9 @@ def main() -> int:
     passes = {}  # the maxima pass of the cuBLAS route, per (fused matmul's mode: "row" or "abs", size)
     for d, n, k, B in SIZES:
         for mode in ("row", "abs"):
-            passes[(mode, d, n, k)] = next(la for la in launches(d, n, k, B, "bf16")
-                                           if la.label.startswith(f"{mode} sub-block maxima pass"))
+            passes[(mode, d, n, k)] = next(
+                la for la in launches(d, n, k, B, "bf16") if la.label.startswith(f"{mode} sub-block maxima pass")
+            )
     bins = compile_all(ours + list(base.values()) + list(passes.values()), jobs=a.jobs)
     binaries = {la.label: bins[binary_key(_JIT[la.kernel], la)] for la in ours}
     binaries.update({key: bins[binary_key(_JIT[la.kernel], la)] for key, la in base.items()})
@@ -180,19 +190,31 @@ def main() -> int:
         print("compile errors or spills:", bad)
         return 1
     print(f"Predicted H100 times (Triton {triton.__version__} SASS for sm_90; bf16; B = 4096). Formula:")
-    print("  t_launch = max(bytes / BW, (sum_loops work * max(instr, 2*ALU) * warps / tile + programs * warps * "
-          "straight_slots) / (SMSPs * clock)) + gap")
-    print("  fused matmul = measured cuBLAS matmul / ETA + (its straight-line slots - the plain Triton matmul's)"
-          " * warps * programs / (SMSPs * clock)")
-    print(f"  BW {BW / 1e12:.1f} TB/s, {SMSP} SMSPs at {CLOCK / 1e9:.3f} GHz, gap {T_GAP * 1e6:.0f} us per launch, "
-          f"{T_SYNC * 1e6:.0f} us per host sync, ETA {ETA} (assumed); matmul and torch.topk as measured "
-          f"(PERFORMANCE.md); the step with AuxK's code (k_aux = {K_AUX}, at least that many latents dead)")
+    print(
+        "  t_launch = max(bytes / BW, (sum_loops work * max(instr, 2*ALU) * warps / tile + programs * warps * "
+        "straight_slots) / (SMSPs * clock)) + gap"
+    )
+    print(
+        "  fused matmul = measured cuBLAS matmul / ETA + (its straight-line slots - the plain Triton matmul's)"
+        " * warps * programs / (SMSPs * clock)"
+    )
+    print(
+        f"  BW {BW / 1e12:.1f} TB/s, {SMSP} SMSPs at {CLOCK / 1e9:.3f} GHz, gap {T_GAP * 1e6:.0f} us per launch, "
+        f"{T_SYNC * 1e6:.0f} us per host sync, ETA {ETA} (assumed); matmul and torch.topk as measured "
+        f"(PERFORMANCE.md); the step with AuxK's code (k_aux = {K_AUX}, at least that many latents dead)"
+    )
     label, b = min(gemm_code.items())  # the sizes share one tile: one is enough
-    print(f"  {label}: sm_90 code {b.loops[0].get('HGMMA', 0)} HGMMA (wgmma) per K step, "
-          f"{b.regs} registers, {b.shared} B shared memory, {b.spill_bytes} B spilled")
+    print(
+        f"  {label}: sm_90 code {b.loops[0].get('HGMMA', 0)} HGMMA (wgmma) per K step, "
+        f"{b.regs} registers, {b.shared} B shared memory, {b.spill_bytes} B spilled"
+    )
     print()
-    out = {"triton": triton.__version__, "k_aux": K_AUX, "constants": {"BW": BW, "SMSP": SMSP, "CLOCK": CLOCK,
-                                                                      "T_GAP": T_GAP, "T_SYNC": T_SYNC}, "rows": []}
+    out = {
+        "triton": triton.__version__,
+        "k_aux": K_AUX,
+        "constants": {"BW": BW, "SMSP": SMSP, "CLOCK": CLOCK, "T_GAP": T_GAP, "T_SYNC": T_SYNC},
+        "rows": [],
+    }
     summary = []
     for (d, n, k, fam), plan in plans.items():
         mm, topk = MEASURED[(d, n, k)]
@@ -203,45 +225,68 @@ def main() -> int:
         # the other route (kernels/encode_matmul_triton.py): cuBLAS's matmul, then one pass for the maxima; the
         # step takes whichever is faster on the GPU, so the prediction at each ETA is the smaller of the two
         gemm = next((p for p in parts if p.kernel == GEMM), None)
-        cublas = (mm * 1e-3 + T_GAP + price(passes[(gemm.label.split()[0], d, n, k)], binaries)["t"]
-                  if gemm else None)
+        cublas = mm * 1e-3 + T_GAP + price(passes[(gemm.label.split()[0], d, n, k)], binaries)["t"] if gemm else None
         priced = _priced(parts, syncs, binaries, mm, cublas)
         plain = _priced(*plan["no_auxk"], binaries, mm, cublas)
         step, route = priced[ETA]
         by_eta = {eta: t for eta, (t, _) in priced.items()}
         routes = {eta: r for eta, (_, r) in priced.items()}
         if fam == "TopK" or os.environ.get("KERNEL_MODEL_ALL"):
-            print(f"== {fam} d={d} n={n} k={k}: every part of the step" if fused else
-                  f"== {fam} d={d} n={n} k={k}: parts past the (cuBLAS) matmul")
+            print(
+                f"== {fam} d={d} n={n} k={k}: every part of the step"
+                if fused
+                else f"== {fam} d={d} n={n} k={k}: parts past the (cuBLAS) matmul"
+            )
             print(f"   {'part':52} {'MB':>8} {'mem ms':>7} {'ALU ms':>7} {'ms':>7}  instr/elem")
             for r, times in _grouped(rows):
                 label = r["label"] if times == 1 else f"{r['label']} (x{times})"
-                print(f"   {label[:52]:52} {times * r['bytes'] / 1e6:8.1f} {times * r['t_mem'] * 1e3:7.3f} "
-                      f"{times * r['t_alu'] * 1e3:7.3f} {times * r['t'] * 1e3:7.3f}  {r['instr_per_elem'] or ''}")
+                print(
+                    f"   {label[:52]:52} {times * r['bytes'] / 1e6:8.1f} {times * r['t_mem'] * 1e3:7.3f} "
+                    f"{times * r['t_alu'] * 1e3:7.3f} {times * r['t'] * 1e3:7.3f}  {r['instr_per_elem'] or ''}"
+                )
             print(f"   {'host syncs':52} {syncs:8d} {'':7} {'':7} {syncs * T_SYNC * 1e3:7.3f}")
             if gemm:
-                print(f"   (route at ETA {ETA}: {route}; cuBLAS's matmul + the maxima pass would be "
-                      f"{cublas * 1e3:.3f} ms against the fused {rows[parts.index(gemm)]['t'] * 1e3:.3f} ms; "
-                      f"routes at ETA {'/'.join(map(str, ETAS))}: {' / '.join(routes.values())})\n")
+                print(
+                    f"   (route at ETA {ETA}: {route}; cuBLAS's matmul + the maxima pass would be "
+                    f"{cublas * 1e3:.3f} ms against the fused {rows[parts.index(gemm)]['t'] * 1e3:.3f} ms; "
+                    f"routes at ETA {'/'.join(map(str, ETAS))}: {' / '.join(routes.values())})\n"
+                )
             else:
                 print()
         ratio = step / (mm * 1e-3)
         ratios = {eta: t / (mm * 1e-3) for eta, t in by_eta.items()}
         plain_ratio = plain[ETA][0] / (mm * 1e-3)
-        summary.append((fam, d, n, k, mm, step * 1e3, ratio, ratios, plain_ratio, BAR[fam], sel * 1e3,
-                        topk / (sel * 1e3)))
-        out["rows"].append({"family": fam, "d": d, "n": n, "k": k, "matmul_ms": mm, "step_ms": step * 1e3,
-                            "ratio_to_matmul": ratio, "ratio_by_eta": ratios, "route_by_eta": routes,
-                            "step_ms_without_auxk": plain[ETA][0] * 1e3, "ratio_without_auxk": plain_ratio,
-                            "select_ms": sel * 1e3, "topk_ms": topk, "syncs": syncs, "parts": rows})
+        summary.append((fam, d, n, k, mm, step * 1e3, ratio, ratios, plain_ratio, BAR[fam], sel * 1e3, topk / (sel * 1e3)))
+        out["rows"].append(
+            {
+                "family": fam,
+                "d": d,
+                "n": n,
+                "k": k,
+                "matmul_ms": mm,
+                "step_ms": step * 1e3,
+                "ratio_to_matmul": ratio,
+                "ratio_by_eta": ratios,
+                "route_by_eta": routes,
+                "step_ms_without_auxk": plain[ETA][0] * 1e3,
+                "ratio_without_auxk": plain_ratio,
+                "select_ms": sel * 1e3,
+                "topk_ms": topk,
+                "syncs": syncs,
+                "parts": rows,
+            }
+        )
     eh = " | ".join(f"÷ matmul (ETA {e})" for e in ETAS)
-    print(f"| family | d | n | k | matmul ms (measured) | fwd+bwd with AuxK ms (predicted, ETA {ETA}) | {eh} | "
-          f"without AuxK ÷ matmul (ETA {ETA}) | bar | select ms (predicted) | torch.topk ÷ select |")
+    print(
+        f"| family | d | n | k | matmul ms (measured) | fwd+bwd with AuxK ms (predicted, ETA {ETA}) | {eh} | "
+        f"without AuxK ÷ matmul (ETA {ETA}) | bar | select ms (predicted) | torch.topk ÷ select |"
+    )
     print("|---|---|---|---|---|---|" + "---|" * len(ETAS) + "---|---|---|---|")
     for fam, d, n, k, mm, step, _ratio, ratios, plain_ratio, bar, sel, speed in summary:
         rs = " | ".join(f"{ratios[e]:.2f}x" for e in ETAS)
-        print(f"| {fam} | {d} | {n} | {k} | {mm:.3f} | {step:.3f} | {rs} | {plain_ratio:.2f}x | {bar}x | {sel:.3f} | "
-              f"{speed:.2f}x |")
+        print(
+            f"| {fam} | {d} | {n} | {k} | {mm:.3f} | {step:.3f} | {rs} | {plain_ratio:.2f}x | {bar}x | {sel:.3f} | {speed:.2f}x |"
+        )
     print_step_and_memory(summary, out["rows"])
     if a.json:
         with open(a.json, "w") as f:

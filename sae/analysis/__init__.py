@@ -8,5 +8,17 @@ from sae.analysis.interventions import ablate, splice, steer
 from sae.analysis.probing import sparse_probe
 from sae.analysis.show import explain_text, show, show_text
 
-__all__ = ["FeatureStats", "ablate", "evaluate", "explain_text", "feature_stats", "reconstruction_metrics", "show",
-           "show_text", "sparse_probe", "splice", "steer", "write_browser"]
+__all__ = [
+    "FeatureStats",
+    "ablate",
+    "evaluate",
+    "explain_text",
+    "feature_stats",
+    "reconstruction_metrics",
+    "show",
+    "show_text",
+    "sparse_probe",
+    "splice",
+    "steer",
+    "write_browser",
+]

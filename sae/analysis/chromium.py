@@ -7,8 +7,15 @@ import base64
 import os
 import shutil
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def chromium_path() -> str | None:
@@ -25,10 +32,13 @@ def launch(playwright):
 def distinct_colours(page, png: bytes) -> int:
     """Distinct pixel colours of a PNG screenshot, counted by the browser itself (a canvas)."""
     url = "data:image/png;base64," + base64.b64encode(png).decode()
-    return page.evaluate("""async (url) => {
+    return page.evaluate(
+        """async (url) => {
         const img = new Image(); img.src = url; await img.decode();
         const c = document.createElement('canvas'); c.width = img.width; c.height = img.height;
         const g = c.getContext('2d'); g.drawImage(img, 0, 0);
         const d = g.getImageData(0, 0, c.width, c.height).data; const seen = new Set();
         for (let i = 0; i < d.length; i += 4) seen.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
-        return seen.size; }""", url)
+        return seen.size; }""",
+        url,
+    )

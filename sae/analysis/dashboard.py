@@ -49,21 +49,25 @@ def _index(stats: FeatureStats, shard_size: int) -> dict:
         tokens = [a + [b for b in v if b not in a] for a, v in zip(tokens, top_vocab, strict=True)]
     used = {i for row in tokens for i in row}
     flat = [x for row in tokens for x in (row + [-1] * _TOKENS_PER_ROW)[:_TOKENS_PER_ROW]]
-    meta = {k: stats.meta[k] for k in ("n_latents", "tokens", "model", "hook", "tokens_kind", "context_len",
-                                       "cooc_sample_tokens")}
+    meta = {
+        k: stats.meta[k] for k in ("n_latents", "tokens", "model", "hook", "tokens_kind", "context_len", "cooc_sample_tokens")
+    }
     freq = t["count"].double() / max(int(stats.meta["tokens"]), 1)
     order = torch.sort(-freq, stable=True).indices  # ties by id, as the page sorts
     return {
         "meta": {**meta, "shard_size": shard_size, "tokens_per_row": _TOKENS_PER_ROW},
         "vocab": {str(i): stats.token_text.get(i, f"<{i}>") for i in sorted(used | set(stats.token_text))},
-        "columns": {"frequency": _rounded(freq), "max": _rounded(t["max"]),
-                    "mean": _rounded(t["sum"] / t["count"].clamp_min(1)), "tokens": flat},
+        "columns": {
+            "frequency": _rounded(freq),
+            "max": _rounded(t["max"]),
+            "mean": _rounded(t["sum"] / t["count"].clamp_min(1)),
+            "tokens": flat,
+        },
         "order_frequency": order.tolist(),
     }
 
 
-def write_browser(stats: FeatureStats | str | Path, out: str | Path, shard_size: int = 256,
-                  progress: bool = True) -> Path:
+def write_browser(stats: FeatureStats | str | Path, out: str | Path, shard_size: int = 256, progress: bool = True) -> Path:
     """Write the browser for `stats` (a `FeatureStats` or its file) into `out`; returns `out/index.html`."""
     if not isinstance(stats, FeatureStats):
         stats = FeatureStats.load(stats)

@@ -47,8 +47,16 @@ from sae.analysis.spliced import spliced as spliced_measure
 from sae.checkpoint import atomic_write
 from sae.model import SparseAutoencoder
 
-__all__ = ["DENSE_THRESHOLD", "HELD_OUT", "ReconstructionStats", "VarianceAccumulator", "evaluate",
-           "held_out_contexts", "reconstruction_metrics", "write_evaluation"]
+__all__ = [
+    "DENSE_THRESHOLD",
+    "HELD_OUT",
+    "ReconstructionStats",
+    "VarianceAccumulator",
+    "evaluate",
+    "held_out_contexts",
+    "reconstruction_metrics",
+    "write_evaluation",
+]
 
 DENSE_THRESHOLD = 0.1  # a latent firing on more than this fraction of tokens is "dense" (SAEBench)
 SAMPLE_TOKENS = 4096  # activations kept for the AFA measures
@@ -159,9 +167,15 @@ def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[torch.Tenso
 
 
 # --- held-out text ----------------------------------------------------------------------------
-def held_out_contexts(model: ModelAdapter, source: TextSource | Any = None, *, tokens: int, batch_size: int = 16,
-                      split: str | None = None,
-                      context_len: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def held_out_contexts(
+    model: ModelAdapter,
+    source: TextSource | Any = None,
+    *,
+    tokens: int,
+    batch_size: int = 16,
+    split: str | None = None,
+    context_len: int | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """`(contexts [B, T], scored [B, T] bool)`: the first `tokens` non-special positions of the text, in order.
 
     `source` is a `TextSource` (read as given), or a dataset read as `HELD_OUT` (its 'test' split, 128-token
@@ -182,8 +196,7 @@ def held_out_contexts(model: ModelAdapter, source: TextSource | Any = None, *, t
         got += int(keep.sum())
         yield ids, keep
     if got == 0:
-        raise ValueError(f"dataset {src.describe()!r} yields no context of {src.context_len} tokens: "
-                         "it is empty or too short")
+        raise ValueError(f"dataset {src.describe()!r} yields no context of {src.context_len} tokens: it is empty or too short")
     if got < tokens:
         warnings.warn(f"dataset {src.describe()!r} ran out after {got} of {tokens} held-out tokens", stacklevel=2)
 
@@ -237,8 +250,9 @@ def evaluate(
     src = as_source(source, HELD_OUT, split=split, context_len=context_len)
     hook = check_fit(model, sae, hook)
     if src.context_len > model.max_context:
-        raise ValueError(f"context_len {src.context_len} is longer than the maximum context {model.max_context} "
-                         f"of model {model.name!r}")
+        raise ValueError(
+            f"context_len {src.context_len} is longer than the maximum context {model.max_context} of model {model.name!r}"
+        )
     was_training = sae.training
     sae.eval()
     try:
@@ -255,8 +269,9 @@ def evaluate(
                 batches.append((ids, keep))
                 bar.update(int(keep.sum()))
         metrics: dict[str, Any] = {**stats.result(), "eval_hook": hook, "eval_context_len": src.context_len}
-        run = HeldOut(sae, model, hook, batches, stats.var.mean.float(), torch.cat(stats.sample), metrics,
-                      stats.distributions(), progress)
+        run = HeldOut(
+            sae, model, hook, batches, stats.var.mean.float(), torch.cat(stats.sample), metrics, stats.distributions(), progress
+        )
         for name, measure in list(MEASURES.items()):
             if name in skip:
                 continue

@@ -77,8 +77,9 @@ class _TopTable:
         for name in ("key", "value", "ctx", "pos", "window"):
             getattr(self, name).copy_(tensors[f"{prefix}.{name}"])
 
-    def merge(self, latent: torch.Tensor, key: torch.Tensor, value: torch.Tensor, ctx: torch.Tensor,
-              pos: torch.Tensor, windows) -> None:
+    def merge(
+        self, latent: torch.Tensor, key: torch.Tensor, value: torch.Tensor, ctx: torch.Tensor, pos: torch.Tensor, windows
+    ) -> None:
         """Merge candidates (one per row of the 1-D inputs); `windows(sel)` gives the new entries' [E, width]."""
         k = self.key.shape[1]
         live = key > self.key[latent, -1]  # cannot enter a full row otherwise
@@ -217,8 +218,14 @@ class FeatureStats:
                 out[row].append({"value": values[e], "ids": ids[e], "acts": acts[e], "peak": left})
             else:
                 keep = [w for w in range(width) if ok[e][w]]
-                out[row].append({"value": values[e], "ids": [ids[e][w] for w in keep],
-                                 "acts": [acts[e][w] for w in keep], "peak": keep.index(left)})
+                out[row].append(
+                    {
+                        "value": values[e],
+                        "ids": [ids[e][w] for w in keep],
+                        "acts": [acts[e][w] for w in keep],
+                        "peak": keep.index(left),
+                    }
+                )
         return out
 
     def latents(self, lo: int, hi: int) -> list[dict[str, Any]]:
@@ -230,9 +237,14 @@ class FeatureStats:
         top = self._examples("top", lo, hi)
         has_samples = "sample.ctx" in t
         samples = self._examples("sample", lo, hi) if has_samples else [[] for _ in top]
-        quants = [[x for x, c in zip(qr, cr, strict=True) if c >= 0] for qr, cr in
-                  zip(t["sample.quantile"][lo:hi].tolist(), t["sample.ctx"][lo:hi].tolist(), strict=True)
-                  ] if has_samples else [[] for _ in top]
+        quants = (
+            [
+                [x for x, c in zip(qr, cr, strict=True) if c >= 0]
+                for qr, cr in zip(t["sample.quantile"][lo:hi].tolist(), t["sample.ctx"][lo:hi].tolist(), strict=True)
+            ]
+            if has_samples
+            else [[] for _ in top]
+        )
         count, total, peak = t["count"][lo:hi].tolist(), t["sum"][lo:hi].tolist(), t["max"][lo:hi].tolist()
         upper, hist = t["hist.upper"][lo:hi].tolist(), t["hist.counts"][lo:hi].tolist()
         cl, cj = t["cooc.latent"][lo:hi].tolist(), t["cooc.jaccard"][lo:hi].tolist()
@@ -245,13 +257,17 @@ class FeatureStats:
             for e, quant in zip(samples[r], quants[r], strict=True):
                 groups.setdefault(min(int(quant * q), q - 1), []).append(e)
             latent = {
-                "id": lo + r, "count": count[r], "frequency": count[r] / max(int(self.meta["tokens"]), 1),
-                "mean": total[r] / max(count[r], 1), "max": peak[r],
+                "id": lo + r,
+                "count": count[r],
+                "frequency": count[r] / max(int(self.meta["tokens"]), 1),
+                "mean": total[r] / max(count[r], 1),
+                "max": peak[r],
                 "hist": {"upper": upper[r], "counts": hist[r]},
                 "top": sorted(top[r], key=lambda e: -e["value"]),
-                "quantiles": [{"group": g, "low": g / q, "high": (g + 1) / q,
-                               "examples": sorted(groups[g], key=lambda e: -e["value"])}
-                              for g in sorted(groups, reverse=True)],
+                "quantiles": [
+                    {"group": g, "low": g / q, "high": (g + 1) / q, "examples": sorted(groups[g], key=lambda e: -e["value"])}
+                    for g in sorted(groups, reverse=True)
+                ],
                 "cooccurring": [(j, round(s, 4)) for j, s in zip(cl[r], cj[r], strict=True) if j >= 0],
                 "tokens_kind": kind,
             }
@@ -295,8 +311,10 @@ def _vocab_effects(sae, model, chunk: int = 1024) -> tuple[str | None, dict[str,
         kind, M = "logit effect (W_dec @ W_U)", W_U.float().cpu()
     else:
         W_E = model.input_embedding().float().cpu()
-        kind, M = "nearest input embeddings (cosine of W_dec row and W_E row)", (
-            W_E / W_E.norm(dim=1, keepdim=True).clamp_min(1e-12)).T
+        kind, M = (
+            "nearest input embeddings (cosine of W_dec row and W_E row)",
+            (W_E / W_E.norm(dim=1, keepdim=True).clamp_min(1e-12)).T,
+        )
     if M.shape[0] != sae.cfg.d_in:
         return None, {}  # the hook's width is not the model's width (e.g. an MLP hook): no vocabulary view
     W_dec = sae.W_dec.detach().float().cpu()
@@ -305,7 +323,7 @@ def _vocab_effects(sae, model, chunk: int = 1024) -> tuple[str | None, dict[str,
     k = min(_LOGIT_K, M.shape[1])
     parts: dict[str, list[torch.Tensor]] = {"top_ids": [], "top_values": [], "bottom_ids": [], "bottom_values": []}
     for s in range(0, W_dec.shape[0], chunk):
-        e = W_dec[s:s + chunk] @ M  # [chunk, vocab]
+        e = W_dec[s : s + chunk] @ M  # [chunk, vocab]
         hi, lo = e.topk(k, dim=1), e.topk(k, dim=1, largest=False)
         parts["top_ids"].append(hi.indices)
         parts["top_values"].append(hi.values)
@@ -327,7 +345,7 @@ def _cooccurrence(sample: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, t
     b = sample[:, None, :].expand(-1, sample.shape[1], -1)
     ok = (a >= 0) & (b >= 0)
     count = torch.bincount(sample[sample >= 0], minlength=n)
-    keys = (a[ok & (a != b)] * n + b[ok & (a != b)])
+    keys = a[ok & (a != b)] * n + b[ok & (a != b)]
     if keys.numel() == 0:
         return latent, score
     pair, together = torch.unique(keys, return_counts=True)
@@ -365,7 +383,7 @@ def token_strings(tokenizer, ids) -> dict[int, str]:
     for i in sorted({int(x) for x in ids if int(x) >= 0}):
         tok = tokenizer.convert_ids_to_tokens(i)
         if prefix and i not in special:
-            out[i] = tok[len(prefix):] if tok.startswith(prefix) else " " + tok
+            out[i] = tok[len(prefix) :] if tok.startswith(prefix) else " " + tok
             continue
         try:
             out[i] = tokenizer.convert_tokens_to_string([tok])
@@ -376,14 +394,25 @@ def token_strings(tokenizer, ids) -> dict[int, str]:
     return out
 
 
-def _identity(sae, model, source: TextSource, tokens, top_n, quantiles, per_quantile, window,
-              cooc_tokens, seed) -> dict[str, Any]:
+def _identity(
+    sae, model, source: TextSource, tokens, top_n, quantiles, per_quantile, window, cooc_tokens, seed
+) -> dict[str, Any]:
     w = sae.W_dec.detach()
     return {
-        "format": _FORMAT, "n_latents": sae.cfg.n_latents, "d_in": sae.cfg.d_in, "hook": sae.cfg.hook_name,
-        "model": model.name, "dataset": source.describe(), "tokens_target": tokens,
-        "context_len": source.context_len, "top_n": top_n, "quantiles": quantiles, "per_quantile": per_quantile,
-        "window": list(window), "cooc_tokens": cooc_tokens, "seed": seed,
+        "format": _FORMAT,
+        "n_latents": sae.cfg.n_latents,
+        "d_in": sae.cfg.d_in,
+        "hook": sae.cfg.hook_name,
+        "model": model.name,
+        "dataset": source.describe(),
+        "tokens_target": tokens,
+        "context_len": source.context_len,
+        "top_n": top_n,
+        "quantiles": quantiles,
+        "per_quantile": per_quantile,
+        "window": list(window),
+        "cooc_tokens": cooc_tokens,
+        "seed": seed,
         "sae_digest": f"{float(w.double().sum()):.10e}/{float(w.double().abs().sum()):.10e}",
     }
 
@@ -422,10 +451,15 @@ def feature_stats(
     from activations import load_model
 
     src = as_source(source, FEATURE_TEXT, split=split, context_len=context_len)
-    for name, v, lo in (("tokens", tokens, 1), ("top_n", top_n, 1), ("quantiles", quantiles, 1),
-                        ("per_quantile", per_quantile, 0), ("cooc_tokens", cooc_tokens, 0),
-                        ("checkpoint_every", checkpoint_every, 1),
-                        ("batch_tokens", batch_tokens or 1, 1)):
+    for name, v, lo in (
+        ("tokens", tokens, 1),
+        ("top_n", top_n, 1),
+        ("quantiles", quantiles, 1),
+        ("per_quantile", per_quantile, 0),
+        ("cooc_tokens", cooc_tokens, 0),
+        ("checkpoint_every", checkpoint_every, 1),
+        ("batch_tokens", batch_tokens or 1, 1),
+    ):
         if not isinstance(v, int) or v < lo:
             raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
     if len(window) != 2 or min(window) < 0:
@@ -458,8 +492,9 @@ def feature_stats(
         state = FeatureStats.load(partial)
         if state.meta["identity"] != ident:
             diff = {k: (state.meta["identity"].get(k), v) for k, v in ident.items() if state.meta["identity"].get(k) != v}
-            raise ValueError(f"{partial} is a partial pass with other settings {diff} (was, now): "
-                             "delete it or pass the same arguments")
+            raise ValueError(
+                f"{partial} is a partial pass with other settings {diff} (was, now): delete it or pass the same arguments"
+            )
         t = state.tensors
         top.load("top", t)
         if samples is not None:
@@ -471,10 +506,16 @@ def feature_stats(
         done_ctx, done_tokens = int(state.meta["contexts_done"]), int(state.meta["tokens"])
 
     def checkpoint(final: bool) -> FeatureStats:
-        t = {**top.tensors("top"), "hist.counts": hist.counts, "hist.upper": hist.upper, "count": count,
-             "sum": total, "max": peak, "contexts": torch.cat(contexts) if contexts else torch.zeros(0, context_len,
-                                                                                                      dtype=torch.int32),
-             "cooc.sample": _pad_cat(cooc)}
+        t = {
+            **top.tensors("top"),
+            "hist.counts": hist.counts,
+            "hist.upper": hist.upper,
+            "count": count,
+            "sum": total,
+            "max": peak,
+            "contexts": torch.cat(contexts) if contexts else torch.zeros(0, context_len, dtype=torch.int32),
+            "cooc.sample": _pad_cat(cooc),
+        }
         if samples is not None:
             t.update(samples.tensors("sample"))
         meta = {"format": _FORMAT, "identity": ident, "contexts_done": done_ctx, "tokens": done_tokens}
@@ -485,8 +526,9 @@ def feature_stats(
     stream = src.contexts(model, src.open(streaming=True))
     n_ctx_target = math.ceil(tokens / context_len)
     cooc_p = min(1.0, cooc_tokens / max(tokens, 1))
-    bar = tqdm(total=n_ctx_target * context_len, initial=done_ctx * context_len, unit="tok",
-               desc="feature stats", disable=not progress)
+    bar = tqdm(
+        total=n_ctx_target * context_len, initial=done_ctx * context_len, unit="tok", desc="feature stats", disable=not progress
+    )
     batch: list[torch.Tensor] = []
     index = 0
     since_ckpt = 0
@@ -567,11 +609,13 @@ def feature_stats(
         bar.close()
         sae.train(sae_was_training)
     if done_tokens == 0:
-        raise ValueError(f"no text in the {src.split!r} split of {src.dataset or 'the embedded corpus'}: "
-                         "nothing to measure")
+        raise ValueError(f"no text in the {src.split!r} split of {src.dataset or 'the embedded corpus'}: nothing to measure")
     if done_tokens < tokens:
-        warnings.warn(f"the {src.split!r} split of {src.dataset or 'the embedded corpus'} ran out after "
-                      f"{done_tokens} tokens (asked for {tokens})", stacklevel=2)
+        warnings.warn(
+            f"the {src.split!r} split of {src.dataset or 'the embedded corpus'} ran out after "
+            f"{done_tokens} tokens (asked for {tokens})",
+            stacklevel=2,
+        )
 
     result = checkpoint(True)
     t = result.tensors
@@ -587,10 +631,20 @@ def feature_stats(
     shown = [t["contexts"].reshape(-1)] + [v.reshape(-1) for k, v in vocab.items() if k.endswith("_ids")]
     result.token_text = token_strings(model.tokenizer, torch.unique(torch.cat(shown)).tolist())
     result.meta = {
-        "format": _FORMAT, "identity": ident, "n_latents": n, "tokens": done_tokens, "contexts_done": done_ctx,
-        "context_len": context_len, "top_n": top_n, "quantiles": quantiles, "window": list(window),
-        "hook": sae.cfg.hook_name, "model": model.name, "tokens_kind": kind,
-        "cooc_sample_tokens": int(sum(c.shape[0] for c in cooc)), "hist_bins": _HIST_BINS,
+        "format": _FORMAT,
+        "identity": ident,
+        "n_latents": n,
+        "tokens": done_tokens,
+        "contexts_done": done_ctx,
+        "context_len": context_len,
+        "top_n": top_n,
+        "quantiles": quantiles,
+        "window": list(window),
+        "hook": sae.cfg.hook_name,
+        "model": model.name,
+        "tokens_kind": kind,
+        "cooc_sample_tokens": int(sum(c.shape[0] for c in cooc)),
+        "hist_bins": _HIST_BINS,
     }
     if path is not None:
         result.save(path)

@@ -64,8 +64,9 @@ def _masked(fn: Edit, mask: torch.Tensor | None) -> Edit:
 
     def edit(a: torch.Tensor) -> torch.Tensor:
         if mask.shape != a.shape[:2]:
-            raise ValueError(f"mask of shape {tuple(mask.shape)} does not fit the activation's "
-                             f"[batch, pos] = {tuple(a.shape[:2])}")
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} does not fit the activation's [batch, pos] = {tuple(a.shape[:2])}"
+            )
         return torch.where(mask.to(a.device)[..., None], fn(a), a)
 
     return edit
@@ -73,6 +74,7 @@ def _masked(fn: Edit, mask: torch.Tensor | None) -> Edit:
 
 def splice_edit(sae: SparseAutoencoder, error_term: bool = False, mask: torch.Tensor | None = None) -> Edit:
     """x -> x_hat (or x_hat + (x - x_hat), which equals x up to rounding, with `error_term`)."""
+
     def edit(a: torch.Tensor) -> torch.Tensor:
         x_hat = reconstruct(sae, a)
         return x_hat + (a - x_hat) if error_term else x_hat
@@ -91,8 +93,13 @@ def _latent_index(sae: SparseAutoencoder, latents: int | Sequence[int] | torch.T
     return idx.to(sae.W_dec.device)
 
 
-def ablate_edit(sae: SparseAutoencoder, latents: int | Sequence[int] | torch.Tensor, mode: str = "zero",
-                means: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> Edit:
+def ablate_edit(
+    sae: SparseAutoencoder,
+    latents: int | Sequence[int] | torch.Tensor,
+    mode: str = "zero",
+    means: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> Edit:
     """Set the codes of `latents` to 0 (`zero`) or to their mean activation `means[latent]` (`mean`).
 
     The rest of the activation (other latents and the reconstruction error) is kept:
@@ -104,8 +111,10 @@ def ablate_edit(sae: SparseAutoencoder, latents: int | Sequence[int] | torch.Ten
     if mode == "mean":
         if means is None or means.shape != (sae.cfg.n_latents,):
             got = None if means is None else tuple(means.shape)
-            raise ValueError(f"mode='mean' needs means=[n_latents={sae.cfg.n_latents}] (each latent's mean "
-                             f"activation, e.g. evaluate()'s eval/latents.safetensors), got {got}")
+            raise ValueError(
+                f"mode='mean' needs means=[n_latents={sae.cfg.n_latents}] (each latent's mean "
+                f"activation, e.g. evaluate()'s eval/latents.safetensors), got {got}"
+            )
         target = means.to(sae.W_dec.device, sae.W_dec.dtype)[idx]
     else:
         target = torch.zeros(idx.numel(), dtype=sae.W_dec.dtype, device=sae.W_dec.device)
@@ -141,20 +150,40 @@ def _intervene(model: ModelAdapter, sae: SparseAutoencoder, hook: str | None, fn
         sae.train(was_training)
 
 
-def splice(model: ModelAdapter, sae: SparseAutoencoder, error_term: bool = False, *, hook: str | None = None,
-           mask: torch.Tensor | None = None):
+def splice(
+    model: ModelAdapter,
+    sae: SparseAutoencoder,
+    error_term: bool = False,
+    *,
+    hook: str | None = None,
+    mask: torch.Tensor | None = None,
+):
     """Inside the block the hook's activation is the dictionary's reconstruction (+ its error with `error_term`)."""
     return _intervene(model, sae, hook, splice_edit(sae, error_term, mask))
 
 
-def ablate(model: ModelAdapter, sae: SparseAutoencoder, latents: int | Sequence[int] | torch.Tensor,
-           mode: str = "zero", *, means: torch.Tensor | None = None, hook: str | None = None,
-           mask: torch.Tensor | None = None):
+def ablate(
+    model: ModelAdapter,
+    sae: SparseAutoencoder,
+    latents: int | Sequence[int] | torch.Tensor,
+    mode: str = "zero",
+    *,
+    means: torch.Tensor | None = None,
+    hook: str | None = None,
+    mask: torch.Tensor | None = None,
+):
     """Inside the block `latents` are zero- or mean-ablated at the hook, everything else kept."""
     return _intervene(model, sae, hook, ablate_edit(sae, latents, mode, means, mask))
 
 
-def steer(model: ModelAdapter, sae: SparseAutoencoder, latent: int, alpha: float, *, hook: str | None = None,
-          mask: torch.Tensor | None = None):
+def steer(
+    model: ModelAdapter,
+    sae: SparseAutoencoder,
+    latent: int,
+    alpha: float,
+    *,
+    hook: str | None = None,
+    mask: torch.Tensor | None = None,
+):
     """Inside the block alpha * |x| * W_dec[latent] is added at the hook."""
     return _intervene(model, sae, hook, steer_edit(sae, latent, alpha, mask))

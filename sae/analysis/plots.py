@@ -15,8 +15,15 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["decoder_cosine_histogram", "density_histogram", "fvu_vs_l0", "l0_distribution", "training_curves",
-           "write_html", "write_run_plots"]
+__all__ = [
+    "decoder_cosine_histogram",
+    "density_histogram",
+    "fvu_vs_l0",
+    "l0_distribution",
+    "training_curves",
+    "write_html",
+    "write_run_plots",
+]
 
 CURVES = ("loss", "fvu", "l0", "dead_fraction")
 
@@ -46,8 +53,11 @@ def density_histogram(latent_frequency: torch.Tensor, bins: int = 40):
     alive = freq[freq > 0]
     dead = int((freq == 0).sum())
     fig = go.Figure(go.Histogram(x=alive.log10().tolist(), nbinsx=bins))
-    fig.update_layout(title=f"Latent firing density ({len(alive)} fired, {dead} dead)",
-                      xaxis_title="log10(fraction of tokens the latent fires on)", yaxis_title="latents")
+    fig.update_layout(
+        title=f"Latent firing density ({len(alive)} fired, {dead} dead)",
+        xaxis_title="log10(fraction of tokens the latent fires on)",
+        yaxis_title="latents",
+    )
     return fig
 
 
@@ -58,8 +68,9 @@ def l0_distribution(l0: torch.Tensor):
     values = l0.long()
     counts = torch.bincount(values)
     fig = go.Figure(go.Bar(x=list(range(len(counts))), y=counts.tolist()))
-    fig.update_layout(title=f"L0 per token (mean {values.double().mean().item():.2f})",
-                      xaxis_title="active latents", yaxis_title="tokens")
+    fig.update_layout(
+        title=f"L0 per token (mean {values.double().mean().item():.2f})", xaxis_title="active latents", yaxis_title="tokens"
+    )
     return fig
 
 
@@ -69,8 +80,9 @@ def decoder_cosine_histogram(edges: Sequence[float], counts: Sequence[int]):
 
     centres = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
     fig = go.Figure(go.Bar(x=centres, y=list(counts)))
-    fig.update_layout(title="Decoder rows: pairwise cosine similarity", xaxis_title="cosine",
-                      yaxis_title="pairs", yaxis_type="log")
+    fig.update_layout(
+        title="Decoder rows: pairwise cosine similarity", xaxis_title="cosine", yaxis_title="pairs", yaxis_type="log"
+    )
     return fig
 
 
@@ -87,15 +99,25 @@ def fvu_vs_l0(run_dirs: Iterable[str | Path]):
                 points.append((Path(d).name, m))
     if not points:
         raise ValueError("no run with fvu and l0 in its metrics.json")
-    fig = go.Figure(go.Scatter(x=[m["l0"] for _, m in points], y=[m["fvu"] for _, m in points],
-                               mode="markers+text", text=[n for n, _ in points], textposition="top center",
-                               name="dictionary"))
+    fig = go.Figure(
+        go.Scatter(
+            x=[m["l0"] for _, m in points],
+            y=[m["fvu"] for _, m in points],
+            mode="markers+text",
+            text=[n for n, _ in points],
+            textposition="top center",
+            name="dictionary",
+        )
+    )
     pca = [(m["l0"], m["pca_fvu"]) for _, m in points if "pca_fvu" in m]
     if pca:
-        fig.add_scatter(x=[p[0] for p in pca], y=[p[1] for p in pca], mode="markers", name="PCA, rank = L0",
-                        marker_symbol="x")
-    fig.update_layout(title="FVU against L0", xaxis_title="L0 (active latents per token)", yaxis_title="FVU",
-                      xaxis_type="log" if len(points) > 1 else "linear")
+        fig.add_scatter(x=[p[0] for p in pca], y=[p[1] for p in pca], mode="markers", name="PCA, rank = L0", marker_symbol="x")
+    fig.update_layout(
+        title="FVU against L0",
+        xaxis_title="L0 (active latents per token)",
+        yaxis_title="FVU",
+        xaxis_type="log" if len(points) > 1 else "linear",
+    )
     return fig
 
 
@@ -103,8 +125,10 @@ def write_html(figures: Sequence, path: str | Path, title: str = "saekit") -> Pa
     """One standalone HTML page holding `figures`, plotly.js embedded once (viewable offline)."""
     path = Path(path)
     parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
-    path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title></head>"
-                    f"<body>{''.join(parts)}</body></html>", encoding="utf-8")
+    path.write_text(
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title></head><body>{''.join(parts)}</body></html>",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -121,8 +145,9 @@ def write_run_plots(run_dir: str | Path) -> Path:
         dists = load_file(str(latents))
         figures += [density_histogram(dists["latent_frequency"]), l0_distribution(dists["l0"])]
         if "decoder_cos_hist_counts" in dists:
-            figures.append(decoder_cosine_histogram(dists["decoder_cos_hist_edges"].tolist(),
-                                                    dists["decoder_cos_hist_counts"].tolist()))
+            figures.append(
+                decoder_cosine_histogram(dists["decoder_cos_hist_edges"].tolist(), dists["decoder_cos_hist_counts"].tolist())
+            )
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
     if "fvu" in metrics and not math.isnan(metrics["fvu"]):
         siblings = sorted(p.parent for p in run_dir.resolve().parent.glob("*/metrics.json"))

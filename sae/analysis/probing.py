@@ -52,9 +52,15 @@ def default_task(n_classes: int = DEFAULT_CLASSES, per_class: int = 100, seed: i
 
 
 @torch.no_grad()
-def pooled_features(sae: SparseAutoencoder, model: ModelAdapter, texts: Sequence[str], hook: str,
-                    context_len: int = 128, batch_size: int = 16,
-                    progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def pooled_features(
+    sae: SparseAutoencoder,
+    model: ModelAdapter,
+    texts: Sequence[str],
+    hook: str,
+    context_len: int = 128,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per text: mean activation [N, d] and mean code [N, n] over its first `context_len` tokens.
 
     Texts are sorted by length and each batch is cut to its shortest member, so no padding enters
@@ -100,8 +106,14 @@ def _accuracy(x_train, y_train, x_test, y_test, seed: int) -> float:
     return float(clf.score(x_test, y_test))
 
 
-def probe_features(acts: torch.Tensor, codes: torch.Tensor, labels: Sequence[Any], m: Sequence[int] = DEFAULT_M,
-                   test_fraction: float = 0.2, seed: int = 0) -> dict[str, Any]:
+def probe_features(
+    acts: torch.Tensor,
+    codes: torch.Tensor,
+    labels: Sequence[Any],
+    m: Sequence[int] = DEFAULT_M,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Sparse-probe accuracies from pooled activations [N, d] and codes [N, n] with one label per row."""
     labels = np.asarray(labels)
     _check_m(m, codes.shape[1])
@@ -135,9 +147,18 @@ def probe_features(acts: torch.Tensor, codes: torch.Tensor, labels: Sequence[Any
     return {**mean, "probe_classes": list(per_class), "probe_per_class": per_class, "probe_examples": len(labels)}
 
 
-def sparse_probe(sae: SparseAutoencoder, model: ModelAdapter, source: TextSource | Any = None,
-                 label_column: str = "label", *, m: Sequence[int] = DEFAULT_M, hook: str | None = None,
-                 batch_size: int = 16, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+def sparse_probe(
+    sae: SparseAutoencoder,
+    model: ModelAdapter,
+    source: TextSource | Any = None,
+    label_column: str = "label",
+    *,
+    m: Sequence[int] = DEFAULT_M,
+    hook: str | None = None,
+    batch_size: int = 16,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
     """SAEBench-style sparse probing of `sae` on a labelled `datasets` dataset (None: the default task).
 
     `source` is the dataset, or a `TextSource` holding it with its `text_column` and `context_len` (texts

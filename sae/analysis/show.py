@@ -16,9 +16,11 @@ from sae.analysis.features import FeatureStats
 
 __all__ = ["LatentView", "TextExplanation", "explain_text", "show", "show_text", "text_html"]
 
-_STYLE = ("<style>.saek{font:13px system-ui,sans-serif}.saek .ctx{font-family:monospace;font-size:12px;"
-          "white-space:pre-wrap;margin:1px 0}.saek .v{color:#777;font-size:11px;margin-right:6px}"
-          ".saek h4{margin:8px 0 2px}.saek td{padding:0 6px}</style>")
+_STYLE = (
+    "<style>.saek{font:13px system-ui,sans-serif}.saek .ctx{font-family:monospace;font-size:12px;"
+    "white-space:pre-wrap;margin:1px 0}.saek .v{color:#777;font-size:11px;margin-right:6px}"
+    ".saek h4{margin:8px 0 2px}.saek td{padding:0 6px}</style>"
+)
 
 
 def _fmt(x: float) -> str:
@@ -34,8 +36,9 @@ def _token(text: str, act: float, top: float, peak: bool = False) -> str:
 
 
 def _context(ex: dict[str, Any], text: FeatureStats, top: float) -> str:
-    toks = "".join(_token(t, a, top, j == ex["peak"])
-                   for j, (t, a) in enumerate(zip(text.text(ex["ids"]), ex["acts"], strict=True)))
+    toks = "".join(
+        _token(t, a, top, j == ex["peak"]) for j, (t, a) in enumerate(zip(text.text(ex["ids"]), ex["acts"], strict=True))
+    )
     return f'<div class="ctx"><span class="v">{_fmt(ex["value"])}</span>{toks}</div>'
 
 
@@ -44,16 +47,24 @@ def _histogram(h: dict[str, Any], width: int = 360, height: int = 70) -> str:
     top = max(max(counts), 1)
     bars = "".join(
         f'<rect x="{b * width / n:.1f}" y="{height - height * c / top:.1f}" width="{width / n - 1:.1f}" '
-        f'height="{height * c / top:.1f}" fill="#ef6c00"/>' for b, c in enumerate(counts))
-    return (f'<svg width="{width}" height="{height + 14}">{bars}<text x="0" y="{height + 12}" font-size="10">0</text>'
-            f'<text x="{width}" y="{height + 12}" font-size="10" text-anchor="end">{_fmt(h["upper"])}</text></svg>')
+        f'height="{height * c / top:.1f}" fill="#ef6c00"/>'
+        for b, c in enumerate(counts)
+    )
+    return (
+        f'<svg width="{width}" height="{height + 14}">{bars}<text x="0" y="{height + 12}" font-size="10">0</text>'
+        f'<text x="{width}" y="{height + 12}" font-size="10" text-anchor="end">{_fmt(h["upper"])}</text></svg>'
+    )
 
 
 def latent_html(panel: dict[str, Any], stats: FeatureStats) -> str:
     """One latent's panels (the dict of `FeatureStats.latent`) as static, escaped HTML."""
-    parts = [_STYLE, '<div class="saek">', f"<h3>latent {panel['id']}</h3>",
-             f"<div>fires on {panel['count']} of {stats.meta['tokens']} tokens (frequency {_fmt(panel['frequency'])}),"
-             f" mean when active {_fmt(panel['mean'])}, max {_fmt(panel['max'])}</div>"]
+    parts = [
+        _STYLE,
+        '<div class="saek">',
+        f"<h3>latent {panel['id']}</h3>",
+        f"<div>fires on {panel['count']} of {stats.meta['tokens']} tokens (frequency {_fmt(panel['frequency'])}),"
+        f" mean when active {_fmt(panel['mean'])}, max {_fmt(panel['max'])}</div>",
+    ]
     if panel["count"]:
         parts.append(_histogram(panel["hist"]))
     parts.append("<h4>top activating contexts</h4>")
@@ -62,12 +73,18 @@ def latent_html(panel: dict[str, Any], stats: FeatureStats) -> str:
         parts.append(f"<h4>quantile {_fmt(g['low'])}–{_fmt(g['high'])}</h4>")
         parts += [_context(ex, stats, panel["max"]) for ex in g["examples"]]
     if panel["tokens_kind"]:
-        rows = "".join(f"<tr><td>{html.escape(a)}</td><td>{_fmt(va)}</td><td>{html.escape(b)}</td><td>{_fmt(vb)}</td></tr>"
-                       for (a, va), (b, vb) in zip(
-                           [(stats.text([i])[0], v) for i, v in panel["tokens_top"]],
-                           [(stats.text([i])[0], v) for i, v in panel["tokens_bottom"]], strict=True))
-        parts.append(f"<h4>{html.escape(panel['tokens_kind'])}</h4><table><tr><th>top</th><th></th>"
-                     f"<th>bottom</th><th></th></tr>{rows}</table>")
+        rows = "".join(
+            f"<tr><td>{html.escape(a)}</td><td>{_fmt(va)}</td><td>{html.escape(b)}</td><td>{_fmt(vb)}</td></tr>"
+            for (a, va), (b, vb) in zip(
+                [(stats.text([i])[0], v) for i, v in panel["tokens_top"]],
+                [(stats.text([i])[0], v) for i, v in panel["tokens_bottom"]],
+                strict=True,
+            )
+        )
+        parts.append(
+            f"<h4>{html.escape(panel['tokens_kind'])}</h4><table><tr><th>top</th><th></th>"
+            f"<th>bottom</th><th></th></tr>{rows}</table>"
+        )
     cooc = ", ".join(f"{j} ({_fmt(s)})" for j, s in panel["cooccurring"]) or "none"
     parts.append(f"<h4>co-occurring latents (Jaccard)</h4><div>{cooc}</div></div>")
     return "".join(parts)
@@ -92,8 +109,7 @@ def show(sae, latent: int, stats: FeatureStats | str) -> LatentView:
     if not isinstance(stats, FeatureStats):
         stats = FeatureStats.load(stats)
     if stats.n_latents != sae.cfg.n_latents:
-        raise ValueError(f"these statistics are of a dictionary with {stats.n_latents} latents, "
-                         f"this one has {sae.cfg.n_latents}")
+        raise ValueError(f"these statistics are of a dictionary with {stats.n_latents} latents, this one has {sae.cfg.n_latents}")
     return LatentView(stats.latent(int(latent)), stats)
 
 

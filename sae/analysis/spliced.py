@@ -56,8 +56,7 @@ class _Downstream:
                 m[f"loss_recovered_{short}"] = _recovered(m[f"ce_loss_{abl}"], m["ce_loss_spliced"], m["ce_loss_clean"])
             else:
                 for what in ("embedding", "hidden"):
-                    m[f"{what}_recovered_{short}"] = _recovered(1 - m[f"{what}_cos_{abl}"],
-                                                                1 - m[f"{what}_cos_spliced"], 0.0)
+                    m[f"{what}_recovered_{short}"] = _recovered(1 - m[f"{what}_cos_{abl}"], 1 - m[f"{what}_cos_spliced"], 0.0)
         if self.causal:
             m["kl_div_score"] = _recovered(m["kl_div_zero_ablation"], m["kl_div_spliced"], 0.0)
         return m

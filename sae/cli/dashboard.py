@@ -57,6 +57,7 @@ def run_dashboard(args: argparse.Namespace) -> Path:
     if not model_name:
         raise ValueError(f"{path}/cfg.json records no model_name: pass --model")
     model = load_model(model_name, device=cfg.device)
-    stats = feature_stats(sae, model, cfg.text, tokens=cfg.tokens, top_n=cfg.top_n, quantiles=cfg.quantiles,
-                          out=path / STATS_FILE, seed=cfg.seed)
+    stats = feature_stats(
+        sae, model, cfg.text, tokens=cfg.tokens, top_n=cfg.top_n, quantiles=cfg.quantiles, out=path / STATS_FILE, seed=cfg.seed
+    )
     return write_browser(stats, out)

@@ -68,8 +68,10 @@ def eval_config(args: argparse.Namespace, cfg: SAEConfig, recorded: dict[str, An
     given = dataclass_kwargs(args, EvalConfig)
     for flag, key, value in (("--model", "model", cfg.model_name), ("--hook", "hook", cfg.hook_name)):
         if value and key in given and given[key] != value and not given.get("force"):
-            raise ValueError(f"{flag} {given[key]!r} disagrees with the dictionary's recorded {key} {value!r}; "
-                             f"leave {flag} out to use {value!r}, or add --force")
+            raise ValueError(
+                f"{flag} {given[key]!r} disagrees with the dictionary's recorded {key} {value!r}; "
+                f"leave {flag} out to use {value!r}, or add --force"
+            )
     defaults = {k: v for k, v in recorded.items() if k in _RECORDED}
     defaults.update({k: v for k, v in (("model", cfg.model_name), ("hook", cfg.hook_name)) if v})
     return build_dataclass(EvalConfig, {**defaults, **given})
@@ -90,14 +92,25 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
 
     model = load_model(cfg.model)
     text = cfg.text.replace(split="test")
-    metrics = evaluate(sae, model, text, tokens=cfg.eval_tokens, batch_size=cfg.batch_size, hook=cfg.hook,
-                       skip=() if cfg.splice else ("spliced",), return_distributions=True)
+    metrics = evaluate(
+        sae,
+        model,
+        text,
+        tokens=cfg.eval_tokens,
+        batch_size=cfg.batch_size,
+        hook=cfg.hook,
+        skip=() if cfg.splice else ("spliced",),
+        return_distributions=True,
+    )
     metrics["eval_settings"] = eval_settings(text, cfg.eval_tokens)
     if cfg.probe:
         from sae.analysis.probing import sparse_probe
 
-        metrics.update(sparse_probe(sae, model, TextSource(context_len=text.context_len), hook=cfg.hook,
-                                    batch_size=cfg.batch_size, seed=cfg.seed))
+        metrics.update(
+            sparse_probe(
+                sae, model, TextSource(context_len=text.context_len), hook=cfg.hook, batch_size=cfg.batch_size, seed=cfg.seed
+            )
+        )
     merged = write_evaluation(cfg.path, metrics)
     if cfg.plots:
         from sae.analysis.plots import write_run_plots

@@ -36,8 +36,9 @@ def add_pretrained_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrained", help="list or download published dictionaries")
     cmds = p.add_subparsers(dest="pretrained_command", required=True)
     add_dataclass_args(cmds.add_parser("list", help="print the release registry"), ListConfig)
-    add_dataclass_args(cmds.add_parser("download", help="fetch one dictionary (or a whole repo) into the Hugging "
-                                                        "Face cache"), DownloadConfig)
+    add_dataclass_args(
+        cmds.add_parser("download", help="fetch one dictionary (or a whole repo) into the Hugging Face cache"), DownloadConfig
+    )
 
 
 def run_pretrained(args: argparse.Namespace) -> int:

@@ -28,30 +28,46 @@ from sae.train import train
 _PROBE_D_IN = 4096  # a stand-in width for checking options before the model (and its true width) is loaded
 
 
-def _stream(run: RunConfig, model, split: str, tokens: int, batch_size: int, seed: int,
-            hooks: HookPoints | None = None, rank_share: tuple[int, int] = (0, 1)):
+def _stream(
+    run: RunConfig,
+    model,
+    split: str,
+    tokens: int,
+    batch_size: int,
+    seed: int,
+    hooks: HookPoints | None = None,
+    rank_share: tuple[int, int] = (0, 1),
+):
     from activations import ActivationStream
 
     cache = Path(run.cache_dir) / f"{split}-{tokens}" if run.cache_dir else None
     if cache is not None and rank_share[1] > 1:
         cache = cache / f"rank{rank_share[0]}-of-{rank_share[1]}"
-    return ActivationStream(model, hook=run.hooks if hooks is None else hooks, source=run.text, split=split,
-                            batch_size=batch_size, total_tokens=tokens, seed=seed, cache_dir=cache,
-                            rank_share=rank_share)
+    return ActivationStream(
+        model,
+        hook=run.hooks if hooks is None else hooks,
+        source=run.text,
+        split=split,
+        batch_size=batch_size,
+        total_tokens=tokens,
+        seed=seed,
+        cache_dir=cache,
+        rank_share=rank_share,
+    )
 
 
 def _collect(run: RunConfig, stream, split: str, tokens: int) -> torch.Tensor | dict[str, torch.Tensor]:
     batches = list(stream)
     if not batches:
-        raise ValueError(f"no activations harvested from the {split!r} split of "
-                         f"{run.text.dataset or 'the embedded corpus'}")
+        raise ValueError(f"no activations harvested from the {split!r} split of {run.text.dataset or 'the embedded corpus'}")
     if isinstance(batches[0], dict):  # several hooks: one tensor each
         return {h: torch.cat([b[h] for b in batches])[:tokens] for h in batches[0]}
     return torch.cat(batches)[:tokens]
 
 
-def harvest(run: RunConfig, model, split: str, tokens: int, seed: int, batch_size: int = 4096,
-            hooks: HookPoints | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
+def harvest(
+    run: RunConfig, model, split: str, tokens: int, seed: int, batch_size: int = 4096, hooks: HookPoints | None = None
+) -> torch.Tensor | dict[str, torch.Tensor]:
     """Up to `tokens` activations of `split` as one in-memory [N, d] tensor (several hooks: a dict of them).
 
     `hooks`: some of the run's hook points (default: all of them)."""
@@ -64,8 +80,13 @@ def _per_hook(acts, hooks: HookPoints) -> dict[str, torch.Tensor]:
 
 def eval_settings(text: TextSource, eval_tokens: int) -> dict[str, Any]:
     """What decides the held-out tokens of metrics.json; `python -m sae eval` defaults to them."""
-    return {"dataset": text.dataset or "", "dataset_config": text.dataset_config or "",
-            "text_column": text.text_column, "context_len": text.context_len, "eval_tokens": eval_tokens}
+    return {
+        "dataset": text.dataset or "",
+        "dataset_config": text.dataset_config or "",
+        "text_column": text.text_column,
+        "context_len": text.context_len,
+        "eval_tokens": eval_tokens,
+    }
 
 
 def _check_held_out(run: RunConfig, model, seed: int, batch_size: int, hooks: HookPoints | None = None) -> None:
@@ -74,9 +95,11 @@ def _check_held_out(run: RunConfig, model, seed: int, batch_size: int, hooks: Ho
     try:
         _stream(run, model, "test", run.eval_tokens, batch_size, seed, hooks).check_not_empty()
     except ValueError as e:
-        raise ValueError(f"dataset {run.text.dataset or 'embedded'!r} has no usable 'test' split for the held-out metrics "
-                         f"({e}); use a hub dataset that has one, or local files with at least {TEST_EVERY} documents "
-                         "(every 20th is held out)") from e
+        raise ValueError(
+            f"dataset {run.text.dataset or 'embedded'!r} has no usable 'test' split for the held-out metrics "
+            f"({e}); use a hub dataset that has one, or local files with at least {TEST_EVERY} documents "
+            "(every 20th is held out)"
+        ) from e
 
 
 def check_run(run: RunConfig, sae_kwargs: dict[str, Any], tcfg: TrainConfig) -> None:
@@ -121,8 +144,10 @@ def run_training(
     if mode in ("ddp", "shard") and len(hooks) > 1:
         raise ValueError(f"--distributed {mode} trains one hook point; got {len(hooks)}: use --distributed layers")
     if len(hooks) > 1 and not (run.harvest_tokens or run.cache_dir):
-        raise ValueError(f"{len(hooks)} hook points train from one harvest: give --harvest-tokens N (held in "
-                         "memory) or --cache-dir DIR (written to disk once, read back per hook)")
+        raise ValueError(
+            f"{len(hooks)} hook points train from one harvest: give --harvest-tokens N (held in "
+            "memory) or --cache-dir DIR (written to disk once, read back per hook)"
+        )
     if mode == "shard":  # before any model or process group: the family must select in a way that splits
         from sae.distributed.shard import shard_rule
 
@@ -138,8 +163,10 @@ def run_training(
 
     with process_group(tcfg.device, dcfg.dist_timeout_s) as (rank, world), ExitStack() as stack:
         if mode == "layers" and len(hooks) < world:  # every rank raises, so none waits for another
-            raise ValueError(f"--distributed layers: {len(hooks)} hook point(s) for {world} ranks leaves a rank "
-                             "without one; launch at most as many ranks as hook points")
+            raise ValueError(
+                f"--distributed layers: {len(hooks)} hook point(s) for {world} ranks leaves a rank "
+                "without one; launch at most as many ranks as hook points"
+            )
         # rank 0 checks, empties and locks the folder; every rank hears the verdict before anything is written
         problem: list[str | None] = [None]
         if rank == 0:
@@ -159,8 +186,9 @@ def run_training(
         return {h: m for part in parts for h, m in part.items()} if rank == 0 else {}
 
 
-def _run(out: Path, run: RunConfig, hooks: HookPoints, sae_kwargs: dict[str, Any], tcfg: TrainConfig,
-         comm: Communicator, nested: bool) -> dict[str, Any]:
+def _run(
+    out: Path, run: RunConfig, hooks: HookPoints, sae_kwargs: dict[str, Any], tcfg: TrainConfig, comm: Communicator, nested: bool
+) -> dict[str, Any]:
     """One harvest for `hooks`, then one dictionary per hook trained through `comm`."""
     from activations import ActivationStream, load_model
 
@@ -171,23 +199,29 @@ def _run(out: Path, run: RunConfig, hooks: HookPoints, sae_kwargs: dict[str, Any
     ddp = isinstance(comm, DataParallel)
     pca_samples: dict[str, torch.Tensor] | None = None
     if run.harvest_tokens:
-        pca_samples = _per_hook(harvest(run, model, "train", run.harvest_tokens, tcfg.seed, tcfg.batch_size, hooks),
-                                hooks)
+        pca_samples = _per_hook(harvest(run, model, "train", run.harvest_tokens, tcfg.seed, tcfg.batch_size, hooks), hooks)
         data: dict[str, Any] = {h: TensorBatches(a, tcfg.batch_size, seed=tcfg.seed) for h, a in pca_samples.items()}
         if ddp:
             data = {h: RankShare(d, comm.rank, comm.world, tcfg.batch_size) for h, d in data.items()}
     elif len(hooks) == 1:
         share = (comm.rank, comm.world) if ddp else (0, 1)
         if tcfg.batch_size % share[1]:
-            raise ValueError(f"--distributed ddp splits each batch evenly: batch_size={tcfg.batch_size} is not a "
-                             f"multiple of the {share[1]} ranks")
+            raise ValueError(
+                f"--distributed ddp splits each batch evenly: batch_size={tcfg.batch_size} is not a "
+                f"multiple of the {share[1]} ranks"
+            )
         # ddp: each rank streams its own contexts, batches of batch_size / world
-        data = {hooks.names[0]: _stream(run, model, "train", tcfg.tokens // share[1], tcfg.batch_size // share[1],
-                                        tcfg.seed, hooks, rank_share=share)}
+        data = {
+            hooks.names[0]: _stream(
+                run, model, "train", tcfg.tokens // share[1], tcfg.batch_size // share[1], tcfg.seed, hooks, rank_share=share
+            )
+        }
     else:  # several hooks through the disk cache: harvested once, each dictionary reads its own hook
         cache = _stream(run, model, "train", tcfg.tokens, tcfg.batch_size, tcfg.seed, hooks).harvest()
-        data = {h: ActivationStream.from_cache(cache, tcfg.batch_size, tcfg.seed, hook=h, verify=False,
-                                               expect_model=model.name) for h in hooks}
+        data = {
+            h: ActivationStream.from_cache(cache, tcfg.batch_size, tcfg.seed, hook=h, verify=False, expect_model=model.name)
+            for h in hooks
+        }
     harvest_s = time.perf_counter() - t0
     saes, results = {}, {}
     for h in hooks:
@@ -207,8 +241,16 @@ def _run(out: Path, run: RunConfig, hooks: HookPoints, sae_kwargs: dict[str, Any
         sae.fold_input_scale()
         sae.save(folder)
         held_out: list[torch.Tensor] = []
-        metrics = evaluate(sae, model, run.text, split="test", tokens=run.eval_tokens, hook=h,
-                           keep_activations=held_out, return_distributions=True)
+        metrics = evaluate(
+            sae,
+            model,
+            run.text,
+            split="test",
+            tokens=run.eval_tokens,
+            hook=h,
+            keep_activations=held_out,
+            return_distributions=True,
+        )
         eval_batches = list(torch.cat(held_out).split(4096))
         rank = max(1, min(round(metrics["l0"]), sae.cfg.d_in))
         metrics.update(

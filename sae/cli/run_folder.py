@@ -18,8 +18,17 @@ from pathlib import Path
 __all__ = ["RUN_FILES", "LOCK_FILE", "RunFolderError", "run_folder"]
 
 # what a run (its evaluation, feature statistics and browser included) writes into its folder
-RUN_FILES = ("cfg.json", "sae_weights.safetensors", "metrics.json", "log.jsonl", "checkpoints", "eval",
-             "feature_stats.safetensors", "feature_stats.safetensors.partial", "browser")
+RUN_FILES = (
+    "cfg.json",
+    "sae_weights.safetensors",
+    "metrics.json",
+    "log.jsonl",
+    "checkpoints",
+    "eval",
+    "feature_stats.safetensors",
+    "feature_stats.safetensors.partial",
+    "browser",
+)
 LOCK_FILE = ".lock"
 
 
@@ -66,8 +75,8 @@ def _lock(path: Path, out: Path) -> int:
             holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
             raise RunFolderError(
-                f"run folder {str(out)!r} is in use by another run (pid {holder}); wait for it to end "
-                "or choose another --out") from None
+                f"run folder {str(out)!r} is in use by another run (pid {holder}); wait for it to end or choose another --out"
+            ) from None
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -94,12 +103,14 @@ def _make_room(out: Path, resume: bool, overwrite: bool) -> None:
     if not overwrite:
         raise RunFolderError(
             f"run folder {str(out)!r} is not empty (it holds {', '.join(present)}): pass --resume to continue "
-            "the run in it, --overwrite to replace it, or choose another --out")
+            "the run in it, --overwrite to replace it, or choose another --out"
+        )
     foreign = [name for name in present if not _is_run_file(out / name)]
     if foreign:
         raise RunFolderError(
             f"--overwrite: run folder {str(out)!r} holds files that are not a run's ({', '.join(foreign)}); "
-            "refusing to delete them: choose another --out")
+            "refusing to delete them: choose another --out"
+        )
     for name in present:
         path = out / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()

@@ -135,8 +135,9 @@ class RankShare:
 
     def __init__(self, data: Iterable[torch.Tensor], rank: int, world: int, batch_size: int) -> None:
         if batch_size % world:
-            raise ValueError(f"--distributed ddp splits each batch evenly: batch_size={batch_size} is not a "
-                             f"multiple of the {world} ranks")
+            raise ValueError(
+                f"--distributed ddp splits each batch evenly: batch_size={batch_size} is not a multiple of the {world} ranks"
+            )
         self.data, self.rank, self.world, self.share = data, rank, world, batch_size // world
 
     @property

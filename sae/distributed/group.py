@@ -59,8 +59,13 @@ def lost_peers(timeout_s: float) -> Iterator[None]:
     except RuntimeError as e:
         text = str(e)
         dist_error = getattr(dist, "DistError", ())
-        if not (isinstance(e, dist_error) or "gloo" in text.lower() or "nccl" in text.lower()
-                or "timed out" in text.lower() or "connection" in text.lower()):
+        if not (
+            isinstance(e, dist_error)
+            or "gloo" in text.lower()
+            or "nccl" in text.lower()
+            or "timed out" in text.lower()
+            or "connection" in text.lower()
+        ):
             raise
         rank = dist.get_rank() if dist.is_initialized() else 0
         raise PeerLost(

@@ -134,7 +134,11 @@ def select_sharded(pre: torch.Tensor, rule: str, k: int, lo: int, n: int) -> tup
 
 
 def sharded_forward(
-    sae: SparseAutoencoder, x: torch.Tensor, dead: torch.Tensor | None, lo: int, rule: str,
+    sae: SparseAutoencoder,
+    x: torch.Tensor,
+    dead: torch.Tensor | None,
+    lo: int,
+    rule: str,
     step: TrainStep | None = None,
 ) -> ForwardOutput:
     """The training forward of a latent-sharded dictionary (every rank calls it on the same batch).
@@ -157,8 +161,9 @@ def sharded_forward(
         masked = torch.where(mine, pre, 0.0 if signed else float(torch.finfo(pre.dtype).min))
         aux_local, aux_whole = select_sharded(masked, "abs" if signed else "row", min(step.k_aux, n_dead), lo, n)
     if torch.is_grad_enabled():
-        local, aux_local = with_gradient(x_in, sae.W_enc, b_enc, pre, Encoding(local, aux_local),
-                                         relu=not signed, aux_relu=not signed)
+        local, aux_local = with_gradient(
+            x_in, sae.W_enc, b_enc, pre, Encoding(local, aux_local), relu=not signed, aux_relu=not signed
+        )
     x_hat_n = _SumOverShards.apply(kernels.decode(local, sae.W_dec)) + sae.b_dec
     e_hat = None if aux_local is None else _SumOverShards.apply(kernels.decode(aux_local, sae.W_dec))
     return sae.assemble(x_n, stats, Encoding(whole, aux_whole), x_hat_n, e_hat, step=step)
@@ -174,8 +179,9 @@ class LatentShard(Communicator):
         self.rule = shard_rule(sae.cfg.family, sae.cfg.options)
         n, k = sae.cfg.n_latents, sae.cfg.k
         if n % self.world:
-            raise ValueError(f"--distributed shard splits the latents evenly: n_latents={n} is not a multiple "
-                             f"of the {self.world} ranks")
+            raise ValueError(
+                f"--distributed shard splits the latents evenly: n_latents={n} is not a multiple of the {self.world} ranks"
+            )
         if k > n // self.world:
             raise ValueError(f"--distributed shard needs k <= n_latents / ranks: k={k} > {n} / {self.world}")
         self.n_r = n // self.world
@@ -208,8 +214,7 @@ class LatentShard(Communicator):
         out["sae"] = {k: fn(v, SHARDED[k]) if k in SHARDED else v for k, v in state["sae"].items()}
         opt = dict(state["opt"])
         opt["state"] = {
-            i: {key: fn(v, SHARDED[self.names[i]]) if self.names[i] in SHARDED and v.dim() > 0 else v
-                for key, v in s.items()}
+            i: {key: fn(v, SHARDED[self.names[i]]) if self.names[i] in SHARDED and v.dim() > 0 else v for key, v in s.items()}
             for i, s in state["opt"]["state"].items()
         }
         out["opt"] = opt

@@ -32,8 +32,10 @@ def register_family(cls: type[Family]) -> type[Family]:
     if not isinstance(name, str) or not name:
         raise ValueError(f"family class {cls.__name__} has name={name!r}; expected a non-empty string")
     if name in FAMILIES:
-        raise ValueError(f"family name {name!r} is already registered (by {FAMILIES[name].__qualname__}); "
-                         f"give {cls.__qualname__} a name of its own")
+        raise ValueError(
+            f"family name {name!r} is already registered (by {FAMILIES[name].__qualname__}); "
+            f"give {cls.__qualname__} a name of its own"
+        )
     FAMILIES[name] = cls
     return cls
 

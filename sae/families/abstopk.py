@@ -53,7 +53,11 @@ class AbsTopK(Family):
         return "abs-batch" if options.get("batch", False) else "abs"
 
     def encode(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None,
+        self,
+        sae: SparseAutoencoder,
+        x_n: torch.Tensor,
+        dead: torch.Tensor | None = None,
+        k: int | None = None,
         k_aux: int = DEFAULT_K_AUX,
     ) -> Encoding:
         if not (self.training and self.cfg.options.get("batch", False)):

@@ -38,9 +38,7 @@ LAMBDAS = tuple(10.0**p for p in range(-3, 5))
 FOLDS = 5
 
 
-def ridge_cv(
-    xtx: torch.Tensor, xty: torch.Tensor, yty: torch.Tensor, lambdas=LAMBDAS
-) -> tuple[torch.Tensor, float]:
+def ridge_cv(xtx: torch.Tensor, xty: torch.Tensor, yty: torch.Tensor, lambdas=LAMBDAS) -> tuple[torch.Tensor, float]:
     """Ridge weights from per-fold sufficient statistics [F, p, p], [F, p], [F] (last column = bias,
     not penalised); lambda by F-fold cross-validation. Returns (weights [p], lambda)."""
     F, p = xty.shape
@@ -147,7 +145,11 @@ class AdaptiveK(Family):
 
     # --- the forward -------------------------------------------------------------------------
     def encode(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None,
+        self,
+        sae: SparseAutoencoder,
+        x_n: torch.Tensor,
+        dead: torch.Tensor | None = None,
+        k: int | None = None,
         k_aux: int = DEFAULT_K_AUX,
     ) -> Encoding:
         pre = self.pre(sae, x_n)
@@ -225,8 +227,13 @@ class AdaptiveK(Family):
         k = self.k_per_token(x_n, exact_mean=False).float()
         q = torch.quantile(k, torch.tensor([0.25, 0.5, 0.75], device=k.device))
         return {
-            "k_mean": k.mean().item(), "k_std": k.std().item(), "k_min": k.min().item(),
-            "k_q25": q[0].item(), "k_median": q[1].item(), "k_q75": q[2].item(), "k_max": k.max().item(),
+            "k_mean": k.mean().item(),
+            "k_std": k.std().item(),
+            "k_min": k.min().item(),
+            "k_q25": q[0].item(),
+            "k_median": q[1].item(),
+            "k_q75": q[2].item(),
+            "k_max": k.max().item(),
         }
 
 

@@ -124,17 +124,23 @@ class Family(nn.Module):
         return pre + sae.b_enc if self.uses_b_enc else pre
 
     def encode(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None,
+        self,
+        sae: SparseAutoencoder,
+        x_n: torch.Tensor,
+        dead: torch.Tensor | None = None,
+        k: int | None = None,
         k_aux: int = DEFAULT_K_AUX,
     ) -> Encoding:
         """Code for normalised inputs x_n [B, d]; in training, the AuxK code of up to k_aux `dead` latents."""
         b_enc = sae.b_enc if self.uses_b_enc else None
-        return kernels.encode(
-            x_n, sae.W_enc, b_enc, self.rule, k=k or self.cfg.k, dead=dead, k_aux=k_aux, b_pre=sae.b_dec
-        )
+        return kernels.encode(x_n, sae.W_enc, b_enc, self.rule, k=k or self.cfg.k, dead=dead, k_aux=k_aux, b_pre=sae.b_dec)
 
     def recon_loss(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, enc: Encoding, x_hat_n: torch.Tensor,
+        self,
+        sae: SparseAutoencoder,
+        x_n: torch.Tensor,
+        enc: Encoding,
+        x_hat_n: torch.Tensor,
         sse: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The reconstruction term of the loss (normalised MSE, i.e. FVU of the batch); `sse`, the summed

@@ -56,8 +56,9 @@ class ThresholdInference(Family):
     def saelens_pending(self) -> str:
         if self.has_threshold:
             return ""
-        return ("the inference threshold has not been estimated yet, and SAELens saves this family as a JumpReLU "
-                "with that threshold")
+        return (
+            "the inference threshold has not been estimated yet, and SAELens saves this family as a JumpReLU with that threshold"
+        )
 
     def threshold_select(self, pre: torch.Tensor) -> SparseCode | None:
         """The inference code a * 1[a > theta], or None while theta has not been estimated."""
@@ -110,7 +111,11 @@ class BatchTopK(ThresholdInference):
         return "batch" if cls is BatchTopK else None
 
     def encode(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None,
+        self,
+        sae: SparseAutoencoder,
+        x_n: torch.Tensor,
+        dead: torch.Tensor | None = None,
+        k: int | None = None,
         k_aux: int = DEFAULT_K_AUX,
     ) -> Encoding:
         if not self.training and k is None:

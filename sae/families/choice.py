@@ -94,7 +94,11 @@ class MutualChoice(ZipfAux, BatchTopK):
         cls.validate_zipf(cls.name, cfg)
 
     def encode(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None,
+        self,
+        sae: SparseAutoencoder,
+        x_n: torch.Tensor,
+        dead: torch.Tensor | None = None,
+        k: int | None = None,
         k_aux: int = DEFAULT_K_AUX,
     ) -> Encoding:
         return super().encode(sae, x_n, dead=self.aux_mask(dead), k=k, k_aux=k_aux)
@@ -142,7 +146,11 @@ class FeatureChoice(ZipfAux, ThresholdInference):
         return m
 
     def encode(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None,
+        self,
+        sae: SparseAutoencoder,
+        x_n: torch.Tensor,
+        dead: torch.Tensor | None = None,
+        k: int | None = None,
         k_aux: int = DEFAULT_K_AUX,
     ) -> Encoding:
         pre = self.pre(sae, x_n)

@@ -53,7 +53,11 @@ class Gated(Family):
         return self._hidden(sae, x_n) * self.r_mag.exp() + self.b_mag
 
     def encode(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None,
+        self,
+        sae: SparseAutoencoder,
+        x_n: torch.Tensor,
+        dead: torch.Tensor | None = None,
+        k: int | None = None,
         k_aux: int = DEFAULT_K_AUX,
     ) -> Encoding:
         h = self._hidden(sae, x_n)

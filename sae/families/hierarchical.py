@@ -70,7 +70,11 @@ class HierarchicalTopK(Family):
     sparsify_export = True  # at its k_max: the top-k code of every prefix
 
     def encode(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None,
+        self,
+        sae: SparseAutoencoder,
+        x_n: torch.Tensor,
+        dead: torch.Tensor | None = None,
+        k: int | None = None,
         k_aux: int = DEFAULT_K_AUX,
     ) -> Encoding:
         if k is not None and not 1 <= k <= self.cfg.k:
@@ -79,7 +83,11 @@ class HierarchicalTopK(Family):
         return Encoding(sort_code(enc.code), enc.aux)
 
     def recon_loss(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, enc: Encoding, x_hat_n: torch.Tensor,
+        self,
+        sae: SparseAutoencoder,
+        x_n: torch.Tensor,
+        enc: Encoding,
+        x_hat_n: torch.Tensor,
         sse: torch.Tensor | None = None,
     ) -> torch.Tensor:
         per_row = prefix_squared_error(x_n - sae.b_dec, enc.code, sae.W_dec)

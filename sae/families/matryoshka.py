@@ -69,9 +69,7 @@ class Matryoshka(BatchTopK):
             if not isinstance(w, (list, tuple)) or len(w) != count or any(not v > 0 for v in w):
                 raise ValueError(f"family 'matryoshka': weights={w!r}; expected {count} positive numbers, one per prefix")
 
-    def prefix_losses(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, code: SparseCode
-    ) -> list[torch.Tensor]:
+    def prefix_losses(self, sae: SparseAutoencoder, x_n: torch.Tensor, code: SparseCode) -> list[torch.Tensor]:
         """FVU of each prefix's reconstruction, which reads only latents [0, M_j)."""
         losses = []
         for m in self.prefixes:
@@ -81,7 +79,11 @@ class Matryoshka(BatchTopK):
         return losses
 
     def recon_loss(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, enc: Encoding, x_hat_n: torch.Tensor,
+        self,
+        sae: SparseAutoencoder,
+        x_n: torch.Tensor,
+        enc: Encoding,
+        x_hat_n: torch.Tensor,
         sse: torch.Tensor | None = None,
     ) -> torch.Tensor:
         losses = self.prefix_losses(sae, x_n, enc.code)

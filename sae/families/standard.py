@@ -56,7 +56,11 @@ class Standard(Family):
         return self.encoder_input(sae, x_n) @ sae.W_enc + sae.b_enc
 
     def encode(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None,
+        self,
+        sae: SparseAutoencoder,
+        x_n: torch.Tensor,
+        dead: torch.Tensor | None = None,
+        k: int | None = None,
         k_aux: int = DEFAULT_K_AUX,
     ) -> Encoding:
         enc = kernels.encode(self.encoder_input(sae, x_n), sae.W_enc, sae.b_enc, "threshold", threshold=0.0)

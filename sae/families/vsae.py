@@ -66,7 +66,11 @@ class VariationalTopK(Family):
         return ((x_n - sae.b_dec) @ self.W_enc_var + self.b_enc_var).clamp(LOGVAR_MIN, LOGVAR_MAX)
 
     def encode(
-        self, sae: SparseAutoencoder, x_n: torch.Tensor, dead: torch.Tensor | None = None, k: int | None = None,
+        self,
+        sae: SparseAutoencoder,
+        x_n: torch.Tensor,
+        dead: torch.Tensor | None = None,
+        k: int | None = None,
         k_aux: int = DEFAULT_K_AUX,
     ) -> Encoding:
         if not self.training:

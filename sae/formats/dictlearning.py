@@ -28,8 +28,14 @@ def _dl_cfg(folder: Path) -> dict[str, Any]:
     return trainer
 
 
-DL_CLASSES = ("AutoEncoder", "GatedAutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "JumpReluAutoEncoder",
-              "MatryoshkaBatchTopKSAE")
+DL_CLASSES = (
+    "AutoEncoder",
+    "GatedAutoEncoder",
+    "AutoEncoderTopK",
+    "BatchTopKSAE",
+    "JumpReluAutoEncoder",
+    "MatryoshkaBatchTopKSAE",
+)
 
 
 def load_dictionary_learning(
@@ -55,11 +61,21 @@ def load_dictionary_learning(
     if cls in ("JumpReluAutoEncoder", "MatryoshkaBatchTopKSAE"):
         tensors = {"W_enc": t("W_enc"), "b_enc": t("b_enc"), "W_dec": t("W_dec"), "b_dec": t("b_dec")}
     elif cls == "GatedAutoEncoder":
-        tensors = {"W_enc": t("encoder.weight").T, "b_enc": t("gate_bias"), "W_dec": t("decoder.weight").T,
-                   "b_dec": t("decoder_bias"), "r_mag": t("r_mag"), "b_mag": t("mag_bias")}
+        tensors = {
+            "W_enc": t("encoder.weight").T,
+            "b_enc": t("gate_bias"),
+            "W_dec": t("decoder.weight").T,
+            "b_dec": t("decoder_bias"),
+            "r_mag": t("r_mag"),
+            "b_mag": t("mag_bias"),
+        }
     else:
-        tensors = {"W_enc": t("encoder.weight").T, "b_enc": t("encoder.bias"), "W_dec": t("decoder.weight").T,
-                   "b_dec": t("bias") if cls == "AutoEncoder" else t("b_dec")}
+        tensors = {
+            "W_enc": t("encoder.weight").T,
+            "b_enc": t("encoder.bias"),
+            "W_dec": t("decoder.weight").T,
+            "b_dec": t("bias") if cls == "AutoEncoder" else t("b_dec"),
+        }
     options: dict[str, Any] = {}
     if cls == "AutoEncoder":
         family, k = "standard", None
@@ -82,8 +98,9 @@ def load_dictionary_learning(
         if cls == "MatryoshkaBatchTopKSAE":
             sizes = [int(v) for v in t("group_sizes").tolist()]
             options = {"prefixes": [int(v) for v in np.cumsum(sizes)]}
-    cfg = make_cfg(folder / DICT_LEARNING_CFG, d_in=d, d_sae=n, dtype=dtype or "float32", family=family, k=k,
-                   options=options, **common)
+    cfg = make_cfg(
+        folder / DICT_LEARNING_CFG, d_in=d, d_sae=n, dtype=dtype or "float32", family=family, k=k, options=options, **common
+    )
     return SparseAutoencoder.from_tensors(cfg, tensors, file, device=device)
 
 

@@ -39,8 +39,18 @@ def load_gemma_scope(
     if not hook_name:  # layer_20/width_16k/average_l0_71/params.npz
         layer = next((p for p in file.parts if p.startswith("layer_")), "")
         hook_name = layer_hook(layer) if layer else ""
-    cfg = make_cfg(file, d_in=d, d_sae=n, dtype=dtype or "float32", family="jumprelu", k=None, normalize="none",
-                   options={"apply_b_dec_to_input": False}, hook_name=hook_name, model_name=model_name)
+    cfg = make_cfg(
+        file,
+        d_in=d,
+        d_sae=n,
+        dtype=dtype or "float32",
+        family="jumprelu",
+        k=None,
+        normalize="none",
+        options={"apply_b_dec_to_input": False},
+        hook_name=hook_name,
+        model_name=model_name,
+    )
     tensors = {name: tensor_of(arrays, name, file) for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")}
     tensors["threshold"] = clamp_threshold(tensors["threshold"])
     return SparseAutoencoder.from_tensors(cfg, tensors, file, device=device)
@@ -51,9 +61,7 @@ GEMMA_SCOPE_2_CFG = "config.json"
 GEMMA_SCOPE_2_HOOKS = {"resid_post": "hook_resid_post", "mlp_out": "hook_mlp_out"}
 
 
-def load_gemma_scope_2(
-    folder: Path, device: torch.device | str | None = None, dtype: str | None = None
-) -> SparseAutoencoder:
+def load_gemma_scope_2(folder: Path, device: torch.device | str | None = None, dtype: str | None = None) -> SparseAutoencoder:
     """A Gemma Scope 2 folder (Gemma 3): config.json {"architecture": "jump_relu", ...} + params.safetensors with
     w_enc [d, n], w_dec [n, d], b_enc, b_dec, threshold: the same JumpReLU as Gemma Scope, read in SAELens 6.54's
     `gemma_3` loader's terms. Transcoders (an affine skip connection, `transcoder`/`clt` folders) are refused."""
@@ -74,12 +82,28 @@ def load_gemma_scope_2(
     site = next((hook for key, hook in GEMMA_SCOPE_2_HOOKS.items() if key in path), None)
     hook_name = f"blocks.{m.group(1)}.{site}" if m and site else str(raw.get("hf_hook_point_in", ""))
     model = str(raw.get("model_name", ""))
-    cfg = make_cfg(folder / GEMMA_SCOPE_2_CFG, d_in=W_enc.shape[0], d_sae=W_enc.shape[1], dtype=dtype or "float32",
-                   family="jumprelu", k=None, normalize="none", options={"apply_b_dec_to_input": False},
-                   hook_name=hook_name, model_name=model)
-    tensors = {ours: tensor_of(state, theirs, folder / GEMMA_SCOPE_2_FILE)
-               for ours, theirs in (("W_enc", "w_enc"), ("W_dec", "w_dec"), ("b_enc", "b_enc"), ("b_dec", "b_dec"),
-                                    ("threshold", "threshold"))}
+    cfg = make_cfg(
+        folder / GEMMA_SCOPE_2_CFG,
+        d_in=W_enc.shape[0],
+        d_sae=W_enc.shape[1],
+        dtype=dtype or "float32",
+        family="jumprelu",
+        k=None,
+        normalize="none",
+        options={"apply_b_dec_to_input": False},
+        hook_name=hook_name,
+        model_name=model,
+    )
+    tensors = {
+        ours: tensor_of(state, theirs, folder / GEMMA_SCOPE_2_FILE)
+        for ours, theirs in (
+            ("W_enc", "w_enc"),
+            ("W_dec", "w_dec"),
+            ("b_enc", "b_enc"),
+            ("b_dec", "b_dec"),
+            ("threshold", "threshold"),
+        )
+    }
     tensors["threshold"] = clamp_threshold(tensors["threshold"])
     return SparseAutoencoder.from_tensors(cfg, tensors, folder / GEMMA_SCOPE_2_FILE, device=device)
 

@@ -30,14 +30,26 @@ def load_llama_scope(
     norms = hp.get("dataset_average_activation_norm") or {}
     norm_in, norm_out = norms.get("in"), norms.get("out", norms.get("in"))
     threshold = hp.get("jump_relu_threshold")
-    for name, v in (("dataset_average_activation_norm.in", norm_in), ("dataset_average_activation_norm.out", norm_out),
-                    ("jump_relu_threshold", threshold)):
+    for name, v in (
+        ("dataset_average_activation_norm.in", norm_in),
+        ("dataset_average_activation_norm.out", norm_out),
+        ("jump_relu_threshold", threshold),
+    ):
         positive = name == "jump_relu_threshold" or (isinstance(v, (int, float)) and v > 0)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not positive:
             raise ValueError(f"{cfg_path}: {name}={v!r}; expected a finite positive number")
-    cfg = make_cfg(cfg_path, d_in=d, d_sae=n, dtype=dtype or "float32", family="jumprelu", k=None,
-                   normalize="dataset_scalar", options={"apply_b_dec_to_input": False},
-                   hook_name=str(hp.get("hook_point_in", "")), model_name=model_name or str(hp.get("model_name", "")))
+    cfg = make_cfg(
+        cfg_path,
+        d_in=d,
+        d_sae=n,
+        dtype=dtype or "float32",
+        family="jumprelu",
+        k=None,
+        normalize="dataset_scalar",
+        options={"apply_b_dec_to_input": False},
+        hook_name=str(hp.get("hook_point_in", "")),
+        model_name=model_name or str(hp.get("model_name", "")),
+    )
     state = read_safetensors(folder / LLAMA_SCOPE_WEIGHTS)
     s_in, s_out = math.sqrt(d) / norm_in, math.sqrt(d) / norm_out
     # the model divides its normalised reconstruction by s_in; Llama Scope divides by s_out: fold the ratio

@@ -42,8 +42,17 @@ def load_openai(
         family, k, normalize = "standard", None, "none"
     else:
         raise ValueError(f"{file}: activation {activation!r} is not supported; expected 'TopK' or 'ReLU'")
-    cfg = make_cfg(file, d_in=d, d_sae=n, dtype=dtype or "float32", family=family, k=k, normalize=normalize,
-                   hook_name=hook_name, model_name=model_name)
+    cfg = make_cfg(
+        file,
+        d_in=d,
+        d_sae=n,
+        dtype=dtype or "float32",
+        family=family,
+        k=k,
+        normalize=normalize,
+        hook_name=hook_name,
+        model_name=model_name,
+    )
     tensors = {
         "W_enc": enc.T,
         "b_enc": tensor_of(state, "latent_bias", file),

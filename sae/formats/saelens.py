@@ -115,8 +115,12 @@ def saelens_config(raw: dict[str, Any], source: str | Path, dtype: str | None = 
         model_name=str(meta.get("model_name") or raw.get("model_name") or ""),
     )
     return SAELensConfig(
-        cfg, arch, apply_b_dec, bool(raw.get("rescale_acts_by_decoder_norm", False)),
-        norm == "expected_average_only_in", raw,
+        cfg,
+        arch,
+        apply_b_dec,
+        bool(raw.get("rescale_acts_by_decoder_norm", False)),
+        norm == "expected_average_only_in",
+        raw,
     )
 
 

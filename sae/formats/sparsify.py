@@ -120,5 +120,4 @@ def detect(path: Path) -> bool:
     return path.is_dir() and (path / CFG_FILE).exists() and (path / SPARSIFY_WEIGHTS_FILE).exists()
 
 
-FORMAT = Format("sparsify", f"{CFG_FILE} + {SPARSIFY_WEIGHTS_FILE}", detect=detect, load=load_sparsify,
-                save=save_sparsify)
+FORMAT = Format("sparsify", f"{CFG_FILE} + {SPARSIFY_WEIGHTS_FILE}", detect=detect, load=load_sparsify, save=save_sparsify)

@@ -22,8 +22,10 @@ def check_compatible(sae: SparseAutoencoder, model: ModelAdapter | int, hook: st
     else:
         width = model.hook_dims(hook)[hook]
     if sae.cfg.d_in != width:
-        raise ValueError(f"the dictionary reads d_in={sae.cfg.d_in} but hook {hook!r} has width {width} "
-                         f"(model {getattr(model, 'name', 'given as a width')!r}): they cannot be joined")
+        raise ValueError(
+            f"the dictionary reads d_in={sae.cfg.d_in} but hook {hook!r} has width {width} "
+            f"(model {getattr(model, 'name', 'given as a width')!r}): they cannot be joined"
+        )
     recorded = sae.cfg.hook_name
     if recorded and recorded != hook and not force:
         raise ValueError(

@@ -17,8 +17,16 @@ B, TOTAL = 64, 1500
 
 
 def _stream(model, cache_dir, **kw):
-    args = dict(hook=[H2_POST, H3_PRE], context_len=16, batch_size=B, total_tokens=TOTAL, seed=0,
-                cache_dir=cache_dir, shard_tokens=480, progress=False)
+    args = dict(
+        hook=[H2_POST, H3_PRE],
+        context_len=16,
+        batch_size=B,
+        total_tokens=TOTAL,
+        seed=0,
+        cache_dir=cache_dir,
+        shard_tokens=480,
+        progress=False,
+    )
     args.update(kw)
     return ActivationStream(model, **args)
 
@@ -151,8 +159,9 @@ def test_trainer_consumes_cache_and_live_streams_unchanged(minilm, full, tmp_pat
     reader = ActivationStream.from_cache(full, batch_size=B, seed=0, hook=H3_PRE)
     res = train(sae.SparseAutoencoder(cfg), reader, tcfg, out_dir=tmp_path / "a")
     assert res.steps == 8
-    live = ActivationStream(minilm, hook=H3_PRE, context_len=16, batch_size=B, total_tokens=9 * B,
-                            progress=False, shuffle_contexts=40)
+    live = ActivationStream(
+        minilm, hook=H3_PRE, context_len=16, batch_size=B, total_tokens=9 * B, progress=False, shuffle_contexts=40
+    )
     assert train(sae.SparseAutoencoder(cfg), live, tcfg).steps == 8
 
 

@@ -10,18 +10,25 @@ DEFAULT = "blocks.3.hook_resid_pre"
 
 def test_layers_expand_through_the_template():
     assert list(HookPoints(None, "0-2,5", "blocks.{}.hook_resid_pre")) == [
-        "blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.2.hook_resid_pre", "blocks.5.hook_resid_pre"]
+        "blocks.0.hook_resid_pre",
+        "blocks.1.hook_resid_pre",
+        "blocks.2.hook_resid_pre",
+        "blocks.5.hook_resid_pre",
+    ]
     assert list(HookPoints(["a", "b"], "", "")) == ["a", "b"]
     assert list(HookPoints(None, "", "")) == [DEFAULT] == [DEFAULT_HOOK]
 
 
-@pytest.mark.parametrize("hooks, layers, template, message", [
-    (["a"], "1", "blocks.{}.x", "not both"),
-    (None, "1", "blocks.x", "exactly one '{}'"),
-    (None, "3-1", "blocks.{}.x", "runs backwards"),
-    (None, "one", "blocks.{}.x", "expected numbers and ranges"),
-    (["a", "a"], "", "", "given twice"),
-])
+@pytest.mark.parametrize(
+    "hooks, layers, template, message",
+    [
+        (["a"], "1", "blocks.{}.x", "not both"),
+        (None, "1", "blocks.x", "exactly one '{}'"),
+        (None, "3-1", "blocks.{}.x", "runs backwards"),
+        (None, "one", "blocks.{}.x", "expected numbers and ranges"),
+        (["a", "a"], "", "", "given twice"),
+    ],
+)
 def test_bad_hook_lists_are_refused(hooks, layers, template, message):
     with pytest.raises(ValueError, match=message):
         HookPoints(hooks, layers, template)

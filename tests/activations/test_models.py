@@ -27,7 +27,8 @@ def test_minilm_adapter_facts(minilm):
     assert minilm.bos_token_id == minilm.tokenizer.cls_token_id
     assert minilm.sep_token_id == minilm.tokenizer.sep_token_id
     assert {minilm.tokenizer.cls_token_id, minilm.tokenizer.sep_token_id, minilm.tokenizer.pad_token_id} <= set(
-        minilm.special_token_ids)
+        minilm.special_token_ids
+    )
     names = minilm.hook_names()
     assert "blocks.3.hook_resid_pre" in names and "blocks.5.hook_resid_post" in names
 
@@ -102,8 +103,9 @@ def test_causal_model_from_a_local_folder(tmp_path, minilm):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=30522,
-                                    bos_token_id=None, eos_token_id=None)).eval()
+    hf = GPT2LMHeadModel(
+        GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=30522, bos_token_id=None, eos_token_id=None)
+    ).eval()
     hf.save_pretrained(tmp_path)
     minilm.tokenizer.save_pretrained(tmp_path)
     ids = torch.randint(1000, 2000, (2, 10))

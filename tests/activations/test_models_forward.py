@@ -23,7 +23,8 @@ def gpt2_ref(tiny_gpt2_path, ids):
         clean = hf(ids).logits
         h = hf.transformer.h[1].register_forward_pre_hook(
             lambda m, a, kw: ((a[0] * 2, *a[1:]), kw) if a else (a, {**kw, "hidden_states": kw["hidden_states"] * 2}),
-            with_kwargs=True)
+            with_kwargs=True,
+        )
         doubled = hf(ids).logits
         h.remove()
     return clean, doubled
@@ -75,14 +76,16 @@ def test_bad_edits_are_refused(minilm, ids):
             pass
 
 
-@pytest.mark.skipif((transformer_lens_major() or 4) >= 4, reason="HookedTransformer exists in transformer-lens < 4 "
-                    "only (run in .venv-interop)")
+@pytest.mark.skipif(
+    (transformer_lens_major() or 4) >= 4, reason="HookedTransformer exists in transformer-lens < 4 only (run in .venv-interop)"
+)
 def test_hooked_transformer_forward_and_edits():
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformers import AutoTokenizer
 
-    cfg = HookedTransformerConfig(n_layers=2, d_model=64, d_head=16, n_heads=4, d_mlp=256, n_ctx=64, d_vocab=30522,
-                                  act_fn="gelu", model_name="tiny")
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=64, d_head=16, n_heads=4, d_mlp=256, n_ctx=64, d_vocab=30522, act_fn="gelu", model_name="tiny"
+    )
     hooked = HookedTransformer(cfg, tokenizer=AutoTokenizer.from_pretrained(minilm_path()))
     model = load_model(hooked)
     ids = torch.randint(1000, 2000, (2, 10), generator=torch.Generator().manual_seed(0))

@@ -12,10 +12,12 @@ def test_empty_strings_are_not_given_and_bad_fields_are_refused():
     src = TextSource(dataset="", dataset_config="")
     assert src.dataset is None and src.dataset_config is None
     assert src.describe() == TextSource().describe() and src.describe().startswith("embedded")
-    for bad, message in (({"context_len": 1}, "context_len must be an int >= 2, got 1"),
-                         ({"context_len": True}, "context_len must be an int >= 2"),
-                         ({"split": ""}, "split must be a non-empty string"),
-                         ({"text_column": None}, "text_column must be a non-empty string")):
+    for bad, message in (
+        ({"context_len": 1}, "context_len must be an int >= 2, got 1"),
+        ({"context_len": True}, "context_len must be an int >= 2"),
+        ({"split": ""}, "split must be a non-empty string"),
+        ({"text_column": None}, "text_column must be a non-empty string"),
+    ):
         with pytest.raises(ValueError, match=message):
             TextSource(**bad)
 
@@ -41,7 +43,6 @@ def test_open_reads_what_load_text_reads(tmp_path):
 
 
 def test_contexts_are_packed_for_the_model(minilm):
-    src = TextSource(Dataset.from_dict({"text": ["one two three four five six seven eight nine ten"] * 4}),
-                     context_len=8)
+    src = TextSource(Dataset.from_dict({"text": ["one two three four five six seven eight nine ten"] * 4}), context_len=8)
     ctxs = list(src.contexts(minilm))
     assert ctxs and all(c.shape == (8,) and c[0] == minilm.bos_token_id for c in ctxs)

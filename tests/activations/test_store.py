@@ -16,8 +16,9 @@ B, TOTAL = 64, 64 * 60
 
 
 def _stream(model, **kw):
-    args = dict(hook=[H2_POST, H3_PRE], context_len=16, batch_size=B, total_tokens=TOTAL, seed=0,
-                shuffle_contexts=160, progress=False)
+    args = dict(
+        hook=[H2_POST, H3_PRE], context_len=16, batch_size=B, total_tokens=TOTAL, seed=0, shuffle_contexts=160, progress=False
+    )
     args.update(kw)
     return ActivationStream(model, **args)
 
@@ -57,8 +58,9 @@ def test_every_batch_mixes_many_contexts(live):
 
 
 def test_mixing_large_batches(minilm):
-    stream = ActivationStream(minilm, hook=H3_PRE, context_len=16, batch_size=256, total_tokens=1536,
-                              progress=False, shuffle_contexts=96)
+    stream = ActivationStream(
+        minilm, hook=H3_PRE, context_len=16, batch_size=256, total_tokens=1536, progress=False, shuffle_contexts=96
+    )
     for _, ctx in stream.iter_with_contexts():
         assert len(set(ctx.tolist())) >= 64
 
@@ -94,8 +96,7 @@ def test_forward_runs_on_a_background_thread(minilm, monkeypatch):
         threads.add(threading.current_thread().name)
         return real(tokens, hooks)
 
-    stream = ActivationStream(minilm, hook=H3_PRE, context_len=32, batch_size=B, total_tokens=B * 4,
-                              progress=False, prefetch=2)
+    stream = ActivationStream(minilm, hook=H3_PRE, context_len=32, batch_size=B, total_tokens=B * 4, progress=False, prefetch=2)
     monkeypatch.setattr(minilm, "run", spy)
     x = next(iter(stream))
     assert x.shape == (B, 384)
@@ -114,8 +115,17 @@ def test_special_positions_dropped_when_asked(minilm, exclude):
     special = torch.tensor(sorted(minilm.special_token_ids))
     want = int((~torch.isin(tokens, special)).sum()) if exclude else tokens.numel()
     assert want < tokens.numel() or not exclude
-    stream = ActivationStream(minilm, hook=H3_PRE, source=ds, context_len=16, batch_size=8,
-                              total_tokens=10**6, exclude_special_tokens=exclude, progress=False, prefetch=0)
+    stream = ActivationStream(
+        minilm,
+        hook=H3_PRE,
+        source=ds,
+        context_len=16,
+        batch_size=8,
+        total_tokens=10**6,
+        exclude_special_tokens=exclude,
+        progress=False,
+        prefetch=0,
+    )
     with pytest.warns(UserWarning, match="ran out"):
         n = sum(x.shape[0] for x in stream)
     assert stream.stats["tokens"] == want and n == want // 8 * 8
@@ -124,8 +134,15 @@ def test_special_positions_dropped_when_asked(minilm, exclude):
 def test_empty_dataset(minilm):
     with pytest.raises(ValueError, match="empty"):
         ActivationStream(minilm, source=Dataset.from_dict({"text": []}), progress=False)
-    short = ActivationStream(minilm, hook=H3_PRE, source=Dataset.from_dict({"text": ["hi"]}), context_len=64,
-                             batch_size=8, total_tokens=100, progress=False)
+    short = ActivationStream(
+        minilm,
+        hook=H3_PRE,
+        source=Dataset.from_dict({"text": ["hi"]}),
+        context_len=64,
+        batch_size=8,
+        total_tokens=100,
+        progress=False,
+    )
     with pytest.raises(ValueError, match="no context of 64 tokens"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         list(short)

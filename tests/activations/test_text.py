@@ -135,11 +135,14 @@ def test_local_files_hold_out_every_twentieth_document(tmp_path, streaming):
         load_text(str(path), split="validation")
 
 
-@pytest.mark.parametrize("data, offset", [
-    (b"a" * ((1 << 22) - 1) + "\u00e9".encode() + b"\xff\n", (1 << 22) + 1),  # a character across a read block
-    (b"fine line\nna\xefve\n", 12),
-    (b"ends mid-character \xc3", 19),
-])
+@pytest.mark.parametrize(
+    "data, offset",
+    [
+        (b"a" * ((1 << 22) - 1) + "\u00e9".encode() + b"\xff\n", (1 << 22) + 1),  # a character across a read block
+        (b"fine line\nna\xefve\n", 12),
+        (b"ends mid-character \xc3", 19),
+    ],
+)
 def test_a_non_utf8_local_file_is_refused_naming_it_and_the_byte_offset(tmp_path, data, offset):
     path = tmp_path / "corpus.txt"
     path.write_bytes(data)

@@ -23,8 +23,14 @@ def test_every_kernel_compiles_for_sm90_without_spills(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
     out = tmp_path / "aot.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.kernel_model.aot", "--jobs", "2", "--json", str(out)],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.kernel_model.aot", "--jobs", "2", "--json", str(out)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["uncovered"] == []

@@ -35,8 +35,12 @@ def test_shard_mode_refuses_a_family_before_loading_the_model(monkeypatch, tmp_p
 
     monkeypatch.setattr(activations, "load_model", no_model)
     with pytest.raises(ValueError, match="family 'matryoshka' selects otherwise"):
-        run_training(RunConfig(out=str(tmp_path / "run")), {"family": "matryoshka", "k": 4},
-                     TrainConfig(tokens=4096, batch_size=256), DistributedConfig(distributed="shard"))
+        run_training(
+            RunConfig(out=str(tmp_path / "run")),
+            {"family": "matryoshka", "k": 4},
+            TrainConfig(tokens=4096, batch_size=256),
+            DistributedConfig(distributed="shard"),
+        )
 
 
 @pytest.fixture

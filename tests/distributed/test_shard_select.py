@@ -12,8 +12,7 @@ from kernels.batch_select_twin import select_batch
 from kernels.select_twin import select_abs, select_row
 from sae.distributed.shard import select_sharded
 
-RULES = {"row": select_row, "abs": select_abs, "batch": select_batch,
-         "abs-batch": lambda pre, k: _abs_batch(pre, k)}
+RULES = {"row": select_row, "abs": select_abs, "batch": select_batch, "abs-batch": lambda pre, k: _abs_batch(pre, k)}
 
 
 def _abs_batch(pre, k):
@@ -43,21 +42,29 @@ def _worker(rank: int, world: int, port: int, errors) -> None:
         for rule, select in RULES.items():
             ref_pre = pre_full.clone().requires_grad_(True)
             ref = select(ref_pre, k)
-            ref_dense = _dense(kernels.SparseCode(
-                torch.where(ref.values != 0, (ref_pre.gather(1, ref.indices) if rule.startswith("abs")
-                                              else ref_pre.gather(1, ref.indices).relu()), 0.0), ref.indices), n)
+            ref_dense = _dense(
+                kernels.SparseCode(
+                    torch.where(
+                        ref.values != 0,
+                        (ref_pre.gather(1, ref.indices) if rule.startswith("abs") else ref_pre.gather(1, ref.indices).relu()),
+                        0.0,
+                    ),
+                    ref.indices,
+                ),
+                n,
+            )
             (ref_dense * weight).sum().backward()
 
-            pre = pre_full[:, lo:lo + n_r].clone().requires_grad_(True)
+            pre = pre_full[:, lo : lo + n_r].clone().requires_grad_(True)
             local, whole = select_sharded(pre, rule, k, lo, n)
             got = torch.zeros(B, n, dtype=pre.dtype)
-            got[:, lo:lo + n_r] = _dense(local, n_r)
+            got[:, lo : lo + n_r] = _dense(local, n_r)
             (got * weight).sum().backward()
             parts = [torch.empty_like(got) for _ in range(world)]
             dist.all_gather(parts, got.detach())
             assert torch.equal(sum(parts), ref_dense.detach()), rule
             assert torch.equal(_dense(whole, n), ref_dense.detach()), rule
-            assert torch.equal(pre.grad, ref_pre.grad[:, lo:lo + n_r]), rule
+            assert torch.equal(pre.grad, ref_pre.grad[:, lo : lo + n_r]), rule
     except AssertionError as e:
         errors.put(f"rank {rank}: rule {e} differs from the single-process selection")
     finally:
@@ -76,4 +83,3 @@ def test_sharded_selection_equals_single_process():
         p.join(120)
     assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
     assert errors.empty(), errors.get()
-

@@ -27,9 +27,30 @@ pytestmark = pytest.mark.slow
 
 HOOKS = ["blocks.1.hook_resid_pre", "blocks.3.hook_resid_pre"]
 HARVEST, TOKENS, BATCH = 8192, 51_200, 256  # 200 steps
-ARGS = ["--harvest-tokens", str(HARVEST), "--tokens", str(TOKENS), "--batch-size", str(BATCH), "--context-len", "64",
-        "--n-latents", "256", "--k", "8", "--dead-window-tokens", "2048", "--eval-tokens", "1024",
-        "--checkpoint-every", "50", "--log-every", "50", "--dist-timeout-s", "60"]
+ARGS = [
+    "--harvest-tokens",
+    str(HARVEST),
+    "--tokens",
+    str(TOKENS),
+    "--batch-size",
+    str(BATCH),
+    "--context-len",
+    "64",
+    "--n-latents",
+    "256",
+    "--k",
+    "8",
+    "--dead-window-tokens",
+    "2048",
+    "--eval-tokens",
+    "1024",
+    "--checkpoint-every",
+    "50",
+    "--log-every",
+    "50",
+    "--dist-timeout-s",
+    "60",
+]
 TOL = 1e-3
 
 
@@ -47,8 +68,9 @@ def acts() -> dict[str, torch.Tensor]:
     """The training vectors every run below harvests: both hooks from one pass."""
     from activations import load_model
 
-    return harvest(RunConfig(text=TextSource(context_len=64)), load_model("minilm"), "train", HARVEST, 0, BATCH,
-                   HookPoints(HOOKS))
+    return harvest(
+        RunConfig(text=TextSource(context_len=64)), load_model("minilm"), "train", HARVEST, 0, BATCH, HookPoints(HOOKS)
+    )
 
 
 _REFERENCES: dict[str, SparseAutoencoder] = {}
@@ -136,10 +158,39 @@ def test_layers_and_one_device_multi_hook_equal_separate_runs(tmp_path, acts, ca
 
 def test_killed_rank_ends_the_job_and_leaves_the_checkpoint_valid_and_the_job_resumes(tmp_path):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "sae",
-           "train", "--tokens", "4000000", "--batch-size", "256", "--context-len", "64", "--n-latents", "256",
-           "--k", "8", "--init-tokens", "512", "--checkpoint-every", "2", "--log-every", "2", "--distributed", "ddp",
-           "--dist-timeout-s", "30", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "sae",
+        "train",
+        "--tokens",
+        "4000000",
+        "--batch-size",
+        "256",
+        "--context-len",
+        "64",
+        "--n-latents",
+        "256",
+        "--k",
+        "8",
+        "--init-tokens",
+        "512",
+        "--checkpoint-every",
+        "2",
+        "--log-every",
+        "2",
+        "--distributed",
+        "ddp",
+        "--dist-timeout-s",
+        "30",
+        "--out",
+        str(out),
+    ]
     ckpt = out / "checkpoints" / "latest.pt"
     proc = _launch(cmd, tmp_path / "stderr.txt")
     try:

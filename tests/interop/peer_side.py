@@ -64,7 +64,8 @@ def build_theirs(root: Path, x: torch.Tensor) -> dict[str, torch.Tensor]:
         "gated": lambda: GatedSAE(GatedSAEConfig(d_in=D, d_sae=N)),
         "batchtopk": lambda: BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=D, d_sae=N, k=K)),
         "matryoshka": lambda: MatryoshkaBatchTopKTrainingSAE(
-            MatryoshkaBatchTopKTrainingSAEConfig(d_in=D, d_sae=N, k=K, matryoshka_widths=[16, 48, N])),
+            MatryoshkaBatchTopKTrainingSAEConfig(d_in=D, d_sae=N, k=K, matryoshka_widths=[16, 48, N])
+        ),
         "layer_norm_topk": lambda: TopKSAE(TopKSAEConfig(d_in=D, d_sae=N, k=K, normalize_activations="layer_norm")),
     }
     out = {}

@@ -21,8 +21,17 @@ from sae import SAEConfig, SparseAutoencoder, load_all, load_pretrained
 D, N, K = 24, 96, 6
 REPO = Path(__file__).resolve().parents[2]
 PEER_SCRIPT = Path(__file__).with_name("peer_side.py")
-THEIRS = ["standard", "standard_no_b_dec", "topk", "topk_rescaled", "jumprelu", "gated", "batchtopk", "matryoshka",
-          "layer_norm_topk"]
+THEIRS = [
+    "standard",
+    "standard_no_b_dec",
+    "topk",
+    "topk_rescaled",
+    "jumprelu",
+    "gated",
+    "batchtopk",
+    "matryoshka",
+    "layer_norm_topk",
+]
 
 
 def interop_python() -> Path | None:
@@ -53,8 +62,9 @@ def _ours() -> dict[str, tuple[SparseAutoencoder, str]]:
     }
     out = {}
     for name, (kw, layout) in specs.items():
-        sae = SparseAutoencoder(SAEConfig(d_in=D, n_latents=N, hook_name="blocks.2.hook_resid_pre",
-                                          **{"normalize": "none", **kw}), seed=len(out))
+        sae = SparseAutoencoder(
+            SAEConfig(d_in=D, n_latents=N, hook_name="blocks.2.hook_resid_pre", **{"normalize": "none", **kw}), seed=len(out)
+        )
         with torch.no_grad():
             for p in sae.parameters():
                 p.add_(torch.randn(p.shape, generator=g) * 0.1)
@@ -72,8 +82,10 @@ def _ours() -> dict[str, tuple[SparseAutoencoder, str]]:
 def work(tmp_path_factory):
     python = interop_python()
     if python is None:
-        why = ("no interop environment: run `make test` (it builds .venv-interop) or set SAEKIT_INTEROP_PYTHON to a "
-               "python with sae-lens and eai-sparsify")
+        why = (
+            "no interop environment: run `make test` (it builds .venv-interop) or set SAEKIT_INTEROP_PYTHON to a "
+            "python with sae-lens and eai-sparsify"
+        )
         if os.environ.get("SAEKIT_REQUIRE_INTEROP") == "1":
             pytest.fail(why)
         pytest.skip(why)
@@ -84,14 +96,19 @@ def work(tmp_path_factory):
     for name, (sae, layout) in ours.items():
         sae.save(root / "ours" / name, format=layout)
     (root / "ours" / "manifest.json").write_text(
-        json.dumps({n: "sparsify" if layout == "sparsify" else "saelens" for n, (_, layout) in ours.items()}))
+        json.dumps({n: "sparsify" if layout == "sparsify" else "saelens" for n, (_, layout) in ours.items()})
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the peers never see saekit
-    done = subprocess.run([str(python), str(PEER_SCRIPT), str(root)], capture_output=True, text=True, env=env,
-                          timeout=900)
+    done = subprocess.run([str(python), str(PEER_SCRIPT), str(root)], capture_output=True, text=True, env=env, timeout=900)
     if done.returncode != 0:
         pytest.fail(f"peer_side.py failed ({python}):\n{done.stderr[-4000:]}")
-    return {"root": root, "x": x, "ours": ours, "theirs": load_file(root / "theirs.safetensors"),
-            "ours_in_theirs": load_file(root / "ours_in_theirs.safetensors")}
+    return {
+        "root": root,
+        "x": x,
+        "ours": ours,
+        "theirs": load_file(root / "theirs.safetensors"),
+        "ours_in_theirs": load_file(root / "ours_in_theirs.safetensors"),
+    }
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -138,8 +155,12 @@ def test_saelens_registry_yaml_resolves(work, monkeypatch):
     import sae.pretrained.registry as registry
 
     python = interop_python()
-    where = subprocess.run([str(python), "-c", "import importlib.util as u; print(u.find_spec('sae_lens').origin)"],
-                           capture_output=True, text=True, check=True).stdout.strip()
+    where = subprocess.run(
+        [str(python), "-c", "import importlib.util as u; print(u.find_spec('sae_lens').origin)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     monkeypatch.setattr(registry, "saelens_yaml_path", lambda: Path(where).with_name("pretrained_saes.yaml"))
     registry.saelens_releases.cache_clear()
     try:
@@ -152,8 +173,10 @@ def test_saelens_registry_yaml_resolves(work, monkeypatch):
         assert releases["gemma-scope-2b-pt-res-canonical"].format == "gemma-scope"
         assert any(r.format == "gemma-scope-2" for r in readable)
         assert releases["llama_scope_lxr_8x"].norm_scaling_factor["l0r_8x"] > 0
-        print(f"SAELens registry: {len(releases)} releases, {len(readable)} in formats we read, "
-              f"{sum(len(r.saes) for r in readable)} dictionaries")
+        print(
+            f"SAELens registry: {len(releases)} releases, {len(readable)} in formats we read, "
+            f"{sum(len(r.saes) for r in readable)} dictionaries"
+        )
     finally:
         registry.saelens_releases.cache_clear()
 

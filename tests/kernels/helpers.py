@@ -35,8 +35,7 @@ def check_topk_valid(pre: torch.Tensor, code, k: int, by_abs: bool) -> None:
 
 def encoder_case(B: int, d: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x, W_enc, b_enc, b_pre) of a small encoder test, W_enc scaled so pre-activations are of order one."""
-    return (rand(B, d, seed=40), rand(d, n, seed=41, scale=d**-0.5), rand(n, seed=42, scale=0.1),
-            rand(d, seed=43, scale=0.3))
+    return (rand(B, d, seed=40), rand(d, n, seed=41, scale=d**-0.5), rand(n, seed=42, scale=0.1), rand(d, seed=43, scale=0.3))
 
 
 def spy(monkeypatch, module, name: str) -> list:

@@ -10,7 +10,7 @@ import kernels
 from kernels import SparseCode, decode_triton
 from kernels.decode_twin import decode_twin
 
-FLOOR = {torch.float32: 1e-6, torch.bfloat16: 2 ** -7}
+FLOOR = {torch.float32: 1e-6, torch.bfloat16: 2**-7}
 
 
 def _code(B, n, w, dtype, seed, pad_rows=True, dup=False):
@@ -20,7 +20,7 @@ def _code(B, n, w, dtype, seed, pad_rows=True, dup=False):
         idx[:, -1] = idx[:, 0]
     vals = rand(B, w, dtype=dtype, seed=seed + 1)
     if pad_rows and B > 1:
-        vals[1, w // 2:] = 0  # a padded row
+        vals[1, w // 2 :] = 0  # a padded row
     return SparseCode(vals, idx)
 
 

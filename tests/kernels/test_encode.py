@@ -21,8 +21,7 @@ def _inputs(B, d, n, dtype, seed):
 def _run(x0, W0, b0, rule, k, dead, k_aux, R, Ra, with_b=True):
     x, W = x0.clone().requires_grad_(), W0.clone().requires_grad_()
     b = b0.clone().requires_grad_() if with_b else None
-    enc = kernels.encode(x, W, b, rule, k=k, threshold=0.5 if rule == "threshold" else None, dead=dead,
-                         k_aux=k_aux)
+    enc = kernels.encode(x, W, b, rule, k=k, threshold=0.5 if rule == "threshold" else None, dead=dead, k_aux=k_aux)
     loss = (enc.code.values.double() * R[:, : enc.code.values.shape[1]]).sum()
     if enc.aux is not None:
         loss = loss + (enc.aux.values.double() * Ra[:, : enc.aux.values.shape[1]]).sum()

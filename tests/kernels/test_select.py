@@ -90,8 +90,10 @@ def test_batch_ties_and_few_positives(tri):
     pre = torch.randint(-2, 3, (11, 40), generator=torch.Generator().manual_seed(6)).float()
     code = select_batch(pre, 4)
     assert int(code.l0().sum()) == 44
-    assert torch.equal(code.values[code.values != 0].sort().values, S.select_batch(pre, 4).values.flatten()
-                       [S.select_batch(pre, 4).values.flatten() != 0].sort().values)
+    assert torch.equal(
+        code.values[code.values != 0].sort().values,
+        S.select_batch(pre, 4).values.flatten()[S.select_batch(pre, 4).values.flatten() != 0].sort().values,
+    )
     few = -rand(6, 50, seed=7).abs()
     few[2, 3] = 0.5
     code = select_batch(few, 5)

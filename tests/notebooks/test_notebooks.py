@@ -21,16 +21,23 @@ def _builder():
 
 def test_each_notebook_is_its_script_and_carries_no_outputs():
     build = _builder()
-    assert [p.stem for p in NOTEBOOKS] == [s.stem for s in build.SCRIPTS] == [
-        "01_train", "02_load_pretrained", "03_explore_features"]
+    assert (
+        [p.stem for p in NOTEBOOKS]
+        == [s.stem for s in build.SCRIPTS]
+        == ["01_train", "02_load_pretrained", "03_explore_features"]
+    )
     for path, script in zip(NOTEBOOKS, build.SCRIPTS, strict=True):
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)
         want = build.notebook(script)
         assert [(c.cell_type, c.source) for c in nb.cells] == [(c.cell_type, c.source) for c in want.cells], (
-            f"{path.name} differs from {script.name}: run python notebooks/build.py")
-        outputs = sum(len(nbformat.writes(nbformat.v4.new_notebook(cells=[c]))) - 200
-                      for c in nb.cells if c.cell_type == "code" and c.outputs)
+            f"{path.name} differs from {script.name}: run python notebooks/build.py"
+        )
+        outputs = sum(
+            len(nbformat.writes(nbformat.v4.new_notebook(cells=[c]))) - 200
+            for c in nb.cells
+            if c.cell_type == "code" and c.outputs
+        )
         assert outputs <= MAX_OUTPUT_BYTES, f"{path.name} is saved with {outputs} bytes of outputs"
 
 
@@ -45,8 +52,13 @@ def test_notebooks_execute_top_to_bottom(tmp_path):
         errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
         assert not errors, f"{path.name}: {errors[0]['ename']}: {errors[0]['evalue']}"
         if path.stem == "03_explore_features":
-            html = [o["data"]["text/html"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
-                    if o.output_type == "execute_result" and "text/html" in o.get("data", {})]
+            html = [
+                o["data"]["text/html"]
+                for c in nb.cells
+                if c.cell_type == "code"
+                for o in c.outputs
+                if o.output_type == "execute_result" and "text/html" in o.get("data", {})
+            ]
             assert len(html) == 3 and all("saek" in h for h in html)
     assert (tmp_path / "runs/notebook/browser/index.html").exists()
     assert (tmp_path / "runs/notebook/feature_stats.safetensors").exists()

@@ -30,8 +30,23 @@ def test_every_config_field_is_an_option():
 
 def test_options_parse_to_typed_config_values():
     args = build_parser().parse_args(
-        ["train", "--k", "16", "--n-latents", "512", "--lr", "1e-3", "--betas", "0.9", "0.99", "--resume",
-         "--options", '{"m": 3}', "--dataset", "corpus.txt"]
+        [
+            "train",
+            "--k",
+            "16",
+            "--n-latents",
+            "512",
+            "--lr",
+            "1e-3",
+            "--betas",
+            "0.9",
+            "0.99",
+            "--resume",
+            "--options",
+            '{"m": 3}',
+            "--dataset",
+            "corpus.txt",
+        ]
     )
     assert dataclass_kwargs(args, SAEConfig) == {"k": 16, "n_latents": 512, "options": {"m": 3}}
     assert dataclass_kwargs(args, TrainConfig) == {"lr": 1e-3, "betas": (0.9, 0.99)}

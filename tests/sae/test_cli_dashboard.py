@@ -21,15 +21,30 @@ def saved(tmp_path_factory):
     lm.model.save_pretrained(root / "model")
     lm.tokenizer.save_pretrained(root / "model")
     (root / "docs.txt").write_text("\n".join(corpus(200)))
-    sae = SparseAutoencoder(SAEConfig(d_in=32, n_latents=96, k=4, hook_name="blocks.1.hook_resid_pre",
-                                      model_name=str(root / "model")), seed=0)
+    sae = SparseAutoencoder(
+        SAEConfig(d_in=32, n_latents=96, k=4, hook_name="blocks.1.hook_resid_pre", model_name=str(root / "model")), seed=0
+    )
     sae.save(root / "sae")
     return root
 
 
 def test_dashboard_writes_stats_and_browser(saved, capsys):
-    argv = ["dashboard", str(saved / "sae"), "--out", str(saved / "browser"), "--tokens", "512",
-            "--dataset", str(saved / "docs.txt"), "--context-len", "32", "--top-n", "3", "--quantiles", "2"]
+    argv = [
+        "dashboard",
+        str(saved / "sae"),
+        "--out",
+        str(saved / "browser"),
+        "--tokens",
+        "512",
+        "--dataset",
+        str(saved / "docs.txt"),
+        "--context-len",
+        "32",
+        "--top-n",
+        "3",
+        "--quantiles",
+        "2",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert f"feature browser: {(saved / 'browser' / 'index.html').resolve()}" in out
@@ -70,8 +85,17 @@ def test_dashboard_reads_a_text_column_of_local_files_and_a_hub_dataset_config(s
         return datasets.Dataset.from_dict({"body": corpus(200, seed=1)})
 
     monkeypatch.setattr(datasets, "load_dataset", hub)
-    argv = ["dashboard", str(saved / "sae"), "--out", str(saved / "browser-hub"), *common,
-            "--dataset", "someone/tiny-corpus", "--text-column", "body"]
+    argv = [
+        "dashboard",
+        str(saved / "sae"),
+        "--out",
+        str(saved / "browser-hub"),
+        *common,
+        "--dataset",
+        "someone/tiny-corpus",
+        "--text-column",
+        "body",
+    ]
     assert main(argv) == 2 and "Config name is missing" in capsys.readouterr().err
     assert main([*argv, "--dataset-config", "tiny-config"]) == 0
     assert asked[-1] == ("someone/tiny-corpus", "tiny-config", "train")

@@ -21,9 +21,33 @@ def run_dir(tiny_gpt2_path, tmp_path_factory):
     corpus = tmp / "corpus.jsonl"
     corpus.write_text("\n".join(json.dumps({"text": t}) for t in list(topics.topics.values())[:200]) + "\n")
     out = tmp / "run"
-    argv = ["train", "--model", tiny_gpt2_path, "--hook", HOOK, "--dataset", str(corpus), "--context-len", "32",
-            "--tokens", "4096", "--batch-size", "1024", "--n-latents", "128", "--k", "4", "--eval-tokens", "200",
-            "--pca-tokens", "1024", "--harvest-tokens", "4096", "--out", str(out)]
+    argv = [
+        "train",
+        "--model",
+        tiny_gpt2_path,
+        "--hook",
+        HOOK,
+        "--dataset",
+        str(corpus),
+        "--context-len",
+        "32",
+        "--tokens",
+        "4096",
+        "--batch-size",
+        "1024",
+        "--n-latents",
+        "128",
+        "--k",
+        "4",
+        "--eval-tokens",
+        "200",
+        "--pca-tokens",
+        "1024",
+        "--harvest-tokens",
+        "4096",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     return out
 
@@ -49,13 +73,28 @@ def test_a_disagreeing_model_or_hook_is_refused_unless_forced(run_dir, capsys):
     err = capsys.readouterr().err
     assert "--hook 'blocks.0.hook_resid_pre' disagrees with the dictionary's recorded hook 'blocks.1.hook_resid_pre'" in err
     assert "--force" in err
-    assert main(["eval", str(run_dir), "--hook", "blocks.0.hook_resid_pre", "--force", "--no-splice", "--no-probe",
-                 "--eval-tokens", "128"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(run_dir),
+                "--hook",
+                "blocks.0.hook_resid_pre",
+                "--force",
+                "--no-splice",
+                "--no-probe",
+                "--eval-tokens",
+                "128",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["eval_hook"] == "blocks.0.hook_resid_pre"
 
 
 def test_a_disagreeing_model_is_refused_before_loading_it(tmp_path, capsys):
-    SparseAutoencoder(SAEConfig(d_in=384, n_latents=64, k=4, hook_name="blocks.3.hook_resid_pre",
-                                model_name="minilm")).save(tmp_path)
+    SparseAutoencoder(SAEConfig(d_in=384, n_latents=64, k=4, hook_name="blocks.3.hook_resid_pre", model_name="minilm")).save(
+        tmp_path
+    )
     assert main(["eval", str(tmp_path), "--model", "no-such/model"]) == 2
     assert "--model 'no-such/model' disagrees with the dictionary's recorded model 'minilm'" in capsys.readouterr().err

@@ -77,8 +77,7 @@ def test_families_without_k_accept_the_default_and_refuse_an_explicit_one():
         SAEConfig(d_in=32, n_latents=128, family="topafa", k=32)
 
 
-@pytest.mark.parametrize("field, value", [("d_in", "32"), ("n_latents", 12.5), ("k", True), ("options", [1]),
-                                          ("family", 3)])
+@pytest.mark.parametrize("field, value", [("d_in", "32"), ("n_latents", 12.5), ("k", True), ("options", [1]), ("family", 3)])
 def test_a_field_of_the_wrong_type_is_a_value_error_naming_it(field, value):
     kw = {"d_in": 32, "n_latents": 128, field: value}
     with pytest.raises(ValueError, match=rf"SAEConfig\.{field} must be"):

@@ -49,9 +49,33 @@ def _corpus(path, n_docs=400):
 def test_train_from_local_jsonl_through_a_cache(tmp_path, capsys, model_loads):
     corpus = _corpus(tmp_path / "corpus.jsonl")
     out, cache = tmp_path / "run", tmp_path / "cache"
-    argv = ["train", "--dataset", str(corpus), "--text-column", "body", "--cache-dir", str(cache),
-            "--context-len", "64", "--tokens", "8192", "--batch-size", "1024", "--n-latents", "256", "--k", "8",
-            "--eval-tokens", "1024", "--pca-tokens", "2048", "--checkpoint-every", "4", "--out", str(out)]
+    argv = [
+        "train",
+        "--dataset",
+        str(corpus),
+        "--text-column",
+        "body",
+        "--cache-dir",
+        str(cache),
+        "--context-len",
+        "64",
+        "--tokens",
+        "8192",
+        "--batch-size",
+        "1024",
+        "--n-latents",
+        "256",
+        "--k",
+        "8",
+        "--eval-tokens",
+        "1024",
+        "--pca-tokens",
+        "2048",
+        "--checkpoint-every",
+        "4",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"fvu", "l0", "dead_fraction", "pca_fvu"} <= set(metrics) and 0 < metrics["l0"] <= 8
@@ -80,13 +104,28 @@ def test_hub_dataset_without_a_test_split_fails_before_training(tmp_path, monkey
 
     def fake(path, name=None, split=None, streaming=False, **kw):
         if split != "train":
-            raise ValueError(f'Unknown split "{split}". Should be one of [\'train\'].')
+            raise ValueError(f"Unknown split \"{split}\". Should be one of ['train'].")
         return datasets.Dataset.from_dict({"text": ["some words of text"] * 200})
 
     monkeypatch.setattr(datasets, "load_dataset", fake)
     out = tmp_path / "run"
-    code = main(["train", "--dataset", "someone/train-only", "--tokens", "4096", "--batch-size", "1024",
-                 "--n-latents", "64", "--k", "4", "--out", str(out)])
+    code = main(
+        [
+            "train",
+            "--dataset",
+            "someone/train-only",
+            "--tokens",
+            "4096",
+            "--batch-size",
+            "1024",
+            "--n-latents",
+            "64",
+            "--k",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "'someone/train-only' has no usable 'test' split" in err and 'Unknown split "test"' in err
@@ -97,8 +136,23 @@ def test_a_local_corpus_with_no_held_out_text_fails_before_training(tmp_path, ca
     corpus = tmp_path / "one.txt"
     corpus.write_text("a single long document of plain words " * 400 + "\n")  # line 0: train; no test line
     out = tmp_path / "run"
-    code = main(["train", "--dataset", str(corpus), "--tokens", "4096", "--batch-size", "1024", "--n-latents", "64",
-                 "--k", "4", "--out", str(out)])
+    code = main(
+        [
+            "train",
+            "--dataset",
+            str(corpus),
+            "--tokens",
+            "4096",
+            "--batch-size",
+            "1024",
+            "--n-latents",
+            "64",
+            "--k",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "has no usable 'test' split" in err and "yields no context" in err
     assert not out.exists()
@@ -107,15 +161,18 @@ def test_a_local_corpus_with_no_held_out_text_fails_before_training(tmp_path, ca
 _SMALL = ["--tokens", "4096", "--batch-size", "1024", "--n-latents", "64"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--k", "0"], "k=0 out of range"),
-    (["--family", "topk", "--options", '{"m": 3}'], "unknown options ['m']"),
-    (["--family", "topafa", "--k", "8"], "family 'topafa' chooses k per token"),
-    (["--device", "cuda"], "no CUDA GPU is available"),
-    (["--device", "tpu9"], "device 'tpu9'"),
-    (["--context-len", "1"], "context_len must be an int >= 2"),
-    (["--resume", "--overwrite"], "give one of them"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--k", "0"], "k=0 out of range"),
+        (["--family", "topk", "--options", '{"m": 3}'], "unknown options ['m']"),
+        (["--family", "topafa", "--k", "8"], "family 'topafa' chooses k per token"),
+        (["--device", "cuda"], "no CUDA GPU is available"),
+        (["--device", "tpu9"], "device 'tpu9'"),
+        (["--context-len", "1"], "context_len must be an int >= 2"),
+        (["--resume", "--overwrite"], "give one of them"),
+    ],
+)
 def test_bad_options_fail_in_one_line_before_the_model_loads(tmp_path, capsys, no_model, args, message):
     if args == ["--device", "cuda"] and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

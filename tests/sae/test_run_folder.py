@@ -18,8 +18,11 @@ def _finished_run(path):
 
 def test_a_folder_holding_a_run_is_refused_without_resume_or_overwrite(tmp_path):
     out = _finished_run(tmp_path / "run")
-    with pytest.raises(RunFolderError, match=r"not empty \(it holds cfg.json, checkpoints, log.jsonl, metrics.json\)"
-                                             r": pass --resume .* --overwrite"):
+    with pytest.raises(
+        RunFolderError,
+        match=r"not empty \(it holds cfg.json, checkpoints, log.jsonl, metrics.json\)"
+        r": pass --resume .* --overwrite",
+    ):
         with run_folder(out):
             pass
     assert (out / "metrics.json").read_text() == "metrics.json" and not (out / LOCK_FILE).exists()

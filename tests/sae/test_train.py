@@ -12,8 +12,9 @@ from .conftest import sparse_data
 
 
 def _cfg(**kw):
-    base = dict(tokens=512 * 30, batch_size=512, checkpoint_every=5, log_every=5, dead_window_tokens=2048,
-                init_tokens=1024, seed=3)
+    base = dict(
+        tokens=512 * 30, batch_size=512, checkpoint_every=5, log_every=5, dead_window_tokens=2048, init_tokens=1024, seed=3
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -130,8 +131,12 @@ def test_resume_with_a_changed_training_config_names_each_field_and_both_values(
     with pytest.raises(ValueError, match="cannot resume") as err:
         train(_sae(), TensorBatches(acts, 256, seed=0), changed, out_dir=tmp_path, resume=True)
     msg = str(err.value)
-    for line in ("training seed: checkpoint 3, this run 4", "training lr: checkpoint None, this run 0.001",
-                 "training batch_size: checkpoint 512, this run 256", "training tokens: checkpoint 2560, this run 5120"):
+    for line in (
+        "training seed: checkpoint 3, this run 4",
+        "training lr: checkpoint None, this run 0.001",
+        "training batch_size: checkpoint 512, this run 256",
+        "training tokens: checkpoint 2560, this run 5120",
+    ):
         assert line in msg
     assert "log_every" not in msg and "{" not in msg  # the differing fields, not two whole dicts
     with pytest.raises(ValueError, match="dictionary k: checkpoint 4, this run 8"):
@@ -144,8 +149,9 @@ def test_auxk_settings_are_training_settings_on_resume(acts, tmp_path):
     never as a different dictionary."""
     train(_sae(), TensorBatches(acts, 512, seed=0), _cfg(tokens=512 * 5), out_dir=tmp_path)
     with pytest.raises(ValueError, match="cannot resume") as err:
-        train(_sae(), TensorBatches(acts, 512, seed=0), _cfg(tokens=512 * 5, k_aux=128, aux_coef=0.5),
-              out_dir=tmp_path, resume=True)
+        train(
+            _sae(), TensorBatches(acts, 512, seed=0), _cfg(tokens=512 * 5, k_aux=128, aux_coef=0.5), out_dir=tmp_path, resume=True
+        )
     msg = str(err.value)
     assert "training k_aux: checkpoint 256, this run 128" in msg and "training aux_coef: checkpoint 0.03125, this run 0.5" in msg
     assert "dictionary" not in msg

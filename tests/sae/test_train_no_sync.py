@@ -41,6 +41,7 @@ def test_train_step_reads_nothing_back(monkeypatch, family, reads):
                 if len(seen) > 2 * reads:
                     raise AssertionError(f"Tensor.{name} inside the training step: a host sync on a GPU")
             return real(self, *a, **kw)
+
         return read
 
     with monkeypatch.context() as m:

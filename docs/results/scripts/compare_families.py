@@ -64,10 +64,26 @@ def family_runs(k: int, steps: int) -> list[tuple[str, str, dict]]:
 
 def harvest(tokens: int, eval_tokens: int, cache: Path, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     model = load_model("minilm")
-    train_stream = ActivationStream(model, hook=HOOK, split="train", total_tokens=tokens, batch_size=4096,
-                                    seed=seed, cache_dir=cache / f"train_{tokens}", progress=False)
-    test_stream = ActivationStream(model, hook=HOOK, split="test", total_tokens=eval_tokens, batch_size=4096,
-                                   seed=seed, cache_dir=cache / f"test_{eval_tokens}", progress=False)
+    train_stream = ActivationStream(
+        model,
+        hook=HOOK,
+        split="train",
+        total_tokens=tokens,
+        batch_size=4096,
+        seed=seed,
+        cache_dir=cache / f"train_{tokens}",
+        progress=False,
+    )
+    test_stream = ActivationStream(
+        model,
+        hook=HOOK,
+        split="test",
+        total_tokens=eval_tokens,
+        batch_size=4096,
+        seed=seed,
+        cache_dir=cache / f"test_{eval_tokens}",
+        progress=False,
+    )
     return torch.cat(list(train_stream)), torch.cat(list(test_stream))
 
 
@@ -94,11 +110,17 @@ def fvu_at(sae: SparseAutoencoder, x: torch.Tensor, k: int) -> tuple[float, floa
 def run_one(label, family, kw, train_x, test_x, args) -> tuple[dict, SparseAutoencoder]:
     kw = dict(kw)
     seed = kw.pop("seed", args.seed)
-    cfg = SAEConfig(d_in=train_x.shape[1], n_latents=args.n_latents, family=family, hook_name=HOOK,
-                    model_name="minilm", **kw)
+    cfg = SAEConfig(d_in=train_x.shape[1], n_latents=args.n_latents, family=family, hook_name=HOOK, model_name="minilm", **kw)
     sae = SparseAutoencoder(cfg, seed=seed)
-    tcfg = TrainConfig(tokens=args.tokens_per_family, batch_size=args.batch_size, seed=seed, lr=args.lr,
-                       dead_window_tokens=args.dead_window, checkpoint_every=10**9, log_every=10**9)
+    tcfg = TrainConfig(
+        tokens=args.tokens_per_family,
+        batch_size=args.batch_size,
+        seed=seed,
+        lr=args.lr,
+        dead_window_tokens=args.dead_window,
+        checkpoint_every=10**9,
+        log_every=10**9,
+    )
     data = TensorBatches(train_x, args.batch_size, seed=seed)
     with contextlib.redirect_stderr(io.StringIO()):  # no progress bars in the study's log
         result = train(sae, data, tcfg, out_dir=None)
@@ -136,8 +158,7 @@ def run_one(label, family, kw, train_x, test_x, args) -> tuple[dict, SparseAutoe
             sae.eval()
             code = sae.encode(test_x[:4096])
             x_n = test_x[:4096]
-            row["prefix_fvu"] = {m: v.item() for m, v in zip(sae.family.prefixes,
-                                                           sae.family.prefix_losses(sae, x_n, code))}
+            row["prefix_fvu"] = {m: v.item() for m, v in zip(sae.family.prefixes, sae.family.prefix_losses(sae, x_n, code))}
     if family == "topafa":
         from sae.families.topafa import afa_diagnostic
 
@@ -151,12 +172,16 @@ def run_one(label, family, kw, train_x, test_x, args) -> tuple[dict, SparseAutoe
 def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "families.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = ["| family | FVU | L0 | FVU, batch rule at L0 = k | dead (train) | dead (eval) | tokens/s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| family | FVU | L0 | FVU, batch rule at L0 = k | dead (train) | dead (eval) | tokens/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         at_k = f"{r['fvu_batch_rule']:.4f} (L0 {r['l0_batch_rule']:.1f})" if "fvu_batch_rule" in r else ""
-        lines.append(f"| {r['family']} | {r['fvu']:.4f} | {r['l0']:.1f} | {at_k} | {r['dead_fraction']:.3f} | "
-                     f"{r['eval_dead_fraction']:.3f} | {r['tokens_per_s']:.0f} |")
+        lines.append(
+            f"| {r['family']} | {r['fvu']:.4f} | {r['l0']:.1f} | {at_k} | {r['dead_fraction']:.3f} | "
+            f"{r['eval_dead_fraction']:.3f} | {r['tokens_per_s']:.0f} |"
+        )
     (out / "families_table.md").write_text("\n".join(lines) + "\n")
     try:
         import plotly.graph_objects as go
@@ -169,26 +194,68 @@ def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
     main_rows = [r for r in rows if not r["family"].startswith("topk_")]
     palette = qualitative.Plotly + qualitative.D3  # more colours than families: no two share one
     color = {r["family"]: palette[i % len(palette)] for i, r in enumerate(main_rows)}
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.16,
-                        subplot_titles=("FVU against L0 (held-out)", f"FVU at L0 = {meta['k']} (batch rule where it applies)"))
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        column_widths=[0.6, 0.4],
+        horizontal_spacing=0.16,
+        subplot_titles=("FVU against L0 (held-out)", f"FVU at L0 = {meta['k']} (batch rule where it applies)"),
+    )
     ref = sorted((r for r in rows if r["family"] in ("topk", "topk_k8", "topk_k16")), key=lambda r: r["l0"])
-    fig.add_trace(go.Scatter(x=[r["l0"] for r in ref], y=[r["fvu"] for r in ref], mode="lines+markers",
-                             name="TopK, one dictionary per k", line={"dash": "dot", "color": "black"},
-                             marker={"color": "black"}), row=1, col=1)
+    fig.add_trace(
+        go.Scatter(
+            x=[r["l0"] for r in ref],
+            y=[r["fvu"] for r in ref],
+            mode="lines+markers",
+            name="TopK, one dictionary per k",
+            line={"dash": "dot", "color": "black"},
+            marker={"color": "black"},
+        ),
+        row=1,
+        col=1,
+    )
     for r in main_rows:
         c = color[r["family"]]
         if "curve" in r:
-            fig.add_trace(go.Scatter(x=[p["l0"] for p in r["curve"]], y=[p["fvu"] for p in r["curve"]],
-                                     mode="lines+markers", name=f"{r['family']}, one dictionary, k varied",
-                                     line={"color": c}, marker={"color": c}), row=1, col=1)
-        fig.add_trace(go.Scatter(x=[r["l0"]], y=[r["fvu"]], mode="markers", name=r["family"],
-                                 marker={"size": 11, "color": c, "line": {"width": 1, "color": "white"}}),
-                      row=1, col=1)
-    matched = sorted(((r["family"], r.get("fvu_batch_rule", r["fvu"])) for r in main_rows
-                      if r["k"] is not None), key=lambda t: -t[1])
-    fig.add_trace(go.Bar(y=[f for f, _ in matched], x=[v for _, v in matched], orientation="h",
-                         marker={"color": [color[f] for f, _ in matched]}, showlegend=False,
-                         text=[f"{v:.4f}" for _, v in matched], textposition="outside"), row=1, col=2)
+            fig.add_trace(
+                go.Scatter(
+                    x=[p["l0"] for p in r["curve"]],
+                    y=[p["fvu"] for p in r["curve"]],
+                    mode="lines+markers",
+                    name=f"{r['family']}, one dictionary, k varied",
+                    line={"color": c},
+                    marker={"color": c},
+                ),
+                row=1,
+                col=1,
+            )
+        fig.add_trace(
+            go.Scatter(
+                x=[r["l0"]],
+                y=[r["fvu"]],
+                mode="markers",
+                name=r["family"],
+                marker={"size": 11, "color": c, "line": {"width": 1, "color": "white"}},
+            ),
+            row=1,
+            col=1,
+        )
+    matched = sorted(
+        ((r["family"], r.get("fvu_batch_rule", r["fvu"])) for r in main_rows if r["k"] is not None), key=lambda t: -t[1]
+    )
+    fig.add_trace(
+        go.Bar(
+            y=[f for f, _ in matched],
+            x=[v for _, v in matched],
+            orientation="h",
+            marker={"color": [color[f] for f, _ in matched]},
+            showlegend=False,
+            text=[f"{v:.4f}" for _, v in matched],
+            textposition="outside",
+        ),
+        row=1,
+        col=2,
+    )
     seeds = [r["fvu"] for r in rows if r["family"] in ("topk", "topk_seed1")]
     if len(seeds) == 2:
         for v in seeds:
@@ -196,11 +263,14 @@ def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
     lo = min(v for _, v in matched)
     fig.update_xaxes(title_text="L0 (mean active latents per token)", type="log", row=1, col=1)
     fig.update_yaxes(title_text="FVU (log)", type="log", row=1, col=1)  # a collapsed run at 1 keeps the rest readable
-    fig.update_xaxes(title_text="FVU (dotted: TopK, two seeds)", range=[lo * 0.9, max(v for _, v in matched) * 1.04],
-                     row=1, col=2)
-    fig.update_layout(title=f"SAE families on MiniLM {HOOK} (n={meta['n_latents']}, "
-                            f"{meta['tokens_per_family']:,} training tokens each)",
-                      template="plotly_white", legend={"orientation": "h", "y": -0.18})
+    fig.update_xaxes(
+        title_text="FVU (dotted: TopK, two seeds)", range=[lo * 0.9, max(v for _, v in matched) * 1.04], row=1, col=2
+    )
+    fig.update_layout(
+        title=f"SAE families on MiniLM {HOOK} (n={meta['n_latents']}, {meta['tokens_per_family']:,} training tokens each)",
+        template="plotly_white",
+        legend={"orientation": "h", "y": -0.18},
+    )
     fig.write_html(out / "families.html", include_plotlyjs="cdn")
     try:  # a static copy for the markdown report (kaleido needs a Chrome/Chromium on the machine)
         fig.write_image(out / "families.png", width=1300, height=720, scale=1)
@@ -257,12 +327,20 @@ def main() -> None:
     p.add_argument("--n-latents", type=int, default=3072)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--dead-window", type=int, default=None,
-                   help="tokens without firing = dead (default: the trainer's rule, TrainConfig.dead_window)")
+    p.add_argument(
+        "--dead-window",
+        type=int,
+        default=None,
+        help="tokens without firing = dead (default: the trainer's rule, TrainConfig.dead_window)",
+    )
     p.add_argument("--lr", type=float, default=None, help="Adam's rate (default: the trainer's rule)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--merge", nargs="+", metavar="DIR", help="merge the rows of several --only runs (each DIR's "
-                   "families.json) into --out and redraw")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="DIR",
+        help="merge the rows of several --only runs (each DIR's families.json) into --out and redraw",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default="runs/families_cache")
     p.add_argument("--out", default="docs/results")
@@ -297,14 +375,24 @@ def main() -> None:
     def save() -> dict:
         """Written after every row, so a crash keeps the rows already trained."""
         meta = {
-            "model": "minilm (embedded all-MiniLM-L6-v2)", "hook": HOOK, "corpus": "embedded default",
-            "d_in": train_x.shape[1], "n_latents": args.n_latents, "k": args.k, "batch_size": args.batch_size,
-            "harvested_train_tokens": train_x.shape[0], "eval_tokens": test_x.shape[0],
+            "model": "minilm (embedded all-MiniLM-L6-v2)",
+            "hook": HOOK,
+            "corpus": "embedded default",
+            "d_in": train_x.shape[1],
+            "n_latents": args.n_latents,
+            "k": args.k,
+            "batch_size": args.batch_size,
+            "harvested_train_tokens": train_x.shape[0],
+            "eval_tokens": test_x.shape[0],
             "tokens_per_family": args.tokens_per_family,
             # None: the trainer's rules (each row records the lr and dead window it trained with)
-            "lr": args.lr, "dead_window_tokens": args.dead_window,
-            "seed": args.seed, "device": "cpu", "threads": torch.get_num_threads(),
-            "harvest_seconds": harvest_s, "total_seconds": time.perf_counter() - t0,
+            "lr": args.lr,
+            "dead_window_tokens": args.dead_window,
+            "seed": args.seed,
+            "device": "cpu",
+            "threads": torch.get_num_threads(),
+            "harvest_seconds": harvest_s,
+            "total_seconds": time.perf_counter() - t0,
         }
         kept = rows
         if old is not None:  # re-run some rows, keep the others
@@ -320,8 +408,11 @@ def main() -> None:
         t = time.perf_counter()
         row, _ = run_one(label, family, kw, train_x, test_x, args)
         rows.append(row)
-        print(f"{label:18s} fvu {row['fvu']:.4f}  l0 {row['l0']:6.1f}  dead {row['dead_fraction']:.3f}  "
-              f"{row['tokens_per_s']:7.0f} tok/s  ({time.perf_counter() - t:.0f}s)", flush=True)
+        print(
+            f"{label:18s} fvu {row['fvu']:.4f}  l0 {row['l0']:6.1f}  dead {row['dead_fraction']:.3f}  "
+            f"{row['tokens_per_s']:7.0f} tok/s  ({time.perf_counter() - t:.0f}s)",
+            flush=True,
+        )
         meta = save()
     print(f"wrote {args.out}/families.json, families_table.md, families.html in {meta['total_seconds']:.0f}s")
 

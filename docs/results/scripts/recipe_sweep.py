@@ -63,8 +63,16 @@ def activations(layer: int, cache: Path) -> tuple[torch.Tensor, torch.Tensor]:
     for split, tokens in (("train", TRAIN_TOKENS), ("test", TEST_TOKENS)):
         folder = cache / f"L{layer}-{split}-{tokens}"
         if not _complete(folder):  # absent, or a harvest that was interrupted: (re)start it, it resumes
-            ActivationStream(load_model("minilm"), hook=hook, split=split, total_tokens=tokens, batch_size=4096,
-                             seed=0, cache_dir=folder, progress=False).harvest()
+            ActivationStream(
+                load_model("minilm"),
+                hook=hook,
+                split=split,
+                total_tokens=tokens,
+                batch_size=4096,
+                seed=0,
+                cache_dir=folder,
+                progress=False,
+            ).harvest()
         out.append(torch.cat(list(ActivationStream.from_cache(folder, batch_size=4096, verify=False))))
     return out[0], out[1]
 
@@ -89,8 +97,10 @@ def parse_knobs(pairs: list[str]) -> dict:
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or name not in (SAE_FIELDS | TRAIN_FIELDS) - POINT_FIELDS:
-            raise SystemExit(f"--set {pair!r}: expected NAME=VALUE with NAME a field of SAEConfig or TrainConfig "
-                             "other than those the point sets (lr, tokens, batch_size, n_latents, d_in, seed)")
+            raise SystemExit(
+                f"--set {pair!r}: expected NAME=VALUE with NAME a field of SAEConfig or TrainConfig "
+                "other than those the point sets (lr, tokens, batch_size, n_latents, d_in, seed)"
+            )
         try:
             knobs[name] = json.loads(value)
         except json.JSONDecodeError:
@@ -98,26 +108,45 @@ def parse_knobs(pairs: list[str]) -> dict:
     return knobs
 
 
-def run_point(layer: int, n: int, steps: int, batch: int, lr: float | None, data, seed: int = 0,
-              knobs: dict | None = None) -> dict:
+def run_point(
+    layer: int, n: int, steps: int, batch: int, lr: float | None, data, seed: int = 0, knobs: dict | None = None
+) -> dict:
     """Train one TopK (k 32) dictionary and score it on the held-out activations; `knobs` override other
     SAEConfig / TrainConfig fields."""
     train_x, test_x = data
     knobs = knobs or {}
-    sae = SparseAutoencoder(SAEConfig(d_in=train_x.shape[1], n_latents=n, k=32,
-                                      **{k: v for k, v in knobs.items() if k in SAE_FIELDS}), seed=seed)
-    tcfg = TrainConfig(tokens=steps * batch, batch_size=batch, lr=lr, seed=seed,
-                       checkpoint_every=10**9, log_every=10**9,
-                       **{k: v for k, v in knobs.items() if k not in SAE_FIELDS})
+    sae = SparseAutoencoder(
+        SAEConfig(d_in=train_x.shape[1], n_latents=n, k=32, **{k: v for k, v in knobs.items() if k in SAE_FIELDS}), seed=seed
+    )
+    tcfg = TrainConfig(
+        tokens=steps * batch,
+        batch_size=batch,
+        lr=lr,
+        seed=seed,
+        checkpoint_every=10**9,
+        log_every=10**9,
+        **{k: v for k, v in knobs.items() if k not in SAE_FIELDS},
+    )
     with contextlib.redirect_stderr(io.StringIO()):
         result = train(sae, TensorBatches(train_x, batch, seed=seed), tcfg)
     sae.fold_input_scale()
     m = reconstruction_metrics(sae, list(test_x.split(4096)))
-    return {"point": point_name(layer, n, steps, batch), "layer": layer, "n_latents": n, "steps": steps,
-            "batch_size": batch, "lr": tcfg.learning_rate(n) if lr is None else lr, "default": lr is None,
-            "fvu": m["fvu"], "l0": m["l0"], "dead_fraction": result.dead_fraction,
-            "eval_dead_fraction": m["eval_dead_fraction"], "seconds": result.seconds,
-            "dead_window": tcfg.dead_window(n, 32), **({"knobs": knobs} if knobs else {})}
+    return {
+        "point": point_name(layer, n, steps, batch),
+        "layer": layer,
+        "n_latents": n,
+        "steps": steps,
+        "batch_size": batch,
+        "lr": tcfg.learning_rate(n) if lr is None else lr,
+        "default": lr is None,
+        "fvu": m["fvu"],
+        "l0": m["l0"],
+        "dead_fraction": result.dead_fraction,
+        "eval_dead_fraction": m["eval_dead_fraction"],
+        "seconds": result.seconds,
+        "dead_window": tcfg.dead_window(n, 32),
+        **({"knobs": knobs} if knobs else {}),
+    }
 
 
 def load_rows(path: Path) -> list[dict]:
@@ -136,9 +165,15 @@ def summary(rows: list[dict]) -> list[dict]:
         row = {"point": name, "best_lr": best["lr"], "best_fvu": best["fvu"], "swept": len(swept)}
         if default:
             d = default[-1]
-            row.update(default_lr=d["lr"], default_fvu=d["fvu"], gap=d["fvu"] / best["fvu"] - 1,
-                       default_dead=d["dead_fraction"], default_silent=round(d["eval_dead_fraction"] * d["n_latents"]),
-                       n_latents=d["n_latents"], default_window=d.get("dead_window"))
+            row.update(
+                default_lr=d["lr"],
+                default_fvu=d["fvu"],
+                gap=d["fvu"] / best["fvu"] - 1,
+                default_dead=d["dead_fraction"],
+                default_silent=round(d["eval_dead_fraction"] * d["n_latents"]),
+                n_latents=d["n_latents"],
+                default_window=d.get("dead_window"),
+            )
         out.append(row)
     return out
 
@@ -154,28 +189,57 @@ def plot(rows: list[dict], out_dir: Path) -> None:
     for i, name in enumerate(names):
         r, c = divmod(i, cols)
         swept = sorted((x for x in rows if x["point"] == name and not x["default"]), key=lambda x: x["lr"])
-        fig.add_trace(go.Scatter(x=[x["lr"] for x in swept], y=[x["fvu"] for x in swept], mode="lines+markers",
-                                 line={"color": "#1f77b4"}, showlegend=i == 0, name="swept lr"), row=r + 1, col=c + 1)
+        fig.add_trace(
+            go.Scatter(
+                x=[x["lr"] for x in swept],
+                y=[x["fvu"] for x in swept],
+                mode="lines+markers",
+                line={"color": "#1f77b4"},
+                showlegend=i == 0,
+                name="swept lr",
+            ),
+            row=r + 1,
+            col=c + 1,
+        )
         for d in (x for x in rows if x["point"] == name and x["default"]):
-            fig.add_trace(go.Scatter(x=[d["lr"]], y=[d["fvu"]], mode="markers", name="default",
-                                     marker={"symbol": "star", "size": 14, "color": "#d62728"},
-                                     showlegend=i == 0), row=r + 1, col=c + 1)
+            fig.add_trace(
+                go.Scatter(
+                    x=[d["lr"]],
+                    y=[d["fvu"]],
+                    mode="markers",
+                    name="default",
+                    marker={"symbol": "star", "size": 14, "color": "#d62728"},
+                    showlegend=i == 0,
+                ),
+                row=r + 1,
+                col=c + 1,
+            )
         fig.update_xaxes(type="log", title_text="lr", row=r + 1, col=c + 1)
         fig.update_yaxes(title_text="held-out FVU", row=r + 1, col=c + 1)
-    fig.update_layout(title="TopK (k = 32) on MiniLM: held-out FVU against Adam's lr (point = layer, n, steps)",
-                      template="plotly_white", height=330 * -(-len(names) // cols), width=1300)
+    fig.update_layout(
+        title="TopK (k = 32) on MiniLM: held-out FVU against Adam's lr (point = layer, n, steps)",
+        template="plotly_white",
+        height=330 * -(-len(names) // cols),
+        width=1300,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     fig.write_html(out_dir / "recipe.html", include_plotlyjs="cdn")
     try:  # kaleido needs a Chrome/Chromium on the machine
         fig.write_image(out_dir / "recipe.png", width=1300, height=330 * -(-len(names) // cols))
     except Exception as e:  # noqa: BLE001 - the PNG is optional
         print(f"no PNG ({type(e).__name__}: {e})")
-    lines = ["| point | best lr | best FVU | default lr | default dead window | default FVU | default vs best | "
-             "dead at the end (default) | silent on held-out (default) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| point | best lr | best FVU | default lr | default dead window | default FVU | default vs best | "
+        "dead at the end (default) | silent on held-out (default) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for s in summary(rows):
-        tail = (f"{s['default_lr']:.2e} | {s['default_window'] or '(a quarter of the run)'} | {s['default_fvu']:.4f} | "
-                f"{s['gap']:+.1%} | {s['default_dead']:.1%} | {s['default_silent']} of {s['n_latents']}" if "gap" in s
-                else " | | | | | ")
+        tail = (
+            f"{s['default_lr']:.2e} | {s['default_window'] or '(a quarter of the run)'} | {s['default_fvu']:.4f} | "
+            f"{s['gap']:+.1%} | {s['default_dead']:.1%} | {s['default_silent']} of {s['n_latents']}"
+            if "gap" in s
+            else " | | | | | "
+        )
         lines.append(f"| {s['point']} | {s['best_lr']:.0e} | {s['best_fvu']:.4f} | {tail} |")
     (out_dir / "recipe_table.md").write_text("\n".join(lines) + "\n")
 
@@ -196,15 +260,30 @@ def plot_windows(rows: list[dict], out_dir: Path) -> None:
         mine = [runs[w] for w in sorted(runs)]
         x = [r["dead_window"] for r in mine]
         color = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")[i % 4]
-        fig.add_trace(go.Scatter(x=x, y=[r["fvu"] for r in mine], mode="lines+markers", name=name,
-                                 line={"color": color}), row=1, col=1)
-        fig.add_trace(go.Scatter(x=x, y=[round(r["eval_dead_fraction"] * r["n_latents"]) for r in mine],
-                                 mode="lines+markers", name=name, showlegend=False, line={"color": color}), row=1, col=2)
+        fig.add_trace(
+            go.Scatter(x=x, y=[r["fvu"] for r in mine], mode="lines+markers", name=name, line={"color": color}), row=1, col=1
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=[round(r["eval_dead_fraction"] * r["n_latents"]) for r in mine],
+                mode="lines+markers",
+                name=name,
+                showlegend=False,
+                line={"color": color},
+            ),
+            row=1,
+            col=2,
+        )
     for c in (1, 2):
         fig.update_xaxes(type="log", title_text="dead window (tokens)", row=1, col=c)
     fig.update_yaxes(type="log", title_text="latents (log)", row=1, col=2)
-    fig.update_layout(title="TopK at lr 4e-3: the dead-latent window (AuxK trains latents silent that long)",
-                      template="plotly_white", height=420, width=1100)
+    fig.update_layout(
+        title="TopK at lr 4e-3: the dead-latent window (AuxK trains latents silent that long)",
+        template="plotly_white",
+        height=420,
+        width=1100,
+    )
     fig.write_html(out_dir / "recipe_window.html", include_plotlyjs="cdn")
 
 
@@ -214,15 +293,25 @@ def main() -> None:
     p.add_argument("--out", default="docs/results/recipe.jsonl", help="one JSON line per trained dictionary")
     p.add_argument("--points", nargs="*", help="only these points (names as in the output)")
     p.add_argument("--lrs", type=float, nargs="*", help="the swept rates (default: a grid per budget)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); 1 lets two "
-                   "sweeps share a 2-core machine")
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch threads (0: torch's default); 1 lets two sweeps share a 2-core machine"
+    )
     p.add_argument("--defaults", action="store_true", help="train each point with the default lr instead")
     p.add_argument("--plot", action="store_true", help="write the figure and table from --out")
-    p.add_argument("--plot-windows", metavar="JSONL", nargs="+", help="write recipe_window.html (the dead-window "
-                   "study) from these files' lines, beside --out")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="override another SAEConfig / TrainConfig field for these runs (repeatable), e.g. "
-                        "--set aux_coef=0.125 --set dead_window_tokens=50000; recorded in each line's 'knobs'")
+    p.add_argument(
+        "--plot-windows",
+        metavar="JSONL",
+        nargs="+",
+        help="write recipe_window.html (the dead-window study) from these files' lines, beside --out",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override another SAEConfig / TrainConfig field for these runs (repeatable), e.g. "
+        "--set aux_coef=0.125 --set dead_window_tokens=50000; recorded in each line's 'knobs'",
+    )
     args = p.parse_args()
     out = Path(args.out)
     if args.threads:
@@ -255,9 +344,12 @@ def main() -> None:
             row = run_point(layer, n, steps, batch, lr, data, knobs=knobs)
             with open(out, "a") as f:
                 f.write(json.dumps(row) + "\n")
-            print(f"{name} lr {row['lr']:.2e}{' (default)' if lr is None else ''}: fvu {row['fvu']:.4f} "
-                  f"dead {row['dead_fraction']:.3f} held-out dead {row['eval_dead_fraction']:.3f} {knobs or ''} "
-                  f"({time.perf_counter() - t:.0f}s)", flush=True)
+            print(
+                f"{name} lr {row['lr']:.2e}{' (default)' if lr is None else ''}: fvu {row['fvu']:.4f} "
+                f"dead {row['dead_fraction']:.3f} held-out dead {row['eval_dead_fraction']:.3f} {knobs or ''} "
+                f"({time.perf_counter() - t:.0f}s)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -19,8 +19,7 @@ HOOK = "blocks.1.hook_resid_pre"
 @pytest.fixture(scope="module")
 def stats(lm, docs):
     sae = SparseAutoencoder(SAEConfig(d_in=32, n_latents=300, k=6, hook_name=HOOK), seed=0)
-    return feature_stats(sae, lm, docs, tokens=2048, context_len=32, split="all", top_n=5, quantiles=4,
-                         progress=False)
+    return feature_stats(sae, lm, docs, tokens=2048, context_len=32, split="all", top_n=5, quantiles=4, progress=False)
 
 
 def test_files_hold_every_latent(stats, tmp_path):
@@ -82,15 +81,22 @@ def test_browser_in_headless_chromium(stats, tmp_path):
         img_id = [i for i, s in stats.token_text.items() if s == HOSTILE[1]][0]
         peaks = stats.peak_tokens()
         shown_tokens = {h: peaks[h] + stats["tokens.top_ids"][h, :3].tolist() for h in range(stats.n_latents)}
-        assert hits == [h for h in (int(x) for x in torch.sort(-stats["count"].double(), stable=True).indices)
-                        if img_id in shown_tokens[h][:6]][:100]
+        assert (
+            hits
+            == [
+                h
+                for h in (int(x) for x in torch.sort(-stats["count"].double(), stable=True).indices)
+                if img_id in shown_tokens[h][:6]
+            ][:100]
+        )
         page.fill("#search", "42")
         page.wait_for_function("document.getElementById('count').textContent.startsWith('1 of')")
         assert rows.nth(0).get_attribute("data-latent") == "42"
         page.fill("#search", "")
         page.select_option("#sort", "max")
-        page.wait_for_function(f"document.querySelector('#latents tbody tr').dataset.latent === "
-                               f"'{int(torch.argmax(stats['max']))}'")
+        page.wait_for_function(
+            f"document.querySelector('#latents tbody tr').dataset.latent === '{int(torch.argmax(stats['max']))}'"
+        )
         colours = distinct_colours(page, png)
         browser.close()
     assert colours > 20, f"screenshot has {colours} colours: blank page?"

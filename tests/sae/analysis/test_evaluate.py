@@ -12,10 +12,12 @@ from sae.analysis.evaluate import held_out_contexts, reconstruction_metrics
 from sae.config import SAEConfig
 from sae.model import SparseAutoencoder
 
-TEXTS = ["The quick brown fox jumps over the lazy dog near the river bank today.",
-         "Sparse autoencoders split a model's activations into many directions that fire rarely.",
-         "Each context is packed from consecutive documents without any padding at all.",
-         "A dictionary is judged by what happens to the model when it replaces the activations."] * 3
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog near the river bank today.",
+    "Sparse autoencoders split a model's activations into many directions that fire rarely.",
+    "Each context is packed from consecutive documents without any padding at all.",
+    "A dictionary is judged by what happens to the model when it replaces the activations.",
+] * 3
 
 
 def _sae(d: int, hook: str, seed: int = 0) -> SparseAutoencoder:
@@ -27,6 +29,7 @@ def _sae(d: int, hook: str, seed: int = 0) -> SparseAutoencoder:
 
 def _hf_run(hf, layer, ids, replace=None):
     """The Hugging Face model's own outputs, the input of `layer` replaced by replace(input) when given."""
+
     def pre(mod, args, kwargs):
         if args:
             return (replace(args[0]), *args[1:]), kwargs
@@ -78,9 +81,11 @@ def test_spliced_causal_metrics_by_hand(gpt2, tiny_gpt2_path):
     x = clean.hidden_states[1]
     x_hat = sae(x.reshape(-1, 64)).x_hat.reshape(x.shape)
     mean = x[keep].mean(0)
-    runs = {"spliced": logits(lambda h: torch.where(keep[..., None], x_hat, h)),
-            "zero_ablation": logits(lambda h: torch.zeros_like(h)),
-            "mean_ablation": logits(lambda h: mean.expand_as(h))}
+    runs = {
+        "spliced": logits(lambda h: torch.where(keep[..., None], x_hat, h)),
+        "zero_ablation": logits(lambda h: torch.zeros_like(h)),
+        "mean_ablation": logits(lambda h: mean.expand_as(h)),
+    }
 
     def ce(lg):  # -log p(next token), averaged over scored positions
         lp = lg[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
@@ -102,8 +107,7 @@ def test_spliced_causal_metrics_by_hand(gpt2, tiny_gpt2_path):
     assert m["kl_div_spliced_with_error"] == pytest.approx(0.0, abs=1e-5)
     for short in ("zero", "mean"):
         abl = ce(runs[f"{short}_ablation"].logits)
-        assert m[f"loss_recovered_{short}"] == pytest.approx((abl - ce(runs["spliced"].logits)) / (abl - ce_clean),
-                                                             rel=1e-3)
+        assert m[f"loss_recovered_{short}"] == pytest.approx((abl - ce(runs["spliced"].logits)) / (abl - ce_clean), rel=1e-3)
     kz = kl(runs["zero_ablation"].logits)
     assert m["kl_div_score"] == pytest.approx((kz - kl(runs["spliced"].logits)) / kz, rel=1e-3)
 
@@ -133,8 +137,7 @@ def test_spliced_encoder_metrics_by_hand(minilm, minilm_hf):
         return F.cosine_similarity(h.mean(1), ref.mean(1), dim=-1).mean().item()
 
     assert m["embedding_cos_spliced"] == pytest.approx(pooled_cos(spliced), abs=1e-4)
-    assert m["hidden_cos_spliced"] == pytest.approx(F.cosine_similarity(spliced, ref, dim=-1)[keep].mean().item(),
-                                                    abs=1e-4)
+    assert m["hidden_cos_spliced"] == pytest.approx(F.cosine_similarity(spliced, ref, dim=-1)[keep].mean().item(), abs=1e-4)
     assert m["embedding_cos_zero_ablation"] == pytest.approx(pooled_cos(zero), abs=1e-4)
     assert m["embedding_cos_spliced_with_error"] == pytest.approx(1.0, abs=1e-5)
     c_abl, c_spl = pooled_cos(zero), pooled_cos(spliced)
@@ -150,8 +153,9 @@ def test_bad_inputs_name_the_values(gpt2, minilm):
     with pytest.raises(ValueError, match="tokens must be a positive integer, got 0"):
         run_evaluation(_sae(64, "blocks.1.hook_resid_pre"), gpt2, ds, tokens=0, progress=False)
     with pytest.warns(UserWarning, match="ran out after"):
-        m = run_evaluation(_sae(64, "blocks.1.hook_resid_pre"), gpt2, ds, tokens=10_000, context_len=16,
-                           skip=("spliced",), progress=False)
+        m = run_evaluation(
+            _sae(64, "blocks.1.hook_resid_pre"), gpt2, ds, tokens=10_000, context_len=16, skip=("spliced",), progress=False
+        )
     assert 0 < m["eval_tokens"] < 10_000
 
 
@@ -181,15 +185,23 @@ def test_a_registered_measure_is_in_the_output_and_can_be_skipped(gpt2, registry
         measures.register_measure("mean_norm", mean_norm)
     sae, ds = _sae(64, "blocks.1.hook_resid_pre"), datasets.Dataset.from_dict({"text": TEXTS})
     kept: list[torch.Tensor] = []
-    m = run_evaluation(sae, gpt2, ds, tokens=40, context_len=16, skip=("spliced",), keep_activations=kept,
-                       return_distributions=True, progress=False)
+    m = run_evaluation(
+        sae,
+        gpt2,
+        ds,
+        tokens=40,
+        context_len=16,
+        skip=("spliced",),
+        keep_activations=kept,
+        return_distributions=True,
+        progress=False,
+    )
     x = torch.cat(kept)
     assert m["mean_activation_norm"] == pytest.approx(x.norm(dim=1).mean().item(), rel=1e-6)
     assert m["saw_l0"] == m["l0"] and "ce_loss_clean" not in m and "afa_eps_lbo" in m
     assert list(m)[-3:] == ["mean_activation_norm", "saw_l0", "distributions"]  # after the built-in measures
     torch.testing.assert_close(m["distributions"]["token_norm"], x.norm(dim=1))
-    skipped = run_evaluation(sae, gpt2, ds, tokens=40, context_len=16, skip=("spliced", "mean_norm"),
-                             progress=False)
+    skipped = run_evaluation(sae, gpt2, ds, tokens=40, context_len=16, skip=("spliced", "mean_norm"), progress=False)
     assert "mean_activation_norm" not in skipped and skipped["fvu"] == m["fvu"]
     with pytest.raises(ValueError, match=r"skip names no registered measure: \['nope'\]"):
         run_evaluation(sae, gpt2, ds, tokens=40, skip=("nope",), progress=False)

@@ -13,8 +13,7 @@ from sae import SAEConfig, SparseAutoencoder
 from sae.analysis.features import FeatureStats, feature_stats
 
 HOOK = "blocks.1.hook_resid_pre"
-KW = dict(tokens=1536, context_len=32, split="all", top_n=4, quantiles=4, per_quantile=2, batch_tokens=256,
-          progress=False)
+KW = dict(tokens=1536, context_len=32, split="all", top_n=4, quantiles=4, per_quantile=2, batch_tokens=256, progress=False)
 
 
 def _sae(n: int = 192, k: int = 6) -> SparseAutoencoder:

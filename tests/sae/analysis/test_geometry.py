@@ -32,8 +32,32 @@ def test_decoder_similarity_finds_the_planted_pair():
     assert len(sim["cos_hist_edges"]) == 21
 
 
-def test_geometry_reports_every_measure(tiny_sae, acts):
-    m = geometry(tiny_sae, acts[:512], torch.rand(128))
-    assert {"effective_features", "superposition_ratio", "afa_eps_lbo", "decoder_max_abs_cos",
-            "decoder_top_pairs", "decoder_cos_hist"} <= set(m)
-    assert 0 <= m["decoder_mean_abs_cos"] <= m["decoder_max_abs_cos"] <= 1
+def test_geometry_matches_a_float64_computation(tiny_sae, acts):
+    """Every measure against its definition, computed here in float64 from the dense code and the decoder."""
+    x = acts[:512]
+    mass = torch.rand(128, generator=torch.Generator().manual_seed(3))
+    m = geometry(tiny_sae, x, mass)
+
+    p = mass.double() / mass.double().sum() + 1e-10
+    p = p / p.sum()
+    assert m["effective_features"] == pytest.approx(math.exp(-(p * p.log()).sum().item()), rel=1e-9)
+    assert m["superposition_ratio"] == pytest.approx(m["effective_features"] / 32, rel=1e-12)
+
+    W = tiny_sae.W_dec.detach().double()
+    dnorm = W.norm(dim=1)
+    cos = (W / dnorm[:, None]) @ (W / dnorm[:, None]).T
+    off = ~torch.eye(128, dtype=torch.bool)
+    assert m["decoder_max_abs_cos"] == pytest.approx(cos.abs()[off].max().item(), rel=1e-5)
+    assert m["decoder_mean_abs_cos"] == pytest.approx(cos.abs()[off].mean().item(), rel=1e-5)
+    upper = torch.triu(torch.ones(128, 128, dtype=torch.bool), 1)
+    i, j = divmod(int(torch.where(upper, cos.abs(), -1.0).argmax()), 128)
+    assert m["decoder_top_pairs"][0][:2] == [i, j]
+    assert m["decoder_top_pairs"][0][2] == pytest.approx(cos[i, j].item(), abs=1e-6)
+    assert m["decoder_cos_hist"]["counts"] == torch.histc(cos[upper].float(), bins=50, min=-1, max=1).long().tolist()
+
+    z = tiny_sae.encode_dense(x).double()  # b_dec is zero here, so |x - b_dec| = |x|
+    f = z * dnorm
+    x_norm, f_norm, l1 = x.double().norm(dim=1), f.norm(dim=1), f.abs().sum(1)
+    eps = (x_norm.pow(2) - f_norm.pow(2)).abs() / (l1.pow(2) - f_norm.pow(2)).clamp_min(1e-12)
+    assert m["afa_eps_lbo"] == pytest.approx(eps.mean().item(), rel=1e-4)
+    assert m["afa_over_activated_fraction"] == pytest.approx((f_norm > x_norm).double().mean().item(), abs=1e-9)

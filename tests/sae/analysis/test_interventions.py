@@ -51,8 +51,7 @@ def test_each_intervention_edits_the_hook_and_restores_the_model(tiny_gpt2_path,
         torch.testing.assert_close(model.run(ids, [HOOK])[HOOK], expected)
     with splice(model, sae), steer(model, sae, latents[0], alpha=1.0):  # several at once, in order
         x_hat = sae(flat).x_hat.reshape(x.shape)
-        torch.testing.assert_close(model.run(ids, [HOOK])[HOOK],
-                                   x_hat + x_hat.norm(dim=-1, keepdim=True) * sae.W_dec[latents[0]])
+        torch.testing.assert_close(model.run(ids, [HOOK])[HOOK], x_hat + x_hat.norm(dim=-1, keepdim=True) * sae.W_dec[latents[0]])
     assert torch.equal(model.forward(ids), clean)
     assert torch.equal(model.run(ids, [HOOK])[HOOK], x)
 

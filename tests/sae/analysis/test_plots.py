@@ -9,14 +9,24 @@ from sae.analysis.plots import density_histogram, fvu_vs_l0, l0_distribution, tr
 
 def _run(path, fvu, l0):
     path.mkdir()
-    (path / "log.jsonl").write_text("\n".join(json.dumps({"step": s, "tokens": 1024 * s, "loss": 1 / s,
-                                                          "fvu": 1 / s, "l0": 8.0, "dead_fraction": 0.0})
-                                              for s in range(1, 6)) + "\n")
+    (path / "log.jsonl").write_text(
+        "\n".join(
+            json.dumps({"step": s, "tokens": 1024 * s, "loss": 1 / s, "fvu": 1 / s, "l0": 8.0, "dead_fraction": 0.0})
+            for s in range(1, 6)
+        )
+        + "\n"
+    )
     (path / "metrics.json").write_text(json.dumps({"fvu": fvu, "l0": l0, "pca_fvu": 0.5}))
     (path / "eval").mkdir()
-    save_file({"latent_frequency": torch.tensor([0.0, 0.01, 0.1, 0.0]), "l0": torch.tensor([2, 3, 3], dtype=torch.int32),
-               "decoder_cos_hist_edges": torch.tensor([-1.0, 0, 1]), "decoder_cos_hist_counts": torch.tensor([3, 4])},
-              str(path / "eval" / "latents.safetensors"))
+    save_file(
+        {
+            "latent_frequency": torch.tensor([0.0, 0.01, 0.1, 0.0]),
+            "l0": torch.tensor([2, 3, 3], dtype=torch.int32),
+            "decoder_cos_hist_edges": torch.tensor([-1.0, 0, 1]),
+            "decoder_cos_hist_counts": torch.tensor([3, 4]),
+        },
+        str(path / "eval" / "latents.safetensors"),
+    )
     return path
 
 

@@ -49,5 +49,17 @@ def test_bad_probing_inputs_name_the_values(tiny_gpt2_path):
         sparse_probe(sae, model, ds, "label")
     with pytest.raises(ValueError, match=r"m values \[64\] must lie in \[1, n_latents=32\]"):
         sparse_probe(sae, model, ds, "topic", m=(1, 64))
-    r = sparse_probe(sae, model, ds, "topic", m=(1, 2), progress=False)
-    assert 0 <= r["probe_sae_top_2"] <= 1 and r["probe_examples"] == 8
+    r = sparse_probe(sae, model, ds, "topic", m=(1, 2), batch_size=1, progress=False)
+    # the reference: each text run alone, activations and codes averaged over its tokens
+    tok = model.tokenizer
+    pooled_a, pooled_z = [], []
+    for text in ds["text"]:
+        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+        a = model.run(ids, ["blocks.1.hook_resid_pre"])["blocks.1.hook_resid_pre"][0].float()
+        pooled_a.append(a.mean(0))
+        pooled_z.append(sae.encode_dense(a).mean(0))
+    ref = probe_features(torch.stack(pooled_a), torch.stack(pooled_z).detach(), ds["topic"], m=(1, 2))
+    for key in ("probe_full_activations", "probe_sae_top_1", "probe_sae_top_2"):
+        assert r[key] == ref[key]
+    # two distinct texts, one per label: every probe separates them
+    assert r["probe_full_activations"] == r["probe_sae_top_2"] == 1.0 and r["probe_examples"] == 8

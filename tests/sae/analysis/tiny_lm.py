@@ -7,8 +7,28 @@ tokens that are markup, not on harmless pieces of it.
 import torch
 
 HOSTILE = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "\"quoted'", "a&amp;b"]
-WORDS = ["the", "cat", "sat", "on", "mat", "dog", "ran", "far", "red", "blue", "big", "small", "river",
-         "stone", "tree", "moon", "sun", "code", "data", "line"]
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "mat",
+    "dog",
+    "ran",
+    "far",
+    "red",
+    "blue",
+    "big",
+    "small",
+    "river",
+    "stone",
+    "tree",
+    "moon",
+    "sun",
+    "code",
+    "data",
+    "line",
+]
 
 
 def corpus(n_docs: int = 120, seed: int = 0) -> list[str]:
@@ -32,10 +52,10 @@ def tiny_lm(d_model: int = 32):
     vocab = {w: i for i, w in enumerate(specials + WORDS + HOSTILE)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split("|", behavior="removed")  # words may hold spaces
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<bos>",
-                                        eos_token="<eos>", pad_token="<eos>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>", pad_token="<eos>"
+    )
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(vocab), n_embd=d_model, n_layer=2, n_head=2, n_positions=64,
-                     bos_token_id=1, eos_token_id=2)
+    cfg = GPT2Config(vocab_size=len(vocab), n_embd=d_model, n_layer=2, n_head=2, n_positions=64, bos_token_id=1, eos_token_id=2)
     cfg.architectures = ["GPT2LMHeadModel"]
     return load_model(GPT2LMHeadModel(cfg).eval(), tokenizer=tokenizer)

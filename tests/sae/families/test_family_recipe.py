@@ -66,8 +66,7 @@ def test_a_registered_family_trains_saves_loads_and_resumes(topk_l1, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(SparseAutoencoder(cfg, seed=0), TensorBatches(x, 128, seed=0), tcfg, out_dir=tmp_path / "part",
-              on_step=stop)
+        train(SparseAutoencoder(cfg, seed=0), TensorBatches(x, 128, seed=0), tcfg, out_dir=tmp_path / "part", on_step=stop)
     resumed = SparseAutoencoder(cfg, seed=0)
     train(resumed, TensorBatches(x, 128, seed=0), tcfg, out_dir=tmp_path / "part", resume=True)
     for (name, a), b in zip(sae.state_dict().items(), resumed.state_dict().values()):

@@ -44,8 +44,18 @@ def build(family: str) -> SparseAutoencoder:
 
 
 def tcfg(steps: int = 40) -> TrainConfig:
-    return TrainConfig(tokens=256 * steps, batch_size=256, lr=3e-3, dead_window_tokens=2048, init_tokens=1024,
-                       checkpoint_every=10, log_every=10, seed=3, warmup_frac=0.0, decay_frac=0.0)
+    return TrainConfig(
+        tokens=256 * steps,
+        batch_size=256,
+        lr=3e-3,
+        dead_window_tokens=2048,
+        init_tokens=1024,
+        checkpoint_every=10,
+        log_every=10,
+        seed=3,
+        warmup_frac=0.0,
+        decay_frac=0.0,
+    )
 
 
 @pytest.fixture(scope="module")

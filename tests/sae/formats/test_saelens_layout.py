@@ -70,8 +70,12 @@ CASES = {
     "standard": {"architecture": "standard"},
     "standard_no_b_dec": {"architecture": "standard", "apply_b_dec_to_input": False},
     "topk": {"architecture": "topk", "k": 5},
-    "topk_rescaled_no_b_dec": {"architecture": "topk", "k": 5, "rescale_acts_by_decoder_norm": True,
-                               "apply_b_dec_to_input": False},
+    "topk_rescaled_no_b_dec": {
+        "architecture": "topk",
+        "k": 5,
+        "rescale_acts_by_decoder_norm": True,
+        "apply_b_dec_to_input": False,
+    },
     "topk_layer_norm": {"architecture": "topk", "k": 5, "normalize_activations": "layer_norm"},
     "abstopk": {"architecture": "abstopk", "k": 5},
     "jumprelu": {"architecture": "jumprelu"},
@@ -90,9 +94,15 @@ def write(folder, cfg: dict, tensors: dict) -> None:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_v6_layout_matches_reference(case, tmp_path):
     arch = CASES[case]["architecture"]
-    cfg = {"d_in": D, "d_sae": N, "dtype": "float32", "device": "cpu", "normalize_activations": "none",
-           "metadata": {"model_name": "gpt2", "hook_name": "blocks.3.hook_resid_pre", "sae_lens_version": "6.5.0"},
-           **CASES[case]}
+    cfg = {
+        "d_in": D,
+        "d_sae": N,
+        "dtype": "float32",
+        "device": "cpu",
+        "normalize_activations": "none",
+        "metadata": {"model_name": "gpt2", "hook_name": "blocks.3.hook_resid_pre", "sae_lens_version": "6.5.0"},
+        **CASES[case],
+    }
     t = _weights(arch)
     write(tmp_path / case, cfg, t)
     sae = load_pretrained(tmp_path / case).eval()
@@ -106,9 +116,17 @@ def test_v6_layout_matches_reference(case, tmp_path):
 
 
 def test_pre_6_flat_keys_are_migrated(tmp_path):
-    cfg = {"d_in": D, "d_sae": N, "dtype": "torch.float32", "hook_point": "blocks.2.hook_resid_pre", "model_name": "gpt2",
-           "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 3}, "normalize_activations": False,
-           "apply_b_dec_to_input": True}
+    cfg = {
+        "d_in": D,
+        "d_sae": N,
+        "dtype": "torch.float32",
+        "hook_point": "blocks.2.hook_resid_pre",
+        "model_name": "gpt2",
+        "activation_fn_str": "topk",
+        "activation_fn_kwargs": {"k": 3},
+        "normalize_activations": False,
+        "apply_b_dec_to_input": True,
+    }
     t = _weights("topk")
     t["scaling_factor"] = torch.rand(N) + 0.5  # pre-6 finetuning scale: decode reads z * s @ W_dec
     write(tmp_path, cfg, t)
@@ -129,8 +147,13 @@ def test_sparsity_file_becomes_firing_frequency(tmp_path):
 
 
 def test_expected_average_scale_from_activation_scaler(tmp_path):
-    cfg = {"d_in": D, "d_sae": N, "architecture": "standard", "normalize_activations": "expected_average_only_in",
-           "metadata": {"sae_lens_version": "6.0.0"}}
+    cfg = {
+        "d_in": D,
+        "d_sae": N,
+        "architecture": "standard",
+        "normalize_activations": "expected_average_only_in",
+        "metadata": {"sae_lens_version": "6.0.0"},
+    }
     t = _weights("standard")
     write(tmp_path, cfg, t)
     (tmp_path / "activation_scaler.json").write_text(json.dumps({"scaling_factor": 2.5}))
@@ -142,8 +165,13 @@ def test_expected_average_scale_from_activation_scaler(tmp_path):
 
 
 def test_expected_average_without_scale_warns(tmp_path):
-    cfg = {"d_in": D, "d_sae": N, "architecture": "standard", "normalize_activations": "expected_average_only_in",
-           "metadata": {"sae_lens_version": "6.0.0"}}
+    cfg = {
+        "d_in": D,
+        "d_sae": N,
+        "architecture": "standard",
+        "normalize_activations": "expected_average_only_in",
+        "metadata": {"sae_lens_version": "6.0.0"},
+    }
     write(tmp_path, cfg, _weights("standard"))
     with pytest.warns(UserWarning, match="no scaling factor is known"):
         load_pretrained(tmp_path)

@@ -63,11 +63,16 @@ def test_gemma_scope_2_folder(tmp_path):
 def test_llama_scope_folder(tmp_path):
     folder = tmp_path / "Llama3_1-8B-Base-L5R-8x"
     (folder / "checkpoints").mkdir(parents=True)
-    w = {"encoder.weight": rnd(N, D), "encoder.bias": rnd(N, scale=0.1), "decoder.weight": rnd(D, N),
-         "decoder.bias": rnd(D)}
+    w = {"encoder.weight": rnd(N, D), "encoder.bias": rnd(N, scale=0.1), "decoder.weight": rnd(D, N), "decoder.bias": rnd(D)}
     save_file(w, folder / "checkpoints" / "final.safetensors")
-    hp = {"d_model": D, "d_sae": N, "hook_point_in": "blocks.5.hook_resid_post", "hook_point_out": "blocks.5.hook_resid_post",
-          "jump_relu_threshold": 0.4, "dataset_average_activation_norm": {"in": 7.0, "out": 9.0}}
+    hp = {
+        "d_model": D,
+        "d_sae": N,
+        "hook_point_in": "blocks.5.hook_resid_post",
+        "hook_point_out": "blocks.5.hook_resid_post",
+        "jump_relu_threshold": 0.4,
+        "dataset_average_activation_norm": {"in": 7.0, "out": 9.0},
+    }
     (folder / "hyperparams.json").write_text(json.dumps(hp))
     sae = load_pretrained(folder)
     x = rnd(32, D, scale=3)
@@ -82,9 +87,16 @@ def test_llama_scope_folder(tmp_path):
 
 
 def _openai_state(activation):
-    state = {"pre_bias": rnd(D), "encoder.weight": rnd(N, D), "latent_bias": rnd(N, scale=0.1),
-             "decoder.weight": rnd(D, N), "stats_last_nonzero": torch.zeros(N, dtype=torch.long),
-             "latents_activation_frequency": torch.ones(N), "latents_mean_square": torch.zeros(N), "activation": activation}
+    state = {
+        "pre_bias": rnd(D),
+        "encoder.weight": rnd(N, D),
+        "latent_bias": rnd(N, scale=0.1),
+        "decoder.weight": rnd(D, N),
+        "stats_last_nonzero": torch.zeros(N, dtype=torch.long),
+        "latents_activation_frequency": torch.ones(N),
+        "latents_mean_square": torch.zeros(N),
+        "activation": activation,
+    }
     if activation == "TopK":
         state["activation_state_dict"] = {"k": 5, "postact_fn": "ReLU"}
     return state
@@ -114,8 +126,17 @@ def _dl(tmp_path, cls, state, **trainer):
     folder = tmp_path / cls
     folder.mkdir()
     torch.save(state, folder / "ae.pt")
-    cfg = {"trainer": {"dict_class": cls, "activation_dim": D, "dict_size": N, "lm_name": "EleutherAI/pythia-70m-deduped",
-                       "layer": 3, "submodule_name": "resid_post", **trainer}}
+    cfg = {
+        "trainer": {
+            "dict_class": cls,
+            "activation_dim": D,
+            "dict_size": N,
+            "lm_name": "EleutherAI/pythia-70m-deduped",
+            "layer": 3,
+            "submodule_name": "resid_post",
+            **trainer,
+        }
+    }
     (folder / "config.json").write_text(json.dumps(cfg))
     return load_pretrained(folder)
 
@@ -129,8 +150,14 @@ def test_dictionary_learning_classes(tmp_path):
     assert (sae.cfg.family, sae.cfg.hook_name) == ("standard", "blocks.3.hook_resid_post")
     check(sae, x, z, z @ s["decoder.weight"].T + s["bias"])
     # AutoEncoderTopK and BatchTopKSAE (threshold at inference)
-    s = {"b_dec": rnd(D), "encoder.weight": rnd(N, D), "encoder.bias": rnd(N, scale=0.1), "decoder.weight": rnd(D, N),
-         "k": torch.tensor(5, dtype=torch.int), "threshold": torch.tensor(0.7)}
+    s = {
+        "b_dec": rnd(D),
+        "encoder.weight": rnd(N, D),
+        "encoder.bias": rnd(N, scale=0.1),
+        "decoder.weight": rnd(D, N),
+        "k": torch.tensor(5, dtype=torch.int),
+        "threshold": torch.tensor(0.7),
+    }
     post = torch.relu((x - s["b_dec"]) @ s["encoder.weight"].T + s["encoder.bias"])
     v, i = post.topk(5, dim=-1)
     z = torch.zeros_like(post).scatter(-1, i, v)
@@ -149,8 +176,14 @@ def test_dictionary_learning_classes(tmp_path):
     assert sae.family.prefixes == [8, 20, 40]
     check(sae, x, z, z @ s["W_dec"] + s["b_dec"])
     # GatedAutoEncoder
-    s = {"decoder_bias": rnd(D), "encoder.weight": rnd(N, D), "r_mag": rnd(N, scale=0.2), "gate_bias": rnd(N, scale=0.1),
-         "mag_bias": rnd(N, scale=0.1), "decoder.weight": rnd(D, N)}
+    s = {
+        "decoder_bias": rnd(D),
+        "encoder.weight": rnd(N, D),
+        "r_mag": rnd(N, scale=0.2),
+        "gate_bias": rnd(N, scale=0.1),
+        "mag_bias": rnd(N, scale=0.1),
+        "decoder.weight": rnd(D, N),
+    }
     h = (x - s["decoder_bias"]) @ s["encoder.weight"].T
     z = (h + s["gate_bias"] > 0).float() * torch.relu(s["r_mag"].exp() * h + s["mag_bias"])
     check(_dl(tmp_path, "GatedAutoEncoder", s), x, z, z @ s["decoder.weight"].T + s["decoder_bias"])
@@ -169,8 +202,9 @@ def test_a_lone_file_path_and_its_folder_load_alike(tmp_path):
     torch.save(s, tmp_path / "oa" / "v5_32k_layer_8.pt")
     x = rnd(8, D)
     with torch.no_grad():
-        torch.testing.assert_close(load_pretrained(tmp_path / "oa")(x).x_hat,
-                                   load_pretrained(tmp_path / "oa" / "v5_32k_layer_8.pt")(x).x_hat)
+        torch.testing.assert_close(
+            load_pretrained(tmp_path / "oa")(x).x_hat, load_pretrained(tmp_path / "oa" / "v5_32k_layer_8.pt")(x).x_hat
+        )
     s = {"bias": rnd(D), "encoder.weight": rnd(N, D), "encoder.bias": rnd(N, scale=0.1), "decoder.weight": rnd(D, N)}
     folder = _dl(tmp_path, "AutoEncoder", s)
     by_file = load_pretrained(tmp_path / "AutoEncoder" / "ae.pt")

@@ -14,11 +14,25 @@ D, N, K = 10, 48, 4
 
 def write(folder, seed: int = 0, **cfg_extra) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    t = {"encoder.weight": torch.randn(N, D, generator=g), "encoder.bias": torch.randn(N, generator=g) * 0.1,
-         "W_dec": torch.randn(N, D, generator=g), "b_dec": torch.randn(D, generator=g)}
+    t = {
+        "encoder.weight": torch.randn(N, D, generator=g),
+        "encoder.bias": torch.randn(N, generator=g) * 0.1,
+        "W_dec": torch.randn(N, D, generator=g),
+        "b_dec": torch.randn(D, generator=g),
+    }
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = {"activation": "topk", "expansion_factor": 32, "normalize_decoder": True, "num_latents": N, "k": K,
-           "multi_topk": False, "skip_connection": False, "transcode": False, "d_in": D, **cfg_extra}
+    cfg = {
+        "activation": "topk",
+        "expansion_factor": 32,
+        "normalize_decoder": True,
+        "num_latents": N,
+        "k": K,
+        "multi_topk": False,
+        "skip_connection": False,
+        "transcode": False,
+        "d_in": D,
+        **cfg_extra,
+    }
     (folder / "cfg.json").write_text(json.dumps(cfg))
     save_file(t, folder / "sae.safetensors")
     return t
@@ -62,8 +76,10 @@ def test_multi_hook_repo_and_old_folder_names(tmp_path):
         load_pretrained(tmp_path)
 
 
-@pytest.mark.parametrize(("extra", "msg"), [({"transcode": True}, "transcoders .* are not supported yet"),
-                                            ({"skip_connection": True}, "skip-connection checkpoints")])
+@pytest.mark.parametrize(
+    ("extra", "msg"),
+    [({"transcode": True}, "transcoders .* are not supported yet"), ({"skip_connection": True}, "skip-connection checkpoints")],
+)
 def test_transcoders_and_skip_connections_refused(tmp_path, extra, msg):
     write(tmp_path, **extra)
     with pytest.raises(ValueError, match=msg):

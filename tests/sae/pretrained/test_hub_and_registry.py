@@ -1,7 +1,6 @@
 """Hub repos and release ids through a Hugging Face cache laid out by the test (HF_HUB_OFFLINE=1: nothing is
 downloaded), SAELens's registry read as data, the CLI, and the model-compatibility check."""
 
-
 import huggingface_hub.constants
 import pytest
 import torch
@@ -55,9 +54,14 @@ def test_offline_miss_names_repo_and_cache(hf_cache):
 
 
 def _tiny_release(rid="tiny-res"):
-    return registry.Release(id=rid, repo="someone/tiny-saes", format="saelens", model="tiny-model",
-                            saes={f"blocks.{i}.hook_resid_pre": f"blocks.{i}.hook_resid_pre" for i in (0, 1)},
-                            hooks={f"blocks.{i}.hook_resid_pre": f"blocks.{i}.hook_resid_pre" for i in (0, 1)})
+    return registry.Release(
+        id=rid,
+        repo="someone/tiny-saes",
+        format="saelens",
+        model="tiny-model",
+        saes={f"blocks.{i}.hook_resid_pre": f"blocks.{i}.hook_resid_pre" for i in (0, 1)},
+        hooks={f"blocks.{i}.hook_resid_pre": f"blocks.{i}.hook_resid_pre" for i in (0, 1)},
+    )
 
 
 def test_release_id_by_hook_and_sae_id(hf_cache, monkeypatch):
@@ -77,7 +81,8 @@ def test_saelens_registry_resolves_ids_we_do_not_list(hf_cache, monkeypatch, tmp
     yaml_file.write_text(
         "their-release:\n  conversion_func: null\n  model: tiny-model\n  repo_id: someone/tiny-saes\n  saes:\n"
         "  - id: blocks.1.hook_resid_pre\n    path: blocks.1.hook_resid_pre\n"
-        "their-other:\n  conversion_func: deepseek_r1\n  model: m\n  repo_id: x/y\n  saes:\n  - id: a\n    path: a\n")
+        "their-other:\n  conversion_func: deepseek_r1\n  model: m\n  repo_id: x/y\n  saes:\n  - id: a\n    path: a\n"
+    )
     monkeypatch.setattr(registry, "saelens_yaml_path", lambda: yaml_file)
     registry.saelens_releases.cache_clear()
     try:

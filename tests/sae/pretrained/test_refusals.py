@@ -32,18 +32,22 @@ def test_malicious_pickle_runs_nothing(tmp_path, layout):
         target = tmp_path / "dl"
         target.mkdir()
         torch.save({"encoder.weight": torch.zeros(4, 2), "payload": Planted(marker)}, target / "ae.pt")
-        (target / "config.json").write_text(json.dumps({"trainer": {"dict_class": "AutoEncoder", "activation_dim": 2,
-                                                                    "dict_size": 4}}))
+        (target / "config.json").write_text(
+            json.dumps({"trainer": {"dict_class": "AutoEncoder", "activation_dim": 2, "dict_size": 4}})
+        )
     with pytest.raises(ValueError, match="weights_only=True"):
         load_pretrained(target)
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("cfg", [
-    {"d_in": 768, "d_sae": 10**12, "architecture": "standard"},
-    {"d_in": 768, "d_sae": -5, "architecture": "standard"},
-    {"d_in": "768", "d_sae": 24576, "architecture": "standard"},
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"d_in": 768, "d_sae": 10**12, "architecture": "standard"},
+        {"d_in": 768, "d_sae": -5, "architecture": "standard"},
+        {"d_in": "768", "d_sae": 24576, "architecture": "standard"},
+    ],
+)
 def test_absurd_sizes_refused_before_allocation(tmp_path, cfg):
     (tmp_path / "cfg.json").write_text(json.dumps({**cfg, "metadata": {"sae_lens_version": "6.0.0"}}))
     save_file({"W_enc": torch.zeros(1)}, tmp_path / "sae_weights.safetensors")
@@ -75,16 +79,28 @@ def test_non_finite_weights_refused_with_tensor_name(tmp_path, bad):
 
 
 def test_non_finite_weights_refused_in_other_layouts(tmp_path):
-    p = {"W_enc": np.zeros((4, 8), np.float32), "W_dec": np.zeros((8, 4), np.float32), "b_enc": np.zeros(8, np.float32),
-         "b_dec": np.zeros(4, np.float32), "threshold": np.full(8, np.nan, np.float32)}
+    p = {
+        "W_enc": np.zeros((4, 8), np.float32),
+        "W_dec": np.zeros((8, 4), np.float32),
+        "b_enc": np.zeros(8, np.float32),
+        "b_dec": np.zeros(4, np.float32),
+        "threshold": np.full(8, np.nan, np.float32),
+    }
     np.savez(tmp_path / "params.npz", **p)
     with pytest.raises(ValueError, match="tensor 'threshold' holds 8 NaN or inf"):
         load_pretrained(tmp_path / "params.npz")
     folder = tmp_path / "layers.0"
     folder.mkdir()
     (folder / "cfg.json").write_text(json.dumps({"k": 2, "num_latents": 8, "d_in": 4}))
-    save_file({"encoder.weight": torch.full((8, 4), float("inf")), "encoder.bias": torch.zeros(8),
-               "W_dec": torch.zeros(8, 4), "b_dec": torch.zeros(4)}, folder / "sae.safetensors")
+    save_file(
+        {
+            "encoder.weight": torch.full((8, 4), float("inf")),
+            "encoder.bias": torch.zeros(8),
+            "W_dec": torch.zeros(8, 4),
+            "b_dec": torch.zeros(4),
+        },
+        folder / "sae.safetensors",
+    )
     with pytest.raises(ValueError, match="tensor 'W_enc' holds 32 NaN or inf"):
         load_pretrained(folder)
 

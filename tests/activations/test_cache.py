@@ -180,6 +180,7 @@ ActivationStream("minilm", hook=[{h2!r}, {h3!r}], context_len=16, batch_size={b}
 """
 
 
+@pytest.mark.slow
 def test_sigkilled_harvest_resumes_to_the_same_cache(minilm, full, tmp_path):
     import os
     import signal

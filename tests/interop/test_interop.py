@@ -18,6 +18,8 @@ from safetensors.torch import load_file, save_file
 
 from sae import SAEConfig, SparseAutoencoder, load_all, load_pretrained
 
+pytestmark = pytest.mark.slow  # runs the peers in their own environment: make test, not make test-fast
+
 D, N, K = 24, 96, 6
 REPO = Path(__file__).resolve().parents[2]
 PEER_SCRIPT = Path(__file__).with_name("peer_side.py")

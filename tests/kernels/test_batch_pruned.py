@@ -71,6 +71,7 @@ def test_ties_at_the_threshold_go_in_row_then_column_order(tri):
     assert (dense[ties[:22]] == 1.0).all() and (dense[ties[22:]] == 0).all()
 
 
+@pytest.mark.slow
 def test_overflow_and_few_positives_fall_back_exactly(tri, monkeypatch):
     """Buffers too small for the listed sub-blocks or entries, and a batch with fewer than k*B positive maxima,
     make the pruned path decline; the public selection then returns the full path's answer."""

@@ -110,7 +110,7 @@ def test_a_wrong_encode_falls_back_with_its_gradients(gpu, monkeypatch):
         assert torch.equal(ours.grad, ref.grad)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.slow)])
 def test_correct_kernels_raise_no_warning(gpu, monkeypatch, dtype):
     """Every op on its Triton path passes its first-use check: codes, values and gradients (the fused encoder
     with AuxK and b_pre, the fused decode, the plain decode, and each selection rule)."""

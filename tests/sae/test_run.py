@@ -46,6 +46,7 @@ def _corpus(path, n_docs=400):
     return path
 
 
+@pytest.mark.slow
 def test_train_from_local_jsonl_through_a_cache(tmp_path, capsys, model_loads):
     corpus = _corpus(tmp_path / "corpus.jsonl")
     out, cache = tmp_path / "run", tmp_path / "cache"

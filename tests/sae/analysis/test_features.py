@@ -123,6 +123,7 @@ def test_bad_arguments_refused_before_work(lm, docs):
         feature_stats(bad, lm, docs, tokens=100)
 
 
+@pytest.mark.slow
 def test_memory_bounded_at_131072_latents(tmp_path):
     """A dense [tokens, n] float32 code here would take 1 GiB; the pass must stay far below."""
     script = textwrap.dedent(f"""

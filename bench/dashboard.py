@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the repo before bench/ (which holds kernels.py)
+sys.path.insert(0, str(ROOT))  # run as a script: the repository's packages, installed or not
 
 from activations import load_model  # noqa: E402
 from sae import SAEConfig, SparseAutoencoder  # noqa: E402

@@ -20,15 +20,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-
-# this folder holds bench/kernels.py, which would shadow the `kernels` package our model imports
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 SHAPES = ((768, 24576, 32, 4096), (384, 3072, 32, 4096))
 

@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint chromium bench-harvest bench-kernels bench-model bench-train-step bench-dashboard clean
+.PHONY: demo test test-fast check lint chromium bench-harvest bench-kernels bench-model bench-train-step bench-dashboard clean
 
 $(STAMP): setup.cfg constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,11 +34,20 @@ chromium:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null || echo "chromium not installed: the browser test will be skipped"; }
 
-test: $(STAMP) $(INTEROP_STAMP) chromium
+# The whole suite, as CI runs it: lint, format and type checks first (seconds; mypy about 35 s cold), then every test.
+test: check $(INTEROP_STAMP) chromium
 	SAEKIT_INTEROP_PYTHON=$(CURDIR)/$(INTEROP)/bin/python SAEKIT_REQUIRE_INTEROP=1 $(BIN)/python -m pytest tests
 
-lint: $(STAMP)
+# The inner loop: the tests not marked slow (no .venv-interop, no torchrun, no notebooks), under two minutes.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" tests
+
+check: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+lint: check
 
 bench-harvest: $(STAMP)
 	$(BIN)/python bench/harvest.py

@@ -342,8 +342,8 @@ class CacheReader(BatchIterable):
         return interleave_order(self.ctx, gen)
 
     def _gather(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        idx = np.sort(idx.numpy())
-        which = np.searchsorted(self.offsets, idx, side="right") - 1
+        rows = np.sort(idx.numpy())
+        which = np.searchsorted(self.offsets, rows, side="right") - 1
         cuts = np.searchsorted(which, np.arange(len(self.shards) + 1))
         out = {}
         for h in self.hooks:
@@ -351,10 +351,10 @@ class CacheReader(BatchIterable):
             for s in range(len(self.shards)):
                 a, b = cuts[s], cuts[s + 1]
                 if a < b:
-                    parts.append(self.shards[s].arrays[h][idx[a:b] - self.offsets[s]])
+                    parts.append(self.shards[s].arrays[h][rows[a:b] - self.offsets[s]])
             out[h] = torch.from_numpy(np.concatenate(parts).astype(np.float32, copy=False))
         parts = [
-            self.shards[s].arrays[_CTX_KEY][idx[cuts[s] : cuts[s + 1]] - self.offsets[s]]
+            self.shards[s].arrays[_CTX_KEY][rows[cuts[s] : cuts[s + 1]] - self.offsets[s]]
             for s in range(len(self.shards))
             if cuts[s] < cuts[s + 1]
         ]

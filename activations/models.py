@@ -78,6 +78,7 @@ class ModelAdapter:
     """
 
     name: str
+    model: Any  # the wrapped network: a transformer-lens model or a Hugging Face one
     tokenizer: Any
     d_model: int
     n_layers: int
@@ -108,6 +109,7 @@ class ModelAdapter:
     def _init_tokens(self, encoder_style: bool, prepend_bos: bool) -> None:
         tok = self.tokenizer
         cls_id = getattr(tok, "cls_token_id", None)
+        ids: tuple[int | None, ...]
         if encoder_style and cls_id is not None:
             self.bos_token_id = cls_id
             self.sep_token_id = getattr(tok, "sep_token_id", None)
@@ -379,7 +381,7 @@ class HFAdapter(ModelAdapter):
     def __init__(self, model: nn.Module, tokenizer: Any, name: str | None = None) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
-        cfg = model.config
+        cfg: Any = model.config  # a Hugging Face config: its field names vary by architecture
         self.name = name or str(getattr(cfg, "_name_or_path", type(model).__name__))
         n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
         found = _layer_list(model, n)
@@ -388,7 +390,7 @@ class HFAdapter(ModelAdapter):
         self._layers_name, self._layers = found
         self.n_layers = len(self._layers)
         self.d_model = int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
-        self.max_context = int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048))
+        self.max_context = int(getattr(cfg, "max_position_embeddings", 0) or getattr(cfg, "n_positions", 2048))
         self.device = next(model.parameters()).device
         causal = getattr(cfg, "is_decoder", False) or any(
             "CausalLM" in a or "LMHead" in a for a in (getattr(cfg, "architectures", None) or [])
@@ -512,7 +514,7 @@ def _load_hf(path: str, device: str, dtype: torch.dtype | None) -> HFAdapter:
     archs = getattr(AutoConfig.from_pretrained(path), "architectures", None) or []
     causal = any("CausalLM" in a or "LMHead" in a for a in archs)  # keep the LM head: forward() gives logits
     model = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(path, dtype=dtype or torch.float32)
-    model = model.to(device)
+    model = model.to(device)  # type: ignore[arg-type]  # transformers' @wraps(nn.Module.to) hides the bound self
     return HFAdapter(model, AutoTokenizer.from_pretrained(path), name=path)
 
 

@@ -222,7 +222,7 @@ class ActivationStream(BatchIterable):
             seen_any = True
             tokens = torch.stack(pending)
             out = self.model.run(tokens, self.hooks)
-            keep = ~torch.isin(tokens, special) if self.exclude_special_tokens else torch.ones_like(tokens, dtype=bool)
+            keep = ~torch.isin(tokens, special) if self.exclude_special_tokens else torch.ones_like(tokens, dtype=torch.bool)
             ctx = (torch.arange(tokens.shape[0]) + b * self.model_batch_size)[:, None].expand_as(tokens)[keep]
             n = min(ctx.numel(), self.total_tokens - got)
             acts = {h: out[h][keep.to(out[h].device)][:n].to("cpu", torch.float32) for h in self.hooks}
@@ -294,6 +294,7 @@ class ActivationStream(BatchIterable):
         }
 
     def _cache_reader(self) -> CacheReader:
+        assert self.cache_dir is not None  # called only for a stream with a cache
         if self._reader is None:
             self._write_cache()
             self._reader = CacheReader(
@@ -303,6 +304,7 @@ class ActivationStream(BatchIterable):
 
     def _write_cache(self) -> None:
         """Harvest into cache_dir; an interrupted harvest resumes after its last whole shard."""
+        assert self.cache_dir is not None  # called only for a stream with a cache
 
         def harvest(start_batch: int, tokens_done: int, bar: Any):
             return _prefetched(lambda: self._chunks(start_batch, tokens_done, bar), self.prefetch)

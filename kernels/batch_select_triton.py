@@ -355,8 +355,8 @@ def select_from_submax(
         _count_pass_kernel[(tprog,)](smax, smax, BT, counts, p, total, FROM_VALUES=True, SHIFT=shift, BLOCK=cb, **kw)
     tid = empty(tcap, torch.int64, dev)
     pcnt = empty(tprog, torch.int64, dev)
-    for store, poff in ((False, pcnt), (True, None)):
-        poff = torch.cumsum(pcnt, 0) if store else poff
+    for store in (False, True):  # count, then store at the counts' offsets
+        poff = torch.cumsum(pcnt, 0) if store else pcnt
         _batch_subblocks_kernel[(tprog,)](
             smax, counts, passes, total, pcnt, poff, tid, tcap, BT, STORE=store, SHIFT=shift, BLOCK=cb, **kw
         )
@@ -364,8 +364,8 @@ def select_from_submax(
     eflat = empty(ecap, torch.int64, dev)
     ekey = empty(ecap, torch.int32, dev)
     pcnt = empty(eprog, torch.int64, dev)
-    for store, poff in ((False, pcnt), (True, None)):
-        poff = torch.cumsum(pcnt, 0) if store else poff
+    for store in (False, True):  # count, then store at the counts' offsets
+        poff = torch.cumsum(pcnt, 0) if store else pcnt
         _batch_entries_kernel[(eprog,)](
             pre,
             pre.stride(0),

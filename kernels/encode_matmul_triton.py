@@ -9,6 +9,7 @@ numbers up to the matmul's rounding; the selection is exact either way.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 
@@ -174,7 +175,8 @@ def choose(key: tuple, runs: dict[str, Callable[[], object]]) -> str:
     (say the Triton kernel does not compile with the installed Triton) is dropped with a warning naming the
     error; if every route fails, the last error is raised."""
     if key not in _CHOICE:
-        times, error = {}, None
+        times: dict[str, float] = {}
+        error: Exception | None = None
         for name, run in runs.items():
             try:
                 times[name] = _time_ms(run)
@@ -187,8 +189,9 @@ def choose(key: tuple, runs: dict[str, Callable[[], object]]) -> str:
                     stacklevel=2,
                 )
         if not times:
+            assert error is not None  # every route failed
             raise error
-        _CHOICE[key] = min(times, key=times.get)
+        _CHOICE[key] = min(times, key=times.__getitem__)
     return _CHOICE[key]
 
 
@@ -203,7 +206,7 @@ def matmul_with_maxima(
             route = "fused"
         else:
             key = (tuple(x.shape), tuple(W.shape), W.stride(), x.dtype, bias is not None, mode, sub, x.device)
-            route = choose(key, {name: (lambda f=f: f(x, W, bias, mode, sub)) for name, f in ROUTES.items()})
+            route = choose(key, {name: functools.partial(f, x, W, bias, mode, sub) for name, f in ROUTES.items()})
     if route not in ROUTES:
         raise ValueError(f"kernels.encode_matmul_triton.ROUTE is {route!r}: expected 'auto' or one of {sorted(ROUTES)}")
     return ROUTES[route](x, W, bias, mode, sub)

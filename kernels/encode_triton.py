@@ -38,6 +38,9 @@ def _grad_mask(values: torch.Tensor, rule: Rule) -> torch.Tensor:
 def fused_applies(x: torch.Tensor, rule: str, k: int | None, n: int) -> bool:
     """The matmul with the sub-block maxima in its epilogue serves the row rules and BatchTopK in 16-bit dtypes
     (fp32 keeps torch's matmul, whose precision the user set), where their pruned selection fits."""
+    if rule == "threshold":
+        return False
+    assert k is not None  # kernels.encode checked it: every other rule takes k
     fits = tile_select_fits(n, k) if rule in ("row", "abs") else rule == "batch" and batch_prune_fits(n, k)
     if not fits:
         return False
@@ -126,9 +129,13 @@ class EncodeFn(torch.autograd.Function):
             fold = want_pre and not want_x
             wt_sums = sorted_pairs(idx_all, n).grad(gs, x, gW.t(), sums, W_enc.t() if fold else None)
             gW = gW if want_w else None
-            gb = sums.to(W_enc.dtype) if want_b and ctx.has_b else None
+            if want_b and ctx.has_b:
+                assert sums is not None  # want_sums
+                gb = sums.to(W_enc.dtype)
         if want_pre:  # x - b_pre: b_pre's gradient is minus the input gradient summed over the batch
-            g_pre = (-(gx.float().sum(0) if gx is not None else wt_sums)).to(W_enc.dtype)
+            summed = gx.float().sum(0) if gx is not None else wt_sums
+            assert summed is not None  # without x's gradient, the launch above returned W_enc^T sums
+            g_pre = (-summed).to(W_enc.dtype)
         return gx, gW, gb, g_pre, None, None, None, None, None, None
 
 

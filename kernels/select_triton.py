@@ -23,6 +23,9 @@ from kernels.triton_common import kernel_input, ordered_code
 
 def path(rule: str, n: int, k: int | None) -> str:
     """The name of the path `select` takes for a rule at a row width (the first-use check keys on it)."""
+    if rule == "threshold":
+        return "compaction"
+    assert k is not None  # kernels.select checked it: every other rule takes k
     if rule in ("row", "abs"):
         return "sub-block maxima" if tile_select_fits(n, k) else "bisection"
     if rule == "batch":
@@ -90,14 +93,15 @@ def select_stat(pre: torch.Tensor, k: int) -> SparseCode:
 
 def select(pre: torch.Tensor, rule: str, k: int | None, threshold=None, colmask: torch.Tensor | None = None) -> SparseCode:
     """The Triton selection for `rule` (arguments already checked by `kernels.select`)."""
+    if rule == "threshold":
+        return select_threshold(pre, threshold)
+    assert k is not None  # every other rule takes k
     if rule == "row":
         return select_row(pre, k, colmask)
     if rule == "abs":
         return select_abs(pre, k, colmask)
     if rule == "batch":
         return select_batch(pre, k)
-    if rule == "threshold":
-        return select_threshold(pre, threshold)
     if rule == "stat":
         return select_stat(pre, k)
     raise ValueError(f"unknown selection rule {rule!r}; expected one of {tuple(RULES)}")

@@ -53,5 +53,7 @@ def select_stat(pre: torch.Tensor, k: int) -> SparseCode:
 def select_by_rule(pre: torch.Tensor, rule: str, k: int | None, threshold: torch.Tensor | float | None) -> SparseCode:
     """The plain-torch selection for `rule` (arguments already checked by `kernels.select`)."""
     if rule == "threshold":
+        assert threshold is not None
         return select_threshold(pre, threshold)
+    assert k is not None  # every other rule takes k
     return {"row": select_row, "abs": select_abs, "batch": select_batch, "stat": select_stat}[rule](pre, k)

@@ -108,6 +108,7 @@ def compare_tensors(named: dict[str, tuple[torch.Tensor | None, torch.Tensor | N
             return f"{name}: {'none' if got is None else 'one where the twin has none'}"
         if got is None:
             continue
+        assert want is not None  # both or neither, checked above
         if got.shape != want.shape:
             return f"{name} of shape {tuple(got.shape)}, expected {tuple(want.shape)}"
         if not bool(torch.isfinite(got).all()):
@@ -125,6 +126,7 @@ def _boundary(pre: torch.Tensor, twin: SparseCode, live: torch.Tensor, rule: str
         thr = torch.as_tensor(threshold, dtype=pre.dtype, device=pre.device).double()
         return thr.reshape(1, -1) if thr.dim() else thr.reshape(1, 1)
     if rule == "stat":
+        assert k is not None  # kernels.select checked it
         return stat_threshold(pre, k)[:, None]
     return _lowest_kept(r.score(pre).double(), twin, live, per_row=r.over == "row")
 
@@ -163,7 +165,9 @@ def aux_difference(
 ) -> str | None:
     """Triton's `aux_select` (run) against the twin's on the first rows of pre."""
     rows = pre[:ROWS].detach()
-    return _check_aux(run(rows), aux_select_twin(rows, dead, k_aux, signed), rows, dead, k_aux, signed, 0.0)
+    twin = aux_select_twin(rows, dead, k_aux, signed)
+    assert twin is not None  # kernels.aux_select returns None for k_aux < 1 before any check
+    return _check_aux(run(rows), twin, rows, dead, k_aux, signed, 0.0)
 
 
 def _leaves(tensors: tuple, wants: tuple) -> list:
@@ -205,13 +209,15 @@ def encode_difference(
         lt = _leaves(tensors, wants)
         code, aux = run(*lt)
     with torch.no_grad():
-        xs, W, b, p = (None if t is None else t.detach() for t in tensors)
+        xs, W = x[:ROWS].detach(), W_enc.detach()
+        b, p = (None if t is None else t.detach() for t in (b_enc, b_pre))
         twin = encode_twin(xs, W, b, rule, k, threshold, dead, k_aux, p)
         pre = pre_activations(xs, W, b, p)
     if (aux is None) != (twin.aux is None):
         return f"AuxK code {'missing' if aux is None else 'where the twin has none'}"
     diff = _check_code(code, twin.code, pre, rule, k, threshold, band)
     if diff is None and aux is not None:
+        assert twin.aux is not None  # both or neither, checked above
         diff = _check_aux(aux, twin.aux, pre, dead, k_aux, r.aux.signed, band)
     if diff is not None or not any(wants):
         return diff
@@ -219,7 +225,7 @@ def encode_difference(
 
     def loss(enc: Encoding) -> torch.Tensor:
         parts = [enc.code] + ([enc.aux] if enc.aux is not None else [])
-        return sum((c.values.float() * w).sum() for c, w in zip(parts, weights))
+        return sum(((c.values.float() * w).sum() for c, w in zip(parts, weights)), weights[0].new_zeros(()))
 
     got = _grads(loss(Encoding(code, aux)), lt)
     with torch.enable_grad():

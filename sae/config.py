@@ -80,6 +80,12 @@ class SAEConfig:
             raise ValueError(f"family {self.family!r}: options {self.options!r} do not fit it ({e})") from e
 
     @property
+    def latents(self) -> int:
+        """n_latents as an int: __post_init__ resolves it (from `expansion` when not given), so it is never None."""
+        assert self.n_latents is not None
+        return self.n_latents
+
+    @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 

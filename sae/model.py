@@ -36,11 +36,12 @@ class ForwardOutput(NamedTuple):
 class SparseAutoencoder(nn.Module):
     """Sparse autoencoder with SAELens-shaped parameters: W_enc [d, n], b_enc [n], W_dec [n, d], b_dec [d]."""
 
+    input_scale: torch.Tensor  # buffer [], fp32
+
     def __init__(self, cfg: SAEConfig, device: torch.device | str = "cpu", seed: int | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        d, n = cfg.d_in, cfg.n_latents
-        assert n is not None
+        d, n = cfg.d_in, cfg.latents
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         W_dec = torch.randn(n, d, generator=gen, dtype=torch.float64)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
@@ -86,7 +87,7 @@ class SparseAutoencoder(nn.Module):
         `k=` asks for another number of active latents where the family allows it; a k that is not
         an int in [1, n_latents] is refused (k=0 would otherwise fall back to the configured k)."""
         k = kw.get("k")
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.cfg.n_latents):
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.cfg.latents):
             raise ValueError(
                 f"encode: k={k!r}; expected an int with 1 <= k <= n_latents={self.cfg.n_latents} (or no k for the configured one)"
             )
@@ -96,7 +97,7 @@ class SparseAutoencoder(nn.Module):
 
     def encode_dense(self, x: torch.Tensor, **kw) -> torch.Tensor:
         """Dense code [B, n], zeros where inactive."""
-        return self.encode(x, **kw).to_dense(self.cfg.n_latents)
+        return self.encode(x, **kw).to_dense(self.cfg.latents)
 
     def decode(self, code: SparseCode) -> torch.Tensor:
         """Reconstruction from a raw-space code (per-token normalisations return normalised space)."""
@@ -155,7 +156,7 @@ class SparseAutoencoder(nn.Module):
     @torch.no_grad()
     def set_decoder_norm_to_unit(self) -> None:
         """Renormalise decoder rows after an optimiser step."""
-        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
 
     @torch.no_grad()
     def remove_parallel_grad(self) -> None:
@@ -177,8 +178,8 @@ class SparseAutoencoder(nn.Module):
         s = float(self.input_scale)
         if s == 1.0:
             return
-        self.b_enc /= s
-        self.b_dec /= s
+        self.b_enc.div_(s)
+        self.b_dec.div_(s)
         self.family.fold_scale(s)
         self.input_scale.fill_(1.0)
 
@@ -252,12 +253,16 @@ class SparseAutoencoder(nn.Module):
         normalisations that SAELens would misread instead of writing them; "sparsify" writes sparsify's
         cfg.json + sae.safetensors.
         """
-        return get_format(format, "save").save(self, Path(path))
+        save = get_format(format, "save").save
+        assert save is not None  # get_format(..., "save") returns only layouts that write
+        return save(self, Path(path))
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> SparseAutoencoder:
         """Load a dictionary written by `save` (or a plain SAELens folder); for any layout, see `load_pretrained`."""
-        return get_format("saelens").load(Path(path), device=device, dtype=None)
+        load = get_format("saelens").load
+        assert load is not None  # the saelens layout reads
+        return load(Path(path), device=device, dtype=None)
 
 
 def _file_name(state_name: str) -> str:

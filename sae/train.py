@@ -63,14 +63,14 @@ class Trainer:
         sae = self.comm.prepare(sae)
         self.sae, self.cfg = sae, cfg
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.base_lr = cfg.learning_rate(sae.cfg.n_latents)
+        self.base_lr = cfg.learning_rate(sae.cfg.latents)
         # fused Adam: one pass over each parameter's state, on CPU as on CUDA
         self.opt = torch.optim.Adam(sae.parameters(), lr=self.base_lr, betas=cfg.betas, eps=cfg.eps, fused=True)
         self.step = 0
         self.tokens = 0
         # tokens since each latent last fired: dead beyond the window
-        self.dead_window = cfg.dead_window(sae.cfg.n_latents, sae.cfg.k)
-        self.since_fired = torch.zeros(sae.cfg.n_latents, dtype=torch.long, device=sae.W_enc.device)
+        self.dead_window = cfg.dead_window(sae.cfg.latents, sae.cfg.k)
+        self.since_fired = torch.zeros(sae.cfg.latents, dtype=torch.long, device=sae.W_enc.device)
         # first step whose batch or loss was not finite (-1: none) and that loss (0: the batch was bad)
         self._bad_step = torch.full((), -1, dtype=torch.long, device=sae.W_enc.device)
         self._bad_what = torch.zeros((), device=sae.W_enc.device)
@@ -225,11 +225,11 @@ class Trainer:
                 raise ValueError(
                     f"data ran out at step {self.step}: expected {cfg.steps} batches of {cfg.batch_size} tokens"
                 ) from None
-            stats = self.train_step(x)
+            step_stats = self.train_step(x)
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 self._raise_if_bad()
-                stats = {k: float(v) for k, v in stats.items()}  # the one host sync per log_every steps
+                stats = {k: float(v) for k, v in step_stats.items()}  # the one host sync per log_every steps
                 now = time.perf_counter()
                 stats = self.comm.reduce_stats(stats)
                 row = {"step": self.step, "tokens": self.tokens, **stats}

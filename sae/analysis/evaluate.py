@@ -95,7 +95,7 @@ class ReconstructionStats:
 
     def __init__(self, sae: SparseAutoencoder) -> None:
         self.sae = sae
-        n, dev = sae.cfg.n_latents, sae.W_enc.device
+        n, dev = sae.cfg.latents, sae.W_enc.device
         self.var = VarianceAccumulator()
         self.err = self.cos = 0.0
         self.fired = torch.zeros(n, dtype=torch.float64, device=dev)  # tokens each latent fired on
@@ -114,7 +114,7 @@ class ReconstructionStats:
         self.cos += F.cosine_similarity(x64, x_hat, dim=1, eps=1e-12).sum().item()
         active = out.code.values != 0
         self.l0.append(active.sum(1).cpu())
-        n = self.sae.cfg.n_latents
+        n = self.sae.cfg.latents
         self.fired += torch.bincount(out.code.indices[active], minlength=n).double()
         self.act_sum.index_add_(0, out.code.indices[active], out.code.values[active].double())
         self.abs_sum.index_add_(0, out.code.indices[active], out.code.values[active].double().abs())

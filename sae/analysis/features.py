@@ -209,19 +209,19 @@ class FeatureStats:
         ok = (q >= 0) & (q < contexts.shape[1])
         ids = torch.where(ok, contexts[ctx[r, j][:, None], q.clamp(0, contexts.shape[1] - 1)], -1)
         full = ok.all(1).tolist()
-        ids, ok = ids.tolist(), ok.tolist()
+        id_rows, ok_rows = ids.tolist(), ok.tolist()
         acts = t[f"{prefix}.window"][lo:hi][r, j].double().mul(1e4).round().div(1e4).tolist()
         values = t[f"{prefix}.value"][lo:hi][r, j].double().mul(1e5).round().div(1e5).tolist()
         out: list[list[dict[str, Any]]] = [[] for _ in range(hi - lo)]
         for e, row in enumerate(r.tolist()):
             if full[e]:
-                out[row].append({"value": values[e], "ids": ids[e], "acts": acts[e], "peak": left})
+                out[row].append({"value": values[e], "ids": id_rows[e], "acts": acts[e], "peak": left})
             else:
-                keep = [w for w in range(width) if ok[e][w]]
+                keep = [w for w in range(width) if ok_rows[e][w]]
                 out[row].append(
                     {
                         "value": values[e],
-                        "ids": [ids[e][w] for w in keep],
+                        "ids": [id_rows[e][w] for w in keep],
                         "acts": [acts[e][w] for w in keep],
                         "peak": keep.index(left),
                     }
@@ -476,7 +476,7 @@ def feature_stats(
         path = Path(out)
         path = path / STATS_FILE if path.is_dir() or path.suffix != ".safetensors" else path
     partial = path.with_name(path.name + ".partial") if path else None
-    n, device = sae.cfg.n_latents, sae.W_dec.device
+    n, device = sae.cfg.latents, sae.W_dec.device
     ident = _identity(sae, model, src, tokens, top_n, quantiles, per_quantile, window, cooc_tokens, seed)
     width = window[0] + 1 + window[1]
     top = _TopTable(n, top_n, width, device)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -62,7 +63,7 @@ def decoder_similarity(sae: SparseAutoencoder, top: int = 10, bins: int = 50) ->
     }
 
 
-def geometry(sae: SparseAutoencoder, x: torch.Tensor, mean_abs_activation: torch.Tensor) -> dict[str, object]:
+def geometry(sae: SparseAutoencoder, x: torch.Tensor, mean_abs_activation: torch.Tensor) -> dict[str, Any]:
     """All measures: effective features, AFA (on activations x [N, d]) and the decoder cosine structure."""
     afa = afa_diagnostic(sae, x)
     sim = decoder_similarity(sae)

@@ -53,8 +53,9 @@ def _latent_delta(sae: SparseAutoencoder, x: torch.Tensor, dz: torch.Tensor, lat
     W = sae.W_dec[latents]  # [m, d]
     delta = dz.to(W.dtype) @ W
     if sae.cfg.normalize in ("layer_norm", "unit_norm"):  # codes live in the per-token normalised space
-        _, (_, sd) = normalize(x.to(W.dtype), sae.cfg.normalize, sae.input_scale.to(W.dtype))
-        delta = delta * sd
+        _, stats = normalize(x.to(W.dtype), sae.cfg.normalize, sae.input_scale.to(W.dtype))
+        assert stats is not None  # the per-token modes return (mean, sd)
+        delta = delta * stats[1]
     return delta
 
 
@@ -84,7 +85,7 @@ def splice_edit(sae: SparseAutoencoder, error_term: bool = False, mask: torch.Te
 
 def _latent_index(sae: SparseAutoencoder, latents: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
     idx = torch.as_tensor([latents] if isinstance(latents, int) else latents, dtype=torch.long).flatten()
-    n = sae.cfg.n_latents
+    n = sae.cfg.latents
     if idx.numel() == 0:
         raise ValueError("no latent given")
     bad = idx[(idx < 0) | (idx >= n)]
@@ -109,7 +110,7 @@ def ablate_edit(
     if mode not in ("zero", "mean"):
         raise ValueError(f"ablation mode must be 'zero' or 'mean', got {mode!r}")
     if mode == "mean":
-        if means is None or means.shape != (sae.cfg.n_latents,):
+        if means is None or means.shape != (sae.cfg.latents,):
             got = None if means is None else tuple(means.shape)
             raise ValueError(
                 f"mode='mean' needs means=[n_latents={sae.cfg.n_latents}] (each latent's mean "

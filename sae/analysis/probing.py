@@ -76,7 +76,7 @@ def pooled_features(
     special = torch.tensor(sorted(model.special_token_ids), dtype=torch.long)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     acts = torch.zeros(len(ids), sae.cfg.d_in)
-    codes = torch.zeros(len(ids), sae.cfg.n_latents)
+    codes = torch.zeros(len(ids), sae.cfg.latents)
     for start in tqdm(range(0, len(order), batch_size), desc="probe: features", disable=not progress, leave=False):
         rows = order[start : start + batch_size]
         n = min(len(ids[i]) for i in rows)
@@ -115,18 +115,18 @@ def probe_features(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Sparse-probe accuracies from pooled activations [N, d] and codes [N, n] with one label per row."""
-    labels = np.asarray(labels)
+    label_array = np.asarray(labels)
     _check_m(m, codes.shape[1])
-    if len(labels) != acts.shape[0] or codes.shape[0] != acts.shape[0]:
-        raise ValueError(f"{len(labels)} labels for {acts.shape[0]} activation rows and {codes.shape[0]} code rows")
-    classes = np.unique(labels)
+    if len(label_array) != acts.shape[0] or codes.shape[0] != acts.shape[0]:
+        raise ValueError(f"{len(label_array)} labels for {acts.shape[0]} activation rows and {codes.shape[0]} code rows")
+    classes = np.unique(label_array)
     if len(classes) < 2:
         raise ValueError(f"sparse probing needs at least two classes, got {classes.tolist()}")
     rng = np.random.default_rng(seed)
     a, z = acts.double().numpy(), codes.double().numpy()
     per_class: dict[str, dict[str, float]] = {}
     for c in classes:
-        pos, neg = np.flatnonzero(labels == c), np.flatnonzero(labels != c)
+        pos, neg = np.flatnonzero(label_array == c), np.flatnonzero(label_array != c)
         k = min(len(pos), len(neg))  # balanced task, stratified split
         t = max(1, int(round(k * test_fraction)))
         if k - t < 1:
@@ -144,7 +144,7 @@ def probe_features(
         per_class[str(c)] = res
     keys = next(iter(per_class.values())).keys()
     mean = {f"probe_{k}": float(np.mean([r[k] for r in per_class.values()])) for k in keys}
-    return {**mean, "probe_classes": list(per_class), "probe_per_class": per_class, "probe_examples": len(labels)}
+    return {**mean, "probe_classes": list(per_class), "probe_per_class": per_class, "probe_examples": len(label_array)}
 
 
 def sparse_probe(
@@ -175,7 +175,7 @@ def sparse_probe(
     for col in (label_column, text_column):
         if col not in columns:
             raise ValueError(f"the dataset has no column {col!r}; it has {columns}")
-    _check_m(m, sae.cfg.n_latents)  # before any forward pass
+    _check_m(m, sae.cfg.latents)  # before any forward pass
     hook = check_fit(model, sae, hook)
     was_training = sae.training
     sae.eval()

@@ -63,7 +63,7 @@ def option_fields(cls: type, default: Any = None) -> list[tuple[dataclasses.Fiel
             continue
         hint = _base_type(hints[f.name])
         value = getattr(default, f.name) if default is not None else _default(f)
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             out += option_fields(hint, value if value is not dataclasses.MISSING else None)
         else:
             out.append((f, hint, value, docs.get(f.name, "")))
@@ -130,7 +130,7 @@ def _build(cls: type, options: dict[str, Any], base: Any = None) -> Any:
             continue
         hint = _base_type(hints[f.name])
         inner_base = getattr(base, f.name) if base is not None else _default(f)
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             kwargs[f.name] = _build(hint, options, None if inner_base is dataclasses.MISSING else inner_base)
         elif f.name in options:
             kwargs[f.name] = options[f.name]

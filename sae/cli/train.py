@@ -10,7 +10,7 @@ from sae.config import RunConfig, SAEConfig, TrainConfig
 from sae.distributed.config import DistributedConfig
 
 # The demo: the embedded default model and corpus, a TopK dictionary, minutes on 2 CPU cores.
-DEMO = {
+DEMO: dict[str, dict[str, Any]] = {
     "run": {"out": "runs/demo", "harvest_tokens": 400_000, "eval_tokens": 16_384},
     "sae": {"family": "topk", "k": 32, "n_latents": 3072},
     "train": {"tokens": 1_600_000, "batch_size": 4096, "checkpoint_every": 50},

@@ -86,7 +86,7 @@ class DataParallel(Communicator):
                 f"family {sae.cfg.family!r} selects over the batch or keeps state, so its ranks would diverge "
                 "(use --distributed shard for batchtopk and batch abstopk)"
             )
-        self.n_latents = sae.cfg.n_latents
+        self.n_latents = sae.cfg.latents
         with torch.no_grad():
             for t in [*sae.parameters(), *sae.buffers()]:
                 dist.broadcast(t, 0)

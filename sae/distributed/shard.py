@@ -33,8 +33,8 @@ def shard_rule(family: str, options: dict[str, Any]) -> str:
     are refused."""
     rule = get_family(family).shard_rule(options)
     if rule is None:
-        able = [f"{RULE_NAMES.get(r, r)} ({name})" for name, f in FAMILIES.items() if (r := f.shard_rule({})) is not None]
-        able = ", ".join(able[:-1]) + " or " + able[-1] if len(able) > 1 else "".join(able)
+        ables = [f"{RULE_NAMES.get(r, r)} ({name})" for name, f in FAMILIES.items() if (r := f.shard_rule({})) is not None]
+        able = ", ".join(ables[:-1]) + " or " + ables[-1] if len(ables) > 1 else "".join(ables)
         raise ValueError(
             f"--distributed shard needs a selection that splits over latents: {able}; family {family!r} selects otherwise"
         )
@@ -147,16 +147,16 @@ def sharded_forward(
     the selected entries (main and AuxK) are read again with gradient (`_GatherPre`), so the backward is
     B*k*d work rather than two B*(n/R)*d matmuls."""
     step = step or TrainStep()
-    n, n_r = sae.cfg.n_latents, sae.W_dec.shape[0]
+    n, n_r = sae.cfg.latents, sae.W_dec.shape[0]
     x_n, stats = sae._prepare(x)
     x_in = _IntoShards.apply(x_n - sae.b_dec)
     b_enc = sae.b_enc if sae.family.uses_b_enc else None
     pre = pre_activations(x_in, sae.W_enc, b_enc)
-    local, whole = select_sharded(pre, rule, sae.cfg.k, lo, n)
+    local, whole = select_sharded(pre, rule, sae.family.k, lo, n)
     signed = rule.startswith("abs")
     aux_local, aux_whole = None, None
     n_dead = int(dead.sum().item()) if dead is not None else 0
-    if n_dead and step.k_aux > 0:
+    if dead is not None and n_dead and step.k_aux > 0:
         mine = dead[lo : lo + n_r]
         masked = torch.where(mine, pre, 0.0 if signed else float(torch.finfo(pre.dtype).min))
         aux_local, aux_whole = select_sharded(masked, "abs" if signed else "row", min(step.k_aux, n_dead), lo, n)
@@ -177,7 +177,7 @@ class LatentShard(Communicator):
 
     def prepare(self, sae: SparseAutoencoder) -> SparseAutoencoder:
         self.rule = shard_rule(sae.cfg.family, sae.cfg.options)
-        n, k = sae.cfg.n_latents, sae.cfg.k
+        n, k = sae.cfg.latents, sae.family.k
         if n % self.world:
             raise ValueError(
                 f"--distributed shard splits the latents evenly: n_latents={n} is not a multiple of the {self.world} ranks"

@@ -63,6 +63,13 @@ class AdaptiveK(Family):
     name = "adaptivek"
     saelens_unsupported = "its per-token k comes from a learned probe, which SAELens has no place for"
     option_names = ("k_min", "k_max", "probe_target", "probe_fit_at", "l1_coef", "shift_beta")
+    probe_w: torch.Tensor  # buffers: [d], [], [], [] bool
+    probe_b: torch.Tensor
+    k_shift: torch.Tensor
+    probe_fitted: torch.Tensor
+    _xtx: torch.Tensor  # ridge statistics per fold: [F, d+1, d+1], [F, d+1], [F]
+    _xty: torch.Tensor
+    _yty: torch.Tensor
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
@@ -88,13 +95,14 @@ class AdaptiveK(Family):
     @staticmethod
     def k_range(cfg: SAEConfig) -> tuple[int, int]:
         k = cfg.k or 1
-        return int(cfg.options.get("k_min", max(1, k // 4))), int(cfg.options.get("k_max", min(cfg.n_latents, 4 * k)))
+        return int(cfg.options.get("k_min", max(1, k // 4))), int(cfg.options.get("k_max", min(cfg.latents, 4 * k)))
 
     @classmethod
     def validate(cls, cfg: SAEConfig) -> None:
         super().validate(cfg)
         k_min, k_max = cls.k_range(cfg)
-        if not 1 <= k_min <= cfg.k <= k_max <= cfg.n_latents or k_min == k_max and k_min != cfg.k:
+        assert cfg.k is not None  # Family.validate refused a missing k
+        if not 1 <= k_min <= cfg.k <= k_max <= cfg.latents or k_min == k_max and k_min != cfg.k:
             raise ValueError(
                 f"family 'adaptivek': need 1 <= k_min <= k <= k_max <= n_latents, got k_min={k_min}, k={cfg.k}, "
                 f"k_max={k_max}, n_latents={cfg.n_latents}"
@@ -112,7 +120,7 @@ class AdaptiveK(Family):
         span = self.k_max - self.k_min
         if span == 0:
             return 0.0
-        p = min(max((self.cfg.k - self.k_min) / span, 1e-6), 1 - 1e-6)
+        p = min(max((self.k - self.k_min) / span, 1e-6), 1 - 1e-6)
         return math.log(p / (1 - p))
 
     def complexity(self, x_n: torch.Tensor) -> torch.Tensor:
@@ -126,7 +134,7 @@ class AdaptiveK(Family):
         lo, span = self.k_min, self.k_max - self.k_min
         if not exact_mean:
             return (lo + span * torch.sigmoid(logit + self.k_shift)).round().long().clamp(self.k_min, self.k_max)
-        target = float(self.cfg.k)
+        target = float(self.k)
         a, b = logit.new_tensor(-40.0), logit.new_tensor(40.0)
         for _ in range(40):  # mean k is increasing in delta; no host sync inside the loop
             mid = (a + b) / 2

@@ -66,7 +66,7 @@ class Family(nn.Module):
     name: ClassVar[str] = "topk"
     rule: ClassVar[str] = "row"  # the kernels.select rule of the training forward
     uses_k: ClassVar[bool] = True
-    uses_b_enc: ClassVar[bool] = True
+    uses_b_enc: bool = True  # an instance may differ from its class (AbsTopK's encoder_bias option)
     signed: ClassVar[bool] = False  # codes may be negative (firing is |z| > 0)
     option_names: ClassVar[tuple[str, ...]] = ()
     # --- SAELens's layout (format "saelens"; "saelens-strict" keeps only what SAELens reads) ---
@@ -82,13 +82,18 @@ class Family(nn.Module):
         super().__init__()
         self.cfg = cfg
 
+    @property
+    def k(self) -> int:
+        """cfg.k as an int, for a family that uses k: SAEConfig fills the default and `validate` checks it."""
+        assert self.cfg.k is not None, f"family {self.name!r} has no k"
+        return self.cfg.k
+
     # --- configuration -------------------------------------------------------------
     @classmethod
     def validate(cls, cfg: SAEConfig) -> None:
         """Raise at config time when options do not fit the family."""
-        assert cfg.n_latents is not None
         if cls.uses_k:
-            if cfg.k is None or not isinstance(cfg.k, int) or not 1 <= cfg.k <= cfg.n_latents:
+            if cfg.k is None or not isinstance(cfg.k, int) or not 1 <= cfg.k <= cfg.latents:
                 raise ValueError(
                     f"family {cls.name!r}: k={cfg.k!r} out of range; expected an int with 1 <= k <= n_latents={cfg.n_latents}"
                 )

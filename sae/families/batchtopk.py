@@ -10,7 +10,7 @@ constant threshold, which is how SAELens saves BatchTopK dictionaries.
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -27,15 +27,16 @@ class ThresholdInference(Family):
     """Shared by the batch-dependent families: a saved `threshold` [n] buffer used when not training."""
 
     per_latent_threshold = False  # True: each latent keeps its own EMA (Feature Choice)
-    option_names = ("threshold_beta", "threshold_start_step")
+    option_names: ClassVar[tuple[str, ...]] = ("threshold_beta", "threshold_start_step")
     # SAELens saves batch-dependent dictionaries as JumpReLU with their inference threshold
     saelens_architecture = "jumprelu"
     saelens_tensors = SAELENS_TENSORS | {"threshold"}
+    threshold: torch.Tensor  # buffer [n], fp32
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
         # -1 = not estimated yet; fp32 whatever the parameter dtype (SAELens JumpReLU layout: [d_sae])
-        self.register_buffer("threshold", torch.full((cfg.n_latents,), -1.0, dtype=torch.float32))
+        self.register_buffer("threshold", torch.full((cfg.latents,), -1.0, dtype=torch.float32))
         self.beta = float(cfg.options.get("threshold_beta", 0.999))
         self.start_step = int(cfg.options.get("threshold_start_step", 1000))
 
@@ -85,10 +86,10 @@ class ThresholdInference(Family):
         # left unchanged
         masked = torch.where(vals > 0, vals, torch.full_like(vals, float("inf")))
         if self.per_latent_threshold:
-            mins = torch.full((self.cfg.n_latents,), float("inf"), device=vals.device)
+            mins = torch.full((self.cfg.latents,), float("inf"), device=vals.device)
             mins.scatter_reduce_(0, code.indices.reshape(-1), masked.reshape(-1), reduce="amin")
         else:
-            mins = masked.min().expand(self.cfg.n_latents)
+            mins = masked.min().expand(self.cfg.latents)
         seen = torch.isfinite(mins)
         fresh = seen & (self.threshold < 0)
         ema = self.beta * self.threshold + (1 - self.beta) * mins

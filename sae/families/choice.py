@@ -23,7 +23,7 @@ import torch
 
 import kernels
 from kernels import Encoding, SparseCode
-from sae.families.base import DEFAULT_K_AUX, TrainStep, regather
+from sae.families.base import DEFAULT_K_AUX, Family, TrainStep, regather
 from sae.families.batchtopk import BatchTopK, ThresholdInference
 
 if TYPE_CHECKING:
@@ -33,18 +33,21 @@ if TYPE_CHECKING:
 ZIPF_OPTIONS = ("aux_zipf", "zipf_fraction", "zipf_beta")
 
 
-class ZipfAux:
-    """aux_zipf bookkeeping: a firing-rate EMA and the under-used mask it implies (mixin)."""
+class ZipfAux(Family):
+    """aux_zipf bookkeeping: a firing-rate EMA and the under-used mask it implies (mixed into both families)."""
+
+    firing_rate: torch.Tensor  # buffers [n], fp32
+    zipf_target: torch.Tensor
 
     def init_zipf(self, cfg: SAEConfig) -> None:
-        n = cfg.n_latents
+        n = cfg.latents
         self.use_zipf = bool(cfg.options.get("aux_zipf", True))
         self.zipf_fraction = float(cfg.options.get("zipf_fraction", 0.5))
         self.zipf_beta = float(cfg.options.get("zipf_beta", 0.99))
-        self.register_buffer("firing_rate", torch.full((n,), cfg.k / n, dtype=torch.float32))
+        self.register_buffer("firing_rate", torch.full((n,), self.k / n, dtype=torch.float32))
         ranks = torch.arange(1, n + 1, dtype=torch.float32)
         target = 1.0 / ranks
-        self.register_buffer("zipf_target", target * (cfg.k / target.sum()), persistent=False)
+        self.register_buffer("zipf_target", target * (self.k / target.sum()), persistent=False)
 
     @staticmethod
     def validate_zipf(name: str, cfg: SAEConfig) -> None:
@@ -137,7 +140,7 @@ class FeatureChoice(ZipfAux, ThresholdInference):
         """m: the option, else k*B/n rounded (at least 1) so the budget is about k*B pairs."""
         m = self.cfg.options.get("m")
         if m is None:
-            return max(1, math.ceil((k or self.cfg.k) * batch / self.cfg.n_latents))
+            return max(1, math.ceil((k or self.k) * batch / self.cfg.latents))
         if m > batch:
             raise ValueError(
                 f"featurechoice: m={m} tokens per latent is larger than this batch of {batch} tokens; "

@@ -36,7 +36,7 @@ class Gated(Family):
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
         self.apply_b_dec = bool(cfg.options.get("apply_b_dec_to_input", True))
-        n, dtype = cfg.n_latents, cfg.torch_dtype
+        n, dtype = cfg.latents, cfg.torch_dtype
         self.r_mag = nn.Parameter(torch.zeros(n, dtype=dtype))
         self.b_mag = nn.Parameter(torch.zeros(n, dtype=dtype))
 

@@ -77,7 +77,7 @@ class HierarchicalTopK(Family):
         k: int | None = None,
         k_aux: int = DEFAULT_K_AUX,
     ) -> Encoding:
-        if k is not None and not 1 <= k <= self.cfg.k:
+        if k is not None and not 1 <= k <= self.k:
             raise ValueError(f"hierarchicaltopk: k={k} out of range; this dictionary serves 1 <= k <= k_max={self.cfg.k}")
         enc = super().encode(sae, x_n, dead=dead, k=k, k_aux=k_aux)
         return Encoding(sort_code(enc.code), enc.aux)

@@ -29,11 +29,12 @@ class JumpReLU(Family):
     saelens_architecture = "jumprelu"
     saelens_tensors = SAELENS_TENSORS | {"threshold"}
     option_names = ("apply_b_dec_to_input",)
+    threshold: torch.Tensor  # buffer [n], fp32
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
         self.apply_b_dec = bool(cfg.options.get("apply_b_dec_to_input", True))
-        self.register_buffer("threshold", torch.zeros(cfg.n_latents, dtype=torch.float32))
+        self.register_buffer("threshold", torch.zeros(cfg.latents, dtype=torch.float32))
 
     @classmethod
     def validate(cls, cfg: SAEConfig) -> None:

@@ -46,12 +46,12 @@ class Matryoshka(BatchTopK):
 
     @staticmethod
     def prefixes_of(cfg: SAEConfig) -> list[int]:
-        return list(cfg.options.get("prefixes") or default_prefixes(cfg.n_latents))
+        return list(cfg.options.get("prefixes") or default_prefixes(cfg.latents))
 
     @classmethod
     def validate(cls, cfg: SAEConfig) -> None:
         super().validate(cfg)
-        n = cfg.n_latents
+        n = cfg.latents
         p = cfg.options.get("prefixes")
         if p is not None:
             if not isinstance(p, (list, tuple)) or not p or not all(isinstance(v, int) for v in p):
@@ -87,4 +87,4 @@ class Matryoshka(BatchTopK):
         sse: torch.Tensor | None = None,
     ) -> torch.Tensor:
         losses = self.prefix_losses(sae, x_n, enc.code)
-        return sum(w * loss for w, loss in zip(self.weights, losses))
+        return sum((w * loss for w, loss in zip(self.weights, losses)), torch.zeros((), device=x_n.device))

@@ -39,7 +39,7 @@ class TopAFA(Family):
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
-        self.k_max = int(cfg.options.get("k_max", min(cfg.n_latents, cfg.d_in)))
+        self.k_max = int(cfg.options.get("k_max", min(cfg.latents, cfg.d_in)))
         self.afa_coef = float(cfg.options.get("afa_coef", 1 / 32))
 
     @classmethod
@@ -50,8 +50,8 @@ class TopAFA(Family):
                 f"family 'topafa' chooses k per token from the input's norm; got k={cfg.k!r}, expected k=None "
                 "(options={'k_max': ...} bounds the search)"
             )
-        k_max = cfg.options.get("k_max", min(cfg.n_latents, cfg.d_in))
-        if not isinstance(k_max, int) or not 1 <= k_max <= cfg.n_latents:
+        k_max = cfg.options.get("k_max", min(cfg.latents, cfg.d_in))
+        if not isinstance(k_max, int) or not 1 <= k_max <= cfg.latents:
             raise ValueError(f"family 'topafa': k_max={k_max!r}; expected an int in [1, n_latents={cfg.n_latents}]")
         coef = cfg.options.get("afa_coef", 1 / 32)
         if not isinstance(coef, (int, float)) or coef < 0:

@@ -45,7 +45,7 @@ class VariationalTopK(Family):
         self.learned_var = bool(cfg.options.get("learned_var", True))
         self._posterior: tuple[torch.Tensor, torch.Tensor | None] | None = None
         if self.learned_var:
-            d, n = cfg.d_in, cfg.n_latents
+            d, n = cfg.d_in, cfg.latents
             dtype = cfg.torch_dtype
             self.W_enc_var = nn.Parameter(torch.zeros(d, n, dtype=dtype))
             self.b_enc_var = nn.Parameter(torch.full((n,), float(cfg.options.get("log_var_init", -2.0)), dtype=dtype))

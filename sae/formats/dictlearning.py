@@ -77,6 +77,7 @@ def load_dictionary_learning(
             "b_dec": t("bias") if cls == "AutoEncoder" else t("b_dec"),
         }
     options: dict[str, Any] = {}
+    scalar_threshold: float | None = None  # spread over the latents once the config has checked their number
     if cls == "AutoEncoder":
         family, k = "standard", None
     elif cls == "GatedAutoEncoder":
@@ -89,18 +90,20 @@ def load_dictionary_learning(
         tensors["threshold"] = clamp_threshold(t("threshold"))
     else:  # BatchTopK and Matryoshka: a scalar inference threshold, a JumpReLU at inference
         family = "batchtopk" if cls == "BatchTopKSAE" else "matryoshka"
-        thr = float(t("threshold").reshape(-1)[0])
-        if thr < 0:
+        scalar_threshold = float(t("threshold").reshape(-1)[0])
+        if scalar_threshold < 0:
             raise ValueError(
-                f"{file}: the inference threshold is {thr} (never estimated); this dictionary cannot encode one token"
+                f"{file}: the inference threshold is {scalar_threshold} (never estimated); this dictionary cannot encode "
+                "one token"
             )
-        tensors["threshold"] = torch.full((int(n),), thr)
         if cls == "MatryoshkaBatchTopKSAE":
             sizes = [int(v) for v in t("group_sizes").tolist()]
             options = {"prefixes": [int(v) for v in np.cumsum(sizes)]}
     cfg = make_cfg(
         folder / DICT_LEARNING_CFG, d_in=d, d_sae=n, dtype=dtype or "float32", family=family, k=k, options=options, **common
     )
+    if scalar_threshold is not None:
+        tensors["threshold"] = torch.full((cfg.latents,), scalar_threshold)
     return SparseAutoencoder.from_tensors(cfg, tensors, file, device=device)
 
 

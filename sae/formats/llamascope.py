@@ -50,8 +50,9 @@ def load_llama_scope(
         hook_name=str(hp.get("hook_point_in", "")),
         model_name=model_name or str(hp.get("model_name", "")),
     )
+    assert norm_in is not None and norm_out is not None and threshold is not None  # the loop above refused them
     state = read_safetensors(folder / LLAMA_SCOPE_WEIGHTS)
-    s_in, s_out = math.sqrt(d) / norm_in, math.sqrt(d) / norm_out
+    s_in, s_out = math.sqrt(cfg.d_in) / norm_in, math.sqrt(cfg.d_in) / norm_out
     # the model divides its normalised reconstruction by s_in; Llama Scope divides by s_out: fold the ratio
     ratio = s_in / s_out
     tensors = {
@@ -59,7 +60,7 @@ def load_llama_scope(
         "b_enc": tensor_of(state, "encoder.bias", folder / LLAMA_SCOPE_WEIGHTS),
         "W_dec": tensor_of(state, "decoder.weight", folder / LLAMA_SCOPE_WEIGHTS).T.double() * ratio,
         "b_dec": tensor_of(state, "decoder.bias", folder / LLAMA_SCOPE_WEIGHTS).double() * ratio,
-        "threshold": clamp_threshold(torch.full((n,), float(threshold))),
+        "threshold": clamp_threshold(torch.full((cfg.latents,), float(threshold))),
     }
     return SparseAutoencoder.from_tensors(cfg, tensors, folder / LLAMA_SCOPE_WEIGHTS, device=device, input_scale=s_in)
 

@@ -133,7 +133,7 @@ def convert_tensors(sl: SAELensConfig, state: dict[str, torch.Tensor], source: s
     if scaling is not None and "W_dec" in t:
         t["W_dec"] = t["W_dec"].double() * scaling.double()[:, None]
     if "topk_threshold" in t:  # a BatchTopK training file: one global threshold
-        t["threshold"] = t.pop("topk_threshold").reshape(()).expand(sl.cfg.n_latents).clone()
+        t["threshold"] = t.pop("topk_threshold").reshape(()).expand(sl.cfg.latents).clone()
     if "threshold" in t:
         t["threshold"] = clamp_threshold(t["threshold"])
     if sl.rescale_by_decoder_norm and {"W_enc", "b_enc", "W_dec"} <= set(t):
@@ -187,7 +187,7 @@ def load_saelens(
     sparsity = folder / SPARSITY_FILE
     if sparsity.exists():
         log10 = read_safetensors(sparsity).get("sparsity")
-        if log10 is None or tuple(log10.shape) != (cfg.n_latents,):
+        if log10 is None or tuple(log10.shape) != (cfg.latents,):
             raise ValueError(f"{sparsity}: expected one tensor 'sparsity' of shape ({cfg.n_latents},)")
         sae.firing_frequency = (10 ** log10.double()).float()
     return sae

@@ -62,16 +62,10 @@ def load_sparsify(
         hook_name=layer_hook(folder.name),
         model_name=model_name,
     )
-    tensors = {
-        "W_enc": weight.T,
-        "b_enc": state.get("encoder.bias"),
-        "W_dec": state.get("W_dec"),
-        "b_dec": state.get("b_dec"),
-    }
-    missing = [k for k, v in tensors.items() if v is None]
+    missing = [name for name in ("encoder.bias", "W_dec", "b_dec") if name not in state]
     if missing:
-        names = {"b_enc": "encoder.bias"}
-        raise ValueError(f"{folder / SPARSIFY_WEIGHTS_FILE} lacks {[names.get(m, m) for m in missing]}; it holds {sorted(state)}")
+        raise ValueError(f"{folder / SPARSIFY_WEIGHTS_FILE} lacks {missing}; it holds {sorted(state)}")
+    tensors = {"W_enc": weight.T, "b_enc": state["encoder.bias"], "W_dec": state["W_dec"], "b_dec": state["b_dec"]}
     return SparseAutoencoder.from_tensors(cfg, tensors, folder / SPARSIFY_WEIGHTS_FILE, device=device)
 
 
@@ -80,7 +74,7 @@ def sparsify_cfg(sae: SparseAutoencoder) -> dict[str, Any]:
     cfg = sae.cfg
     return {
         "activation": "topk",
-        "expansion_factor": max(1, cfg.n_latents // cfg.d_in),
+        "expansion_factor": max(1, cfg.latents // cfg.d_in),
         "normalize_decoder": True,
         "num_latents": cfg.n_latents,
         "k": cfg.k,

@@ -92,6 +92,7 @@ def load_path(
     if fmt is None:
         raise _undetectable(path)
     loader = get_format(fmt).load
+    assert loader is not None  # get_format returns only layouts that load
     if fmt == "saelens" and release is not None and sae_id in release.norm_scaling_factor:
         sae = load_saelens(path, device=device, dtype=dtype, norm_scaling_factor=release.norm_scaling_factor[sae_id])
     else:
@@ -144,8 +145,8 @@ def fetch(
             f"{text!r} is neither a local path, a release id (see `python -m sae pretrained list`), "
             "nor a Hub repo id (owner/name)"
         )
-    sub = sae_id or hook
-    patterns = [f"{sub}/*", f"{sub}/**", "*.json"] if sub else None
+    subfolder = sae_id or hook
+    patterns = [f"{subfolder}/*", f"{subfolder}/**", "*.json"] if subfolder else None
     m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook or "")
     if patterns and m and sae_id is None:  # sparsify names the folders after the layer
         patterns += [f"{name}{m.group(1)}/*" for name in ("layers.", "layer_")]

@@ -173,3 +173,16 @@ def test_sparsify_save_round_trips_through_our_loader(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(back(x).x_hat, sae(x).x_hat)
     assert back.cfg.hook_name == "blocks.4.hook_resid_post"
+
+
+@pytest.mark.parametrize("dict_size", [None, 10**12])
+def test_dictionary_learning_threshold_spread_only_over_a_checked_size(tmp_path, dict_size):
+    """BatchTopKSAE's one inference threshold becomes a [dict_size] tensor only after dict_size is checked."""
+    state = {"encoder.weight": torch.zeros(4, 2), "encoder.bias": torch.zeros(4), "decoder.weight": torch.zeros(2, 4)}
+    torch.save({**state, "b_dec": torch.zeros(2), "k": torch.tensor(1), "threshold": torch.tensor(0.5)}, tmp_path / "ae.pt")
+    trainer = {"dict_class": "BatchTopKSAE", "activation_dim": 2}
+    if dict_size is not None:
+        trainer["dict_size"] = dict_size
+    (tmp_path / "config.json").write_text(json.dumps({"trainer": trainer}))
+    with pytest.raises(ValueError, match="config.json: .*d_sae"):
+        load_pretrained(tmp_path)

@@ -110,7 +110,8 @@ def test_a_wrong_encode_falls_back_with_its_gradients(gpu, monkeypatch):
         assert torch.equal(ours.grad, ref.grad)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.slow)])
+@pytest.mark.slow  # every op on its Triton path in the interpreter: about 18 s a dtype
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_correct_kernels_raise_no_warning(gpu, monkeypatch, dtype):
     """Every op on its Triton path passes its first-use check: codes, values and gradients (the fused encoder
     with AuxK and b_pre, the fused decode, the plain decode, and each selection rule)."""

@@ -79,10 +79,13 @@ def eval_config(args: argparse.Namespace, cfg: SAEConfig, recorded: dict[str, An
 
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     """Score the dictionary in `args.path`, merge the result into its metrics.json; returns the merged metrics."""
-    from sae.model import SparseAutoencoder
+    from sae.pretrained import choose, load_path
 
-    sae = SparseAutoencoder.load(args.path)
-    metrics_path = Path(args.path) / "metrics.json"
+    # any layout load_pretrained reads; a folder of several dictionaries needs --hook to pick one
+    target = choose(Path(args.path), getattr(args, "hook", None))
+    sae = load_path(target)
+    folder = target if target.is_dir() else target.parent
+    metrics_path = folder / "metrics.json"
     recorded = json.loads(metrics_path.read_text()).get("eval_settings", {}) if metrics_path.exists() else {}
     cfg = eval_config(args, sae.cfg, recorded)
 
@@ -111,9 +114,9 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
                 sae, model, TextSource(context_len=text.context_len), hook=cfg.hook, batch_size=cfg.batch_size, seed=cfg.seed
             )
         )
-    merged = write_evaluation(cfg.path, metrics)
+    merged = write_evaluation(folder, metrics)
     if cfg.plots:
         from sae.analysis.plots import write_run_plots
 
-        write_run_plots(cfg.path)
+        write_run_plots(folder)
     return merged

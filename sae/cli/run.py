@@ -5,6 +5,7 @@ the run is one rank of a `ddp`, `shard` or `layers` job (sae.distributed)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -17,6 +18,7 @@ from activations.source import TextSource
 from activations.text import TEST_EVERY
 from sae.analysis.evaluate import evaluate, write_evaluation
 from sae.analysis.pca import pca_fvu
+from sae.cli.identity import IDENTITY_FILE, check_resume, run_identity, write_identity
 from sae.cli.run_folder import run_folder
 from sae.config import RunConfig, SAEConfig, TrainConfig
 from sae.data import TensorBatches
@@ -90,16 +92,27 @@ def eval_settings(text: TextSource, eval_tokens: int) -> dict[str, Any]:
 
 
 def _check_held_out(run: RunConfig, model, seed: int, batch_size: int, hooks: HookPoints | None = None) -> None:
-    """Check that the test split yields held-out text before training: a dataset without it fails in seconds,
-    not after training."""
+    """Check, before training, what would otherwise fail after it: the hook names and context length (their own
+    errors), the text column and the first texts of the train split, then that the test split yields held-out text
+    (a dataset without one fails in seconds, naming that cause and not another)."""
+    unc = dataclasses.replace(run, cache_dir="")  # a check, not a harvest: no cache folder is made or read
+    _stream(unc, model, "train", batch_size, batch_size, seed, hooks).check_not_empty()
     try:
-        _stream(run, model, "test", run.eval_tokens, batch_size, seed, hooks).check_not_empty()
+        _stream(unc, model, "test", run.eval_tokens, batch_size, seed, hooks).check_not_empty()
     except ValueError as e:
+        if not _no_held_out_text(e):
+            raise ValueError(f"dataset {run.text.dataset or 'embedded'!r}, reading its 'test' split: {e}") from e
         raise ValueError(
             f"dataset {run.text.dataset or 'embedded'!r} has no usable 'test' split for the held-out metrics "
             f"({e}); use a hub dataset that has one, or local files with at least {TEST_EVERY} documents "
             "(every 20th is held out)"
         ) from e
+
+
+def _no_held_out_text(e: ValueError) -> bool:
+    """Whether `e` says the test split is missing or empty (rather than the text being unreadable)."""
+    text = str(e)
+    return "yields no context" in text or "Unknown split" in text or "split 'test' not in" in text
 
 
 def check_run(run: RunConfig, sae_kwargs: dict[str, Any], tcfg: TrainConfig) -> None:
@@ -138,6 +151,9 @@ def run_training(
     `run.out/<hook>/`, and {hook: metrics}. Under `dcfg.distributed` this process is one rank (launched by
     torchrun); ranks that write nothing return {}."""
     check_run(run, sae_kwargs, tcfg)
+    identity = run_identity(run, sae_kwargs, tcfg)
+    if run.resume:  # before the model loads: another run's data or settings are refused in a second, not after a harvest
+        check_resume(Path(run.out), identity)
     dcfg = dcfg or DistributedConfig()
     hooks = run.hooks
     mode = dcfg.distributed
@@ -155,7 +171,7 @@ def run_training(
     nested = len(hooks) > 1 or mode == "layers"
     if mode == "none":
         with run_folder(run.out, resume=run.resume, overwrite=run.overwrite) as out:
-            return _run(out, run, hooks, sae_kwargs, tcfg, Communicator(), nested)
+            return _run(out, run, hooks, sae_kwargs, tcfg, Communicator(), nested, identity, records=True)
     import torch.distributed as dist
 
     from sae.distributed.group import process_group
@@ -179,23 +195,41 @@ def run_training(
             raise ValueError(problem[0])
         out = Path(run.out)
         if mode != "layers":
-            return _run(out, run, hooks, sae_kwargs, tcfg, DataParallel() if mode == "ddp" else LatentShard(), nested)
+            comm = DataParallel() if mode == "ddp" else LatentShard()
+            return _run(out, run, hooks, sae_kwargs, tcfg, comm, nested, identity, records=rank == 0)
         parts: list[Any] = [None] * world
         mine = HookPoints(hooks.names[rank::world])
-        dist.all_gather_object(parts, _run(out, run, mine, sae_kwargs, tcfg, Communicator(), nested))
+        dist.all_gather_object(parts, _run(out, run, mine, sae_kwargs, tcfg, Communicator(), nested, identity, records=rank == 0))
         return {h: m for part in parts for h, m in part.items()} if rank == 0 else {}
 
 
+def _record_identity(out: Path, identity: dict[str, Any]) -> None:
+    """A fresh run records its settings; a resumed one keeps what it found (written now if it predates run.json)."""
+    if not (out / IDENTITY_FILE).exists():
+        write_identity(out, identity)
+
+
 def _run(
-    out: Path, run: RunConfig, hooks: HookPoints, sae_kwargs: dict[str, Any], tcfg: TrainConfig, comm: Communicator, nested: bool
+    out: Path,
+    run: RunConfig,
+    hooks: HookPoints,
+    sae_kwargs: dict[str, Any],
+    tcfg: TrainConfig,
+    comm: Communicator,
+    nested: bool,
+    identity: dict[str, Any],
+    records: bool,
 ) -> dict[str, Any]:
-    """One harvest for `hooks`, then one dictionary per hook trained through `comm`."""
+    """One harvest for `hooks`, then one dictionary per hook trained through `comm`; `records`: this process writes
+    the run's run.json (one process of a distributed job)."""
     from activations import ActivationStream, load_model
 
     t0 = time.perf_counter()
     model = load_model(run.model, device=tcfg.device)
     if comm.is_writer:
         _check_held_out(run, model, tcfg.seed, min(tcfg.batch_size, 4096), hooks)
+    if records:  # the checks passed: from here on the folder holds this run
+        _record_identity(out, identity)
     ddp = isinstance(comm, DataParallel)
     pca_samples: dict[str, torch.Tensor] | None = None
     if run.harvest_tokens:
@@ -218,10 +252,7 @@ def _run(
         }
     else:  # several hooks through the disk cache: harvested once, each dictionary reads its own hook
         cache = _stream(run, model, "train", tcfg.tokens, tcfg.batch_size, tcfg.seed, hooks).harvest()
-        data = {
-            h: ActivationStream.from_cache(cache, tcfg.batch_size, tcfg.seed, hook=h, verify=False, expect_model=model.name)
-            for h in hooks
-        }
+        data = {h: ActivationStream.from_cache(cache, tcfg.batch_size, tcfg.seed, hook=h, expect_model=model.name) for h in hooks}
     harvest_s = time.perf_counter() - t0
     saes, results = {}, {}
     for h in hooks:

@@ -19,6 +19,7 @@ __all__ = ["RUN_FILES", "LOCK_FILE", "RunFolderError", "run_folder"]
 
 # what a run (its evaluation, feature statistics and browser included) writes into its folder
 RUN_FILES = (
+    "run.json",
     "cfg.json",
     "sae_weights.safetensors",
     "metrics.json",

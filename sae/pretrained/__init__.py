@@ -174,7 +174,24 @@ def load_pretrained(
     dtype_name = check_dtype(dtype) if dtype is not None else None
     root, release, sid = fetch(source, hook, sae_id=sae_id, revision=revision)
     target = root if release is not None else choose(root / sid if sid else root, hook)
-    return load_path(target, format, device=device, dtype=dtype_name, release=release, sae_id=sid)
+    sae = load_path(target, format, device=device, dtype=dtype_name, release=release, sae_id=sid)
+    if hook is not None and release is None:
+        _check_recorded_hook(sae, hook, target)
+    return sae
+
+
+def _check_recorded_hook(sae: SparseAutoencoder, hook: str, path: Path) -> None:
+    """A `hook` asked of a folder holding one dictionary must be the one it records (or it records none: then it
+    takes `hook`), so that a dictionary trained elsewhere is never spliced into the wrong place silently."""
+    recorded = sae.cfg.hook_name
+    if not recorded:
+        sae.cfg.hook_name = layer_hook(hook)
+        return
+    if layer_hook(hook) != layer_hook(recorded):
+        raise ValueError(
+            f"load_pretrained({str(path)!r}, hook={hook!r}): the dictionary there records hook {recorded!r}; leave hook "
+            "out to load it, or point at the folder of the dictionary for that hook"
+        )
 
 
 def load_all(

@@ -98,3 +98,19 @@ def test_a_disagreeing_model_is_refused_before_loading_it(tmp_path, capsys):
     )
     assert main(["eval", str(tmp_path), "--model", "no-such/model"]) == 2
     assert "--model 'no-such/model' disagrees with the dictionary's recorded model 'minilm'" in capsys.readouterr().err
+
+
+def test_eval_reads_any_layout_load_pretrained_reads(run_dir, tmp_path, capsys):
+    """A sparsify folder (no d_sae in its cfg.json) and a folder of several such dictionaries, picked by --hook."""
+    sae = SparseAutoencoder.load(run_dir)
+    repo = tmp_path / "repo"
+    sae.save(repo / HOOK, format="sparsify")  # sparsify names its folders after the hook points
+    sae.save(repo / "blocks.0.hook_resid_pre", format="sparsify")
+    args = ["--no-splice", "--no-probe", "--eval-tokens", "128", "--context-len", "32", "--hook", HOOK, "--force"]
+    for target in (repo / HOOK, repo):
+        assert main(["eval", str(target), *args, "--model", sae.cfg.model_name]) == 0, capsys.readouterr().err
+        printed = json.loads(capsys.readouterr().out)
+        assert printed["eval_hook"] == HOOK and 0 < printed["fvu"] < 1.5
+    assert (repo / HOOK / "metrics.json").exists()
+    assert main(["eval", str(repo), "--no-probe"]) == 2
+    assert "holds several dictionaries" in capsys.readouterr().err

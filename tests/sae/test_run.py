@@ -202,3 +202,64 @@ def test_a_non_utf8_corpus_names_the_file_and_byte_offset_before_the_model_loads
     assert main(["train", *_SMALL, "--dataset", str(corpus), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert f"dataset file {str(corpus)!r} is not UTF-8 text: byte offset {3 * 11 + 2}" in err
+
+
+@pytest.mark.slow
+def test_resume_refuses_other_data_and_a_multi_hook_run_verifies_its_cache(tmp_path, capsys, model_loads):
+    """A resumed run must be the run it continues (data, dictionary, training), checked before the model loads;
+    the shards of a several-hook cache are checked against their checksums, as a single hook's are."""
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    hooks = ["--hook", "blocks.1.hook_resid_pre", "--hook", "blocks.3.hook_resid_pre"]
+    small = ["--tokens", "2048", "--batch-size", "1024", "--n-latents", "32", "--k", "4", "--eval-tokens", "512"]
+    argv = ["train", *hooks, *small, "--pca-tokens", "1024", "--cache-dir", str(cache), "--context-len", "64"]
+    assert main([*argv, "--out", str(out)]) == 0
+    identity = json.loads((out / "run.json").read_text())
+    assert identity["data"]["hooks"] == ["blocks.1.hook_resid_pre", "blocks.3.hook_resid_pre"]
+    assert identity["data"]["context_len"] == 64 and identity["dictionary"]["k"] == 4
+    loads = len(model_loads)
+    capsys.readouterr()
+
+    changes = {
+        ("--context-len", "32"): "data context_len: run 64, this run 32",
+        ("--dataset-config", "wikitext-2-raw-v1"): "data dataset_config: run None, this run 'wikitext-2-raw-v1'",
+        ("--harvest-tokens", "4096"): "data harvest_tokens: run 0, this run 4096",
+        ("--k", "8"): "dictionary k: run 4, this run 8",
+        ("--lr", "0.001"): "training lr: run None, this run 0.001",
+    }
+    for change, message in changes.items():
+        swapped = list(argv)
+        if change[0] in swapped:
+            swapped[swapped.index(change[0]) + 1] = change[1]
+        else:
+            swapped += list(change)
+        assert main([*swapped, "--out", str(out), "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert "cannot resume the run in" in err and message in err, err
+    assert len(model_loads) == loads  # every refusal came before the model loaded
+    assert main([*argv, "--out", str(out), "--resume"]) == 0  # the same settings resume (a finished run: no steps)
+    capsys.readouterr()
+
+    shard = sorted((cache / "train-2048").glob("shard_*.safetensors"))[0]
+    data = bytearray(shard.read_bytes())
+    data[-400:] = bytes(400)  # zeros over the last vectors: the same size, other content
+    shard.write_bytes(bytes(data))
+    assert main([*argv, "--out", str(out), "--overwrite"]) == 2
+    assert "does not match its checksum" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, cause",
+    [
+        (["--hook", "blocks.3.hook_resid_prex"], "unknown hook point 'blocks.3.hook_resid_prex' for model 'minilm'"),
+        (["--context-len", "1000"], "context_len 1000 is longer than the maximum context 512 of model 'minilm'"),
+        (["--text-column", "body"], "text column 'body' not in"),
+    ],
+)
+def test_a_bad_hook_context_or_column_is_named_as_itself_not_as_a_missing_test_split(tmp_path, capsys, model_loads, args, cause):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"plain words of a document {i} " * 20}) + "\n" for i in range(60)))
+    out = tmp_path / "run"
+    assert main(["train", *_SMALL, "--dataset", str(corpus), "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert cause in err and "no usable 'test' split" not in err
+    assert not out.exists()

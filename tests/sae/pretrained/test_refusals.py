@@ -186,3 +186,13 @@ def test_dictionary_learning_threshold_spread_only_over_a_checked_size(tmp_path,
     (tmp_path / "config.json").write_text(json.dumps({"trainer": trainer}))
     with pytest.raises(ValueError, match="config.json: .*d_sae"):
         load_pretrained(tmp_path)
+
+
+def test_a_hook_asked_of_a_one_dictionary_folder_must_be_the_one_it_records(tmp_path):
+    sae = SparseAutoencoder(SAEConfig(d_in=8, n_latents=16, k=2, hook_name="blocks.3.hook_resid_pre"), seed=0)
+    sae.save(tmp_path / "d")
+    assert load_pretrained(tmp_path / "d", hook="blocks.3.hook_resid_pre").cfg.hook_name == "blocks.3.hook_resid_pre"
+    with pytest.raises(ValueError, match=r"hook='blocks.5.hook_resid_pre'\): the dictionary there records hook 'blocks.3"):
+        load_pretrained(tmp_path / "d", hook="blocks.5.hook_resid_pre")
+    SparseAutoencoder(SAEConfig(d_in=8, n_latents=16, k=2), seed=0).save(tmp_path / "bare")  # records no hook
+    assert load_pretrained(tmp_path / "bare", hook="layers.4").cfg.hook_name == "blocks.4.hook_resid_post"

@@ -41,13 +41,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics = run_eval(args)
         else:
             from sae.distributed.group import PeerLost
+            from sae.train import NonFiniteError
 
             try:
                 metrics = run_train(args)
             except PeerLost as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 3
-    except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
+            except NonFiniteError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+    except (ValueError, OSError, KeyError, TypeError) as e:  # OSError: a full disk, a folder without permission
         print(f"error: {e}", file=sys.stderr)
         return 2
     if metrics:  # the other ranks of a distributed run write nothing

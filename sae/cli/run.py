@@ -118,8 +118,13 @@ def _no_held_out_text(e: ValueError) -> bool:
 def check_run(run: RunConfig, sae_kwargs: dict[str, Any], tcfg: TrainConfig) -> None:
     """Everything that can be checked before the model loads, each a one-line error: the dictionary's options
     (k, family, family options; the final check with the model's width follows), the device, the corpus files."""
-    SAEConfig(d_in=_PROBE_D_IN, hook_name=run.hooks.names[0], model_name=run.model, **sae_kwargs)
+    cfg = SAEConfig(d_in=_PROBE_D_IN, hook_name=run.hooks.names[0], model_name=run.model, **sae_kwargs)
     check_device(tcfg.device)
+    if cfg.dtype == "float16" and torch.device(tcfg.device).type == "cpu":
+        raise ValueError(
+            "--dtype float16 on the CPU: float16 arithmetic there overflows to NaN within a few steps (the trainer "
+            "uses no loss scaling); use --dtype bfloat16 or float32, or --device cuda"
+        )
     run.text.check_local()
 
 

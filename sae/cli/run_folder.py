@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from sae.checkpoint import remove_stale_temporaries
+
 __all__ = ["RUN_FILES", "LOCK_FILE", "RunFolderError", "run_folder"]
 
 # what a run (its evaluation, feature statistics and browser included) writes into its folder
@@ -57,6 +59,7 @@ def run_folder(out: str | os.PathLike, resume: bool = False, overwrite: bool = F
         fd = _lock(out / LOCK_FILE, out)
         try:
             _make_room(out, resume, overwrite)
+            remove_stale_temporaries(out)  # a write killed mid-way left them; this process holds the folder now
             yield out
         finally:
             (out / LOCK_FILE).unlink(missing_ok=True)

@@ -172,6 +172,7 @@ _SMALL = ["--tokens", "4096", "--batch-size", "1024", "--n-latents", "64"]
         (["--device", "tpu9"], "device 'tpu9'"),
         (["--context-len", "1"], "context_len must be an int >= 2"),
         (["--resume", "--overwrite"], "give one of them"),
+        (["--dtype", "float16"], "--dtype float16 on the CPU"),
     ],
 )
 def test_bad_options_fail_in_one_line_before_the_model_loads(tmp_path, capsys, no_model, args, message):

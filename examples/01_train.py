@@ -21,6 +21,7 @@ from plotly.subplots import make_subplots
 from activations import ActivationStream, load_model
 from sae import SAEConfig, SparseAutoencoder, TrainConfig, train
 from sae.analysis.evaluate import reconstruction_metrics
+from sae.analysis.static_figure import show_figure
 from sae.data import TensorBatches
 
 OUT = Path("runs/notebook")
@@ -57,8 +58,8 @@ fig.add_scatter(x=[r["tokens"] for r in log], y=[r["fvu"] for r in log], name="f
 fig.add_scatter(x=[r["tokens"] for r in log], y=[r["l0"] for r in log], name="l0", row=1, col=2)
 fig.update_layout(height=300, showlegend=False)
 fig.write_html(OUT / "curves.html", include_plotlyjs=True)  # plotly.js bundled: opens offline
-if "get_ipython" in globals():  # in a notebook: inline; as a script: the HTML file above
-    fig.show()
+if "get_ipython" in globals():  # in a notebook: inline, with a static PNG for viewers without plotly
+    show_figure(fig, OUT / "curves.png")
 
 # %% [markdown]
 # Held-out score: FVU and L0 on 4,096 tokens of the test split (documents never trained on).

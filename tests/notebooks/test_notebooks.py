@@ -51,6 +51,13 @@ def test_notebooks_execute_top_to_bottom(tmp_path):
         NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
         errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
         assert not errors, f"{path.name}: {errors[0]['ename']}: {errors[0]['evalue']}"
+        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+        streams = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+        assert "IProgress not found" not in streams  # the progress bars are widgets, not a warning and text frames
+        assert streams.count("\r") < 20, f"{path.name} saved {streams.count(chr(13))} progress-bar frames"
+        if path.stem == "01_train":  # the curves: interactive, and a static PNG for viewers without plotly
+            kinds = [set(o.get("data", {})) for o in outputs if o.output_type == "display_data"]
+            assert any("application/vnd.plotly.v1+json" in k for k in kinds) and any("image/png" in k for k in kinds)
         if path.stem == "03_explore_features":
             html = [
                 o["data"]["text/html"]

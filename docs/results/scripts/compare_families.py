@@ -31,6 +31,7 @@ import torch
 from activations import ActivationStream, load_model
 from sae import SAEConfig, SparseAutoencoder, TrainConfig, train
 from sae.analysis.evaluate import reconstruction_metrics
+from sae.analysis.static_figure import write_png
 from sae.data import TensorBatches
 
 HOOK = "blocks.3.hook_resid_pre"
@@ -272,34 +273,8 @@ def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
         legend={"orientation": "h", "y": -0.18},
     )
     fig.write_html(out / "families.html", include_plotlyjs="cdn")
-    try:  # a static copy for the markdown report (kaleido needs a Chrome/Chromium on the machine)
-        fig.write_image(out / "families.png", width=1300, height=720, scale=1)
-    except Exception as kaleido_error:  # noqa: BLE001 - the PNG is optional
-        try:
-            png_via_chromium(fig, out / "families.png", width=1300, height=720)
-        except Exception as e:  # noqa: BLE001
-            print(f"no PNG (kaleido: {type(kaleido_error).__name__}; chromium: {type(e).__name__}: {e})")
-
-
-def png_via_chromium(fig, path: Path, width: int, height: int) -> None:
-    """The figure rendered by a headless Chromium through Playwright (plotly.js inlined: no network needed), launched
-    as the browser test and bench/dashboard.py launch it (sae.analysis.chromium)."""
-    import tempfile
-
-    from playwright.sync_api import sync_playwright
-
-    from sae.analysis.chromium import launch
-
-    with tempfile.TemporaryDirectory() as tmp:
-        page_file = Path(tmp) / "figure.html"
-        fig.write_html(page_file, include_plotlyjs=True, default_width=width, default_height=height)
-        with sync_playwright() as p:
-            browser = launch(p)
-            page = browser.new_page(viewport={"width": width, "height": height})
-            page.goto(page_file.as_uri())
-            page.wait_for_selector(".main-svg", timeout=30_000)
-            page.screenshot(path=str(path), full_page=False)
-            browser.close()
+    if write_png(fig, out / "families.png", width=1300, height=720) is None:  # a static copy for the markdown report
+        print("no PNG: neither kaleido nor a headless Chromium is installed")
 
 
 def merge(dirs: list[str], out: Path) -> None:

@@ -253,8 +253,9 @@ class RunConfig:
     batches back from it; a later run with the same model, hook and data reuses it. Empty: no disk cache."""
     harvest_tokens: int = 0
     """Hold this many training activations in memory and reuse them epoch after epoch; 0 streams all tokens."""
-    eval_tokens: int = 65_536
-    """Held-out tokens (the dataset's test split) for metrics.json."""
+    eval_tokens: int | None = None
+    """Held-out tokens (the dataset's test split) for metrics.json; default: all the split holds, up to 65,536 (a
+    number given and not met is warned about)."""
     pca_tokens: int = 262_144
     """Training tokens the PCA baseline is fitted on when activations are streamed."""
     out: str = "runs/sae"
@@ -267,6 +268,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         for name, least in (("eval_tokens", 1), ("pca_tokens", 1), ("harvest_tokens", 0)):
             v = getattr(self, name)
+            if v is None and name == "eval_tokens":
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < least:
                 raise ValueError(f"{name} must be an int >= {least}, got {v!r}")
         if not isinstance(self.hooks, HookPoints) or not isinstance(self.text, TextSource):

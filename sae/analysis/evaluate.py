@@ -60,6 +60,7 @@ __all__ = [
 
 DENSE_THRESHOLD = 0.1  # a latent firing on more than this fraction of tokens is "dense" (SAEBench)
 SAMPLE_TOKENS = 4096  # activations kept for the AFA measures
+DEFAULT_EVAL_TOKENS = 65_536  # held-out positions scored when no number is asked: all the split holds, up to this
 HELD_OUT = TextSource(split="test")  # what a dataset given on its own is read as: its held-out split
 
 
@@ -171,15 +172,17 @@ def held_out_contexts(
     model: ModelAdapter,
     source: TextSource | Any = None,
     *,
-    tokens: int,
+    tokens: int | None,
     batch_size: int = 16,
     split: str | None = None,
     context_len: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """`(contexts [B, T], scored [B, T] bool)`: the first `tokens` non-special positions of the text, in order.
+    """`(contexts [B, T], scored [B, T] bool)`: the first `tokens` non-special positions of the text, in order
+    (None: all the text holds, up to `DEFAULT_EVAL_TOKENS`; a number the text cannot give is warned about).
 
     `source` is a `TextSource` (read as given), or a dataset read as `HELD_OUT` (its 'test' split, 128-token
     contexts); `split` and `context_len`, when given, replace the source's."""
+    asked, tokens = tokens, DEFAULT_EVAL_TOKENS if tokens is None else tokens
     src = as_source(source, HELD_OUT, split=split, context_len=context_len)
     contexts = src.contexts(model)
     special = torch.tensor(sorted(model.special_token_ids), dtype=torch.long)
@@ -197,8 +200,8 @@ def held_out_contexts(
         yield ids, keep
     if got == 0:
         raise ValueError(f"dataset {src.describe()!r} yields no context of {src.context_len} tokens: it is empty or too short")
-    if got < tokens:
-        warnings.warn(f"dataset {src.describe()!r} ran out after {got} of {tokens} held-out tokens", stacklevel=2)
+    if asked is not None and got < asked:
+        warnings.warn(f"dataset {src.describe()!r} ran out after {got} of {asked} held-out tokens", stacklevel=2)
 
 
 # --- the measures after the pass ----------------------------------------------------------------
@@ -222,7 +225,7 @@ def evaluate(
     model: ModelAdapter,
     source: TextSource | Any = None,
     *,
-    tokens: int = 65_536,
+    tokens: int | None = None,
     batch_size: int = 16,
     split: str | None = None,
     context_len: int | None = None,
@@ -236,12 +239,13 @@ def evaluate(
     decoder structure; `spliced`: the model's output with the dictionary spliced in).
 
     `source` is a `TextSource`, read as given, or a dataset (anything `ActivationStream` takes; None: the
-    embedded corpus), read as `HELD_OUT`: `tokens` held-out positions of its 'test' split are scored,
+    embedded corpus), read as `HELD_OUT`: `tokens` held-out positions of its 'test' split are scored (None:
+    all it holds, up to `DEFAULT_EVAL_TOKENS`; the number scored is `eval_tokens` in the result),
     `batch_size` contexts of `context_len` tokens per forward. `split` and `context_len`, when given,
     replace the source's. `keep_activations`, when a list, receives the scored activations (e.g. for the
     PCA baseline). With `return_distributions` the result holds a `"distributions"` dict of tensors (eval/).
     """
-    for name, v in (("tokens", tokens), ("batch_size", batch_size)):
+    for name, v in (("tokens", DEFAULT_EVAL_TOKENS if tokens is None else tokens), ("batch_size", batch_size)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     unknown = sorted(set(skip) - set(MEASURES))
@@ -259,7 +263,9 @@ def evaluate(
         stats = ReconstructionStats(sae)
         batches: list[tuple[torch.Tensor, torch.Tensor]] = []
         contexts = held_out_contexts(model, src, tokens=tokens, batch_size=batch_size)
-        with tqdm(total=tokens, desc="eval: reconstruction", unit="tok", disable=not progress, leave=False) as bar:
+        with tqdm(
+            total=tokens or DEFAULT_EVAL_TOKENS, desc="eval: reconstruction", unit="tok", disable=not progress, leave=False
+        ) as bar:
             for ids, keep in contexts:
                 acts = model.run(ids, [hook])[hook]
                 x = acts[keep.to(acts.device)].float()

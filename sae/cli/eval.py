@@ -31,8 +31,8 @@ class EvalConfig:
     """Hook point spliced; default: the dictionary's hook_name."""
     text: TextSource = field(default_factory=TextSource)
     """The held-out text (its 'test' split)."""
-    eval_tokens: int = field(default=65_536, metadata={"aliases": ("--tokens",)})
-    """Held-out tokens (the dataset's test split) scored."""
+    eval_tokens: int | None = field(default=None, metadata={"aliases": ("--tokens",)})
+    """Held-out tokens (the dataset's test split) scored; default: all the split holds, up to 65,536."""
     batch_size: int = 16
     """Contexts per forward pass."""
     seed: int = 0
@@ -49,6 +49,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         for name in ("eval_tokens", "batch_size"):
             v = getattr(self, name)
+            if v is None and name == "eval_tokens":
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {v!r}")
 

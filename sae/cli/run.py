@@ -80,7 +80,7 @@ def _per_hook(acts, hooks: HookPoints) -> dict[str, torch.Tensor]:
     return acts if isinstance(acts, dict) else {hooks.names[0]: acts}
 
 
-def eval_settings(text: TextSource, eval_tokens: int) -> dict[str, Any]:
+def eval_settings(text: TextSource, eval_tokens: int | None) -> dict[str, Any]:
     """What decides the held-out tokens of metrics.json; `python -m sae eval` defaults to them."""
     return {
         "dataset": text.dataset or "",
@@ -98,7 +98,7 @@ def _check_held_out(run: RunConfig, model, seed: int, batch_size: int, hooks: Ho
     unc = dataclasses.replace(run, cache_dir="")  # a check, not a harvest: no cache folder is made or read
     _stream(unc, model, "train", batch_size, batch_size, seed, hooks).check_not_empty()
     try:
-        _stream(unc, model, "test", run.eval_tokens, batch_size, seed, hooks).check_not_empty()
+        _stream(unc, model, "test", batch_size, batch_size, seed, hooks).check_not_empty()
     except ValueError as e:
         if not _no_held_out_text(e):
             raise ValueError(f"dataset {run.text.dataset or 'embedded'!r}, reading its 'test' split: {e}") from e

@@ -1,5 +1,7 @@
 """Evaluation metrics against values computed by hand with the Hugging Face models themselves."""
 
+import warnings
+
 import datasets
 import pytest
 import torch
@@ -157,6 +159,12 @@ def test_bad_inputs_name_the_values(gpt2, minilm):
             _sae(64, "blocks.1.hook_resid_pre"), gpt2, ds, tokens=10_000, context_len=16, skip=("spliced",), progress=False
         )
     assert 0 < m["eval_tokens"] < 10_000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no number asked: all the split holds, and no warning that it ran out
+        everything = run_evaluation(
+            _sae(64, "blocks.1.hook_resid_pre"), gpt2, ds, context_len=16, skip=("spliced",), progress=False
+        )
+    assert everything["eval_tokens"] == m["eval_tokens"]
 
 
 @pytest.fixture

@@ -320,7 +320,16 @@ def write_cache(
 
     def flush() -> None:
         ctx = torch.cat([c for _, c in buf]) if buf else torch.empty(0, dtype=torch.long)
-        tensors = {h: (torch.cat([a[h] for a, _ in buf]) if buf else torch.empty(0, d_ins[h])).to(store) for h in hooks}
+        tensors = {h: torch.cat([a[h] for a, _ in buf]) if buf else torch.empty(0, d_ins[h]) for h in hooks}
+        if store == torch.float16:
+            for h, t in tensors.items():
+                big = float(t.abs().max()) if t.numel() else 0.0
+                if big > torch.finfo(torch.float16).max:
+                    raise CacheError(
+                        f"hook {h!r} has activations up to |x| = {big:.4g}, beyond float16's range "
+                        f"({torch.finfo(torch.float16).max:.0f}): use cache_dtype=torch.bfloat16 or float32"
+                    )
+        tensors = {h: t.to(store) for h, t in tensors.items()}
         sums = {}
         for h, t in tensors.items():  # the statistics of the stored vectors, as they are read back
             s = RunningStats(d_ins[h])

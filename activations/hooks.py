@@ -63,9 +63,9 @@ class HookPoints:
             numbers = []
             names = list(hooks or (DEFAULT_HOOK,))
             target_names = list(targets)
-            if targets and len(targets) != len(names):
+            if targets and len(targets) != len(hooks):
                 raise ValueError(
-                    f"--target-hook pairs 1:1 with --hook: got {len(names)} hook(s) {names} and "
+                    f"--target-hook pairs 1:1 with --hook: got {len(hooks)} hook(s) {list(hooks)} and "
                     f"{len(targets)} target(s) {list(targets)}"
                 )
         dup = sorted({h for h in names if names.count(h) > 1})

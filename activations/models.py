@@ -28,8 +28,10 @@ has a Hugging Face module tree, since the bridge's own MLP hooks of encoders rea
   before the MLP's own norm (GPT-2 `ln_2`, Llama `post_attention_layernorm`, Gemma 2/3
   `pre_feedforward_layernorm`), and what the sublayer adds to the residual (after Gemma 2/3's
   `post_feedforward_layernorm`). Where the MLP has no norm of its own (BERT-style encoders), they are the MLP
-  module's input and output.
-- `blocks.N.ln2.hook_normalized`: the output of that norm (= `mlp.hook_in`), on HF for models that have one.
+  module's input and output (transformer-lens < 4 keeps its own: `HookedEncoder`'s `hook_mlp_in` is the sum
+  before the attention's LayerNorm).
+transformer-lens's `blocks.N.ln2.hook_normalized` is the norm's output before its weight: the MLP's input only
+where transformer-lens folded that weight into the MLP (`HookedTransformer.from_pretrained`'s default).
 """
 
 from __future__ import annotations
@@ -311,7 +313,7 @@ class BridgeAdapter(ModelAdapter):
         self.is_causal = not encoder
         self._init_tokens(encoder, bool(getattr(cfg, "default_prepend_bos", True)))
         found = _layer_list(getattr(bridge, "original_model", bridge), self.n_layers)
-        self._sites: dict[str, Site] = mlp_sites(found[1], norm_names=False) if found else {}
+        self._sites: dict[str, Site] = mlp_sites(found[1]) if found else {}
         self._names = sorted(set(bridge.hook_dict) | set(self._sites))
 
     def hook_names(self) -> list[str]:
@@ -521,9 +523,8 @@ def _mlp_parts(layer: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module | None
     return first, last, pre, post
 
 
-def mlp_sites(layers: Iterable[nn.Module], norm_names: bool = True) -> dict[str, Site]:
-    """The MLP hooks of each layer whose MLP is found (module docstring); `norm_names`: also
-    `blocks.N.ln2.hook_normalized`, the output of the MLP's own norm."""
+def mlp_sites(layers: Iterable[nn.Module]) -> dict[str, Site]:
+    """The MLP hooks of each layer whose MLP is found (see the module docstring)."""
     sites: dict[str, Site] = {}
     for i, layer in enumerate(layers):
         parts = _mlp_parts(layer)
@@ -535,8 +536,6 @@ def mlp_sites(layers: Iterable[nn.Module], norm_names: bool = True) -> dict[str,
         sites[b + "mlp.hook_out"] = ("output", last)
         sites[b + "hook_mlp_in"] = ("input", pre if pre is not None else first)
         sites[b + "hook_mlp_out"] = ("output", post if post is not None else last)
-        if norm_names and pre is not None:
-            sites[b + "ln2.hook_normalized"] = ("output", pre)
     return sites
 
 

@@ -243,7 +243,6 @@ class ModelAdapter:
         probe = torch.full((1, n), self.sep_token_id if self.sep_token_id is not None else 0, dtype=torch.long)
         if self.bos_token_id is not None:
             probe[0, 0] = self.bos_token_id
-        self._prepare(hooks)
         fired: list[str] = []
         handles = [_record_firing(self._site(h), h, fired) for h in hooks]
         try:
@@ -507,7 +506,7 @@ def _child(module: nn.Module, name: str) -> nn.Module | None:
 def _mlp_parts(layer: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module | None, nn.Module | None] | None:
     """(module reading the MLP's input, module writing its output, the MLP's own norm before, after) of one layer."""
     layer = getattr(layer, "_original_component", layer)  # a transformer-lens bridge wraps the HF layer
-    mlp = next((m for m in map(lambda n: _child(layer, n), ("mlp", "ffn", "feed_forward")) if m is not None), None)
+    mlp = next((m for name in ("mlp", "ffn", "feed_forward") if (m := _child(layer, name)) is not None), None)
     if mlp is not None:
         first, last = mlp, mlp
     else:  # BERT-style: intermediate (dense + activation), then output.dense before the residual add and norm

@@ -4,6 +4,11 @@
 one); `CacheReader` reads a finished cache with the iteration API of the live stream, mixing the
 whole cache once per epoch. A cache of another model, hook or dataset, or a damaged shard, is a
 `CacheError` naming it.
+
+Each shard holds one `[rows, d]` tensor per harvested hook (a transcoder pair's input and target, a CLT's
+layers: the same rows are the same token positions) and the rows' context ids. Vectors are stored as float32,
+or as bfloat16 / float16 on request (half the disk); they are always read back as float32. The manifest
+records the hooks, their widths, the stored dtype and, for pairs, which hook predicts which.
 """
 
 from __future__ import annotations
@@ -22,14 +27,28 @@ import torch
 from safetensors.torch import save as st_save
 from tqdm.auto import tqdm
 
+from activations.layout import BatchLayout
 from activations.mixing import BatchIterable, RunningStats, interleave_order
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "CacheError", "CacheReader", "check_identity", "read_manifest", "write_cache"]
+__all__ = [
+    "CACHE_DTYPES",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "CacheError",
+    "CacheReader",
+    "cache_dtype_name",
+    "check_identity",
+    "read_manifest",
+    "write_cache",
+]
 
 MANIFEST = "manifest.json"
 FORMAT = "saekit-activations"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # pairs and the stored dtype are fields a version-1 manifest may hold; older caches lack them
 _CTX_KEY = "context"
+CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_NP_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.int16, "I64": np.int64, "I32": np.int32}
 
 # a harvest: (first batch, tokens already harvested, progress bar) -> (batch index, {hook: [n, d]}, context ids [n])
 Harvest = Callable[[int, int, Any], Iterator[tuple[int, dict[str, torch.Tensor], torch.Tensor]]]
@@ -37,6 +56,14 @@ Harvest = Callable[[int, int, Any], Iterator[tuple[int, dict[str, torch.Tensor],
 
 class CacheError(ValueError):
     """A cache that cannot be used: another model or hook, or a corrupt / half-written shard."""
+
+
+def cache_dtype_name(dtype: torch.dtype) -> str:
+    """'float32', 'bfloat16' or 'float16': the dtypes a cache stores vectors in."""
+    for name, d in CACHE_DTYPES.items():
+        if dtype == d:
+            return name
+    raise ValueError(f"cache_dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype!r}")
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -80,7 +107,14 @@ def _shard_intact(path: Path, sha256: str) -> bool:
 class _Shard:
     """One safetensors shard, memory-mapped with numpy (no copy until rows are gathered)."""
 
-    def __init__(self, path: Path, entry: dict[str, Any], hooks: Sequence[str], verify: bool) -> None:
+    def __init__(
+        self,
+        path: Path,
+        entry: dict[str, Any],
+        widths: dict[str, int],
+        verify: bool,
+        pairs: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self.path = path
         if not path.exists():
             raise CacheError(f"shard {str(path)!r} listed in the manifest is missing")
@@ -106,11 +140,27 @@ class _Shard:
         self.rows = entry["rows"]
         base = 8 + hlen
         self.arrays: dict[str, np.ndarray] = {}
-        for key in [*hooks, _CTX_KEY]:
+        self.bf16: set[str] = set()  # keys stored as bfloat16 (numpy has none: read as int16 bits)
+        for src, dst in pairs:
+            a, b = (header.get(k, {}).get("shape", [None])[0] for k in (src, dst))
+            if a != b:
+                raise CacheError(
+                    f"pair cache shard {str(path)!r}: input {src!r} holds {a} rows but target {dst!r} holds {b}: "
+                    "the two halves of a pair must be the same token positions; harvest it again"
+                )
+        for key in [*widths, _CTX_KEY]:
             meta = header.get(key)
             if meta is None or meta["shape"][0] != self.rows:
                 raise CacheError(f"shard {str(path)!r} lacks {key!r} with {self.rows} rows: it is corrupt")
-            dtype = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}[meta["dtype"]]
+            want = [self.rows, widths[key]] if key in widths else [self.rows]
+            if meta["shape"] != want or meta["dtype"] not in _NP_DTYPES:
+                raise CacheError(
+                    f"shard {str(path)!r} holds {key!r} as {meta['dtype']} {meta['shape']}, the manifest says {want}: "
+                    "it is corrupt"
+                )
+            dtype = _NP_DTYPES[meta["dtype"]]
+            if meta["dtype"] == "BF16":
+                self.bf16.add(key)
             begin, _ = meta["data_offsets"]
             if self.rows == 0:
                 self.arrays[key] = np.zeros(meta["shape"], dtype=dtype)
@@ -130,6 +180,11 @@ def read_manifest(cache_dir: Path) -> dict[str, Any] | None:
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         fmt = m.get("format") if isinstance(m, dict) else type(m).__name__
         raise CacheError(f"{str(path)!r} is not an activation-cache manifest (format {fmt!r})")
+    if m.get("version", FORMAT_VERSION) != FORMAT_VERSION:
+        raise CacheError(
+            f"manifest {str(path)!r} is of cache format version {m.get('version')!r}; this saekit reads version "
+            f"{FORMAT_VERSION}: harvest it again, or read it with the saekit that wrote it"
+        )
     _check_manifest(m, path)
     return m
 
@@ -172,6 +227,14 @@ def _check_manifest(m: dict[str, Any], path: Path) -> None:
     stats = m.get("stats")
     if m.get("complete") and (not isinstance(stats, dict) or not all(isinstance(stats.get(h), dict) for h in hooks)):
         raise bad("a complete cache lacks its stats per hook")
+    if m.get("dtype", "float32") not in CACHE_DTYPES:
+        raise bad(f"dtype {m.get('dtype')!r} is not one of {sorted(CACHE_DTYPES)}")
+    pairs = m.get("pairs", [])
+    ok = isinstance(pairs, list) and all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(h, str) and h in hooks for h in p) for p in pairs
+    )
+    if not ok or not isinstance(m.get("stack", False), bool):
+        raise bad(f"pairs {pairs!r} / stack {m.get('stack')!r} are not [input, target] pairs of its hooks and a flag")
 
 
 def check_identity(cache_dir: Path, want: dict[str, Any]) -> dict[str, Any] | None:
@@ -200,15 +263,22 @@ def _write_manifest(cache_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 def write_cache(
-    cache_dir: Path, identity: dict[str, Any], d_ins: dict[str, int], harvest: Harvest, progress: bool = True
+    cache_dir: Path,
+    identity: dict[str, Any],
+    d_ins: dict[str, int],
+    harvest: Harvest,
+    progress: bool = True,
+    record: dict[str, Any] | None = None,
 ) -> None:
     """Fill `cache_dir` with what `harvest` yields, one shard per `identity["batches_per_shard"]` forward passes.
 
-    `identity` is what the manifest records of the stream (model, hooks, dataset, total_tokens, ...) and must
-    match an existing cache. A finished cache is left as it is; an interrupted one resumes after its last
-    intact shard; one whose local files changed since is harvested again."""
+    `identity` is what the manifest records of the stream (model, hooks, dataset, total_tokens, dtype, ...) and
+    must match an existing cache; `record`: more the manifest of a new cache records (a stream's pairs). A
+    finished cache is left as it is; an interrupted one resumes after its last intact shard; one whose local
+    files changed since is harvested again."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     hooks, total = identity["hooks"], identity["total_tokens"]
+    store = CACHE_DTYPES[identity.get("dtype", "float32")]
     m = check_identity(cache_dir, identity)
     if m is not None and m.get("dataset_content") != identity["dataset_content"]:
         warnings.warn(
@@ -223,7 +293,16 @@ def write_cache(
     if m is not None and m.get("complete"):
         return
     if m is None:
-        m = {"format": FORMAT, "version": FORMAT_VERSION, **identity, "d_in": d_ins, "shards": [], "complete": False, "tokens": 0}
+        m = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            **identity,
+            **(record or {}),
+            "d_in": d_ins,
+            "shards": [],
+            "complete": False,
+            "tokens": 0,
+        }
     for stray in cache_dir.glob("*.tmp*"):  # left by a harvest killed mid-write
         stray.unlink()
     # keep the prefix of listed shards that are intact; the rest is redone
@@ -242,8 +321,17 @@ def write_cache(
     def flush() -> None:
         ctx = torch.cat([c for _, c in buf]) if buf else torch.empty(0, dtype=torch.long)
         tensors = {h: torch.cat([a[h] for a, _ in buf]) if buf else torch.empty(0, d_ins[h]) for h in hooks}
+        if store == torch.float16:
+            for h, t in tensors.items():
+                big = float(t.abs().max()) if t.numel() else 0.0
+                if big > torch.finfo(torch.float16).max:
+                    raise CacheError(
+                        f"hook {h!r} has activations up to |x| = {big:.4g}, beyond float16's range "
+                        f"({torch.finfo(torch.float16).max:.0f}): use cache_dtype=torch.bfloat16 or float32"
+                    )
+        tensors = {h: t.to(store) for h, t in tensors.items()}
         sums = {}
-        for h, t in tensors.items():
+        for h, t in tensors.items():  # the statistics of the stored vectors, as they are read back
             s = RunningStats(d_ins[h])
             s.add(t)
             sums[h] = s.sums()
@@ -279,10 +367,19 @@ def write_cache(
 
 
 class CacheReader(BatchIterable):
-    """Batches from a finished cache, memory-mapped (see `ActivationStream.from_cache`)."""
+    """Batches from a finished cache, memory-mapped (see `ActivationStream.from_cache`).
+
+    `layout`: which hooks (and pairs) to read and how to pack them; None: what the cache was harvested for."""
 
     def __init__(
-        self, cache_dir: Path, batch_size: int, seed: int, hook: Any, epochs: int | None, verify: bool, expect_model: str | None
+        self,
+        cache_dir: Path,
+        batch_size: int,
+        seed: int,
+        layout: BatchLayout | None,
+        epochs: int | None,
+        verify: bool,
+        expect_model: str | None,
     ) -> None:
         m = read_manifest(cache_dir)
         if m is None:
@@ -297,16 +394,20 @@ class CacheReader(BatchIterable):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.manifest, self.cache_dir = m, cache_dir
-        if hook is None:
-            hooks, self.multi = list(m["hooks"]), len(m["hooks"]) > 1
-        else:
-            hooks, self.multi = ([hook], False) if isinstance(hook, str) else (list(hook), True)
-        for h in hooks:
+        self.layout = layout if layout is not None else BatchLayout.from_manifest(m)
+        for h in self.layout.harvested:
             if h not in m["hooks"]:
                 raise CacheError(f"cache {str(cache_dir)!r} holds hooks {m['hooks']}, not {h!r}")
-        self.hooks, self.batch_size, self.seed, self.epochs = hooks, batch_size, seed, epochs
-        self.d_ins = {h: m["d_in"][h] for h in hooks}
-        self.shards = [_Shard(cache_dir / e["file"], e, m["hooks"], verify) for e in m["shards"]]
+        self.hooks, self.targets, self.multi = list(self.layout.inputs), list(self.layout.targets), self.layout.multi
+        self.batch_size, self.seed, self.epochs = batch_size, seed, epochs
+        self.d_ins = {h: m["d_in"][h] for h in self.layout.harvested}
+        try:
+            self.layout.check_widths(self.d_ins)
+        except ValueError as e:
+            raise CacheError(f"cache {str(cache_dir)!r}: {e}") from None
+        pairs = list(zip(self.layout.inputs, self.layout.targets))
+        widths = {h: m["d_in"][h] for h in m["hooks"]}
+        self.shards = [_Shard(cache_dir / e["file"], e, widths, verify, pairs) for e in m["shards"]]
         self.rows = sum(s.rows for s in self.shards)
         if self.rows != m["tokens"]:
             raise CacheError(f"cache {str(cache_dir)!r}: shards hold {self.rows} rows, manifest says {m['tokens']}")
@@ -318,19 +419,26 @@ class CacheReader(BatchIterable):
 
     @property
     def d_in(self) -> int:
+        """Width of the (first) input hook's vectors."""
         return self.d_ins[self.hooks[0]]
 
     @property
-    def stats(self) -> dict[str, Any]:
+    def d_out(self) -> int:
+        """Width of the (first) target hook's vectors (the input's when there are no targets)."""
+        return self.d_ins[self.targets[0]] if self.targets else self.d_in
+
+    @property
+    def stats(self) -> Any:
+        """`{"mean_sq_norm", "mean", "tokens"}` in the shape of the batches (per hook, per pair half, per layer)."""
         out = {}
-        for h in self.hooks:
+        for h in self.layout.harvested:
             s = self.manifest["stats"][h]
             out[h] = {
                 "mean_sq_norm": s["mean_sq_norm"],
                 "mean": torch.tensor(s["mean"], dtype=torch.float32),
                 "tokens": s["tokens"],
             }
-        return out if self.multi else out[self.hooks[0]]
+        return self.layout.pack(out)
 
     def __len__(self) -> int:
         if self.epochs is None:
@@ -346,13 +454,15 @@ class CacheReader(BatchIterable):
         which = np.searchsorted(self.offsets, rows, side="right") - 1
         cuts = np.searchsorted(which, np.arange(len(self.shards) + 1))
         out = {}
-        for h in self.hooks:
+        for h in self.layout.harvested:
             parts = []
             for s in range(len(self.shards)):
                 a, b = cuts[s], cuts[s + 1]
                 if a < b:
-                    parts.append(self.shards[s].arrays[h][rows[a:b] - self.offsets[s]])
-            out[h] = torch.from_numpy(np.concatenate(parts).astype(np.float32, copy=False))
+                    shard = self.shards[s]
+                    part = torch.from_numpy(np.ascontiguousarray(shard.arrays[h][rows[a:b] - self.offsets[s]]))
+                    parts.append(part.view(torch.bfloat16).float() if h in shard.bf16 else part.float())
+            out[h] = torch.cat(parts)
         parts = [
             self.shards[s].arrays[_CTX_KEY][rows[cuts[s] : cuts[s + 1]] - self.offsets[s]]
             for s in range(len(self.shards))
@@ -369,5 +479,5 @@ class CacheReader(BatchIterable):
             for i in range(start, self.per_epoch):
                 got = self._gather(order[i * self.batch_size : (i + 1) * self.batch_size])
                 ctx = got.pop(_CTX_KEY)
-                yield (got if self.multi else got[self.hooks[0]]), ctx
+                yield self.layout.pack(got), ctx
             epoch, start = epoch + 1, 0

@@ -20,6 +20,18 @@ Backends:
 - plain Hugging Face: forward hooks on named modules; `blocks.N.hook_resid_pre` / `_post` map to
   the input / output of the N-th layer of the model's layer list, any module name
   (`encoder.layer.3.output`) hooks that module's output.
+
+MLP hooks, the same on every backend (`mlp_sites`; read by forward hooks on the model's own modules where it
+has a Hugging Face module tree, since the bridge's own MLP hooks of encoders read the wrong vector):
+- `blocks.N.mlp.hook_in` / `blocks.N.mlp.hook_out`: the MLP module's input and output (`mlp(x) = y`).
+- `blocks.N.hook_mlp_in` / `blocks.N.hook_mlp_out`: transformer-lens's MLP sublayer: the residual stream
+  before the MLP's own norm (GPT-2 `ln_2`, Llama `post_attention_layernorm`, Gemma 2/3
+  `pre_feedforward_layernorm`), and what the sublayer adds to the residual (after Gemma 2/3's
+  `post_feedforward_layernorm`). Where the MLP has no norm of its own (BERT-style encoders), they are the MLP
+  module's input and output (transformer-lens < 4 keeps its own: `HookedEncoder`'s `hook_mlp_in` is the sum
+  before the attention's LayerNorm).
+transformer-lens's `blocks.N.ln2.hook_normalized` is the norm's output before its weight: the MLP's input only
+where transformer-lens folded that weight into the MLP (`HookedTransformer.from_pretrained`'s default).
 """
 
 from __future__ import annotations
@@ -28,7 +40,7 @@ import difflib
 import importlib.metadata
 import re
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -46,6 +58,9 @@ _PRE_BLOCK = ("hook_embed", "hook_pos_embed", "hook_tokens", "embed.", "pos_embe
 
 class _StopForward(Exception):
     """Raised from a hook once every requested activation is captured."""
+
+
+Site = tuple[str, nn.Module]  # ("input" | "output", module): the hook's activation is that module's input or output
 
 
 def transformer_lens_major() -> int | None:
@@ -97,9 +112,17 @@ class ModelAdapter:
     def _forward(self, tokens: torch.Tensor, hooks: list[str], stop: int | None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def _site(self, hook: str) -> Site:
+        """Where `hook`'s activation is read and edited: the input or output of one module."""
+        raise NotImplementedError
+
+    def _prepare(self, hooks: Sequence[str]) -> None:
+        """Switch on what `hooks` need that the model leaves off by default (nothing, unless a backend says)."""
+
     def _add_edit(self, hook: str, fn: Edit) -> Any:
         """Install `fn` at `hook`; return a handle whose `remove()` takes it out again."""
-        raise NotImplementedError
+        kind, module = self._site(hook)
+        return _edit_input(module, fn) if kind == "input" else _edit_output(module, fn)
 
     def _output(self, tokens: torch.Tensor) -> torch.Tensor:
         """The whole model's output: logits (causal) or final hidden states (encoder)."""
@@ -151,6 +174,7 @@ class ModelAdapter:
         """Run a `[batch, pos]` token batch; return `{hook: [batch, pos, d]}` (model dtype, model device)."""
         hooks = self.check_hooks(hooks)
         self._check_tokens(tokens)
+        self._prepare(hooks)
         with torch.inference_mode():
             out = self._forward(tokens.to(self.device), hooks, self.stop_layer(hooks))
         for h in hooks:
@@ -188,6 +212,7 @@ class ModelAdapter:
                 raise ValueError(f"the edit at {hook!r} returned {shape}, expected shape {tuple(a.shape)}")
             return new.to(a.dtype)
 
+        self._prepare([hook])
         handle = self._add_edit(hook, checked)
         try:
             yield
@@ -208,12 +233,30 @@ class ModelAdapter:
 
     def hook_dims(self, hooks: str | Sequence[str]) -> dict[str, int]:
         """Width of each hook's output, probed with a tiny batch (this also checks the shape)."""
+        widths = self.probe(hooks)
+        return {h: widths[h] for h in self.check_hooks(hooks)}
+
+    def probe(self, hooks: str | Sequence[str]) -> dict[str, int]:
+        """Width of each hook's output, in the order the hooks fire in the model's forward (one tiny batch)."""
         hooks = self.check_hooks(hooks)
         n = min(4, self.max_context)
         probe = torch.full((1, n), self.sep_token_id if self.sep_token_id is not None else 0, dtype=torch.long)
         if self.bos_token_id is not None:
             probe[0, 0] = self.bos_token_id
-        return {h: t.shape[-1] for h, t in self.run(probe, hooks).items()}
+        fired: list[str] = []
+        handles = [_record_firing(self._site(h), h, fired) for h in hooks]
+        try:
+            out = self.run(probe, hooks)
+        finally:
+            for handle in handles:
+                handle.remove()
+        order = [*dict.fromkeys(fired), *(h for h in hooks if h not in fired)]
+        return {h: out[h].shape[-1] for h in order}
+
+    def check_pairs(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Refuse a (input, target) pair whose target fires before its input in the model's forward."""
+        order = list(self.probe(list(dict.fromkeys(h for pair in pairs for h in pair))))
+        check_pair_order(pairs, order, self.name)
 
     def __repr__(self) -> str:
         return (
@@ -253,7 +296,7 @@ class ModelAdapter:
 
 
 class BridgeAdapter(ModelAdapter):
-    """transformer-lens >= 4 `TransformerBridge`."""
+    """transformer-lens >= 4 `TransformerBridge`; the MLP hooks through the wrapped Hugging Face modules."""
 
     backend = "transformer_lens"
 
@@ -268,17 +311,27 @@ class BridgeAdapter(ModelAdapter):
         encoder = getattr(cfg, "attention_dir", "causal") == "bidirectional"
         self.is_causal = not encoder
         self._init_tokens(encoder, bool(getattr(cfg, "default_prepend_bos", True)))
-        self._names = sorted(bridge.hook_dict.keys())
+        found = _layer_list(getattr(bridge, "original_model", bridge), self.n_layers)
+        self._sites: dict[str, Site] = mlp_sites(found[1]) if found else {}
+        self._names = sorted(set(bridge.hook_dict) | set(self._sites))
 
     def hook_names(self) -> list[str]:
         return self._names
 
-    def _forward(self, tokens, hooks, stop):
-        _, cache = self.model.run_with_cache(tokens, names_filter=list(hooks), stop_at_layer=stop)
-        return {h: cache[h] for h in hooks if h in cache}
+    def _site(self, hook: str) -> Site:
+        return self._sites.get(hook) or ("output", self.model.hook_dict[hook])
 
-    def _add_edit(self, hook, fn):
-        return _edit_output(self.model.hook_dict[hook], fn)
+    def _forward(self, tokens, hooks, stop):
+        out: dict[str, torch.Tensor] = {}
+        native = [h for h in hooks if h not in self._sites]
+        handles = _capture_sites({h: self._sites[h] for h in hooks if h in self._sites}, out, None)
+        try:
+            _, cache = self.model.run_with_cache(tokens, names_filter=native, stop_at_layer=stop)
+        finally:
+            for handle in handles:
+                handle.remove()
+        out.update({h: cache[h] for h in native if h in cache})
+        return out
 
     def _output(self, tokens):
         if self.is_causal:
@@ -288,7 +341,10 @@ class BridgeAdapter(ModelAdapter):
 
 
 class HookedAdapter(ModelAdapter):
-    """transformer-lens < 4 `HookedTransformer` / `HookedEncoder`; stops early by raising from a hook."""
+    """transformer-lens < 4 `HookedTransformer` / `HookedEncoder`; stops early by raising from a hook.
+
+    `blocks.N.hook_mlp_in` is transformer-lens's own (switched on when asked for); `blocks.N.mlp.hook_in` /
+    `mlp.hook_out` are the input and output of the block's MLP module."""
 
     backend = "transformer_lens<4"
 
@@ -302,14 +358,23 @@ class HookedAdapter(ModelAdapter):
         encoder = type(model).__name__ == "HookedEncoder"
         self.is_causal = not encoder
         self._init_tokens(encoder, bool(getattr(cfg, "default_prepend_bos", True)))
-        self._names = sorted(model.hook_dict.keys())
+        self._sites: dict[str, Site] = {}
+        for i, block in enumerate(model.blocks):
+            if isinstance(getattr(block, "mlp", None), nn.Module):
+                self._sites[f"blocks.{i}.mlp.hook_in"] = ("input", block.mlp)
+                self._sites[f"blocks.{i}.mlp.hook_out"] = ("output", block.mlp)
+        self._names = sorted(set(model.hook_dict) | set(self._sites))
 
     def hook_names(self) -> list[str]:
         return self._names
 
-    # transformer-lens hook points are nn.Modules in both major versions: the same edit and output code
-    _add_edit = BridgeAdapter._add_edit
+    # transformer-lens hook points are nn.Modules in both major versions: the same site and output code
+    _site = BridgeAdapter._site
     _output = BridgeAdapter._output
+
+    def _prepare(self, hooks):
+        if any(h.endswith(".hook_mlp_in") for h in hooks):
+            self.model.cfg.use_hook_mlp_in = True  # off by default: the blocks skip that hook point
 
     def _forward(self, tokens, hooks, stop):
         out: dict[str, torch.Tensor] = {}
@@ -320,12 +385,15 @@ class HookedAdapter(ModelAdapter):
                 raise _StopForward
             return t
 
+        handles = _capture_sites({h: self._sites[h] for h in hooks if h in self._sites}, out, len(hooks))
         try:
-            self.model.run_with_hooks(tokens, fwd_hooks=[(h, save) for h in hooks])
+            self.model.run_with_hooks(tokens, fwd_hooks=[(h, save) for h in hooks if h not in self._sites])
         except _StopForward:
             pass
         finally:
             self.model.reset_hooks()
+            for handle in handles:
+                handle.remove()
         return out
 
 
@@ -342,6 +410,63 @@ def _edit_output(module: nn.Module, fn: Edit) -> Any:
         return fn(output)
 
     return module.register_forward_hook(hook)
+
+
+def _input_of(args: tuple, kwargs: dict[str, Any]) -> Any:
+    """A module's activation input: its first positional argument, else `hidden_states` (or the first tensor)."""
+    if args:
+        return args[0]
+    if "hidden_states" in kwargs:
+        return kwargs["hidden_states"]
+    return next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+
+
+def _edit_input(module: nn.Module, fn: Edit) -> Any:
+    """Forward pre-hook replacing `module`'s activation input by fn(input)."""
+
+    def pre(mod, args, kwargs):
+        if args:
+            return (fn(args[0]), *args[1:]), kwargs
+        key = "hidden_states" if "hidden_states" in kwargs else next(k for k, v in kwargs.items() if isinstance(v, torch.Tensor))
+        return args, {**kwargs, key: fn(kwargs[key])}
+
+    return module.register_forward_pre_hook(pre, with_kwargs=True)
+
+
+def _capture_sites(sites: Mapping[str, Site], out: dict[str, torch.Tensor], total: int | None) -> list[Any]:
+    """Forward hooks writing each site's activation into `out`; once `out` holds `total`, stop the forward."""
+
+    def keep(h: str, t: Any) -> None:
+        out[h] = t
+        if total is not None and len(out) == total:
+            raise _StopForward
+
+    handles = []
+    for h, (kind, module) in sites.items():
+        if kind == "input":
+            handles.append(module.register_forward_pre_hook(lambda m, a, kw, h=h: keep(h, _input_of(a, kw)), with_kwargs=True))
+        else:
+            handles.append(module.register_forward_hook(lambda m, a, o, h=h: keep(h, _first(o))))
+    return handles
+
+
+def _record_firing(site: Site, hook: str, fired: list[str]) -> Any:
+    """A forward hook appending `hook` to `fired` when its site runs (the model's order of hooks)."""
+    kind, module = site
+    if kind == "input":
+        return module.register_forward_pre_hook(lambda m, a: fired.append(hook))
+    return module.register_forward_hook(lambda m, a, o: fired.append(hook))
+
+
+def check_pair_order(pairs: Sequence[tuple[str, str]], order: Sequence[str], model: str) -> None:
+    """Each pair's target must fire after its input in `order` (the model's order of hooks)."""
+    pos = {h: i for i, h in enumerate(order)}
+    for src, dst in pairs:
+        if pos[dst] < pos[src]:
+            raise ValueError(
+                f"target hook {dst!r} runs before its input hook {src!r} in the forward of {model!r}: "
+                "a transcoder predicts a later activation from an earlier one"
+            )
 
 
 def _capture_output(module: nn.Module, call: Callable[[], Any]) -> torch.Tensor:
@@ -373,6 +498,46 @@ def _layer_list(model: nn.Module, n_layers: int | None) -> tuple[str, nn.ModuleL
     return best
 
 
+def _child(module: nn.Module, name: str) -> nn.Module | None:
+    child = getattr(module, name, None)
+    return child if isinstance(child, nn.Module) else None
+
+
+def _mlp_parts(layer: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module | None, nn.Module | None] | None:
+    """(module reading the MLP's input, module writing its output, the MLP's own norm before, after) of one layer."""
+    layer = getattr(layer, "_original_component", layer)  # a transformer-lens bridge wraps the HF layer
+    mlp = next((m for name in ("mlp", "ffn", "feed_forward") if (m := _child(layer, name)) is not None), None)
+    if mlp is not None:
+        first, last = mlp, mlp
+    else:  # BERT-style: intermediate (dense + activation), then output.dense before the residual add and norm
+        inter, out = _child(layer, "intermediate"), _child(layer, "output")
+        dense = _child(out, "dense") if out is not None else None
+        if inter is None or dense is None:
+            return None
+        first, last = inter, dense
+    post = _child(layer, "post_feedforward_layernorm")
+    pre = _child(layer, "pre_feedforward_layernorm") or _child(layer, "ln_2")
+    if pre is None and post is None:  # Llama-style; where a post_feedforward norm exists, this one is the attention's
+        pre = _child(layer, "post_attention_layernorm")
+    return first, last, pre, post
+
+
+def mlp_sites(layers: Iterable[nn.Module]) -> dict[str, Site]:
+    """The MLP hooks of each layer whose MLP is found (see the module docstring)."""
+    sites: dict[str, Site] = {}
+    for i, layer in enumerate(layers):
+        parts = _mlp_parts(layer)
+        if parts is None:
+            continue
+        first, last, pre, post = parts
+        b = f"blocks.{i}."
+        sites[b + "mlp.hook_in"] = ("input", first)
+        sites[b + "mlp.hook_out"] = ("output", last)
+        sites[b + "hook_mlp_in"] = ("input", pre if pre is not None else first)
+        sites[b + "hook_mlp_out"] = ("output", post if post is not None else last)
+    return sites
+
+
 class HFAdapter(ModelAdapter):
     """A plain Hugging Face model; activations by forward hooks on named modules."""
 
@@ -399,11 +564,12 @@ class HFAdapter(ModelAdapter):
         self.is_causal = bool(causal)
         self._init_tokens(encoder, True)
         self._modules = dict(model.named_modules())
-        self._names = sorted(
-            [f"blocks.{i}.hook_resid_pre" for i in range(self.n_layers)]
-            + [f"blocks.{i}.hook_resid_post" for i in range(self.n_layers)]
-            + [k for k in self._modules if k]
-        )
+        self._sites: dict[str, Site] = {}
+        for i, layer in enumerate(self._layers):
+            self._sites[f"blocks.{i}.hook_resid_pre"] = ("input", layer)
+            self._sites[f"blocks.{i}.hook_resid_post"] = ("output", layer)
+        self._sites.update(mlp_sites(self._layers))
+        self._names = sorted(set(self._sites) | {k for k in self._modules if k})
 
     def hook_names(self) -> list[str]:
         return self._names
@@ -411,60 +577,20 @@ class HFAdapter(ModelAdapter):
     def stop_layer(self, hooks):
         return None  # early stop is by exception once all hooks fired
 
+    def _site(self, hook: str) -> Site:
+        return self._sites.get(hook) or ("output", self._modules[hook])
+
     def _forward(self, tokens, hooks, stop):
         out: dict[str, torch.Tensor] = {}
-        handles = []
-
-        def make_post(h):
-            def fn(mod, args, output):
-                out[h] = _first(output)
-                if len(out) == len(hooks):
-                    raise _StopForward
-
-            return fn
-
-        def make_pre(h):
-            def fn(mod, args, kwargs):
-                out[h] = args[0] if args else kwargs.get("hidden_states")
-                if len(out) == len(hooks):
-                    raise _StopForward
-
-            return fn
-
+        handles = _capture_sites({h: self._site(h) for h in hooks}, out, len(hooks))
         try:
-            for h in hooks:
-                m = re.match(r"^blocks\.(\d+)\.hook_resid_(pre|post)$", h)
-                if m:
-                    layer = self._layers[int(m.group(1))]
-                    if m.group(2) == "pre":
-                        handles.append(layer.register_forward_pre_hook(make_pre(h), with_kwargs=True))
-                    else:
-                        handles.append(layer.register_forward_hook(make_post(h)))
-                else:
-                    handles.append(self._modules[h].register_forward_hook(make_post(h)))
-            try:
-                self.model(input_ids=tokens)
-            except _StopForward:
-                pass
+            self.model(input_ids=tokens)
+        except _StopForward:
+            pass
         finally:
             for hd in handles:
                 hd.remove()
         return out
-
-    def _add_edit(self, hook, fn):
-        m = re.match(r"^blocks\.(\d+)\.hook_resid_(pre|post)$", hook)
-        if m is None:
-            return _edit_output(self._modules[hook], fn)
-        layer = self._layers[int(m.group(1))]
-        if m.group(2) == "post":
-            return _edit_output(layer, fn)
-
-        def pre(mod, args, kwargs):
-            if args:
-                return (fn(args[0]), *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
-
-        return layer.register_forward_pre_hook(pre, with_kwargs=True)
 
     def _output(self, tokens):
         out = self.model(input_ids=tokens, output_hidden_states=not self.is_causal)

@@ -1,8 +1,9 @@
 """The live activation stream: hidden states in, shuffled `[batch_size, d_in]` float32 batches out.
 
-`ActivationStream` harvests activations at one or several hook points of the text of a `TextSource`,
-drops special-token positions on request, mixes vectors across many contexts before they leave
-(`activations.mixing`), prefetches on a background thread, and optionally writes the disk cache
+`ActivationStream` harvests activations at one or several hook points of the text of a `TextSource`
+(or transcoder pairs: an input hook and the target it predicts, of the same token positions, from one
+forward pass), drops special-token positions on request, mixes vectors across many contexts before they
+leave (`activations.mixing`), prefetches on a background thread, and optionally writes the disk cache
 (`activations.cache`) that `ActivationStream.from_cache` reads back memory-mapped.
 """
 
@@ -19,8 +20,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from activations.cache import CacheReader, check_identity, read_manifest, write_cache
+from activations.cache import CacheReader, cache_dtype_name, check_identity, read_manifest, write_cache
 from activations.hooks import DEFAULT_HOOK, HookPoints
+from activations.layout import BatchLayout
 from activations.mixing import BatchIterable, RunningStats, interleave_order
 from activations.models import ModelAdapter, load_model
 from activations.source import TextSource, as_source
@@ -29,12 +31,18 @@ __all__ = ["ActivationStream"]
 
 
 class ActivationStream(BatchIterable):
-    """An iterable of shuffled float32 CPU activation batches `[batch_size, d_in]`.
+    """An iterable of shuffled float32 CPU activation batches `[batch_size, d_in]` (or transcoder pairs).
 
     Args:
         model: a `ModelAdapter` or anything `load_model` takes ("minilm", a hub name, a folder).
         hook: a hook point name, or a list of them, or `HookPoints` (several hooks: batches are then
-            `{hook: [batch_size, d]}` dicts whose rows are the same token positions).
+            `{hook: [batch_size, d]}` dicts whose rows are the same token positions; `HookPoints` with
+            targets gives pairs as `target` does, and a `clt=True` one stacks them).
+        target: for transcoders, the hook each `hook` predicts: a name for a name (batches are then
+            `(x [batch_size, d_in], y [batch_size, d_out])` tuples of the same token positions), a list
+            paired 1:1 with a list of hooks (`{hook: (x, y)}` dicts). A target must fire after its input.
+        stack: with lists of hooks and targets, one CLT's consecutive layers: batches are
+            `(x [batch_size, L, d_in], y [batch_size, L, d_out])`.
         source: the text, a `TextSource` (or a dataset, as `load_text` takes it; None: the embedded corpus).
             Read in streaming mode for hub and local files.
         split, context_len: when given, replace the source's (context_len counts BOS; at most the
@@ -55,11 +63,15 @@ class ActivationStream(BatchIterable):
         rank_share: (rank, world): read only contexts i with i % world == rank, a disjoint deterministic
             share of the text for one rank of a data-parallel run.
         shard_tokens: vectors per cache shard (rounded to whole forward passes).
+        cache_dtype: how the cache stores vectors: torch.float32, or torch.bfloat16 / torch.float16 for
+            half the disk (batches are float32 either way).
         progress: show tqdm progress bars.
 
-    `.d_in`, `.hooks`, `.stats` (`{"mean_sq_norm", "mean" [d_in], "tokens"}`; for multi-hook a
-    dict per hook) are available; on a live stream `.stats` is complete after one full pass.
-    `iter_from(n)` starts at batch n, yielding exactly what plain iteration yields from there.
+    `.d_in`, `.d_out` (the target's width; the input's without targets), `.hooks`, `.targets`, `.stats`
+    (`{"mean_sq_norm", "mean" [d_in], "tokens"}` in the shape of the batches: a dict per hook, an (x, y)
+    tuple of them per pair, per layer for a CLT: `mean` [L, d], `mean_sq_norm` [L]) are available; on a
+    live stream `.stats` is complete after one full pass. `iter_from(n)` starts at batch n, yielding exactly
+    what plain iteration yields from there.
     """
 
     def __init__(
@@ -68,6 +80,8 @@ class ActivationStream(BatchIterable):
         hook: str | Sequence[str] | HookPoints = DEFAULT_HOOK,
         source: TextSource | Any = None,
         *,
+        target: str | Sequence[str] | None = None,
+        stack: bool = False,
         split: str | None = None,
         context_len: int | None = None,
         batch_size: int = 4096,
@@ -79,14 +93,18 @@ class ActivationStream(BatchIterable):
         shuffle_contexts: int | None = None,
         prefetch: int = 4,
         shard_tokens: int = 65_536,
+        cache_dtype: torch.dtype = torch.float32,
         device: str = "cpu",
         dtype: torch.dtype | None = None,
         progress: bool = True,
         rank_share: tuple[int, int] = (0, 1),
     ) -> None:
         self.model: ModelAdapter = load_model(model, device=device, dtype=dtype)
-        self.multi = len(hook) > 1 if isinstance(hook, HookPoints) else not isinstance(hook, str)
-        self.hooks = self.model.check_hooks(list(hook) if isinstance(hook, HookPoints) else hook)
+        self.layout = _layout(hook, target, stack)
+        self.multi = self.layout.multi
+        self.hooks = self.model.check_hooks(list(self.layout.inputs))
+        self.targets = list(self.layout.targets)
+        self.harvested = self.model.check_hooks(self.layout.harvested)
         for name, v in (
             ("batch_size", batch_size),
             ("total_tokens", total_tokens),
@@ -108,6 +126,9 @@ class ActivationStream(BatchIterable):
         if not (isinstance(rank_share, tuple) and len(rank_share) == 2 and 0 <= rank_share[0] < rank_share[1]):
             raise ValueError(f"rank_share must be (rank, world) with 0 <= rank < world, got {rank_share!r}")
         self.rank_share = rank_share
+        self.cache_dtype = cache_dtype_name(cache_dtype)
+        if self.cache_dtype != "float32" and cache_dir is None:
+            raise ValueError(f"cache_dtype={cache_dtype} sets how the disk cache stores vectors: give a cache_dir too")
         per_ctx = max(context_len - 1, 1)
         self.shuffle_contexts = shuffle_contexts or max(256, -(-4 * batch_size // per_ctx))
         self.batches_per_shard = max(1, round(shard_tokens / (model_batch_size * per_ctx)))
@@ -116,9 +137,12 @@ class ActivationStream(BatchIterable):
         if hasattr(self.dataset, "__len__") and len(self.dataset) == 0:
             raise ValueError(f"dataset {self.dataset_desc!r} is empty")
         self.dataset_content = self.source.fingerprint()  # a cache of an edited local corpus is not reused
-        self.d_ins = self.model.hook_dims(self.hooks)
+        widths = self.model.probe(self.harvested)  # in the order the hooks fire
+        self.d_ins = {h: widths[h] for h in self.harvested}
+        self.layout.check_widths(self.d_ins)
+        self.layout.check_order(list(widths), self.model.name)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self._stats = {h: RunningStats(self.d_ins[h]) for h in self.hooks}
+        self._stats = {h: RunningStats(self.d_ins[h]) for h in self.harvested}
         self._reader: CacheReader | None = None
         if self.cache_dir is not None:
             check_identity(self.cache_dir, self._identity())
@@ -130,15 +154,19 @@ class ActivationStream(BatchIterable):
         return self.d_ins[self.hooks[0]]
 
     @property
-    def stats(self) -> dict[str, Any]:
-        """`{"mean_sq_norm", "mean", "tokens"}` (multi-hook: one such dict per hook).
+    def d_out(self) -> int:
+        """Width of the (first) target's vectors (the input's when there are no targets)."""
+        return self.d_ins[self.targets[0]] if self.targets else self.d_in
+
+    @property
+    def stats(self) -> Any:
+        """`{"mean_sq_norm", "mean", "tokens"}` in the shape of the batches (one per hook, per pair half, per layer).
 
         With a cache_dir this harvests first if needed; live, it is complete after one full pass.
         """
         if self.cache_dir is not None:
             return self._cache_reader().stats
-        out = {h: s.result() for h, s in self._stats.items()}
-        return out if self.multi else out[self.hooks[0]]
+        return self.layout.pack({h: s.result() for h, s in self._stats.items()})
 
     def __len__(self) -> int:
         if self._reader is not None:
@@ -188,16 +216,21 @@ class ActivationStream(BatchIterable):
         epochs: int | None = 1,
         verify: bool = True,
         expect_model: str | None = None,
+        target: str | Sequence[str] | None = None,
+        stack: bool = False,
     ) -> CacheReader:
         """Read a finished cache back, memory-mapped: the same iteration API as a live stream.
 
-        `hook` picks one (or several) of the cached hooks (default: all; a single cached hook
-        yields tensors, several yield dicts). `epochs=None` repeats endlessly, each epoch in a
-        fresh order drawn from (seed, epoch). `verify` checks every shard's SHA-256 against the
-        manifest (sizes and headers are always checked); `expect_model` refuses a cache of
-        another model.
+        `hook` picks one (or several) of the cached hooks, and `target` / `stack` pair them as the
+        stream does (default: what the cache was harvested for: all its hooks, or its pairs; a single
+        cached hook yields tensors, several yield dicts). `epochs=None` repeats endlessly, each epoch
+        in a fresh order drawn from (seed, epoch). `verify` checks every shard's SHA-256 against the
+        manifest (sizes and headers are always checked); `expect_model` refuses a cache of another model.
         """
-        return CacheReader(Path(cache_dir), batch_size, seed, hook, epochs, verify, expect_model)
+        if hook is None and (target is not None or stack):
+            raise ValueError("target= and stack= pair the hooks given in hook=: give hook= too")
+        layout = None if hook is None else BatchLayout.from_args(hook, target, stack)
+        return CacheReader(Path(cache_dir), batch_size, seed, layout, epochs, verify, expect_model)
 
     # --- live harvest -------------------------------------------------------------------------
     def _contexts(self, start: int = 0) -> Iterator[torch.Tensor]:
@@ -221,11 +254,11 @@ class ActivationStream(BatchIterable):
                 break
             seen_any = True
             tokens = torch.stack(pending)
-            out = self.model.run(tokens, self.hooks)
+            out = self.model.run(tokens, self.harvested)
             keep = ~torch.isin(tokens, special) if self.exclude_special_tokens else torch.ones_like(tokens, dtype=torch.bool)
             ctx = (torch.arange(tokens.shape[0]) + b * self.model_batch_size)[:, None].expand_as(tokens)[keep]
             n = min(ctx.numel(), self.total_tokens - got)
-            acts = {h: out[h][keep.to(out[h].device)][:n].to("cpu", torch.float32) for h in self.hooks}
+            acts = {h: out[h][keep.to(out[h].device)][:n].to("cpu", torch.float32) for h in self.harvested}
             got += n
             if bar is not None:
                 bar.update(n)
@@ -238,8 +271,8 @@ class ActivationStream(BatchIterable):
 
     def _live_batches(self) -> Iterator[tuple[Any, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.seed)
-        stats = {h: RunningStats(self.d_ins[h]) for h in self.hooks}
-        pool_acts: dict[str, list[torch.Tensor]] = {h: [] for h in self.hooks}
+        stats = {h: RunningStats(self.d_ins[h]) for h in self.harvested}
+        pool_acts: dict[str, list[torch.Tensor]] = {h: [] for h in self.harvested}
         pool_ctx: list[torch.Tensor] = []
         n_pool = 0
         pool_rows = max(self.shuffle_contexts * (self.context_len - 1), 2 * self.batch_size)
@@ -247,7 +280,7 @@ class ActivationStream(BatchIterable):
             total=self.total_tokens, desc="harvest", unit="tok", disable=not self.progress, dynamic_ncols=True, leave=False
         ) as bar:
             for _, acts, ctx in self._chunks(bar=bar):
-                for h in self.hooks:
+                for h in self.harvested:
                     stats[h].add(acts[h])
                     pool_acts[h].append(acts[h])
                 pool_ctx.append(ctx)
@@ -267,20 +300,17 @@ class ActivationStream(BatchIterable):
             n_full = max(1, n_full // 2)
         for i in range(n_full):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield self._pack({h: a[idx] for h, a in acts.items()}), ctx[idx]
+            yield self.layout.pack({h: a[idx] for h, a in acts.items()}), ctx[idx]
         rest = order[n_full * self.batch_size :]
-        for h in self.hooks:
+        for h in self.harvested:
             pool_acts[h][:] = [] if final else [acts[h][rest]]
         pool_ctx[:] = [] if final else [ctx[rest]]
-
-    def _pack(self, acts: dict[str, torch.Tensor]) -> Any:
-        return acts if self.multi else acts[self.hooks[0]]
 
     # --- cache --------------------------------------------------------------------------------
     def _identity(self) -> dict[str, Any]:
         return {
             "model": self.model.name,
-            "hooks": list(self.hooks),
+            "hooks": list(self.harvested),
             "dataset": self.dataset_desc,
             "dataset_content": self.dataset_content,
             "text_column": self.source.text_column,
@@ -289,7 +319,7 @@ class ActivationStream(BatchIterable):
             "total_tokens": self.total_tokens,
             "model_batch_size": self.model_batch_size,
             "batches_per_shard": self.batches_per_shard,
-            "dtype": "float32",
+            "dtype": self.cache_dtype,
             **({"rank_share": list(self.rank_share)} if self.rank_share[1] > 1 else {}),
         }
 
@@ -297,9 +327,7 @@ class ActivationStream(BatchIterable):
         assert self.cache_dir is not None  # called only for a stream with a cache
         if self._reader is None:
             self._write_cache()
-            self._reader = CacheReader(
-                self.cache_dir, self.batch_size, self.seed, self.hooks if self.multi else self.hooks[0], 1, True, self.model.name
-            )
+            self._reader = CacheReader(self.cache_dir, self.batch_size, self.seed, self.layout, 1, True, self.model.name)
         return self._reader
 
     def _write_cache(self) -> None:
@@ -309,7 +337,16 @@ class ActivationStream(BatchIterable):
         def harvest(start_batch: int, tokens_done: int, bar: Any):
             return _prefetched(lambda: self._chunks(start_batch, tokens_done, bar), self.prefetch)
 
-        write_cache(self.cache_dir, self._identity(), self.d_ins, harvest, self.progress)
+        write_cache(self.cache_dir, self._identity(), self.d_ins, harvest, self.progress, self.layout.record())
+
+
+def _layout(hook: str | Sequence[str] | HookPoints, target: str | Sequence[str] | None, stack: bool) -> BatchLayout:
+    """The batch layout of a stream's arguments (`HookPoints` carry their own targets)."""
+    if isinstance(hook, HookPoints):
+        if target is not None:
+            raise ValueError("hook is HookPoints: give its targets there (targets= or target_template=), not target=")
+        return BatchLayout(hook.names, hook.target_names, multi=len(hook) > 1, stack=stack or hook.clt)
+    return BatchLayout.from_args(hook, target, stack)
 
 
 _END = object()

@@ -245,7 +245,7 @@ class RunConfig:
     model: str = "minilm"
     """Model: 'minilm' (the embedded default), a hub name or a local path."""
     hooks: HookPoints = field(default_factory=HookPoints)
-    """The hook points: one dictionary each."""
+    """The hook points (with their targets, for transcoders): one dictionary each, or one CLT over all layers."""
     text: TextSource = field(default_factory=TextSource)
     """The text the activations are harvested from."""
     cache_dir: str = ""

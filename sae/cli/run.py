@@ -118,6 +118,11 @@ def _no_held_out_text(e: ValueError) -> bool:
 def check_run(run: RunConfig, sae_kwargs: dict[str, Any], tcfg: TrainConfig) -> None:
     """Everything that can be checked before the model loads, each a one-line error: the dictionary's options
     (k, family, family options; the final check with the model's width follows), the device, the corpus files."""
+    if run.hooks.paired:
+        raise ValueError(
+            "transcoder training from the command line (--target-hook, --target-template, --clt) lands with the "
+            "transcoder trainer of issue #23; harvest pairs in Python with ActivationStream(model, hook=..., target=...)"
+        )
     cfg = SAEConfig(d_in=_PROBE_D_IN, hook_name=run.hooks.names[0], model_name=run.model, **sae_kwargs)
     check_device(tcfg.device)
     if cfg.dtype == "float16" and torch.device(tcfg.device).type == "cpu":

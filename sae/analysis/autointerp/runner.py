@@ -1,11 +1,8 @@
-"""explain, score, and the whole pass over a dictionary's latents: cache, token budget, progress, resume.
+"""explain, score, and the whole pass over a dictionary's latents, with progress and resume.
 
-Every request goes through the cache first; only misses reach the judge, and each reply is cached as
-it arrives. With a budget, requests go out in slices of a few times the judge's parallelism and no slice
-starts once the budget is spent, so a run stops cleanly (overshooting by at most one slice) and a rerun
-with a larger budget continues from the cache. Latents are processed in chunks; `explain_and_score`
-appends each finished chunk's lines to `explanations.jsonl` and skips latents whose line was made with
-the same judge, prompt version, seed and settings.
+Latents are processed in chunks (their prompts sent together, through `Client`: cache and budget);
+`explain_and_score` appends each finished chunk's lines to `explanations.jsonl` and skips latents whose
+line was made with the same judge, prompt version, seed, settings and dictionary.
 """
 
 from __future__ import annotations
@@ -19,8 +16,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sae.analysis.autointerp.cache import CACHE_FILE, RequestCache, request_key
-from sae.analysis.autointerp.judges import Judge, Reply, Request, parse_judge
+from sae.analysis.autointerp.cache import CACHE_FILE, RequestCache
+from sae.analysis.autointerp.client import Budget, BudgetExhausted, Client
+from sae.analysis.autointerp.judges import Judge, Request, parse_judge
 from sae.analysis.autointerp.prompts import (
     PROMPT_VERSION,
     detection_messages,
@@ -58,112 +56,6 @@ METHODS = ("detection", "fuzzing")
 EXPLAIN_MAX_TOKENS = 80
 VERDICT_MAX_TOKENS = 8  # per passage
 _RAW_KEPT = 300
-
-
-class BudgetExhausted(RuntimeError):
-    """The token or cost budget was spent before every request was sent."""
-
-
-@dataclass
-class Budget:
-    """A cap on tokens (prompt + completion) and/or cost of the requests sent (cache hits are free).
-
-    Cost is `prompt_tokens * price_in + completion_tokens * price_out`, prices per million tokens.
-    """
-
-    max_tokens: int | None = None
-    max_cost: float | None = None
-    price_in: float = 0.0
-    price_out: float = 0.0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    def __post_init__(self) -> None:
-        if self.max_tokens is not None and (
-            isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1
-        ):
-            raise ValueError(f"max_tokens must be a positive integer or None, got {self.max_tokens!r}")
-        for name in ("max_cost", "price_in", "price_out"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0):
-                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
-        if self.max_cost is not None and self.price_in == 0 and self.price_out == 0:
-            raise ValueError("max_cost needs price_in and/or price_out (USD per million prompt / completion tokens)")
-
-    @property
-    def limited(self) -> bool:
-        return self.max_tokens is not None or self.max_cost is not None
-
-    @property
-    def tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    @property
-    def cost(self) -> float:
-        return (self.prompt_tokens * self.price_in + self.completion_tokens * self.price_out) / 1e6
-
-    @property
-    def exhausted(self) -> bool:
-        return (self.max_tokens is not None and self.tokens >= self.max_tokens) or (
-            self.max_cost is not None and self.cost >= self.max_cost
-        )
-
-    def add(self, reply: Reply) -> None:
-        self.prompt_tokens += reply.prompt_tokens
-        self.completion_tokens += reply.completion_tokens
-
-    def describe(self) -> str:
-        caps = []
-        if self.max_tokens is not None:
-            caps.append(f"{self.tokens} of {self.max_tokens} tokens")
-        if self.max_cost is not None:
-            caps.append(f"${self.cost:.4f} of ${self.max_cost:g}")
-        return ", ".join(caps) or f"{self.tokens} tokens"
-
-
-class _Asker:
-    """Requests through the cache to the judge, counting what was sent and what came from the cache."""
-
-    def __init__(self, judge: Judge, cache: RequestCache | None, budget: Budget) -> None:
-        self.judge, self.cache, self.budget = judge, cache, budget
-        self.sent = 0
-        self.from_cache = 0
-
-    def ask(self, requests: Sequence[Request]) -> list[Reply]:
-        out: list[Reply | None] = [None] * len(requests)
-        todo: dict[str, list[int]] = {}
-        for i, r in enumerate(requests):
-            key = request_key(self.judge.identity, r)
-            hit = self.cache.get(key) if self.cache is not None else None
-            if hit is not None:
-                out[i] = hit
-                self.from_cache += 1
-            else:
-                todo.setdefault(key, []).append(i)
-        unique = [(k, requests[ix[0]]) for k, ix in todo.items()]
-        step = 4 * max(1, self.judge.parallel) if self.budget.limited else max(1, len(unique))
-        for s in range(0, len(unique), step):
-            if self.budget.exhausted:
-                raise BudgetExhausted(f"budget spent ({self.budget.describe()})")
-            part = unique[s : s + step]
-
-            def took(j: int, reply: Reply, part=part) -> None:
-                key, req = part[j]
-                if out[todo[key][0]] is not None:
-                    return
-                if self.cache is not None:
-                    self.cache.put(key, self.judge.name, req, reply)
-                for i in todo[key]:
-                    out[i] = reply
-                self.sent += 1
-                self.budget.add(reply)
-
-            replies = self.judge.answer([r for _, r in part], took)
-            if len(replies) != len(part):
-                raise RuntimeError(f"judge {self.judge.name} gave {len(replies)} replies to {len(part)} requests")
-            for j, reply in enumerate(replies):  # a judge that does not call on_reply
-                took(j, reply)
-        return [r for r in out if r is not None]
 
 
 @dataclass
@@ -303,7 +195,7 @@ def _explanation_text(x: Any) -> str | None:
 
 
 def _explain_chunk(
-    stats: FeatureStats, ids: list[int], panels: dict[int, dict[str, Any]], samples: dict[int, LatentSamples], asker: _Asker
+    stats: FeatureStats, ids: list[int], panels: dict[int, dict[str, Any]], samples: dict[int, LatentSamples], asker: Client
 ) -> dict[int, Explanation]:
     out: dict[int, Explanation] = {}
     reqs, order = [], []
@@ -342,7 +234,7 @@ def _score_chunk(
     methods: tuple[str, ...],
     per_prompt: int,
     seed: int,
-    asker: _Asker,
+    asker: Client,
 ) -> tuple[dict[int, dict[str, Score]], dict[int, dict[str, int]]]:
     """Per latent, each method's score (latents without explanation or held-out examples get none) and tokens."""
     jobs: list[tuple[int, str, list[ScoringItem]]] = []  # one per request
@@ -370,9 +262,12 @@ def _score_chunk(
         t["completion"] += reply.completion_tokens
     scores: dict[int, dict[str, Score]] = {}
     for (i, method), rows in got.items():
-        labels, verdicts, p_yes = zip(*rows, strict=True)
         scores.setdefault(i, {})[method] = score_verdicts(
-            method, list(labels), list(verdicts), list(p_yes), seed=seed * 1_000_003 + i * 7 + METHODS.index(method)
+            method,
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [r[2] for r in rows],
+            seed=seed * 1_000_003 + i * 7 + METHODS.index(method),
         )
     return scores, tokens
 
@@ -405,7 +300,7 @@ def explain(
     judge = _judge(judge)
     ids = parse_latents(latents, st.n_latents)
     settings = settings or SampleSettings()
-    asker = _Asker(judge, _cache(cache), budget or Budget())
+    asker = Client(judge, _cache(cache), budget or Budget())
     out: dict[int, Explanation] = {}
     with tqdm(total=len(ids), unit="latent", desc="explain", disable=not progress) as bar:
         for part in _chunks(ids, chunk):
@@ -455,7 +350,7 @@ def score(
     if missing:
         raise ValueError(f"no explanation given for latents {missing[:5]}")
     settings = settings or SampleSettings()
-    asker = _Asker(judge, _cache(cache), budget or Budget())
+    asker = Client(judge, _cache(cache), budget or Budget())
     out: dict[int, dict[str, Score]] = {}
     with tqdm(total=len(ids), unit="latent", desc="score", disable=not progress) as bar:
         for part in _chunks(ids, chunk):
@@ -491,7 +386,7 @@ def explain_and_score(
     cache: RequestCache | str | Path | None = "auto",
     budget: Budget | None = None,
     progress: bool = True,
-    chunk: int = 16,
+    chunk: int = 4,
 ) -> RunSummary:
     """Explain and score `latents` chunk by chunk, appending each latent's line to `out` (default:
     explanations.jsonl beside the statistics file; needed when `stats` is a `FeatureStats`).
@@ -501,9 +396,10 @@ def explain_and_score(
     chunk written. `scorer` defaults to `judge`; `cache` to autointerp_cache.sqlite beside `out` (None: none).
     """
     st, path = _stats(stats)
-    if out is None and path is None:
+    target = out if out is not None else path
+    if target is None:
         raise ValueError("explain_and_score(FeatureStats, ...) needs out= (where explanations.jsonl goes)")
-    out_path = explanations_path(out if out is not None else path)  # type: ignore[arg-type]
+    out_path = explanations_path(target)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     judge = _judge(judge)
     scorer_j = _judge(scorer) if scorer is not None else judge
@@ -534,8 +430,8 @@ def explain_and_score(
         )
     budget = budget or Budget()
     cache_obj = _cache(out_path.with_name(CACHE_FILE) if cache == "auto" else cache)
-    asker = _Asker(judge, cache_obj, budget)
-    scorer_asker = asker if scorer_j is judge else _Asker(scorer_j, cache_obj, budget)
+    asker = Client(judge, cache_obj, budget)
+    scorer_asker = asker if scorer_j is judge else Client(scorer_j, cache_obj, budget)
     summary = RunSummary(out_path, len(ids), 0, len(ids) - len(todo), 0, 0, 0, 0, 0, 0, 0.0)
     with tqdm(total=len(todo), unit="latent", desc="explain", disable=not progress) as bar:
         for part in _chunks(todo, chunk):

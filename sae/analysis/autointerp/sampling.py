@@ -159,7 +159,7 @@ class _Windows:
             return []
         rng = _rng(seed, latent, "negatives")
         picked: set[tuple[int, int]] = set()
-        out = []
+        out: list[Example] = []
         for _ in range(50 * n):
             if len(out) == n or len(picked) >= free * T:
                 break
@@ -226,10 +226,10 @@ def latent_samples(
     similar = with_negatives and settings.negative_source == "similar"
     if similar:
         if decoder is None:
-            raise ValueError("negative_source='similar' needs the decoder rows: pass decoder=sae.W_dec (or sae=)")
+            raise ValueError("negative_source='similar' needs the decoder rows: pass decoder=sae.W_dec")
         if decoder.shape[0] != stats.n_latents:
             raise ValueError(f"decoder has {decoder.shape[0]} rows, the statistics {stats.n_latents} latents")
-    near = _neighbours(decoder, latents, settings.similar_latents) if similar else {}
+    near = _neighbours(decoder, latents, settings.similar_latents) if similar and decoder is not None else {}
     windows = _Windows(stats)
     out = {}
     for i in latents:

@@ -38,7 +38,8 @@ def _words(text: str) -> tuple[list[str], list[bool]]:
 
 
 def _explain(user: str) -> str:
-    seen, before = Counter(), Counter()
+    seen: Counter[str] = Counter()
+    before: Counter[str] = Counter()
     for text in _PASSAGE.findall(user):
         words, marked = _words(text)
         for j, on in enumerate(marked):
@@ -47,7 +48,7 @@ def _explain(user: str) -> str:
                 if j > 0:
                     before[words[j - 1]] += 1
 
-    def ranked(c: Counter, k: int) -> str:
+    def ranked(c: Counter[str], k: int) -> str:
         return ", ".join(f'"{w}"' for w, _ in sorted(c.items(), key=lambda x: (-x[1], x[0]))[:k])
 
     if before and len(before) < len(seen):

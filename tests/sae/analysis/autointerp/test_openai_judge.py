@@ -105,3 +105,5 @@ def test_judge_spec_errors():
         parse_judge("gpt4")
     j = parse_judge("openai:http://localhost:11434/v1:llama3:8b")
     assert (j.base_url, j.model) == ("http://localhost:11434/v1", "llama3:8b")
+    j = parse_judge("openai:https://api.example.com/v1:org/model-7b")
+    assert (j.url, j.model) == ("https://api.example.com/v1/chat/completions", "org/model-7b")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 __all__ = ["RUN_FILES", "LOCK_FILE", "RunFolderError", "run_folder"]
 
-# what a run (its evaluation, feature statistics and browser included) writes into its folder
+# what a run (its evaluation, feature statistics, browser and explanations included) writes into its folder
 RUN_FILES = (
     "cfg.json",
     "sae_weights.safetensors",
@@ -28,6 +28,10 @@ RUN_FILES = (
     "feature_stats.safetensors",
     "feature_stats.safetensors.partial",
     "browser",
+    "explanations.jsonl",
+    "autointerp_cache.sqlite",
+    "autointerp_cache.sqlite-wal",
+    "autointerp_cache.sqlite-shm",
 )
 LOCK_FILE = ".lock"
 

@@ -7,7 +7,7 @@ written by the rule judge from the shown examples, partly correct, shuffled acro
 rule judge (`sae.analysis.autointerp.judges.rule`) and by noisy versions of it that follow the rule with
 probability q. Writes docs/results/autointerp.json and prints the tables of docs/results/autointerp.md.
 
-    python docs/results/scripts/autointerp_study.py            # the committed study (about a minute on 2 cores)
+    python docs/results/scripts/autointerp_study.py            # the committed study (seconds on 2 cores)
 """
 
 from __future__ import annotations

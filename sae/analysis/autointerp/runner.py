@@ -8,7 +8,8 @@ line was made with the same judge, prompt version, seed, settings and dictionary
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,8 +150,17 @@ def _judge(judge: Judge | str) -> Judge:
     return parse_judge(judge)
 
 
-def _cache(cache: RequestCache | str | Path | None) -> RequestCache | None:
-    return cache if cache is None or isinstance(cache, RequestCache) else RequestCache(cache)
+@contextmanager
+def _opened(cache: RequestCache | str | Path | None) -> Iterator[RequestCache | None]:
+    """The cache given, or the one at the path given, closed again when this call opened it."""
+    if cache is None or isinstance(cache, RequestCache):
+        yield cache
+        return
+    opened = RequestCache(cache)
+    try:
+        yield opened
+    finally:
+        opened.close()
 
 
 def _methods(methods: Iterable[str]) -> tuple[str, ...]:
@@ -300,9 +310,9 @@ def explain(
     judge = _judge(judge)
     ids = parse_latents(latents, st.n_latents)
     settings = settings or SampleSettings()
-    asker = Client(judge, _cache(cache), budget or Budget())
     out: dict[int, Explanation] = {}
-    with tqdm(total=len(ids), unit="latent", desc="explain", disable=not progress) as bar:
+    with _opened(cache) as store, tqdm(total=len(ids), unit="latent", desc="explain", disable=not progress) as bar:
+        asker = Client(judge, store, budget or Budget())
         for part in _chunks(ids, chunk):
             panels = _panels(st, part)
             samples = latent_samples(st, part, settings, seed, panels=panels, with_negatives=False)
@@ -350,9 +360,9 @@ def score(
     if missing:
         raise ValueError(f"no explanation given for latents {missing[:5]}")
     settings = settings or SampleSettings()
-    asker = Client(judge, _cache(cache), budget or Budget())
     out: dict[int, dict[str, Score]] = {}
-    with tqdm(total=len(ids), unit="latent", desc="score", disable=not progress) as bar:
+    with _opened(cache) as store, tqdm(total=len(ids), unit="latent", desc="score", disable=not progress) as bar:
+        asker = Client(judge, store, budget or Budget())
         for part in _chunks(ids, chunk):
             panels = _panels(st, part)
             samples = latent_samples(st, part, settings, seed, decoder=decoder, panels=panels)
@@ -429,39 +439,39 @@ def explain_and_score(
             stacklevel=2,
         )
     budget = budget or Budget()
-    cache_obj = _cache(out_path.with_name(CACHE_FILE) if cache == "auto" else cache)
-    asker = Client(judge, cache_obj, budget)
-    scorer_asker = asker if scorer_j is judge else Client(scorer_j, cache_obj, budget)
     summary = RunSummary(out_path, len(ids), 0, len(ids) - len(todo), 0, 0, 0, 0, 0, 0, 0.0)
-    with tqdm(total=len(todo), unit="latent", desc="explain", disable=not progress) as bar:
-        for part in _chunks(todo, chunk):
-            panels = _panels(st, part)
-            samples = latent_samples(st, part, settings, seed, decoder=decoder, panels=panels)
-            try:
-                expl = _explain_chunk(st, part, panels, samples, asker)
-                scores, tokens = (
-                    _score_chunk(st, samples, {i: e.text for i, e in expl.items()}, methods, per_prompt, seed, scorer_asker)
-                    if methods
-                    else ({}, {})
+    with _opened(out_path.with_name(CACHE_FILE) if cache == "auto" else cache) as store:
+        asker = Client(judge, store, budget)
+        scorer_asker = asker if scorer_j is judge else Client(scorer_j, store, budget)
+        with tqdm(total=len(todo), unit="latent", desc="explain", disable=not progress) as bar:
+            for part in _chunks(todo, chunk):
+                panels = _panels(st, part)
+                samples = latent_samples(st, part, settings, seed, decoder=decoder, panels=panels)
+                try:
+                    expl = _explain_chunk(st, part, panels, samples, asker)
+                    scores, tokens = (
+                        _score_chunk(st, samples, {i: e.text for i, e in expl.items()}, methods, per_prompt, seed, scorer_asker)
+                        if methods
+                        else ({}, {})
+                    )
+                except BudgetExhausted as e:
+                    summary.stopped = str(e)
+                    break
+                lines = [
+                    _record(expl[i], scores.get(i, {}), tokens.get(i), samples[i], methods, seed, scorer_j.name, record_settings)
+                    | {"sae_digest": digest}
+                    for i in part
+                ]
+                append_lines(out_path, lines)
+                for rec in lines:
+                    summary.records[rec["latent"]] = rec
+                    summary.unparsed_explanations += rec["unparsed"]["explanation"]
+                    summary.unparsed_verdicts += sum(v for k, v in rec["unparsed"].items() if k != "explanation")
+                summary.done += len(part)
+                bar.update(len(part))
+                bar.set_postfix(
+                    tokens=budget.tokens, cached=asker.from_cache + (scorer_asker.from_cache if scorer_asker is not asker else 0)
                 )
-            except BudgetExhausted as e:
-                summary.stopped = str(e)
-                break
-            lines = [
-                _record(expl[i], scores.get(i, {}), tokens.get(i), samples[i], methods, seed, scorer_j.name, record_settings)
-                | {"sae_digest": digest}
-                for i in part
-            ]
-            append_lines(out_path, lines)
-            for rec in lines:
-                summary.records[rec["latent"]] = rec
-                summary.unparsed_explanations += rec["unparsed"]["explanation"]
-                summary.unparsed_verdicts += sum(v for k, v in rec["unparsed"].items() if k != "explanation")
-            summary.done += len(part)
-            bar.update(len(part))
-            bar.set_postfix(
-                tokens=budget.tokens, cached=asker.from_cache + (scorer_asker.from_cache if scorer_asker is not asker else 0)
-            )
     if out_path.exists():
         compact(out_path)
     askers = {id(asker): asker, id(scorer_asker): scorer_asker}.values()

@@ -1,8 +1,9 @@
 """A judge that is a local Hugging Face causal LM, through `transformers`: batched greedy generation, CPU or GPU.
 
 Prompts go through the tokenizer's chat template when it has one, else a plain "System: / User: /
-Assistant:" layout. Batches are left-padded so every prompt ends where its answer starts; P(yes) is read
-off the first generated position's logits (the 'yes' tokens' mass against the 'no' tokens').
+Assistant:" layout. Batches (of prompts of similar length) are left-padded so every prompt ends where its
+answer starts; P(yes) is read off the first generated position's logits (the 'yes' tokens' mass against
+the 'no' tokens').
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class HFJudge:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         self._yes, self._no = _single_ids(tokenizer, _YES), _single_ids(tokenizer, _NO)
         self.name = f"hf:{path}"
-        self.identity = {"kind": "hf", "model": path, "decoding": "greedy"}
+        revision = getattr(getattr(model, "config", None), "_commit_hash", None)  # the hub snapshot, when from one
+        self.identity = {"kind": "hf", "model": path, "revision": revision, "decoding": "greedy"}
         self.parallel = batch_size
 
     def __repr__(self) -> str:
@@ -114,10 +116,13 @@ class HFJudge:
         return replies
 
     def answer(self, requests: Sequence[Request], on_reply: OnReply | None = None) -> list[Reply]:
-        out: list[Reply] = []
-        for s in range(0, len(requests), self.batch_size):
-            for reply in self._batch(requests[s : s + self.batch_size]):
+        """Replies in request order; batches are formed from prompts of similar length (less padding)."""
+        order = sorted(range(len(requests)), key=lambda i: len(self.prompt(requests[i])))
+        out: list[Reply | None] = [None] * len(requests)
+        for s in range(0, len(order), self.batch_size):
+            batch = order[s : s + self.batch_size]
+            for i, reply in zip(batch, self._batch([requests[i] for i in batch]), strict=True):
+                out[i] = reply
                 if on_reply is not None:
-                    on_reply(len(out), reply)
-                out.append(reply)
-        return out
+                    on_reply(i, reply)
+        return [r for r in out if r is not None]

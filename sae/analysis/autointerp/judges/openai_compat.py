@@ -92,7 +92,7 @@ class OpenAIJudge:
             "logprobs": self.logprobs,
         }
         self.parallel = concurrency
-        key = os.environ.get(api_key_env, "") if api_key_env else ""
+        key = (os.environ.get(api_key_env, "") if api_key_env else "").strip()
         self._secret = key
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.Client(

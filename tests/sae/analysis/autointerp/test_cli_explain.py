@@ -68,6 +68,17 @@ def test_token_budget_stops_cleanly(run, fresh, capsys):
     assert 0 < len(load_explanations(run)) < 8
 
 
+def test_similar_negatives_read_the_run_dictionary(run, fresh, capsys):
+    argv = ["explain", str(run), "--judge", fresh.url(), "--latents", "0-1", "--negatives", "similar", "--score", "detection"]
+    assert main([*argv, "--no-browser", "--per-prompt", "4"]) == 0
+    recs = load_explanations(run)
+    assert all(
+        r["settings"]["sampling"]["negative_source"] == "similar" and r["settings"]["per_prompt"] == 4 for r in recs.values()
+    )
+    assert all(set(r["scores"]) == {"detection"} and r["scores"]["detection"]["auroc"] is None for r in recs.values())
+    capsys.readouterr()
+
+
 def test_errors_are_one_line(run, fresh, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     assert main(["explain", str(run)]) == 2

@@ -142,7 +142,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
             index = write_browser(stats_path, browser, explanations=summary.out, progress=False)
             print(f"feature browser: {index.resolve()}  (open it in a web browser)")
-    except (ValueError, FileNotFoundError, KeyError, TypeError, JudgeError) as e:
+    except (ValueError, OSError, KeyError, TypeError, JudgeError) as e:  # OSError: a full disk, a folder without permission
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

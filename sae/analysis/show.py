@@ -1,20 +1,33 @@
 """Feature panels inline in a notebook: static HTML (escaped), so a saved notebook shows them too.
 
-`show(sae, latent, stats)` renders what the browser shows for one latent; `show_text(sae, model,
-text)` (also named `explain_text`) the per-token activations of the latents that respond most to a text.
+`show(sae, latent, stats)` renders what the browser shows for one latent, its explanation and scores
+included where `explanations.jsonl` has them; `show_explanations(explanations)` a table of explanations
+sorted by score; `show_text(sae, model, text)` (also named `explain_text`) the per-token activations of
+the latents that respond most to a text. Explanations are model output: escaped like the corpus.
 """
 
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from sae.analysis.features import FeatureStats
 
-__all__ = ["LatentView", "TextExplanation", "explain_text", "show", "show_text", "text_html"]
+__all__ = [
+    "ExplanationTable",
+    "LatentView",
+    "TextExplanation",
+    "explain_text",
+    "show",
+    "show_explanations",
+    "show_text",
+    "text_html",
+]
 
 _STYLE = (
     "<style>.saek{font:13px system-ui,sans-serif}.saek .ctx{font-family:monospace;font-size:12px;"
@@ -56,8 +69,37 @@ def _histogram(h: dict[str, Any], width: int = 360, height: int = 70) -> str:
     )
 
 
+def _score_text(s: Mapping[str, Any] | None) -> str:
+    if not s or s.get("balanced_accuracy") is None:
+        return "–"
+    text = f"{s['balanced_accuracy']:.2f}"
+    if s.get("ci95"):
+        text += f" ({s['ci95'][0]:.2f}–{s['ci95'][1]:.2f})"
+    return text
+
+
+def explanation_html(rec: Mapping[str, Any]) -> str:
+    """A latent's explanation and scores (one explanations.jsonl line) as escaped HTML."""
+    text = rec.get("explanation")
+    head = html.escape(text) if text is not None else f"<i>no explanation{html.escape(': ' + (rec.get('skipped') or ''))}</i>"
+    rows = "".join(
+        f"<tr><td>{html.escape(m)}</td><td>{_score_text(s)}</td><td>{_fmt(s['auroc']) if s.get('auroc') is not None else '–'}"
+        f"</td><td>{s['n_positive']} / {s['n_negative']}</td><td>{s['unparsed']}</td></tr>"
+        for m, s in (rec.get("scores") or {}).items()
+    )
+    table = (
+        "<table><tr><th>score</th><th>balanced accuracy (95% CI)</th><th>AUROC</th><th>positives / negatives</th>"
+        f"<th>unparsed</th></tr>{rows}</table>"
+        if rows
+        else ""
+    )
+    who = html.escape(f"explained by {rec.get('judge')} · prompts {rec.get('prompt_version')}")
+    return f'<h4>explanation</h4><div class="expl">{head}</div>{table}<div class="v">{who}</div>'
+
+
 def latent_html(panel: dict[str, Any], stats: FeatureStats) -> str:
-    """One latent's panels (the dict of `FeatureStats.latent`) as static, escaped HTML."""
+    """One latent's panels (the dict of `FeatureStats.latent`, with its explanation line under
+    'autointerp' when it has one) as static, escaped HTML."""
     parts = [
         _STYLE,
         '<div class="saek">',
@@ -65,6 +107,8 @@ def latent_html(panel: dict[str, Any], stats: FeatureStats) -> str:
         f"<div>fires on {panel['count']} of {stats.meta['tokens']} tokens (frequency {_fmt(panel['frequency'])}),"
         f" mean when active {_fmt(panel['mean'])}, max {_fmt(panel['max'])}</div>",
     ]
+    if panel.get("autointerp"):
+        parts.append(explanation_html(panel["autointerp"]))
     if panel["count"]:
         parts.append(_histogram(panel["hist"]))
     parts.append("<h4>top activating contexts</h4>")
@@ -104,13 +148,67 @@ class LatentView:
         return f"LatentView(latent={p['id']}, count={p['count']}, max={_fmt(p['max'])})"
 
 
-def show(sae, latent: int, stats: FeatureStats | str) -> LatentView:
-    """The browser's panels for one latent, inline; `stats` is a `FeatureStats` or its file."""
+def show(
+    sae, latent: int, stats: FeatureStats | str | Path, explanations: Mapping[int, Any] | str | Path | None = None
+) -> LatentView:
+    """The browser's panels for one latent, inline; `stats` is a `FeatureStats` or its file. `explanations`
+    (explanations.jsonl lines by latent, or that file) default to the file beside a statistics file given by path."""
+    from sae.analysis.autointerp.results import explanations_path, load_explanations
+
+    if explanations is None and not isinstance(stats, FeatureStats):
+        explanations = explanations_path(stats)
     if not isinstance(stats, FeatureStats):
         stats = FeatureStats.load(stats)
     if stats.n_latents != sae.cfg.n_latents:
         raise ValueError(f"these statistics are of a dictionary with {stats.n_latents} latents, this one has {sae.cfg.n_latents}")
-    return LatentView(stats.latent(int(latent)), stats)
+    if isinstance(explanations, (str, Path)):
+        explanations = load_explanations(explanations)
+    panel = stats.latent(int(latent))
+    if explanations and int(latent) in explanations:
+        panel["autointerp"] = explanations[int(latent)]
+    return LatentView(panel, stats)
+
+
+class ExplanationTable:
+    """What `show_explanations` returns: a table in a notebook, the lines shown in `.rows`."""
+
+    def __init__(self, rows: list[dict[str, Any]], methods: list[str]) -> None:
+        self.rows, self.methods = rows, methods
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(m)}</th>" for m in self.methods)
+        body = "".join(
+            f"<tr><td>{r['latent']}</td><td>{html.escape(r.get('explanation') or '')}</td>"
+            + "".join(f"<td>{_score_text((r.get('scores') or {}).get(m))}</td>" for m in self.methods)
+            + "</tr>"
+            for r in self.rows
+        )
+        return f'{_STYLE}<div class="saek"><table><tr><th>latent</th><th>explanation</th>{head}</tr>{body}</table></div>'
+
+    def __repr__(self) -> str:
+        return f"ExplanationTable({len(self.rows)} latents, scores {self.methods})"
+
+
+def show_explanations(
+    explanations: Mapping[int, Any] | str | Path, sort: str = "detection", top: int | None = 50, descending: bool = True
+) -> ExplanationTable:
+    """Explanations (explanations.jsonl lines by latent, or the file, or its run folder) as a table sorted
+    by a score ('detection', 'fuzzing') or 'latent'; latents without that score last."""
+    from sae.analysis.autointerp.results import load_explanations
+
+    recs = load_explanations(explanations) if isinstance(explanations, (str, Path)) else dict(explanations)
+    methods = sorted({m for r in recs.values() for m in (r.get("scores") or {})})
+    if sort != "latent" and sort not in methods:
+        raise ValueError(f"sort must be 'latent' or a score of these explanations {methods}, got {sort!r}")
+
+    def key(r: Mapping[str, Any]) -> tuple:
+        if sort == "latent":
+            return (0, r["latent"] * (-1 if descending else 1))
+        v = ((r.get("scores") or {}).get(sort) or {}).get("balanced_accuracy")
+        return (1, 0) if v is None else (0, -v if descending else v)
+
+    rows = sorted(recs.values(), key=lambda r: (*key(r), r["latent"]))
+    return ExplanationTable(rows[:top] if top is not None else rows, methods)
 
 
 @dataclass

@@ -1,6 +1,6 @@
-"""Command line: python -m sae train|demo|eval|dashboard|pretrained. Options are generated from config dataclasses.
+"""Command line: python -m sae train|demo|eval|dashboard|explain|pretrained. Options are generated from config dataclasses.
 
-One module per subcommand (`train`, `eval`, `dashboard`, `pretrained`), the whole training run in `run`
+One module per subcommand (`train`, `eval`, `dashboard`, `explain`, `pretrained`), the whole training run in `run`
 (its output folder in `run_folder`), the dataclass-to-argparse generator in `args`.
 """
 
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from sae.cli.dashboard import add_dashboard_parser, run_dashboard
 from sae.cli.eval import add_eval_parser, run_eval
+from sae.cli.explain import add_explain_parser, run_explain
 from sae.cli.pretrained import add_pretrained_parser, run_pretrained
 from sae.cli.train import add_train_parsers, run_train
 
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_pretrained_parser(sub)
     add_dashboard_parser(sub)
+    add_explain_parser(sub)
     return parser
 
 
@@ -33,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "pretrained":
         return run_pretrained(args)
+    if args.command == "explain":
+        return run_explain(args)
     try:
         if args.command == "dashboard":
             print(f"feature browser: {run_dashboard(args).resolve()}  (open it in a web browser)")

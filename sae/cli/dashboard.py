@@ -15,7 +15,7 @@ class DashboardConfig:
     """Options of `python -m sae dashboard`."""
 
     path: str = field(metadata={"positional": True})
-    """Dictionary folder (cfg.json + sae_weights.safetensors)."""
+    """Dictionary folder, in any layout load_pretrained reads (ours: cfg.json + sae_weights.safetensors)."""
     out: str = ""
     """Browser folder (index.html + data/); empty = DIR/browser."""
     tokens: int = 65_536
@@ -41,18 +41,22 @@ def add_dashboard_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_dashboard(args: argparse.Namespace) -> Path:
-    """Statistics into DIR/feature_stats.safetensors (resumable), the browser into --out; returns index.html."""
+    """Statistics into DIR/feature_stats.safetensors (resumable), the browser into --out (with DIR/explanations.jsonl
+    when there is one); returns index.html."""
     from activations import load_model
+    from sae.analysis.autointerp.results import explanations_path
     from sae.analysis.dashboard import write_browser
     from sae.analysis.features import STATS_FILE, feature_stats
-    from sae.model import SparseAutoencoder
+    from sae.pretrained import load_pretrained
 
     cfg = build_dataclass(DashboardConfig, dataclass_kwargs(args, DashboardConfig))
     path = Path(cfg.path)
     out = Path(cfg.out) if cfg.out else path / "browser"
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; the browser needs a folder")
-    sae = SparseAutoencoder.load(path, device=cfg.device)
+    if path.is_file():
+        raise ValueError(f"{path} is a file: the statistics go into the dictionary's folder, so give the dictionary one")
+    sae = load_pretrained(path, device=cfg.device)
     model_name = cfg.model or sae.cfg.model_name
     if not model_name:
         raise ValueError(f"{path}/cfg.json records no model_name: pass --model")
@@ -60,4 +64,4 @@ def run_dashboard(args: argparse.Namespace) -> Path:
     stats = feature_stats(
         sae, model, cfg.text, tokens=cfg.tokens, top_n=cfg.top_n, quantiles=cfg.quantiles, out=path / STATS_FILE, seed=cfg.seed
     )
-    return write_browser(stats, out)
+    return write_browser(stats, out, explanations=explanations_path(path))

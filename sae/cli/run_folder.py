@@ -19,7 +19,7 @@ from sae.checkpoint import remove_stale_temporaries
 
 __all__ = ["RUN_FILES", "LOCK_FILE", "RunFolderError", "run_folder"]
 
-# what a run (its evaluation, feature statistics and browser included) writes into its folder
+# what a run (its evaluation, feature statistics, browser and explanations included) writes into its folder
 RUN_FILES = (
     "run.json",
     "cfg.json",
@@ -31,6 +31,10 @@ RUN_FILES = (
     "feature_stats.safetensors",
     "feature_stats.safetensors.partial",
     "browser",
+    "explanations.jsonl",
+    "autointerp_cache.sqlite",
+    "autointerp_cache.sqlite-wal",
+    "autointerp_cache.sqlite-shm",
 )
 LOCK_FILE = ".lock"
 

@@ -1,5 +1,5 @@
 // The feature browser: a latent list (search, sort, pages) and one latent's panels, from data/*.js.
-// Every string from the corpus is inserted with textContent, never as markup.
+// Every string from the corpus, and every explanation (model output), is inserted with textContent, never as markup.
 "use strict";
 (function () {
   const INDEX = window.SAE_INDEX;
@@ -8,6 +8,8 @@
   const waiting = {};
   const state = { sort: "frequency", desc: true, query: "", page: 0, order: null, current: null };
   const $ = (id) => document.getElementById(id);
+  const EXPL = INDEX.columns.explanation || null;  // per latent: its explanation or null
+  const METHODS = INDEX.meta.score_methods || [];
 
   function el(tag, text, cls) {
     const e = document.createElement(tag);
@@ -47,6 +49,7 @@
     const out = [];
     const toks = INDEX.columns.tokens, w = INDEX.meta.tokens_per_row;
     for (let i = 0; i < n; i++) {
+      if (EXPL && EXPL[i] && EXPL[i].toLowerCase().includes(q)) { out.push(i); continue; }
       for (let j = i * w; j < (i + 1) * w; j++) {
         if (hit.has(toks[j])) { out.push(i); break; }
       }
@@ -70,7 +73,12 @@
     if (state.sort !== "id") {
       const col = INDEX.columns[state.sort];
       const sign = state.desc ? -1 : 1;
-      ids.sort((a, b) => sign * (col[a] - col[b]) || a - b);
+      const none = (x) => x === null || x === undefined;  // latents without a score go last either way
+      ids.sort((a, b) => {
+        const na = none(col[a]), nb = none(col[b]);
+        if (na || nb) return na === nb ? a - b : (na ? 1 : -1);
+        return sign * (col[a] - col[b]) || a - b;
+      });
     } else if (state.desc) {
       ids.reverse();
     }
@@ -96,6 +104,15 @@
       tr.appendChild(el("td", fmt(c.mean[i]), "num"));
       const w = INDEX.meta.tokens_per_row;
       tr.appendChild(el("td", c.tokens.slice(i * w, (i + 1) * w).filter((x) => x >= 0).map(tokenText).join(" · ")));
+      if (EXPL) {
+        const e = el("td", EXPL[i] === null ? "" : EXPL[i], "expl");
+        if (EXPL[i] !== null) e.title = EXPL[i];
+        tr.appendChild(e);
+        METHODS.forEach((m) => {
+          const v = c["score_" + m][i];
+          tr.appendChild(el("td", v === null || v === undefined ? "" : v.toFixed(2), "num score"));
+        });
+      }
       body.appendChild(tr);
     }
     $("count").textContent = ids.length + " of " + INDEX.meta.n_latents + " latents";
@@ -181,6 +198,39 @@
     d.appendChild(t);
     return d;
   }
+  function explanationPanel(A) {
+    const p = panel("explanation");
+    p.id = "explanation";
+    if (A.explanation === null || A.explanation === undefined) {
+      p.appendChild(el("p", "no explanation" + (A.skipped ? ": " + A.skipped : ""), "hint"));
+    } else {
+      p.appendChild(el("p", A.explanation, "explanation-text"));
+    }
+    const methods = Object.keys(A.scores || {});
+    if (methods.length) {
+      const t = el("table", null, "scores");
+      const head = el("tr");
+      ["score", "balanced accuracy", "95% CI", "AUROC", "positives / negatives", "unparsed"].forEach((h) => head.appendChild(el("th", h)));
+      t.appendChild(head);
+      methods.forEach((m) => {
+        const sc = A.scores[m];
+        const tr = el("tr");
+        tr.dataset.method = m;
+        tr.appendChild(el("td", m));
+        tr.appendChild(el("td", sc.balanced_accuracy === null ? "–" : sc.balanced_accuracy.toFixed(3), "num"));
+        tr.appendChild(el("td", sc.ci95 ? sc.ci95[0].toFixed(2) + "–" + sc.ci95[1].toFixed(2) : "–", "num"));
+        tr.appendChild(el("td", sc.auroc === null || sc.auroc === undefined ? "–" : sc.auroc.toFixed(3), "num"));
+        tr.appendChild(el("td", sc.n_positive + " / " + sc.n_negative, "num"));
+        tr.appendChild(el("td", String(sc.unparsed), "num"));
+        t.appendChild(tr);
+      });
+      p.appendChild(t);
+    }
+    const who = "explained by " + A.judge + (A.scorer && A.scorer !== A.judge ? ", scored by " + A.scorer : "") +
+      " · prompts " + A.prompt_version;
+    p.appendChild(el("div", who, "label"));
+    return p;
+  }
   function renderLatent(L) {
     const d = $("detail");
     d.replaceChildren();
@@ -189,6 +239,7 @@
     s.appendChild(el("div", "fires on " + L.count + " of " + INDEX.meta.tokens + " tokens (frequency " +
       fmt(L.frequency) + "), mean when active " + fmt(L.mean) + ", max " + fmt(L.max)));
     d.appendChild(s);
+    if (L.autointerp) d.appendChild(explanationPanel(L.autointerp));
     if (L.count > 0) {
       const h = panel("activation histogram (when active)");
       h.appendChild(histogram(L.hist));
@@ -245,6 +296,18 @@
   // --- wiring --------------------------------------------------------------------------------
   const m = INDEX.meta;
   $("summary").textContent = m.n_latents + " latents · " + m.model + " · " + m.hook + " · " + m.tokens + " tokens";
+  if (EXPL) {
+    document.body.classList.add("explained");
+    const head = document.querySelector("#latents thead tr");
+    head.appendChild(el("th", "explanation"));
+    METHODS.forEach((k) => head.appendChild(el("th", k)));
+    METHODS.forEach((k) => {
+      const o = el("option", k + " score");
+      o.value = "score_" + k;
+      $("sort").appendChild(o);
+    });
+    $("search").placeholder = "latent id, token text or explanation";
+  }
   let timer = null;
   $("search").addEventListener("input", (e) => {
     clearTimeout(timer);

@@ -83,8 +83,9 @@ class TextSource:
         return content_fingerprint(self.dataset)
 
     def check_local(self) -> None:
-        """For local files: they exist, are of one kind and (text kinds) decode as UTF-8."""
-        check_local_text(self.dataset)
+        """For local files: they exist, are of one kind, (text kinds) decode as UTF-8 and (JSON lines) parse, with a
+        string in the text column of every line."""
+        check_local_text(self.dataset, self.text_column)
 
 
 def as_source(

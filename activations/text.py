@@ -192,6 +192,8 @@ def load_text(
     if _is_local(source):
         ds = _load_local(os.path.expanduser(source), streaming, **load_kwargs)
         _check_column(ds, text_column, source)
+        # blank rows (a .txt file's paragraph breaks) are no documents: the held-out split counts real ones
+        ds = ds.filter(lambda row: not _is_blank(row[text_column]))
         return _local_split(ds, split, source)
     ds = datasets.load_dataset(source, config, split=split, streaming=streaming, **load_kwargs)
     _check_column(ds, text_column, source)
@@ -226,34 +228,87 @@ def _local_files(source: str) -> list[Path]:
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256: each file read once per process
+_COLUMNS_CHECKED: set[tuple[str, int, int, str]] = set()  # (path, size, mtime_ns, text column) of JSON lines checked
 
 
-def _file_digest(path: Path) -> str:
+def _file_digest(path: Path, text_column: str | None = None) -> str:
     """SHA-256 of a corpus file; a text kind (.txt, .json, .jsonl) must also be UTF-8, else a ValueError
-    names the file and the byte offset of the first bad byte (not a traceback from deep inside datasets)."""
+    names the file and the byte offset of the first bad byte (not a traceback from deep inside datasets); JSON lines
+    must parse, one object a line, with a string (or null) at `text_column` when given, else the line is named."""
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key in _DIGESTS:
+    json_kind = path.suffix.lower() in (".json", ".jsonl")
+    if key in _DIGESTS and (text_column is None or not json_kind or (*key, text_column) in _COLUMNS_CHECKED):
         return _DIGESTS[key]
     text = _LOCAL_SUFFIXES.get(path.suffix.lower()) != "parquet"
+    lines = _JsonLines(path, text_column) if json_kind else None
     decoder = codecs.getincrementaldecoder("utf-8")()
     h, offset = hashlib.sha256(), 0
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
             if text:
-                _decode(decoder, block, offset, path)
+                decoded = _decode(decoder, block, offset, path)
+                if lines is not None:
+                    lines.feed(decoded)
             offset += len(block)
     if text:
-        _decode(decoder, b"", offset, path, final=True)
+        decoded = _decode(decoder, b"", offset, path, final=True)
+        if lines is not None:
+            lines.feed(decoded, final=True)
     _DIGESTS[key] = h.hexdigest()
+    if text_column is not None and json_kind:
+        _COLUMNS_CHECKED.add((*key, text_column))
     return _DIGESTS[key]
 
 
-def _decode(decoder: codecs.IncrementalDecoder, block: bytes, offset: int, path: Path, final: bool = False) -> None:
+class _JsonLines:
+    """Each line of a JSON-lines file parses as a JSON object, else a ValueError names the file and the line (not a
+    parser's row count from deep inside datasets, after minutes of work). A .json file whose first line is not a
+    whole object is one JSON document, left to its reader."""
+
+    def __init__(self, path: Path, text_column: str | None = None) -> None:
+        self.path, self.rest, self.number, self.json_lines = path, "", 0, path.suffix.lower() == ".jsonl"
+        self.text_column = text_column
+        self.one_document = False
+
+    def feed(self, text: str, final: bool = False) -> None:
+        if self.one_document:
+            return
+        lines = (self.rest + text).split("\n")
+        self.rest = "" if final else lines.pop()
+        for line in lines:
+            self.number += 1
+            if line.strip() and not self.one_document:
+                self._check(line)
+
+    def _check(self, line: str) -> None:
+        try:
+            value = json.loads(line)
+        except ValueError as e:
+            if not self.json_lines and self.number == 1:
+                self.one_document = True
+                return
+            raise ValueError(f"dataset file {str(self.path)!r} line {self.number} is not valid JSON ({e})") from None
+        self.json_lines = True
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"dataset file {str(self.path)!r} line {self.number} holds a JSON {type(value).__name__}; "
+                "expected one object per line"
+            )
+        text = value.get(self.text_column) if self.text_column is not None else None
+        if text is not None and not isinstance(text, str):
+            shown = repr(text)
+            raise ValueError(
+                f"dataset file {str(self.path)!r} line {self.number}: text column {self.text_column!r} holds a "
+                f"{type(text).__name__} ({shown[:60] + '...' if len(shown) > 60 else shown}); expected a string"
+            )
+
+
+def _decode(decoder: codecs.IncrementalDecoder, block: bytes, offset: int, path: Path, final: bool = False) -> str:
     pending = len(decoder.getstate()[0])  # bytes of an unfinished character carried from the previous block
     try:
-        decoder.decode(block, final=final)
+        return decoder.decode(block, final=final)
     except UnicodeDecodeError as e:
         at = offset - pending + e.start
         raise ValueError(
@@ -262,13 +317,14 @@ def _decode(decoder: codecs.IncrementalDecoder, block: bytes, offset: int, path:
         ) from None
 
 
-def check_local_text(source: Any) -> None:
-    """For a local source: its files exist, are of one kind, and (text kinds) decode as UTF-8. Others: nothing."""
+def check_local_text(source: Any, text_column: str | None = None) -> None:
+    """For a local source: its files exist, are of one kind, (text kinds) decode as UTF-8 and (JSON lines) parse, with
+    strings at `text_column` when given. Others: nothing."""
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
     if isinstance(source, str) and source != "embedded" and _is_local(source):
         for p in _local_files(os.path.expanduser(source)):
-            _file_digest(p)
+            _file_digest(p, text_column)
 
 
 def content_fingerprint(source: Any) -> str | None:
@@ -332,12 +388,24 @@ def describe_source(source: Any, split: str, config: str | None = None) -> str:
     return f"{type(source).__name__}:{fp or id(source)}"
 
 
+def _is_blank(text: Any) -> bool:
+    """None, or a string of white space only (a non-string is no blank: `iter_texts` refuses it by name)."""
+    return text is None or (isinstance(text, str) and not text.strip())
+
+
 def iter_texts(ds, text_column: str = "text") -> Iterator[str]:
-    """The non-empty texts of a dataset, in order."""
-    for row in ds:
+    """The non-empty texts of a dataset, in order; a value that is not a string is refused, naming its row."""
+    for i, row in enumerate(ds):
         text = row[text_column]
-        if text is not None and text.strip():
-            yield text
+        if _is_blank(text):
+            continue
+        if not isinstance(text, str):
+            shown = repr(text)
+            raise ValueError(
+                f"text column {text_column!r} holds a value of type {type(text).__name__} in row {i} of the dataset "
+                f"as read ({shown[:60] + '...' if len(shown) > 60 else shown}); expected strings"
+            )
+        yield text
 
 
 # --- packing ----------------------------------------------------------------------------------
@@ -354,7 +422,8 @@ def pack_contexts(
     Each context starts with `bos_token_id` (when not None) and is filled with the tokens of
     consecutive documents, each document followed by `sep_token_id` (when not None). A document
     longer than a context continues in the next one. The final partial context is dropped, so no
-    position is padding. Tokenizes `doc_batch` documents per call.
+    position is padding. Documents are cut into pieces of at most `PIECE_CHARS` characters (`text_pieces`), and
+    `doc_batch` pieces are tokenized per call, so memory does not grow with a line's length.
     """
     body = context_len - (1 if bos_token_id is not None else 0)
     if body < 1:
@@ -362,27 +431,58 @@ def pack_contexts(
     head = [bos_token_id] if bos_token_id is not None else []
     tail = [sep_token_id] if sep_token_id is not None else []
     buf: list[int] = []
-    batch: list[str] = []
 
-    def flush(batch: list[str]) -> Iterator[torch.Tensor]:
-        nonlocal buf
-        ids = tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]
-        for doc in ids:
-            if doc:
-                buf.extend(doc)
-                buf.extend(tail)
+    def flush(pieces: list[str], ends: list[bool]) -> Iterator[torch.Tensor]:
+        nonlocal buf, started
+        ids = tokenizer(pieces, add_special_tokens=False, verbose=False)["input_ids"]
+        for doc, last in zip(ids, ends):
+            buf.extend(doc)
+            started = started or bool(doc)
+            if last:  # a document's separator follows its last piece (none for a document without tokens)
+                if started:
+                    buf.extend(tail)
+                started = False
         n_full = len(buf) // body
         for i in range(n_full):
             yield torch.tensor(head + buf[i * body : (i + 1) * body], dtype=torch.long)
         buf = buf[n_full * body :]
 
+    started = False
+    pieces: list[str] = []
+    ends: list[bool] = []
     for text in texts:
-        batch.append(text)
-        if len(batch) == doc_batch:
-            yield from flush(batch)
-            batch = []
-    if batch:
-        yield from flush(batch)
+        cut = text_pieces(text)
+        for i, piece in enumerate(cut):
+            pieces.append(piece)
+            ends.append(i == len(cut) - 1)
+            if len(pieces) == doc_batch:
+                yield from flush(pieces, ends)
+                pieces, ends = [], []
+    if pieces:
+        yield from flush(pieces, ends)
+
+
+PIECE_CHARS = 1 << 16  # characters of a document tokenized at once: a 60 MB line must not need gigabytes
+
+
+def text_pieces(text: str, limit: int | None = None) -> list[str]:
+    """`text` cut into pieces of at most `limit` characters, each cut just before a white-space character, so a
+    word and the space before it stay together: tokenizers that split at white space first (BERT's WordPiece,
+    GPT-2's byte-level BPE) give the pieces the tokens of the whole; others may differ by a token at a cut, one
+    in `limit` characters. A run of `limit` characters without white space is cut where the limit falls.
+    `limit`: `PIECE_CHARS` unless given."""
+    limit = limit or PIECE_CHARS
+    if len(text) <= limit:
+        return [text]
+    pieces, start = [], 0
+    while len(text) - start > limit:
+        window = text[start + 1 : start + limit + 1]
+        cut = max(window.rfind(" "), window.rfind("\n"), window.rfind("\t"))
+        end = start + 1 + cut if cut >= 0 else start + limit
+        pieces.append(text[start:end])
+        start = end
+    pieces.append(text[start:])
+    return pieces
 
 
 def corpus_digest(texts: Iterable[str]) -> str:

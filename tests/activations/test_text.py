@@ -148,3 +148,64 @@ def test_a_non_utf8_local_file_is_refused_naming_it_and_the_byte_offset(tmp_path
     path.write_bytes(data)
     with pytest.raises(ValueError, match=rf"dataset file '.*corpus\.txt' is not UTF-8 text: byte offset {offset} "):
         load_text(str(path), streaming=True)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_blank_lines_are_no_documents_and_the_held_out_split_counts_real_ones(tmp_path, streaming):
+    """Paragraphs separated by blank lines: every 20th paragraph is held out, not every 20th line."""
+    corpus = tmp_path / "paragraphs.txt"
+    paragraphs = [f"paragraph {i} of plain words" for i in range(100)]
+    corpus.write_text("\n\n".join(paragraphs) + "\n")
+    test = list(iter_texts(load_text(str(corpus), split="test", streaming=streaming)))
+    train = list(iter_texts(load_text(str(corpus), split="train", streaming=streaming)))
+    assert test == paragraphs[19::20] and len(train) == 95 and not set(test) & set(train)
+
+
+def test_a_non_string_text_value_is_named_with_its_line_or_row(tmp_path):
+    from activations.text import check_local_text
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": v}) for v in ["one", "two", None, 3, "five"]) + "\n")
+    with pytest.raises(ValueError, match=r"c\.jsonl' line 4: text column 'text' holds a int \(3\); expected a string"):
+        check_local_text(str(corpus), "text")  # before the model loads: what TextSource.check_local runs
+    check_local_text(str(corpus), "other")  # no such key on the lines: the column check belongs to the reader
+    ds = [{"text": "one"}, {"text": 3}]  # rows as a dataset yields them (Arrow would refuse the mixed column)
+    with pytest.raises(ValueError, match=r"holds a value of type int in row 1 of the dataset as read \(3\)"):
+        list(iter_texts(ds))
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [("{bad json", r"line 3 is not valid JSON \(Expecting property name"), ("[1, 2]", r"line 3 holds a JSON list")],
+)
+def test_a_bad_json_line_is_named_by_file_and_line_before_any_reading(tmp_path, line, message):
+    from activations.text import check_local_text
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"text": "a"}) + "\n\n" + line + "\n" + json.dumps({"text": "b"}) + "\n")
+    with pytest.raises(ValueError, match=message):
+        check_local_text(str(corpus))
+    document = tmp_path / "one.json"  # a single JSON document over several lines is not JSON lines
+    document.write_text(json.dumps({"rows": [{"text": "a"}, {"text": "b"}]}, indent=2))
+    check_local_text(str(document))
+
+
+def test_a_long_line_is_tokenized_in_bounded_pieces_with_the_tokens_of_the_whole(minilm, monkeypatch):
+    import activations.text as text
+
+    words = " ".join(f"word{i % 97} and more" for i in range(3000))  # one 'line' of about 45k characters
+    tok = minilm.tokenizer
+    seen: list[int] = []
+
+    class Recording:
+        def __call__(self, texts, **kw):
+            seen.extend(len(t) for t in texts)
+            return tok(texts, **kw)
+
+    whole = list(pack_contexts([words, "a short one"], tok, 64, minilm.bos_token_id, minilm.sep_token_id))
+    monkeypatch.setattr(text, "PIECE_CHARS", 1000)
+    pieces = text.text_pieces(words)
+    assert "".join(pieces) == words and max(map(len, pieces)) <= 1000 and len(pieces) > 40
+    cut = list(pack_contexts([words, "a short one"], Recording(), 64, minilm.bos_token_id, minilm.sep_token_id))
+    assert max(seen) <= 1000
+    assert len(cut) == len(whole) and all(torch.equal(a, b) for a, b in zip(cut, whole))

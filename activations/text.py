@@ -431,6 +431,7 @@ def pack_contexts(
     head = [bos_token_id] if bos_token_id is not None else []
     tail = [sep_token_id] if sep_token_id is not None else []
     buf: list[int] = []
+    started = False  # the current document has tokens (its separator is then due)
 
     def flush(pieces: list[str], ends: list[bool]) -> Iterator[torch.Tensor]:
         nonlocal buf, started
@@ -447,7 +448,6 @@ def pack_contexts(
             yield torch.tensor(head + buf[i * body : (i + 1) * body], dtype=torch.long)
         buf = buf[n_full * body :]
 
-    started = False
     pieces: list[str] = []
     ends: list[bool] = []
     for text in texts:

@@ -42,6 +42,7 @@ import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -634,14 +635,61 @@ def _boot_minilm_hooked_encoder(path: str, device: str, dtype: torch.dtype | Non
     return model.to(device)
 
 
-def _load_hf(path: str, device: str, dtype: torch.dtype | None) -> HFAdapter:
+def _load_hf(path: str, device: str, dtype: torch.dtype | None, name: str | None = None) -> HFAdapter:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     archs = getattr(AutoConfig.from_pretrained(path), "architectures", None) or []
     causal = any("CausalLM" in a or "LMHead" in a for a in archs)  # keep the LM head: forward() gives logits
     model = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(path, dtype=dtype or torch.float32)
     model = model.to(device)  # type: ignore[arg-type]  # transformers' @wraps(nn.Module.to) hides the bound self
-    return HFAdapter(model, AutoTokenizer.from_pretrained(path), name=path)
+    return HFAdapter(model, AutoTokenizer.from_pretrained(path), name=name or path)
+
+
+HUB_PROBE_TIMEOUT_S = 3.0  # seconds to wait for the Hub's host to answer before a model is read from the cache
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether the Hugging Face Hub's host accepts a connection within `timeout` seconds (name lookup included)."""
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as Timeout
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+
+    def connect() -> bool:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+
+    pool = ThreadPoolExecutor(max_workers=1)  # getaddrinfo takes no timeout: wait for it on a thread
+    try:
+        return pool.submit(connect).result(timeout=timeout)
+    except (OSError, Timeout):
+        return False
+    finally:
+        pool.shutdown(wait=False)
+
+
+def resolve_hub_model(name: str) -> str:
+    """Where to load the hub model `name` from: `name` itself when the Hub answers, else its snapshot in the local
+    Hugging Face cache, else a FileNotFoundError at once naming the repo (not a minute of retries and a message that
+    names neither). Local folders are not passed here."""
+    from huggingface_hub import constants, snapshot_download
+
+    offline = bool(constants.HF_HUB_OFFLINE)
+    if not offline and hub_reachable():
+        return name
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached, or a name the Hub would refuse: the same answer offline
+        why = "HF_HUB_OFFLINE=1" if offline else f"{constants.ENDPOINT} cannot be reached"
+        raise FileNotFoundError(
+            f"model {name!r} is not a local folder and not in the Hugging Face cache ({constants.HF_HUB_CACHE}), "
+            f"and {why}: download it once where there is network (e.g. `huggingface-cli download {name}`), "
+            "or pass a local folder"
+        ) from None
 
 
 def load_model(
@@ -669,7 +717,12 @@ def load_model(
         return _wrap(name_or_path, tokenizer)
     device = str(device)
     name = name_or_path
-    path = minilm_path() if name == "minilm" else name
+    if name == "minilm":
+        path = minilm_path()
+    elif Path(name).expanduser().exists():
+        path = name
+    else:  # a hub name: at once from the cache when the Hub cannot be reached, or a one-line error naming it
+        path = resolve_hub_model(name)
     tl_major = transformer_lens_major()
     if backend != "hf" and tl_major is not None:
         try:
@@ -694,7 +747,7 @@ def load_model(
             )
     elif backend == "transformer_lens":
         raise ImportError("backend='transformer_lens' but transformer-lens is not installed")
-    return _load_hf(path, device, dtype)
+    return _load_hf(path, device, dtype, name=None if path == name or name == "minilm" else name)
 
 
 def _wrap(model: Any, tokenizer: Any) -> ModelAdapter:

@@ -117,3 +117,45 @@ def test_causal_model_from_a_local_folder(tmp_path, minilm):
         out = adapter.run(ids, ["blocks.1.hook_resid_pre"])
         torch.testing.assert_close(out["blocks.1.hook_resid_pre"], hs[1], atol=1e-5, rtol=1e-5)
     assert adapter.backend == "hf" and adapter.bos_token_id != minilm.tokenizer.cls_token_id
+
+
+def _hf_cache_with(tmp_path, monkeypatch, repo: str, folder) -> None:
+    """A Hugging Face hub cache holding `repo` (the files of `folder`), laid out as huggingface_hub writes it."""
+    import shutil
+
+    import huggingface_hub
+
+    cache, commit = tmp_path / "hub", "0" * 40
+    base = cache / f"models--{repo.replace('/', '--')}"
+    (base / "refs").mkdir(parents=True)
+    (base / "refs" / "main").write_text(commit)
+    shutil.copytree(folder, base / "snapshots" / commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+
+def test_a_hub_model_missing_offline_fails_at_once_naming_the_repo(tmp_path, monkeypatch):
+    import time
+
+    import activations.models as models
+
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=0: False)  # no network, whatever HF_HUB_OFFLINE says
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    _hf_cache_with(tmp_path, monkeypatch, "someone/other", other)  # a cache, without the model asked for
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match=r"model 'someone/absent' is not a local folder and not in the Hugging"):
+        load_model("someone/absent", backend="hf")
+    assert time.perf_counter() - start < 5
+
+
+def test_a_hub_model_in_the_cache_loads_without_the_network(tmp_path, monkeypatch, tiny_gpt2_path):
+    import activations.models as models
+
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=0: False)
+    _hf_cache_with(tmp_path, monkeypatch, "someone/tiny-gpt2", tiny_gpt2_path)
+    cached, local = load_model("someone/tiny-gpt2", backend="hf"), load_model(tiny_gpt2_path, backend="hf")
+    assert cached.name == "someone/tiny-gpt2"  # named as the hub model, as an online load would be
+    tokens = torch.tensor([[5, 17, 42, 7]])
+    hook = "blocks.1.hook_resid_pre"
+    assert torch.equal(cached.run(tokens, [hook])[hook], local.run(tokens, [hook])[hook])

@@ -9,7 +9,7 @@ source layers l <= l', z_l W_dec_l[:, l' - l]: here each source layer is decoded
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -42,7 +42,7 @@ class LayerView:
         return x_n
 
 
-def clt_decode(codes: list[SparseCode | None], decoders: list[torch.Tensor], base: torch.Tensor | None) -> torch.Tensor:
+def clt_decode(codes: Sequence[SparseCode | None], decoders: list[torch.Tensor], base: torch.Tensor | None) -> torch.Tensor:
     """[B, L, d_out]: `base` plus, for each source layer l, its code (local indices) decoded by W_dec_l into
     target layers l..L-1. A None code adds nothing."""
     L = len(decoders)

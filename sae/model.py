@@ -354,24 +354,26 @@ class SparseAutoencoder(nn.Module):
         return clt_decode(codes, self.decoders(), base if skip is None else base + skip)
 
     def _forward_clt(self, x_n: torch.Tensor, y_n: torch.Tensor, dead: torch.Tensor | None, step: TrainStep) -> ForwardOutput:
+        """A CLT's training forward on normalised x_n, y_n [B, L, d]: each layer's FVU summed, plus AuxK's normalised
+        error of each layer's residual summed."""
+        n = self.cfg.latents
         encs = self._encode_layers(x_n, dead, step.k_aux)
         y_hat_n = self._clt_prediction([e.code for e in encs], x_n)
-        auxes = [e.aux for e in encs]
-        e_hat = clt_decode(auxes, self.decoders(), None) if all(a is not None for a in auxes) else None
-        L = self.cfg.layers
         sse = (y_hat_n - y_n).float().pow(2).sum(dim=(0, 2))  # [L]
-        recon = sum((sse[i] / batch_variance(y_n[:, i]).clamp_min(1e-12) for i in range(L)), torch.zeros((), device=y_n.device))
-        code = join_codes([e.code for e in encs], self.cfg.latents)
-        aux_code = join_codes(auxes, self.cfg.latents) if e_hat is not None else None  # type: ignore[arg-type]
+        recon = _sum_of_layer_fractions(sse, y_n)
+        auxes = [e.aux for e in encs if e.aux is not None]
+        aux_code = join_codes(auxes, n) if len(auxes) == len(encs) else None
         aux = torch.zeros((), device=y_n.device)
-        if e_hat is not None and aux_code is not None:
+        if aux_code is not None:
             e = (y_n - y_hat_n).detach()
-            per_layer = ((e - e_hat).float().pow(2).sum((0, 2))[i] / batch_variance(e[:, i]).clamp_min(1e-12) for i in range(L))
-            aux = torch.nan_to_num(sum(per_layer, aux), nan=0.0) * aux_code.values.ne(0).any()
-        loss = recon + step.aux_coef * aux
+            e_hat = clt_decode(auxes, self.decoders(), None)  # no b_dec: in y_hat
+            aux = torch.nan_to_num(_sum_of_layer_fractions((e - e_hat).float().pow(2).sum((0, 2)), e), nan=0.0)
+            aux = aux * aux_code.values.ne(0).any()  # all padding (no dead latent) adds nothing, without a host sync
+        code = join_codes([e.code for e in encs], n)
         raw = SparseCode(code.values / self._layer_scale(code.values, code.indices), code.indices)
-        enc = Encoding(code, aux_code)
-        return ForwardOutput(self._denormalize(y_hat_n, None), raw, loss, sse.sum().detach() / y_n.numel(), recon, aux, {}, enc)
+        loss = recon + step.aux_coef * aux
+        mse = sse.sum().detach() / y_n.numel()
+        return ForwardOutput(self._denormalize(y_hat_n, None), raw, loss, mse, recon, aux, {}, Encoding(code, aux_code))
 
     # --- training-time geometry ---------------------------------------------------------
     @torch.no_grad()
@@ -428,25 +430,25 @@ class SparseAutoencoder(nn.Module):
             self.family.fold_input_scale(s)
             self.input_scale.fill_(1.0)
             return
-        s, t = self.input_scale.double(), self.target_scale.double()
+        s_in, t_out = self.input_scale.double(), self.target_scale.double()
         dtype = self.W_enc.dtype
         if self.cfg.is_clt:
-            self.W_enc.mul_((s / t).to(dtype)[:, None, None])
-            self.b_enc.div_(t.to(dtype)[:, None])
-            self.b_dec.div_(t.to(dtype)[:, None])
+            self.W_enc.mul_((s_in / t_out).to(dtype)[:, None, None])
+            self.b_enc.div_(t_out.to(dtype)[:, None])
+            self.b_dec.div_(t_out.to(dtype)[:, None])
             if self.cfg.skip:
-                self.W_skip.mul_((s / t).to(dtype)[:, None, None])
+                self.W_skip.mul_((s_in / t_out).to(dtype)[:, None, None])
             for i, W in enumerate(self.decoders()):
-                W.mul_((t[i] / t[i:]).to(dtype)[None, :, None])
+                W.mul_((t_out[i] / t_out[i:]).to(dtype)[None, :, None])
         else:
-            self.W_enc.mul_(float(s / t))
-            self.b_enc.div_(float(t))
-            self.b_dec.div_(float(t))
+            self.W_enc.mul_(float(s_in / t_out))
+            self.b_enc.div_(float(t_out))
+            self.b_dec.div_(float(t_out))
             if self.cfg.skip:
-                self.W_skip.mul_(float(s / t))
+                self.W_skip.mul_(float(s_in / t_out))
         for i, fam in enumerate(self.families):
-            fam.fold_scale(float(t.reshape(-1)[i]))
-            fam.fold_input_scale(float(s.reshape(-1)[i]))
+            fam.fold_scale(float(t_out.reshape(-1)[i]))
+            fam.fold_input_scale(float(s_in.reshape(-1)[i]))
         self.input_scale.fill_(1.0)
         self.target_scale.fill_(1.0)
 
@@ -510,16 +512,16 @@ class SparseAutoencoder(nn.Module):
             sae = cls(cfg, device="meta")
         sae._build_family()  # small, and may hold derived non-persistent buffers: built for real
         state = {}
-        for name, t in sae.state_dict().items():
+        for name in sae.state_dict():
             if name in SCALES:
                 continue
             file_name, layer = _file_name(name)
             value = tensors[file_name] if layer is None else tensors[file_name][layer]
             state[name] = value.to(dtype=expected[file_name][1]).contiguous()
-        shape = (cfg.layers,) if cfg.is_clt else ()
-        state["input_scale"] = _scale_tensor(input_scale, shape, "input_scale", source)
+        scale_shape = (cfg.layers,) if cfg.is_clt else ()
+        state["input_scale"] = _scale_tensor(input_scale, scale_shape, "input_scale", source)
         if cfg.is_transcoder:
-            state["target_scale"] = _scale_tensor(target_scale, shape, "target_scale", source)
+            state["target_scale"] = _scale_tensor(target_scale, scale_shape, "target_scale", source)
         sae.load_state_dict(state, assign=True)
         return sae.to(device) if device is not None else sae
 
@@ -546,6 +548,11 @@ class SparseAutoencoder(nn.Module):
         load = get_format("saelens").load
         assert load is not None  # the saelens layout reads
         return load(Path(path), device=device, dtype=None)
+
+
+def _sum_of_layer_fractions(sse: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """sum over layers l of sse[l] / the batch variance of y[:, l]: each layer's FVU, summed."""
+    return sum((sse[i] / batch_variance(y[:, i]).clamp_min(1e-12) for i in range(y.shape[1])), torch.zeros((), device=y.device))
 
 
 def _unit_columns(d: int, n: int, gen: torch.Generator | None) -> torch.Tensor:

@@ -14,7 +14,14 @@ def test_kinds_and_hooks():
     assert tc.is_transcoder and not tc.is_clt  # d_out == d_in is still a transcoder
     assert (tc.input_hooks(), tc.target_hooks()) == (["blocks.3.hook_mlp_in"], ["blocks.3.hook_mlp_out"])
     clt = SAEConfig(
-        d_in=8, d_out=6, n_latents=16, k=4, layers=3, first_layer=2, hook_name="blocks.{}.hook_mlp_in", target_hook="blocks.{}.hook_mlp_out"
+        d_in=8,
+        d_out=6,
+        n_latents=16,
+        k=4,
+        layers=3,
+        first_layer=2,
+        hook_name="blocks.{}.hook_mlp_in",
+        target_hook="blocks.{}.hook_mlp_out",
     )
     assert clt.is_clt and clt.n_features == 48 and clt.latents == 16
     assert clt.input_hooks() == [f"blocks.{i}.hook_mlp_in" for i in (2, 3, 4)]
@@ -22,7 +29,9 @@ def test_kinds_and_hooks():
 
 
 def test_cfg_json_round_trip_and_old_files_are_saes():
-    cfg = SAEConfig(d_in=8, d_out=6, n_latents=16, skip=True, layers=2, family="jumprelu", target_hook="b.{}.out", hook_name="b.{}.in")
+    cfg = SAEConfig(
+        d_in=8, d_out=6, n_latents=16, skip=True, layers=2, family="jumprelu", target_hook="b.{}.out", hook_name="b.{}.in"
+    )
     assert SAEConfig.from_dict(cfg.to_dict()) == cfg
     old = {"d_in": 8, "n_latents": 16, "family": "topk", "k": 4, "dtype": "float32", "normalize": "dataset_scalar"}
     loaded = SAEConfig.from_dict(old)

@@ -9,7 +9,7 @@ import torch
 import kernels
 from sae.families import TrainStep
 
-from .conftest import D_IN, D_OUT, clt, transcoder
+from .synthetic import D_IN, D_OUT, clt, transcoder
 
 
 def _step(make, x, y, dead):

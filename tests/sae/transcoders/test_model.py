@@ -8,7 +8,7 @@ from kernels import SparseCode
 from sae.config import SAEConfig
 from sae.model import SparseAutoencoder
 
-from .conftest import D_IN, D_OUT, K, N, clt, transcoder
+from .synthetic import D_IN, D_OUT, K, N, clt, transcoder
 
 B = 24
 

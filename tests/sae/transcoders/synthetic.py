@@ -1,10 +1,10 @@
-"""Synthetic pairs for transcoders: inputs that are sparse sums of unit directions, targets a linear map of them
+"""Synthetic pairs and tiny dictionaries for the transcoder tests (importable without pytest: the ddp worker
+reads them too): inputs that are sparse sums of unit directions, targets a linear map of them
 (so sparse in the mapped directions) plus noise; a CLT's targets also carry the earlier layers' inputs."""
 
-import pytest
 import torch
 
-from sae.config import SAEConfig
+from sae.config import SAEConfig, TrainConfig
 from sae.model import SparseAutoencoder
 
 D_IN, D_OUT, N, K = 16, 12, 64, 4
@@ -32,13 +32,8 @@ def clt_data(rows: int = 4096, layers: int = 3, d_in: int = D_IN, d_out: int = D
     g = torch.Generator().manual_seed(seed)
     x = torch.stack([sparse_inputs(rows, d_in, 48, 3, g) for _ in range(layers)], 1)
     maps = torch.randn(layers, layers, d_out, d_in, generator=g) / d_in**0.5
-    y = torch.stack([sum(x[:, i] @ maps[i, j].T * 0.5**(j - i) for i in range(j + 1)) for j in range(layers)], 1)
+    y = torch.stack([sum(x[:, i] @ maps[i, j].T * 0.5 ** (j - i) for i in range(j + 1)) for j in range(layers)], 1)
     return x, y + 0.05 * torch.randn(y.shape, generator=g)
-
-
-@pytest.fixture
-def pairs():
-    return pair_data()
 
 
 def transcoder(seed: int = 0, **kw) -> SparseAutoencoder:
@@ -48,3 +43,13 @@ def transcoder(seed: int = 0, **kw) -> SparseAutoencoder:
 
 def clt(seed: int = 0, layers: int = 3, **kw) -> SparseAutoencoder:
     return transcoder(seed=seed, layers=layers, **kw)
+
+
+BATCH = 256  # the ddp test's batches
+
+
+def ddp_train_config() -> TrainConfig:
+    return TrainConfig(tokens=BATCH * 40, batch_size=BATCH, dead_window_tokens=1024, init_tokens=1024, checkpoint_every=20)
+
+
+DDP_KINDS = {"skip": (lambda: transcoder(skip=True), pair_data), "clt": (lambda: clt(skip=True), clt_data)}

@@ -33,14 +33,14 @@ class SAEConfig:
     d_in: int
     """Width of the activations the dictionary reads."""
     n_latents: int | None = None
-    """Number of latents (dictionary size); or give `expansion`."""
+    """Number of latents (dictionary size; a CLT's per layer); or give `expansion`."""
     expansion: int | None = None
     """n_latents = expansion * d_in when n_latents is not given (8 when neither is given)."""
     family: str = "topk"
     """SAE family (see sae.families.FAMILIES)."""
     k: int | None = None
-    """Active latents per token for the top-k families (32 when not given; families that choose k
-    themselves refuse an explicit k)."""
+    """Active latents per token for the top-k families (32 when not given; a CLT's per layer; families that choose
+    k themselves refuse an explicit k)."""
     dtype: str = "float32"
     """Parameter dtype: float32, float64, bfloat16 or float16."""
     normalize: str = "dataset_scalar"

@@ -37,16 +37,17 @@ def saelens_cfg(sae: SparseAutoencoder) -> dict[str, Any]:
     """cfg.json contents: SAELens v6 keys, older top-level keys, and our config under 'saekit'."""
     cfg = sae.cfg
     meta = {"model_name": cfg.model_name, "hook_name": cfg.hook_name}
-    transcoder = {"d_out": cfg.d_out, "hook_name_out": cfg.target_hook} if cfg.is_transcoder else {}
+    # a transcoder's encoder reads its input as it is: its b_dec lives in the target's space
+    transcoder = {"d_out": cfg.d_out, "hook_name_out": cfg.target_hook, "apply_b_dec_to_input": False}
     return {
         "d_in": cfg.d_in,
         "d_sae": cfg.n_latents,
-        **transcoder,
         "dtype": cfg.dtype,
         "device": "cpu",
-        "apply_b_dec_to_input": not cfg.is_transcoder,
+        "apply_b_dec_to_input": True,
         "normalize_activations": SAELENS_NORMALIZE[cfg.normalize],
         **sae.family.saelens_cfg(),
+        **(transcoder if cfg.is_transcoder else {}),
         "rescale_acts_by_decoder_norm": False,  # our TopK selects on the plain pre-activations
         "model_name": cfg.model_name,
         "hook_name": cfg.hook_name,

@@ -41,6 +41,7 @@ def test_save_and_load_give_the_same_raw_predictions(tmp_path, make):
     torch.testing.assert_close(again.predict(x), before, rtol=1e-5, atol=1e-5)
     saved = json.loads((tmp_path / "tc" / CFG_FILE).read_text())
     assert saved["d_out"] == D_OUT and saved["saekit"]["layers"] == sae.cfg.layers
+    assert saved["apply_b_dec_to_input"] is False
 
 
 def test_an_old_saes_folder_loads_unchanged(tmp_path):

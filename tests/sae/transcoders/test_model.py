@@ -192,6 +192,29 @@ def test_auxk_reconstructs_the_targets_residual_with_the_dead_latents():
     torch.testing.assert_close(out.aux_loss.double(), want, rtol=1e-6, atol=0)
 
 
+def test_clt_auxk_sums_each_layers_normalised_residual_error():
+    sae = randomise(clt(skip=True, dtype="float64"))
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(B, 3, D_IN, generator=g, dtype=torch.float64)
+    y = torch.randn(B, 3, D_OUT, generator=g, dtype=torch.float64)
+    dead = torch.zeros(3 * N, dtype=torch.bool)
+    dead[5::4] = True
+    k_aux = 3
+    from sae.families import TrainStep
+
+    out = sae(x, target=y, dead=dead, step=TrainStep(k_aux=k_aux))
+    t = sae.target_scale.double()[:, None]
+    e = y * t - reference_clt(sae, x) * t
+    e_hat = torch.zeros_like(e)
+    for i in range(3):
+        pre = x[:, i] * sae.input_scale.double()[i] @ sae.W_enc[i].double() + sae.b_enc[i].double()
+        top = torch.where(dead[i * N : (i + 1) * N], pre, -torch.inf).topk(k_aux, dim=1)
+        z = torch.zeros_like(pre).scatter(1, top.indices, top.values.relu())
+        e_hat[:, i:] += torch.einsum("bn,njd->bjd", z, getattr(sae, f"W_dec_{i}").double())
+    want = ((e - e_hat).pow(2).sum((0, 2)) / (e - e.mean(0)).pow(2).sum((0, 2))).sum()
+    torch.testing.assert_close(out.aux_loss.double(), want, rtol=1e-6, atol=0)
+
+
 def test_clt_decoder_geometry_is_per_feature():
     sae = clt(layers=3)
     for W in sae.decoders():

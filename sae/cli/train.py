@@ -18,9 +18,9 @@ DEMO: dict[str, dict[str, Any]] = {
 
 # RunConfig options the run sets itself: it trains on the 'train' split and scores the 'test' split
 _RUN_SKIP = ("split",)
-# SAEConfig fields the run fills in from the model and the hook; a CLT's `layers` is not an option of its own (the
-# hook points' --layers owns the name)
-_SAE_SKIP = ("d_in", "hook_name", "model_name", "layers")
+# SAEConfig fields the run fills in from the model, the hook points (--hook, --target-hook, --layers, --clt) and the
+# data (a transcoder's d_out); `layers` and `target_hook` would also collide with the hook points' own options
+_SAE_SKIP = ("d_in", "hook_name", "model_name", "d_out", "target_hook", "layers", "first_layer")
 
 
 def add_train_parsers(sub: argparse._SubParsersAction) -> None:

@@ -33,14 +33,14 @@ class SAEConfig:
     d_in: int
     """Width of the activations the dictionary reads."""
     n_latents: int | None = None
-    """Number of latents (dictionary size); or give `expansion`."""
+    """Number of latents (dictionary size; a CLT's per layer); or give `expansion`."""
     expansion: int | None = None
     """n_latents = expansion * d_in when n_latents is not given (8 when neither is given)."""
     family: str = "topk"
     """SAE family (see sae.families.FAMILIES)."""
     k: int | None = None
-    """Active latents per token for the top-k families (32 when not given; families that choose k
-    themselves refuse an explicit k)."""
+    """Active latents per token for the top-k families (32 when not given; a CLT's per layer; families that choose
+    k themselves refuse an explicit k)."""
     dtype: str = "float32"
     """Parameter dtype: float32, float64, bfloat16 or float16."""
     normalize: str = "dataset_scalar"
@@ -54,6 +54,19 @@ class SAEConfig:
     """Hook point the dictionary was trained on."""
     model_name: str = ""
     """Model the dictionary was trained on."""
+    d_out: int | None = None
+    """Width of the target a transcoder predicts; None: an SAE, which reconstructs its input. Set even when
+    d_out == d_in (an MLP of a residual model) to make a transcoder."""
+    target_hook: str = ""
+    """Hook point a transcoder predicts ("" for an SAE); for a CLT a template with one {} for the layer."""
+    skip: bool = False
+    """A transcoder's linear skip term x W_skip^T, W_skip [d_out, d_in] (skip transcoders)."""
+    layers: int = 1
+    """Above 1: a cross-layer transcoder (CLT) over this many consecutive layers from `first_layer`, one
+    encoder per layer, decoders from each layer to it and every later one; hook_name and target_hook are then
+    templates with one {} for the layer number. n_latents is per layer."""
+    first_layer: int = 0
+    """The first layer of a CLT (the number its hook templates are formatted with for its layer 0)."""
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -71,6 +84,7 @@ class SAEConfig:
             raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {tuple(DTYPES)}")
         if self.normalize not in NORMALIZATIONS:
             raise ValueError(f"unknown normalize {self.normalize!r}; expected one of {NORMALIZATIONS}")
+        _check_transcoder(self)
         family = get_family(self.family)
         if self.k is None and family.uses_k:
             self.k = DEFAULT_K  # the default; an explicit k is what families without one refuse
@@ -78,12 +92,49 @@ class SAEConfig:
             family.validate(self)
         except (TypeError, KeyError, AttributeError, OverflowError) as e:  # an option of the wrong type
             raise ValueError(f"family {self.family!r}: options {self.options!r} do not fit it ({e})") from e
+        _check_family_as_transcoder(self, family)
 
     @property
     def latents(self) -> int:
-        """n_latents as an int: __post_init__ resolves it (from `expansion` when not given), so it is never None."""
+        """n_latents as an int: __post_init__ resolves it (from `expansion` when not given), so it is never None.
+        Per layer for a CLT (see `n_features`)."""
         assert self.n_latents is not None
         return self.n_latents
+
+    @property
+    def n_features(self) -> int:
+        """Features of the whole dictionary: layers * n_latents (a CLT's feature l * n + f is latent f of layer l)."""
+        return self.layers * self.latents
+
+    @property
+    def is_transcoder(self) -> bool:
+        """Whether the dictionary predicts a target (d_out given) rather than reconstructing its input."""
+        return self.d_out is not None
+
+    @property
+    def is_clt(self) -> bool:
+        """Whether the dictionary is a cross-layer transcoder (layers > 1)."""
+        return self.layers > 1
+
+    @property
+    def out_width(self) -> int:
+        """Width of what the dictionary predicts: d_out for a transcoder, d_in for an SAE."""
+        return self.d_in if self.d_out is None else self.d_out
+
+    def input_hooks(self) -> list[str]:
+        """The hook names the dictionary reads: one (a CLT: one per layer, from the hook_name template)."""
+        if not self.is_clt:
+            return [self.hook_name]
+        return [self.hook_name.format(self.first_layer + i) for i in range(self.layers)]
+
+    def target_hooks(self) -> list[str]:
+        """The hook names the dictionary predicts: its input's for an SAE, target_hook for a transcoder (a CLT:
+        one per layer, from the template)."""
+        if not self.is_transcoder:
+            return [self.hook_name]
+        if not self.is_clt:
+            return [self.target_hook]
+        return [self.target_hook.format(self.first_layer + i) for i in range(self.layers)]
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -119,11 +170,76 @@ def _check_types(cfg: SAEConfig) -> None:
         "options": (dict,),
         "hook_name": (str,),
         "model_name": (str,),
+        "d_out": (numbers.Integral, None),
+        "target_hook": (str,),
+        "skip": (bool,),
+        "layers": (numbers.Integral,),
+        "first_layer": (numbers.Integral,),
     }
     _check_kinds(cfg, kinds)
     bad_keys = [k for k in cfg.options if not isinstance(k, str)]
     if bad_keys:
         raise ValueError(f"SAEConfig.options keys must be strings, got {bad_keys!r}")
+
+
+# normalisations a transcoder may use: one dataset-wide scale per side (per-token statistics of the target would
+# be needed to undo a per-token normalisation of the prediction, and a transcoder never sees its target at use)
+TRANSCODER_NORMALIZATIONS = ("dataset_scalar", "none")
+
+
+def _check_transcoder(cfg: SAEConfig) -> None:
+    """Refuse transcoder and CLT settings that do not fit together, naming the value."""
+    if cfg.d_out is not None and cfg.d_out < 1:
+        raise ValueError(f"d_out must be a positive int (or None for an SAE), got {cfg.d_out}")
+    if cfg.layers < 1:
+        raise ValueError(f"layers must be >= 1, got {cfg.layers}")
+    if cfg.first_layer < 0:
+        raise ValueError(f"first_layer must be >= 0, got {cfg.first_layer}")
+    if cfg.d_out is None:
+        for name, value in (("skip", cfg.skip), ("target_hook", cfg.target_hook), ("layers", cfg.layers > 1)):
+            if value:
+                raise ValueError(
+                    f"{name}={getattr(cfg, name)!r} is for a transcoder, which predicts a target: give d_out "
+                    "(the target's width); an SAE reconstructs its input"
+                )
+        return
+    if cfg.normalize not in TRANSCODER_NORMALIZATIONS:
+        raise ValueError(
+            f"normalize={cfg.normalize!r} is per token: undoing it on the prediction needs the target's own "
+            f"statistics, which a transcoder never sees; expected one of {TRANSCODER_NORMALIZATIONS}"
+        )
+    if cfg.is_clt:
+        for name in ("hook_name", "target_hook"):
+            template = getattr(cfg, name)
+            if template and (template.count("{}") != 1 or "{" in template.replace("{}", "") or "}" in template.replace("{}", "")):
+                raise ValueError(
+                    f"{name}={template!r}: a CLT's hook names are templates with exactly one {{}} for the layer "
+                    "number, e.g. 'blocks.{}.hook_mlp_in'"
+                )
+    if cfg.options.get("apply_b_dec_to_input") is True:
+        raise ValueError(
+            "apply_b_dec_to_input=True subtracts the decoder bias from the input, but a transcoder's decoder bias "
+            "lives in the target's space; leave the option out"
+        )
+
+
+def _check_family_as_transcoder(cfg: SAEConfig, family: Any) -> None:
+    """Refuse a family that cannot be a transcoder (or a skip transcoder, or a CLT), with its reason."""
+    if cfg.d_out is None:
+        return
+    if family.transcoder_unsupported:
+        raise ValueError(f"family {cfg.family!r} cannot be a transcoder: {family.transcoder_unsupported}")
+    if cfg.skip and not family.recon_loss_takes_base():
+        raise ValueError(
+            f"family {cfg.family!r} cannot be a skip transcoder: its recon_loss takes no base= (the part of the "
+            "prediction no latent contributes: b_dec plus the skip term), which its partial reconstructions need"
+        )
+    if cfg.is_clt and family.has_own_loss():
+        raise ValueError(
+            f"family {cfg.family!r} cannot be a CLT: its own loss terms are written for one dictionary "
+            "reconstructing one target, and a CLT's loss is the sum over layers of each layer's FVU; "
+            "use a selection-only family (topk, batchtopk, abstopk, jumprelu, ...)"
+        )
 
 
 def _check_kinds(cfg: Any, kinds: dict[str, tuple]) -> None:
@@ -133,7 +249,7 @@ def _check_kinds(cfg: Any, kinds: dict[str, tuple]) -> None:
         v = getattr(cfg, name)
         if v is None and None in allowed:
             continue
-        if isinstance(v, bool) or not isinstance(v, allowed[0]):
+        if (isinstance(v, bool) and allowed[0] is not bool) or not isinstance(v, allowed[0]):
             names = " or ".join(
                 "None" if t is None else {"Integral": "int", "Real": "float"}.get(t.__name__, t.__name__) for t in allowed
             )
@@ -156,6 +272,23 @@ def move_training_keys(sae_cfg: dict[str, Any], train_cfg: dict[str, Any]) -> tu
         if key in sae_cfg:
             train_cfg.setdefault(key, sae_cfg.pop(key))
     return sae_cfg, train_cfg
+
+
+SKIP_INITS = ("zero", "lstsq")
+
+
+def with_defaults(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """`d` (a saved config dict) with the fields it lacks at `cls`'s defaults: a field added after the file was
+    written reads as its default, so an older checkpoint compares equal to a run that leaves the field alone."""
+    out = dict(d)
+    for f in dataclasses.fields(cls):
+        if f.name in out:
+            continue
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
 
 
 @dataclass
@@ -184,7 +317,11 @@ class TrainConfig:
     aux_coef: float = DEFAULT_AUX_COEF
     """AuxK loss coefficient."""
     init_tokens: int = 32_768
-    """Tokens used to initialise b_dec (geometric median) and the input scale."""
+    """Tokens used to initialise b_dec (geometric median) and the input scale (a transcoder: of the target, and
+    both scales)."""
+    skip_init: str = "zero"
+    """A skip transcoder's W_skip at the start: zero (sparsify, SAELens) or lstsq (the least-squares fit of the
+    target on the input over the init_tokens, b_dec then the geometric median of what it leaves)."""
     seed: int = 0
     """Random seed for initialisation and sampling."""
     checkpoint_every: int = 100
@@ -197,7 +334,9 @@ class TrainConfig:
     """Device to train on."""
 
     def __post_init__(self) -> None:
-        _check_kinds(self, {"k_aux": (numbers.Integral,), "aux_coef": (numbers.Real,)})
+        _check_kinds(self, {"k_aux": (numbers.Integral,), "aux_coef": (numbers.Real,), "skip_init": (str,)})
+        if self.skip_init not in SKIP_INITS:
+            raise ValueError(f"skip_init must be one of {SKIP_INITS}, got {self.skip_init!r}")
         if self.k_aux < 0:
             raise ValueError(f"k_aux must be >= 0, got {self.k_aux}")
         if not math.isfinite(self.aux_coef) or self.aux_coef < 0:

@@ -115,8 +115,11 @@ def check_dtype(dtype: str | torch.dtype) -> str:
     return name
 
 
-def read_safetensors(path: Path, expected: dict[str, tuple] | None = None) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file; with `expected` shapes, the header is checked before anything is read."""
+def read_safetensors(
+    path: Path, expected: dict[str, tuple] | None = None, hint: Callable[[str, tuple[int, ...]], str] | None = None
+) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; with `expected` shapes, the header is checked before anything is read
+    (`hint(name, shape)` may add why a shape is wrong to the error)."""
     if not path.exists():
         raise FileNotFoundError(f"weights file {path} is missing")
     try:
@@ -125,7 +128,8 @@ def read_safetensors(path: Path, expected: dict[str, tuple] | None = None) -> di
                 for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
                     if name in expected and tuple(f.get_slice(name).get_shape()) != tuple(expected[name][0]):
                         shape = tuple(f.get_slice(name).get_shape())
-                        raise ValueError(f"{path}: tensor {name} has shape {shape}, expected {tuple(expected[name][0])}")
+                        why = hint(name, shape) if hint is not None else ""
+                        raise ValueError(f"{path}: tensor {name} has shape {shape}, expected {tuple(expected[name][0])}{why}")
             return {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError) as e:
         raise ValueError(f"weights file {path} is truncated or corrupt: {e}") from e

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sae.checkpoint import load_checkpoint, save_checkpoint
-from sae.config import TrainConfig, move_training_keys
+from sae.config import SAEConfig, TrainConfig, move_training_keys, with_defaults
 from sae.data import batches_from
 from sae.distributed.comm import Communicator
 from sae.families import TrainStep
@@ -70,7 +70,7 @@ class Trainer:
         self.tokens = 0
         # tokens since each latent last fired: dead beyond the window
         self.dead_window = cfg.dead_window(sae.cfg.latents, sae.cfg.k)
-        self.since_fired = torch.zeros(sae.cfg.latents, dtype=torch.long, device=sae.W_enc.device)
+        self.since_fired = torch.zeros(sae.cfg.n_features, dtype=torch.long, device=sae.W_enc.device)
         # first step whose batch or loss was not finite (-1: none) and that loss (0: the batch was bad)
         self._bad_step = torch.full((), -1, dtype=torch.long, device=sae.W_enc.device)
         self._bad_what = torch.zeros((), device=sae.W_enc.device)
@@ -97,6 +97,8 @@ class Trainer:
         """Continue from `state`; refused when it was written by a run with another dictionary or
         training config (a changed seed, lr, batch size or token count would silently be another run)."""
         saved_sae, saved_train = move_training_keys(state["sae_cfg"], state.get("train_cfg", {}))
+        # fields added since the checkpoint was written read as their defaults
+        saved_sae, saved_train = with_defaults(SAEConfig, saved_sae), with_defaults(TrainConfig, saved_train)
         changed = _config_changes("dictionary", saved_sae, self.sae.cfg.to_dict())
         changed += _config_changes("training", saved_train, asdict(self.cfg), ignore=RESUMABLE_CHANGES)
         if changed:
@@ -123,28 +125,48 @@ class Trainer:
     def dead_mask(self) -> torch.Tensor:
         return self.since_fired >= self.dead_window
 
-    def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor | float]:
-        """One optimiser step. No host sync: the statistics stay on the device (read them with `float()`) and a
-        non-finite batch or loss is recorded in `_bad_step`, which `_loop` reads every log/checkpoint step."""
+    def batch_parts(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(x, y) of one batch: a tensor for an SAE (y None), an (x, y) pair for a transcoder; the other kind is
+        refused, naming what came."""
+        if self.sae.cfg.is_transcoder:
+            if isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, torch.Tensor) for t in batch):
+                return batch[0], batch[1]
+            raise ValueError(
+                f"a transcoder trains on (x, y) pairs, e.g. sae.data.PairBatches(x, y, batch_size); got {_describe(batch)}"
+            )
+        if isinstance(batch, torch.Tensor):
+            return batch, None
+        raise ValueError(
+            f"an SAE trains on [batch, d_in] tensors; got {_describe(batch)} (pairs are for a transcoder: SAEConfig(d_out=...))"
+        )
+
+    def train_step(self, batch) -> dict[str, torch.Tensor | float]:
+        """One optimiser step on a batch (a tensor; a transcoder's (x, y) pair). No host sync: the statistics stay
+        on the device (read them with `float()`) and a non-finite batch or loss is recorded in `_bad_step`, which
+        `_loop` reads every log/checkpoint step."""
         sae, steps = self.sae, self.cfg.steps
+        x, y = self.batch_parts(batch)
         x = x.to(device=sae.W_enc.device, dtype=sae.W_enc.dtype)
+        if y is not None:
+            y = y.to(device=sae.W_enc.device, dtype=sae.W_enc.dtype)
         lr = lr_at(self.step, steps, self.base_lr, self.cfg)
         for group in self.opt.param_groups:
             group["lr"] = lr
         step = TrainStep(index=self.step, total=steps, k_aux=self.cfg.k_aux, aux_coef=self.cfg.aux_coef)
         dead = self.dead_mask()
-        out = self.comm.forward(sae, x, dead, step)
-        bad = ~(torch.isfinite(x).all() & torch.isfinite(out.loss))
+        out = self.comm.forward(sae, x, dead, step, target=y)
+        finite = torch.isfinite(x).all() if y is None else torch.isfinite(x).all() & torch.isfinite(y).all()
+        bad = ~(finite & torch.isfinite(out.loss))
         first = bad & (self._bad_step < 0)
         self._bad_step = torch.where(first, self.step, self._bad_step)
-        self._bad_what = torch.where(first, torch.where(torch.isfinite(x).all(), out.loss.detach().float(), 0.0), self._bad_what)
+        self._bad_what = torch.where(first, torch.where(finite, out.loss.detach().float(), 0.0), self._bad_what)
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
         self.comm.reduce_grads(sae)
         sae.remove_parallel_grad()
         self.opt.step()
         sae.set_decoder_norm_to_unit()
-        sae.family.after_step(sae, out.enc, step)
+        sae.after_step(out.enc, step)
         rows = self.comm.global_rows(x.shape[0])
         self.since_fired = torch.where(self.comm.fired(out.enc.code, self.since_fired.shape[0]), 0, self.since_fired + rows)
         self.step += 1
@@ -176,7 +198,7 @@ class Trainer:
     # --- the loop ---------------------------------------------------------------------
     def fit(
         self,
-        data: Iterable[torch.Tensor],
+        data: Iterable,
         resume: bool = False,
         on_step: Callable[[Trainer], None] | None = None,
     ) -> TrainResult:
@@ -247,33 +269,51 @@ class Trainer:
             if on_step is not None:
                 on_step(self)
 
-    def _initialise(self, batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
-        """Set the input scale and b_dec from the first init_tokens, then hand those batches back."""
-        head, got = [], 0
+    def _initialise(self, batches: Iterator) -> Iterator:
+        """Set the scales and b_dec (a skip transcoder: W_skip) from the first init_tokens, then hand those batches
+        back."""
+        head, parts, got = [], [], 0
         while got < self.cfg.init_tokens:
             try:
                 head.append(next(batches))
             except StopIteration:
                 break
-            got += self.comm.global_rows(head[-1].shape[0])
+            parts.append(self.batch_parts(head[-1]))
+            got += self.comm.global_rows(parts[-1][0].shape[0])
         if not head:
             raise ValueError("data is empty: no batch to initialise the dictionary from")
-        init_from_sample(self.sae, torch.cat(self.comm.gather_batches(head))[: self.cfg.init_tokens])
+        n = self.cfg.init_tokens
+        x = torch.cat(self.comm.gather_batches([p[0] for p in parts]))[:n]
+        y = None
+        if self.sae.cfg.is_transcoder:
+            y = torch.cat(self.comm.gather_batches([p[1] for p in parts]))[:n]  # type: ignore[misc]
+        init_from_sample(self.sae, x, y, skip_init=self.cfg.skip_init)
         return itertools.chain(head, batches)
 
 
 def train(
     sae: SparseAutoencoder,
-    data: Iterable[torch.Tensor],
+    data: Iterable,
     cfg: TrainConfig,
     out_dir: str | Path | None = None,
     resume: bool = False,
     on_step: Callable[[Trainer], None] | None = None,
     comm: Communicator | None = None,
 ) -> TrainResult:
-    """Train `sae` on `data` (an iterable of raw [B, d] activations); checkpoints go to out_dir/checkpoints.
+    """Train `sae` on `data` (an iterable of raw [B, d] activations; for a transcoder, of (x, y) pairs such as
+    sae.data.PairBatches); checkpoints go to out_dir/checkpoints.
     With `comm` (sae.distributed) the run is one rank of several: `sae` then holds this rank's part."""
     return Trainer(sae, cfg, out_dir, comm=comm).fit(data, resume=resume, on_step=on_step)
+
+
+def _describe(batch) -> str:
+    """A batch's kind, for the error that refuses it."""
+    if isinstance(batch, torch.Tensor):
+        return f"a tensor of shape {tuple(batch.shape)}"
+    if isinstance(batch, (tuple, list)):
+        kinds = ", ".join(f"tensor {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__ for t in batch)
+        return f"a {type(batch).__name__} of {len(batch)} ({kinds})"
+    return f"a {type(batch).__name__}"
 
 
 def _config_changes(what: str, saved: dict, now: dict, ignore: tuple[str, ...] = ()) -> list[str]:

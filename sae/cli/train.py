@@ -18,8 +18,9 @@ DEMO: dict[str, dict[str, Any]] = {
 
 # RunConfig options the run sets itself: it trains on the 'train' split and scores the 'test' split
 _RUN_SKIP = ("split",)
-# SAEConfig fields the run fills in from the model and the hook
-_SAE_SKIP = ("d_in", "hook_name", "model_name")
+# SAEConfig fields the run fills in from the model, the hook points (--hook, --target-hook, --layers, --clt) and the
+# data (a transcoder's d_out); `layers` and `target_hook` would also collide with the hook points' own options
+_SAE_SKIP = ("d_in", "hook_name", "model_name", "d_out", "target_hook", "layers", "first_layer")
 
 
 def add_train_parsers(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +43,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "demo" and not run_options.get("resume"):
         run_options.setdefault("overwrite", True)  # `make demo` again rebuilds the demo from scratch
     run = build_dataclass(RunConfig, run_options)
-    sae_kwargs = {**presets["sae"], **dataclass_kwargs(args, SAEConfig)}
+    sae_options = {k: v for k, v in dataclass_kwargs(args, SAEConfig).items() if k not in _SAE_SKIP}
+    sae_kwargs = {**presets["sae"], **sae_options}
     tcfg = TrainConfig(**{**presets["train"], **dataclass_kwargs(args, TrainConfig)})
     return run_training(run, sae_kwargs, tcfg, dcfg)

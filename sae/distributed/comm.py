@@ -34,9 +34,15 @@ class Communicator:
         return sae
 
     def forward(
-        self, sae: SparseAutoencoder, x: torch.Tensor, dead: torch.Tensor | None, step: TrainStep | None = None
+        self,
+        sae: SparseAutoencoder,
+        x: torch.Tensor,
+        dead: torch.Tensor | None,
+        step: TrainStep | None = None,
+        target: torch.Tensor | None = None,
     ) -> ForwardOutput:
-        return sae(x, dead=dead, step=step)
+        """The training forward of this rank's batch (a transcoder's with its target)."""
+        return sae(x, target=target, dead=dead, step=step)
 
     def reduce_grads(self, sae: SparseAutoencoder) -> None:
         """Make every rank's gradients the gradients of the whole step."""
@@ -93,10 +99,15 @@ class DataParallel(Communicator):
         return sae
 
     def forward(
-        self, sae: SparseAutoencoder, x: torch.Tensor, dead: torch.Tensor | None, step: TrainStep | None = None
+        self,
+        sae: SparseAutoencoder,
+        x: torch.Tensor,
+        dead: torch.Tensor | None,
+        step: TrainStep | None = None,
+        target: torch.Tensor | None = None,
     ) -> ForwardOutput:
         with split_batch():
-            return sae(x, dead=dead, step=step)
+            return sae(x, target=target, dead=dead, step=step)
 
     def reduce_grads(self, sae: SparseAutoencoder) -> None:
         grads = [p.grad for p in sae.parameters() if p.grad is not None]
@@ -131,7 +142,8 @@ class DataParallel(Communicator):
 
 
 class RankShare:
-    """This rank's rows of every global batch of `data` (an iterable of [B, d]); keeps `iter_from` for resume."""
+    """This rank's rows of every global batch of `data` (an iterable of [B, d], or of a transcoder's (x, y)
+    pairs); keeps `iter_from` for resume."""
 
     def __init__(self, data: Iterable[torch.Tensor], rank: int, world: int, batch_size: int) -> None:
         if batch_size % world:
@@ -144,14 +156,19 @@ class RankShare:
     def d_in(self) -> int:
         return self.data.d_in  # type: ignore[attr-defined]
 
-    def _slice(self, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
-        for x in batches:
-            yield x[self.rank * self.share : (self.rank + 1) * self.share]
+    def _slice(self, batches: Iterable) -> Iterator:
+        rows = slice(self.rank * self.share, (self.rank + 1) * self.share)
+        for batch in batches:
+            yield tuple(part[rows] for part in batch) if isinstance(batch, (tuple, list)) else batch[rows]
 
-    def iter_from(self, step: int) -> Iterator[torch.Tensor]:
+    @property
+    def d_out(self) -> int:
+        return self.data.d_out  # type: ignore[attr-defined]
+
+    def iter_from(self, step: int) -> Iterator:
         from sae.data import batches_from
 
         return self._slice(batches_from(self.data, step))
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator:
         return self.iter_from(0)

@@ -176,6 +176,11 @@ class LatentShard(Communicator):
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
 
     def prepare(self, sae: SparseAutoencoder) -> SparseAutoencoder:
+        if sae.cfg.is_transcoder:
+            raise ValueError(
+                "--distributed shard splits an SAE's latents over ranks that each reconstruct the same input; it "
+                "does not carry a transcoder's target or skip term: train transcoders with --distributed ddp or none"
+            )
         self.rule = shard_rule(sae.cfg.family, sae.cfg.options)
         n, k = sae.cfg.latents, sae.family.k
         if n % self.world:
@@ -198,7 +203,12 @@ class LatentShard(Communicator):
         return t.narrow(dim, self.lo, self.n_r).clone()
 
     def forward(
-        self, sae: SparseAutoencoder, x: torch.Tensor, dead: torch.Tensor | None, step: TrainStep | None = None
+        self,
+        sae: SparseAutoencoder,
+        x: torch.Tensor,
+        dead: torch.Tensor | None,
+        step: TrainStep | None = None,
+        target: torch.Tensor | None = None,
     ) -> ForwardOutput:
         return sharded_forward(sae, x, dead, self.lo, self.rule, step)
 

@@ -62,6 +62,10 @@ class AdaptiveK(Family):
 
     name = "adaptivek"
     saelens_unsupported = "its per-token k comes from a learned probe, which SAELens has no place for"
+    transcoder_unsupported = (
+        "its self-supervised probe regresses each token's reconstruction error on the very vector it reconstructs "
+        "(both x_n in its loss), which a transcoder's input and target split"
+    )
     option_names = ("k_min", "k_max", "probe_target", "probe_fit_at", "l1_coef", "shift_beta")
     probe_w: torch.Tensor  # buffers: [d], [], [], [] bool
     probe_b: torch.Tensor

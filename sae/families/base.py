@@ -10,6 +10,7 @@ is refused by those paths until it says otherwise.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -77,6 +78,8 @@ class Family(nn.Module):
     saelens_load_options: ClassVar[dict[str, Any]] = {}  # options a SAELens file of this family implies
     # --- sparsify's layout: its SparseCoder encodes ReLU + per-token top-k, nothing else ---
     sparsify_export: ClassVar[bool] = False
+    # --- transcoders (SAEConfig.d_out): why the family cannot predict a target other than its input ("" = it can)
+    transcoder_unsupported: ClassVar[str] = ""
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__()
@@ -104,6 +107,18 @@ class Family(nn.Module):
             )
 
     @classmethod
+    def has_own_loss(cls) -> bool:
+        """Whether the family changes the loss (recon_loss or extra_losses): a CLT, whose loss is the sum of its
+        layers' FVUs, refuses such a family."""
+        return cls.recon_loss is not Family.recon_loss or cls.extra_losses is not Family.extra_losses
+
+    @classmethod
+    def recon_loss_takes_base(cls) -> bool:
+        """Whether recon_loss accepts `base=` (what a skip transcoder's partial reconstructions add): the base
+        class's does; an override must say so in its signature."""
+        return "base" in inspect.signature(cls.recon_loss).parameters
+
+    @classmethod
     def check_flag(cls, cfg: SAEConfig, name: str) -> None:
         """Refuse a non-boolean value for the on/off option `name`."""
         if name in cfg.options and not isinstance(cfg.options[name], bool):
@@ -124,8 +139,9 @@ class Family(nn.Module):
 
     # --- the forward ----------------------------------------------------------------
     def pre(self, sae: SparseAutoencoder, x_n: torch.Tensor) -> torch.Tensor:
-        """Dense pre-activations [B, n] of normalised inputs: (x_n - b_dec) W_enc (+ b_enc)."""
-        pre = (x_n - sae.b_dec) @ sae.W_enc
+        """Dense pre-activations [B, n] of normalised inputs: (x_n - b_dec) W_enc (+ b_enc); a transcoder reads
+        x_n itself (`sae.encoder_input`)."""
+        pre = sae.encoder_input(x_n) @ sae.W_enc
         return pre + sae.b_enc if self.uses_b_enc else pre
 
     def encode(
@@ -138,7 +154,7 @@ class Family(nn.Module):
     ) -> Encoding:
         """Code for normalised inputs x_n [B, d]; in training, the AuxK code of up to k_aux `dead` latents."""
         b_enc = sae.b_enc if self.uses_b_enc else None
-        return kernels.encode(x_n, sae.W_enc, b_enc, self.rule, k=k or self.cfg.k, dead=dead, k_aux=k_aux, b_pre=sae.b_dec)
+        return kernels.encode(x_n, sae.W_enc, b_enc, self.rule, k=k or self.cfg.k, dead=dead, k_aux=k_aux, b_pre=sae.b_pre)
 
     def recon_loss(
         self,
@@ -147,9 +163,14 @@ class Family(nn.Module):
         enc: Encoding,
         x_hat_n: torch.Tensor,
         sse: torch.Tensor | None = None,
+        base: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The reconstruction term of the loss (normalised MSE, i.e. FVU of the batch); `sse`, the summed
-        squared error when the decoder computed it (kernels.decode_sse), saves recomputing it."""
+        squared error when the decoder computed it (kernels.decode_sse), saves recomputing it.
+
+        In the loss hooks `x_n` is what the dictionary predicts, normalised: its input for an SAE, the target for
+        a transcoder; `x_hat_n` the whole prediction. `base` [B, d] is the part of it no latent contributes
+        (b_dec plus a skip transcoder's skip term), given for skip transcoders; None: sae.b_dec."""
         if sse is None:
             return fvu(x_n, x_hat_n)
         return sse / batch_variance(x_n).clamp_min(1e-12)
@@ -167,6 +188,11 @@ class Family(nn.Module):
     @torch.no_grad()
     def fold_scale(self, scale: float) -> None:
         """Rescale family state when the input scale is folded into the weights (pre -> pre / scale)."""
+
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        """Rescale family maps that read the normalised input x_n = scale * x when it becomes the raw x (called
+        beside fold_scale; for an SAE both scales are the input's, for a transcoder pre follows the target's)."""
 
     def saelens_cfg(self) -> dict[str, Any]:
         """Extra SAELens-compatible cfg.json keys."""

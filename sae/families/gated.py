@@ -46,7 +46,7 @@ class Gated(Family):
         cls.check_flag(cfg, "apply_b_dec_to_input")
 
     def _hidden(self, sae: SparseAutoencoder, x_n: torch.Tensor) -> torch.Tensor:
-        return (x_n - sae.b_dec if self.apply_b_dec else x_n) @ sae.W_enc
+        return (sae.encoder_input(x_n) if self.apply_b_dec else x_n) @ sae.W_enc
 
     def pre(self, sae: SparseAutoencoder, x_n: torch.Tensor) -> torch.Tensor:
         """The magnitude path's pre-activations (SAELens's hook_sae_acts_pre)."""

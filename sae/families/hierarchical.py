@@ -89,8 +89,9 @@ class HierarchicalTopK(Family):
         enc: Encoding,
         x_hat_n: torch.Tensor,
         sse: torch.Tensor | None = None,
+        base: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        per_row = prefix_squared_error(x_n - sae.b_dec, enc.code, sae.W_dec)
+        per_row = prefix_squared_error(x_n - (sae.b_dec if base is None else base), enc.code, sae.W_dec)
         var = (x_n - x_n.mean(0, keepdim=True)).float().pow(2).sum().clamp_min(1e-12)
         return per_row.float().sum() / (enc.code.values.shape[1] * var)
 

@@ -42,7 +42,7 @@ class JumpReLU(Family):
         cls.check_flag(cfg, "apply_b_dec_to_input")
 
     def pre(self, sae: SparseAutoencoder, x_n: torch.Tensor) -> torch.Tensor:
-        x_in = x_n - sae.b_dec if self.apply_b_dec else x_n
+        x_in = sae.encoder_input(x_n) if self.apply_b_dec else x_n
         return x_in @ sae.W_enc + sae.b_enc
 
     def encode(

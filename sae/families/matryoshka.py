@@ -69,13 +69,17 @@ class Matryoshka(BatchTopK):
             if not isinstance(w, (list, tuple)) or len(w) != count or any(not v > 0 for v in w):
                 raise ValueError(f"family 'matryoshka': weights={w!r}; expected {count} positive numbers, one per prefix")
 
-    def prefix_losses(self, sae: SparseAutoencoder, x_n: torch.Tensor, code: SparseCode) -> list[torch.Tensor]:
-        """FVU of each prefix's reconstruction, which reads only latents [0, M_j)."""
+    def prefix_losses(
+        self, sae: SparseAutoencoder, x_n: torch.Tensor, code: SparseCode, base: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """FVU of each prefix's reconstruction, which reads only latents [0, M_j) (plus `base`: b_dec, and a
+        skip transcoder's skip term)."""
         losses = []
         for m in self.prefixes:
             keep = code.indices < m
             part = SparseCode(torch.where(keep, code.values, torch.zeros_like(code.values)), code.indices)
-            losses.append(fvu(x_n, kernels.decode(part, sae.W_dec, sae.b_dec)))
+            x_hat = kernels.decode(part, sae.W_dec, sae.b_dec) if base is None else kernels.decode(part, sae.W_dec) + base
+            losses.append(fvu(x_n, x_hat))
         return losses
 
     def recon_loss(
@@ -85,6 +89,7 @@ class Matryoshka(BatchTopK):
         enc: Encoding,
         x_hat_n: torch.Tensor,
         sse: torch.Tensor | None = None,
+        base: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        losses = self.prefix_losses(sae, x_n, enc.code)
+        losses = self.prefix_losses(sae, x_n, enc.code, base)
         return sum((w * loss for w, loss in zip(self.weights, losses)), torch.zeros((), device=x_n.device))

@@ -49,8 +49,8 @@ class Standard(Family):
         cls.check_flag(cfg, "apply_b_dec_to_input")
 
     def encoder_input(self, sae: SparseAutoencoder, x_n: torch.Tensor) -> torch.Tensor:
-        """What the encoder reads: x - b_dec, or x itself when apply_b_dec_to_input is false."""
-        return x_n - sae.b_dec if self.apply_b_dec else x_n
+        """What the encoder reads: x - b_dec, or x itself when apply_b_dec_to_input is false (or for a transcoder)."""
+        return sae.encoder_input(x_n) if self.apply_b_dec else x_n
 
     def pre(self, sae: SparseAutoencoder, x_n: torch.Tensor) -> torch.Tensor:
         return self.encoder_input(sae, x_n) @ sae.W_enc + sae.b_enc

@@ -33,6 +33,10 @@ class TopAFA(Family):
 
     name = "topafa"
     saelens_unsupported = "its per-token budget comes from the activation-norm bound, which SAELens has no place for"
+    transcoder_unsupported = (
+        "its per-token budget makes the code's norm match the input's own norm |x - b_dec|, which says nothing "
+        "of the norm of a target other than the input"
+    )
     uses_k = False
     uses_b_enc = False
     option_names = ("k_max", "afa_coef")

@@ -63,7 +63,7 @@ class VariationalTopK(Family):
     def log_var(self, sae: SparseAutoencoder, x_n: torch.Tensor) -> torch.Tensor | None:
         if not self.learned_var:
             return None
-        return ((x_n - sae.b_dec) @ self.W_enc_var + self.b_enc_var).clamp(LOGVAR_MIN, LOGVAR_MAX)
+        return (sae.encoder_input(x_n) @ self.W_enc_var + self.b_enc_var).clamp(LOGVAR_MIN, LOGVAR_MAX)
 
     def encode(
         self,
@@ -107,7 +107,12 @@ class VariationalTopK(Family):
 
     @torch.no_grad()
     def fold_scale(self, scale: float) -> None:
-        # sigma follows the pre-activations (/ s): log sigma^2 shifts by -2 ln s; the map reads raw inputs
+        # sigma follows the pre-activations (/ s): log sigma^2 shifts by -2 ln s
+        if self.learned_var:
+            self.b_enc_var.sub_(2 * math.log(scale))
+
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        # the variance map reads raw inputs
         if self.learned_var:
             self.W_enc_var.mul_(scale)
-            self.b_enc_var.sub_(2 * math.log(scale))

@@ -3,6 +3,8 @@ the 'saekit' key, so SAELens reads the files and we read back exactly what was s
 
 "saelens-strict" writes only what SAELens's classes hold and refuses the families and normalisations it would
 misread. A folder whose cfg.json has no 'saekit' key is a plain SAELens one (`sae.formats.saelens`).
+Transcoders and CLTs are ours too: the same two files, every tensor of the dictionary (a CLT's decoders
+W_dec_0 .. W_dec_{L-1} beside its stacked encoders) in the one safetensors file.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from sae.config import SAEConfig
 from sae.families import get_family
 from sae.formats.saelens import CFG_FILE, WEIGHTS_FILE, load_saelens, saelens_config
 from sae.io import Format, check_dtype, check_size, read_json, read_safetensors, write_json, write_safetensors
-from sae.model import SparseAutoencoder
+from sae.model import SparseAutoencoder, shape_hint
 
 FORMAT_KEY = "saekit"  # our full SAEConfig lives under this key
 SAELENS_NORMALIZE = {
@@ -35,6 +37,8 @@ def saelens_cfg(sae: SparseAutoencoder) -> dict[str, Any]:
     """cfg.json contents: SAELens v6 keys, older top-level keys, and our config under 'saekit'."""
     cfg = sae.cfg
     meta = {"model_name": cfg.model_name, "hook_name": cfg.hook_name}
+    # a transcoder's encoder reads its input as it is: its b_dec lives in the target's space
+    transcoder = {"d_out": cfg.d_out, "hook_name_out": cfg.target_hook, "apply_b_dec_to_input": False}
     return {
         "d_in": cfg.d_in,
         "d_sae": cfg.n_latents,
@@ -43,6 +47,7 @@ def saelens_cfg(sae: SparseAutoencoder) -> dict[str, Any]:
         "apply_b_dec_to_input": True,
         "normalize_activations": SAELENS_NORMALIZE[cfg.normalize],
         **sae.family.saelens_cfg(),
+        **(transcoder if cfg.is_transcoder else {}),
         "rescale_acts_by_decoder_norm": False,  # our TopK selects on the plain pre-activations
         "model_name": cfg.model_name,
         "hook_name": cfg.hook_name,
@@ -70,6 +75,9 @@ def saelens_tensors(sae: SparseAutoencoder, strict: bool) -> dict[str, torch.Ten
 
 def check_saelens_representable(sae: SparseAutoencoder) -> None:
     """Raise when SAELens would misread this dictionary (format='saelens-strict')."""
+    if sae.cfg.is_transcoder:
+        kind = "a CLT" if sae.cfg.is_clt else "a transcoder"
+        raise ValueError(f"format 'saelens-strict' writes SAEs; this dictionary is {kind}: save it with format='saelens'")
     reason = sae.family.saelens_unsupported
     if reason:
         raise ValueError(f"family {sae.cfg.family!r} cannot be saved for SAELens: {reason}")
@@ -136,7 +144,8 @@ def load(path: str | Path, device: torch.device | str | None = "cpu", dtype: str
         cfg = SAEConfig.from_dict({**cfg.to_dict(), "dtype": check_dtype(dtype)})
     expected = SparseAutoencoder.expected_tensors(cfg)
     renames = get_family(cfg.family).saelens_renames
-    tensors = read_safetensors(path / WEIGHTS_FILE, {renames.get(n, n): v for n, v in expected.items()})
+    saved_names = {renames.get(n, n): v for n, v in expected.items()}
+    tensors = read_safetensors(path / WEIGHTS_FILE, saved_names, hint=lambda name, shape: shape_hint(cfg, name, shape))
     back = {v: k for k, v in renames.items()}
     tensors = {back.get(n, n): t for n, t in tensors.items()}
     return SparseAutoencoder.from_tensors(cfg, tensors, path / WEIGHTS_FILE, device=device)

@@ -24,7 +24,8 @@ def test_every_config_field_is_an_option():
     dests = {a.dest for a in train._actions}  # noqa: SLF001
     for cls in (RunConfig, SAEConfig, TrainConfig):
         for f in _leaf_fields(cls):
-            if f.name not in ("d_in", "hook_name", "model_name", "split"):  # the run reads 'train' and 'test'
+            # the run reads 'train' and 'test'; it fills in the widths and a transcoder's hooks and layers itself
+            if f.name not in ("d_in", "hook_name", "model_name", "split", "d_out", "target_hook", "first_layer"):
                 assert f.name in dests, f"--{f.name} missing"
 
 

@@ -178,3 +178,28 @@ def test_resume_from_a_checkpoint_holding_auxk_in_the_dictionary_config(acts, tm
     train(resumed, TensorBatches(acts, 512, seed=0), cfg, out_dir=tmp_path / "part", resume=True)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), f"{name} differs after resume"
+
+
+def test_resume_from_a_checkpoint_written_before_transcoders(acts, tmp_path):
+    """A checkpoint whose configs lack the fields added since (d_out, skip, layers, ..., skip_init) resumes as
+    an SAE run with those fields at their defaults, bit-identical to an uninterrupted run."""
+    cfg = _cfg()
+    full = _sae()
+    train(full, TensorBatches(acts, 512, seed=0), cfg, out_dir=tmp_path / "full")
+
+    def stop(trainer):
+        if trainer.step == 13:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_sae(), TensorBatches(acts, 512, seed=0), cfg, out_dir=tmp_path / "part", on_step=stop)
+    path = tmp_path / "part" / "checkpoints" / "latest.pt"
+    state = torch.load(path, weights_only=True)
+    for key in ("d_out", "target_hook", "skip", "layers", "first_layer"):
+        del state["sae_cfg"][key]
+    del state["train_cfg"]["skip_init"]
+    torch.save(state, path)
+    resumed = _sae()
+    train(resumed, TensorBatches(acts, 512, seed=0), cfg, out_dir=tmp_path / "part", resume=True)
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), f"{name} differs after resume"

@@ -264,3 +264,19 @@ def test_a_bad_hook_context_or_column_is_named_as_itself_not_as_a_missing_test_s
     err = capsys.readouterr().err
     assert cause in err and "no usable 'test' split" not in err
     assert not out.exists()
+
+
+def test_a_run_json_written_before_a_setting_existed_still_resumes(tmp_path):
+    """Settings added after a run began are not in its run.json: absent there, they are no change."""
+    from sae.cli.identity import IDENTITY_FILE, check_resume, run_identity
+    from sae.config import RunConfig, TrainConfig
+
+    identity = run_identity(RunConfig(out=str(tmp_path)), {"k": 4}, TrainConfig())
+    older = {part: dict(values) for part, values in identity.items()}
+    del older["dictionary"]["skip"], older["training"]["skip_init"]  # not yet settings when that run began
+    (tmp_path / IDENTITY_FILE).write_text(json.dumps(older))
+    check_resume(tmp_path, identity)
+    older["dictionary"]["k"] = 8
+    (tmp_path / IDENTITY_FILE).write_text(json.dumps(older))
+    with pytest.raises(ValueError, match="dictionary k: run 8, this run 4"):
+        check_resume(tmp_path, identity)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sae.checkpoint import load_checkpoint, save_checkpoint
+from sae.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from sae.config import SAEConfig, TrainConfig, move_training_keys, with_defaults
 from sae.data import batches_from
 from sae.distributed.comm import Communicator
@@ -331,11 +331,24 @@ def _config_changes(what: str, saved: dict, now: dict, ignore: tuple[str, ...] =
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """On resume, drop log lines past the checkpoint so the log reads as one uninterrupted run."""
+    """On resume, drop log lines past the checkpoint so the log reads as one uninterrupted run; a last line torn by a
+    kill mid-write is dropped too (a torn line elsewhere is a corrupt log, refused naming its line)."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-    path.write_text("".join(ln + "\n" for ln in keep))
+    lines = path.read_text().splitlines()
+    keep = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if i == len(lines) - 1:
+                break  # the write a kill interrupted
+            raise ValueError(f"{path} line {i + 1} is not a JSON record; the log is corrupt (delete it to go on)") from None
+        if record["step"] <= step:
+            keep.append(line)
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(ln + "\n" for ln in keep)))
 
 
 def _maybe_wandb(cfg: TrainConfig, sae: SparseAutoencoder):

@@ -2,9 +2,12 @@
 
 Training keeps the k*B largest ReLU'd pre-activations of the whole batch, so tokens share one
 budget and rows hold varying counts. A batch-level rule cannot run on one token, so the model keeps
-a threshold theta: an EMA (beta = 0.999, fp32, no gradient) of each batch's smallest selected value,
-started after `threshold_start_step` steps. In eval mode z = a * 1[a > theta]: a JumpReLU with a
-constant threshold, which is how SAELens saves BatchTopK dictionaries.
+a threshold theta: an EMA (fp32, no gradient) of each batch's smallest selected value. dictionary_learning starts
+it at step 1000 with beta = 0.999, on runs of about 10^5 steps; by default here both scale with the run (`schedule`):
+the EMA starts at a quarter of the run and averages over about a tenth of it, and on runs of 10,000 steps or more
+they are dictionary_learning's. So a short run (the demo's 400 steps) ends with an estimated threshold, instead of
+encoding by the batch rule at inference. In eval mode z = a * 1[a > theta]: a JumpReLU with a constant threshold,
+which is how SAELens saves BatchTopK dictionaries.
 """
 
 from __future__ import annotations
@@ -37,18 +40,25 @@ class ThresholdInference(Family):
         super().__init__(cfg)
         # -1 = not estimated yet; fp32 whatever the parameter dtype (SAELens JumpReLU layout: [d_sae])
         self.register_buffer("threshold", torch.full((cfg.latents,), -1.0, dtype=torch.float32))
-        self.beta = float(cfg.options.get("threshold_beta", 0.999))
-        self.start_step = int(cfg.options.get("threshold_start_step", 1000))
+        self.beta: float | None = None if "threshold_beta" not in cfg.options else float(cfg.options["threshold_beta"])
+        self.start_step: int | None = cfg.options.get("threshold_start_step")
 
     @classmethod
     def validate(cls, cfg: SAEConfig) -> None:
         super().validate(cfg)
         beta = cfg.options.get("threshold_beta", 0.999)
-        if not isinstance(beta, (int, float)) or not 0 <= beta < 1:
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
             raise ValueError(f"family {cls.name!r}: threshold_beta={beta!r}; expected a float in [0, 1)")
-        start = cfg.options.get("threshold_start_step", 1000)
-        if not isinstance(start, int) or start < 0:
+        start = cfg.options.get("threshold_start_step", 0)
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
             raise ValueError(f"family {cls.name!r}: threshold_start_step={start!r}; expected an int >= 0")
+
+    def schedule(self, total_steps: int) -> tuple[int, float]:
+        """(first step of the EMA, its beta) for a run of `total_steps`: the options when given, else
+        min(1000, steps / 4) and 1 - 1 / min(1000, max(10, steps / 10))."""
+        start = self.start_step if self.start_step is not None else min(1000, total_steps // 4)
+        beta = self.beta if self.beta is not None else 1 - 1 / min(1000, max(10, total_steps // 10))
+        return start, beta
 
     @property
     def has_threshold(self) -> bool:
@@ -64,10 +74,12 @@ class ThresholdInference(Family):
     def threshold_select(self, pre: torch.Tensor) -> SparseCode | None:
         """The inference code a * 1[a > theta], or None while theta has not been estimated."""
         if not self.has_threshold:
+            when = (
+                "a quarter of the training run" if self.start_step is None else f"threshold_start_step={self.start_step}"
+            )
             warnings.warn(
-                f"{self.name}: the inference threshold has not been estimated yet (it starts after "
-                f"threshold_start_step={self.start_step} training steps); using the batch rule, so codes depend "
-                "on the batch",
+                f"{self.name}: the inference threshold has not been estimated yet (it starts after {when}); using "
+                "the batch rule, so codes depend on the batch",
                 stacklevel=3,
             )
             return None
@@ -79,7 +91,8 @@ class ThresholdInference(Family):
     @torch.no_grad()
     def update_threshold(self, code: SparseCode, step: TrainStep) -> None:
         """EMA of the smallest selected positive value (per latent when per_latent_threshold)."""
-        if step.index < self.start_step:
+        start, beta = self.schedule(step.total)
+        if step.index < start:
             return
         vals = code.values.detach().float()
         # no host sync: entries that are not positive count as +inf, so a latent (or a batch) without one is
@@ -92,7 +105,7 @@ class ThresholdInference(Family):
             mins = masked.min().expand(self.cfg.latents)
         seen = torch.isfinite(mins)
         fresh = seen & (self.threshold < 0)
-        ema = self.beta * self.threshold + (1 - self.beta) * mins
+        ema = beta * self.threshold + (1 - beta) * mins
         self.threshold.copy_(torch.where(fresh, mins, torch.where(seen & ~fresh, ema, self.threshold)))
 
     @torch.no_grad()

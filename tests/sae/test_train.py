@@ -203,3 +203,26 @@ def test_resume_from_a_checkpoint_written_before_transcoders(acts, tmp_path):
     train(resumed, TensorBatches(acts, 512, seed=0), cfg, out_dir=tmp_path / "part", resume=True)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), f"{name} differs after resume"
+
+
+def test_resume_drops_a_log_line_torn_by_the_kill_and_refuses_a_corrupt_log(acts, tmp_path):
+    class Killed(Exception):
+        pass
+
+    def kill_at_13(trainer):
+        if trainer.step == 13:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(_sae(), TensorBatches(acts, 512, seed=0), _cfg(), out_dir=tmp_path, on_step=kill_at_13)
+    log = tmp_path / "log.jsonl"
+    with log.open("a") as f:
+        f.write('{"step": 14, "loss": 0.1')  # the line a kill cut in half
+    train(_sae(), TensorBatches(acts, 512, seed=0), _cfg(), out_dir=tmp_path, resume=True)
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 30  # one record a logged step, the torn one gone
+
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
+    with pytest.raises(ValueError, match=r"log\.jsonl line 2 is not a JSON record"):
+        train(_sae(), TensorBatches(acts, 512, seed=0), _cfg(), out_dir=tmp_path, resume=True)

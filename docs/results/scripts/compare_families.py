@@ -39,9 +39,9 @@ HOOK = "blocks.3.hook_resid_pre"
 
 def family_runs(k: int, steps: int) -> list[tuple[str, str, dict]]:
     """(label, family, SAEConfig kwargs) for every run of the study."""
-    # thresholds: dictionary_learning starts the EMA at step 1000 with beta 0.999 on runs of ~10^5 steps;
-    # scaled here to a run of `steps` steps (start at a quarter, time constant ~ a tenth of the run)
-    thr = {"threshold_start_step": steps // 4, "threshold_beta": round(1 - 1 / max(10, steps // 10), 4)}
+    # thresholds: the families' default schedule (ThresholdInference.schedule: the EMA starts at a quarter of the
+    # run and averages over about a tenth of it), the rule this study passed explicitly before it became the default
+    thr: dict = {}
     return [
         ("topk", "topk", {"k": k}),
         ("batchtopk", "batchtopk", {"k": k, "options": thr}),

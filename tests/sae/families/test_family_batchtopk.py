@@ -63,3 +63,20 @@ def test_threshold_saved_as_saelens_jumprelu_and_folded(x, tmp_path):
     loaded = SparseAutoencoder.load(tmp_path).eval()
     torch.testing.assert_close(loaded.family.threshold, sae.family.threshold / 2)
     torch.testing.assert_close(loaded(x).x_hat, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["batchtopk", "matryoshka", "mutualchoice", "featurechoice"])
+def test_the_threshold_schedule_scales_with_the_run_so_a_short_run_ends_with_one(x, family):
+    """By default the EMA starts at a quarter of the run and averages over about a tenth of it (dictionary_learning's
+    step 1000 and beta 0.999 from 10,000 steps on), so a 40-step run saves a threshold, not the batch rule."""
+    from sae import TrainConfig, train
+    from sae.data import TensorBatches
+
+    sae = make(family)
+    assert sae.family.schedule(400) == (100, 1 - 1 / 40)
+    assert sae.family.schedule(100_000) == (1000, 0.999)
+    assert sae.family.schedule(12) == (3, 0.9)
+    assert make(family, options={"threshold_start_step": 7, "threshold_beta": 0.5}).family.schedule(400) == (7, 0.5)
+    data = x.repeat(8, 1)
+    train(sae, TensorBatches(data, x.shape[0], seed=0), TrainConfig(tokens=40 * x.shape[0], batch_size=x.shape[0]))
+    assert sae.family.has_threshold

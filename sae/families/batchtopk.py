@@ -74,9 +74,7 @@ class ThresholdInference(Family):
     def threshold_select(self, pre: torch.Tensor) -> SparseCode | None:
         """The inference code a * 1[a > theta], or None while theta has not been estimated."""
         if not self.has_threshold:
-            when = (
-                "a quarter of the training run" if self.start_step is None else f"threshold_start_step={self.start_step}"
-            )
+            when = "a quarter of the training run" if self.start_step is None else f"threshold_start_step={self.start_step}"
             warnings.warn(
                 f"{self.name}: the inference threshold has not been estimated yet (it starts after {when}); using "
                 "the batch rule, so codes depend on the batch",

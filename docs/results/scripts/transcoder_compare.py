@@ -1,8 +1,8 @@
 """SAE, transcoder, skip transcoder and CLT on MiniLM's MLPs at equal L0: held-out FVU of each MLP's output, and
 the spliced embedding recovered.
 
-At every layer of --layers (default 0-5), with defaults only at the demo's scale (n 3072 per layer, k 32 per
-layer, 392 steps of 4096 tokens):
+At every layer of --layers (default 0-5), with defaults only (n 3072 per layer, k 32 per layer, --steps batches
+of 4096 tokens: by default the demo's 392):
 
 - `sae`: a TopK SAE on the MLP output (`blocks.N.mlp.hook_out`), reading the output itself;
 - `tc`: a TopK transcoder from the MLP's input to its output;
@@ -11,12 +11,12 @@ layer, 392 steps of 4096 tokens):
   L0 per layer is the others'; the prediction of layer l' sums the decoded features of every layer l <= l').
 
 The per-layer dictionaries train on `PairBatches(x, y, 4096, seed=0)` (the SAE on `TensorBatches(y, ...)`, the
-same rows), the CLT on the cache read back as stacked batches. FVU: sum of squared errors over the total variance
-of y, on the 16,384 held-out pairs. The spliced measure comes from `sae.analysis.evaluate.evaluate` (the model
-with the dictionary's prediction in place of the MLP's output: embedding recovered against zero and mean
-ablation); where evaluate does not take the dictionary yet (transcoders, CLTs) the cell is "pending" and the
-reason is kept. Every dictionary is saved under --runs so that `--spliced-only` fills those cells later without
-retraining. One JSON line per dictionary goes to --out as it finishes; a rerun skips what is there.
+same rows), the CLT on the stacked pairs of all its layers (`PairBatches` of [N, L, d]). FVU: sum of squared
+errors over the total variance of y, on the 16,384 held-out pairs. Training leaves the spliced cell "pending";
+`--spliced-only` fills it from the dictionaries saved under --runs with `sae.analysis.evaluate.evaluate` (the
+model with the dictionary's prediction in place of the MLP's output: embedding recovered against zero and mean
+ablation), keeping the reason where evaluate does not take the dictionary. One JSON line per dictionary goes to
+--out as it finishes; a rerun skips what is there.
 
     python docs/results/scripts/transcoder_compare.py                  # everything (CPU-hours: see transcoders.md)
     python docs/results/scripts/transcoder_compare.py --kinds tc skip  # some kinds only

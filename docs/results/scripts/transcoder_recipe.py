@@ -1,6 +1,6 @@
 """The default recipe for transcoders: held-out FVU of the MLP output against the learning rate, W_skip's
-initialisation and the other init choices, on MiniLM's MLPs at the demo's scale (n 3072, k 32, 392 steps of
-4096: 1.6M tokens); and the cost of a bf16 pair cache.
+initialisation and the other init choices, on MiniLM's MLPs (n 3072, k 32, --steps batches of 4096: by default
+the demo's 392, 1.6M tokens); and the cost of a bf16 / fp16 pair cache.
 
 Pairs come from `transcoder_common` (harvested once into runs/transcoder_cache). Every run trains one TopK
 transcoder on `PairBatches(x, y, 4096, seed=0)` (the same batches for every run) and appends one JSON line to
@@ -196,7 +196,8 @@ def figure(rows: list[dict]):
         fig.update_xaxes(type="log", title_text="lr (Adam)", row=1, col=c)
         fig.update_yaxes(title_text="held-out FVU of the MLP output", row=1, col=c)
     fig.update_layout(
-        title="TopK transcoders (n 3072, k 32, 392 x 4096 tokens) on MiniLM's MLPs: held-out FVU against lr "
+        title=f"TopK transcoders (n 3072, k 32, {'/'.join(str(s) for s in sorted({r['steps'] for r in base}))} x 4096 "
+        "tokens) on MiniLM's MLPs: held-out FVU against lr "
         "(star: the default lr)",
         template="plotly_white",
         height=430,

@@ -24,7 +24,7 @@ def models(tmp_path_factory):
 
 def _check_splices(model, tc, clt, ids):
     clean = model.forward(ids)
-    hooks = fit_hooks(model, clt).harvested
+    hooks = list(dict.fromkeys([*fit_hooks(model, clt).harvested, tc.cfg.hook_name, tc.cfg.target_hook]))
     before = model.run(ids, hooks)
     d = tc.cfg.d_in
 

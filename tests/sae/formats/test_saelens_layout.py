@@ -222,3 +222,7 @@ def test_transcoder_d_out_from_the_weights_and_refused_when_they_disagree(tmp_pa
     write(tmp_path / "wrong", {**cfg, "d_out": D + 3, "metadata": {"sae_lens_version": "6.54.12"}}, t)
     with pytest.raises(ValueError, match=r"W_dec has shape \(40, 12\), expected \(40, 15\) \(the file's decoder writes 12"):
         load_pretrained(tmp_path / "wrong")
+    skip = {**cfg, "architecture": "skip_transcoder", "d_out": D, "metadata": {"sae_lens_version": "6.54.12"}}
+    write(tmp_path / "skip", skip, {**t, "W_skip": torch.zeros(D, D + 1)})
+    with pytest.raises(ValueError, match=r"W_skip has shape \(12, 13\), expected \(12, 12\) \(\[d_out=12, d_in=12\]\)"):
+        load_pretrained(tmp_path / "skip")

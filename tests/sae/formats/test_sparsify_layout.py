@@ -112,6 +112,13 @@ def test_w_skip_tensor_refused_even_when_cfg_is_silent(tmp_path):
         load_pretrained(tmp_path)
 
 
+def test_w_skip_of_the_wrong_shape_refused(tmp_path):
+    t = write(tmp_path / "layers.1.mlp", transcode=True, skip_connection=True)
+    save_file({**t, "W_skip": torch.zeros(D, D - 1)}, tmp_path / "layers.1.mlp" / "sae.safetensors")
+    with pytest.raises(ValueError, match=r"W_skip has shape \(10, 9\), expected \(10, 10\) \(\[d_out=10, d_in=10\]\)"):
+        load_pretrained(tmp_path / "layers.1.mlp")
+
+
 def test_cfg_disagreeing_with_weights_refused(tmp_path):
     write(tmp_path, num_latents=N * 2)
     with pytest.raises(ValueError, match=r"encoder.weight has shape \(48, 10\)"):

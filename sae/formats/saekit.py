@@ -86,13 +86,14 @@ def check_saelens_representable(sae: SparseAutoencoder) -> None:
     """Raise when SAELens would misread this dictionary (format='saelens-strict')."""
     if sae.cfg.is_transcoder and transcoder_architecture(sae) is None:
         if sae.cfg.is_clt:
-            why = "SAELens has no cross-layer transcoder class (its mntss loader reads one layer, decoders summed)"
+            why, kind = "SAELens has no cross-layer transcoder class (its mntss loader reads one layer, decoders summed)", "a CLT"
         else:
             why = (
                 f"SAELens's transcoders are ReLU ('transcoder': family 'standard') or JumpReLU ('jumprelu_transcoder': "
-                f"jumprelu and the threshold families at inference); family {sae.cfg.family!r} has no class there"
+                f"jumprelu and the threshold families at inference), family {sae.cfg.family!r} has no class there"
             )
-        raise ValueError(f"format 'saelens-strict' cannot write this transcoder: {why}; save it with format='saelens'")
+            kind = "a transcoder"
+        raise ValueError(f"format 'saelens-strict': {why}, and this dictionary is {kind}: save it with format='saelens'")
     reason = sae.family.saelens_unsupported
     if reason:
         raise ValueError(f"family {sae.cfg.family!r} cannot be saved for SAELens: {reason}")

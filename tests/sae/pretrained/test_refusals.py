@@ -172,7 +172,9 @@ def test_transcoders_that_a_layout_cannot_hold_are_refused_in_one_line(tmp_path)
         tc(d_out=6).save(tmp_path, format="sparsify")
     with pytest.raises(ValueError, match="a CLT cannot be saved for sparsify"):
         tc(layers=2).save(tmp_path, format="sparsify")
-    with pytest.raises(ValueError, match="family 'topk' has no class there; save it with format='saelens'"):
+    with pytest.raises(
+        ValueError, match="family 'topk' has no class there, and this dictionary is a transcoder: save it with format='saelens'"
+    ):
         tc().save(tmp_path, format="saelens-strict")
     with pytest.raises(ValueError, match="SAELens has no cross-layer transcoder class"):
         tc(family="jumprelu", k=None, layers=2).save(tmp_path, format="saelens-strict")

@@ -11,12 +11,15 @@ SAEKIT_INTEROP_PYTHON, SAEKIT_CIRCUIT_PYTHON and SAEKIT_REQUIRE_INTEROP=1 (a mis
 import json
 import os
 import subprocess
+import warnings
 from pathlib import Path
 
+import huggingface_hub.constants
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import sae.pretrained.registry as registry
 from sae import SAEConfig, SparseAutoencoder, load_pretrained
 from sae.formats import load_transcoder_set, save_transcoder_set
 
@@ -34,7 +37,7 @@ def peer_python(variable: str, venv: str) -> Path | None:
     return path if path.exists() else None
 
 
-def run_peer(variable: str, venv: str, script: str, root: Path) -> dict:
+def run_peer(variable: str, venv: str, script: str, root: Path, **env_extra: str) -> dict:
     python = peer_python(variable, venv)
     if python is None:
         why = f"no {venv}: run `make test` (it builds {venv}) or set {variable} to its python"
@@ -42,6 +45,7 @@ def run_peer(variable: str, venv: str, script: str, root: Path) -> dict:
             pytest.fail(why)
         pytest.skip(why)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the peers never see saekit
+    env.update(env_extra)
     script_path = Path(__file__).with_name(script)
     done = subprocess.run([str(python), str(script_path), str(root)], capture_output=True, text=True, env=env, timeout=600)
     if done.returncode != 0:
@@ -123,6 +127,16 @@ def _ours_lens() -> dict[str, tuple[SparseAutoencoder, str, dict]]:
 
 
 OURS_LENS = sorted(_ours_lens())
+REGISTRY = {  # SAELens's release -> (sae id, our input hook, target hook, skip), laid out by peer_transcoders.py
+    "gemma-scope-2-1b-pt-transcoders-all": (
+        "layer_3_width_16k_l0_big_affine",
+        "blocks.3.hook_mlp_in",
+        "blocks.3.hook_mlp_out",
+        True,
+    ),
+    "mwhanna-qwen3-0.6b-transcoders-lowl0": ("layer_1", "blocks.1.mlp.hook_in", "blocks.1.mlp.hook_out", False),
+    "mntss-gemma-2-2b-2.5m-clt-as-per-layer": ("layer_1", "blocks.1.mlp.hook_in", "blocks.1.mlp.hook_out", False),
+}
 
 
 @pytest.fixture(scope="module")
@@ -136,14 +150,39 @@ def lens(tmp_path_factory):
     (root / "ours" / "manifest.json").write_text(
         json.dumps({n: "sparsify" if layout == "sparsify" else "saelens" for n, (_, layout, _) in ours.items()})
     )
-    return {**run_peer("SAEKIT_INTEROP_PYTHON", ".venv-interop", "peer_transcoders.py", root), "x": x, "ours": ours}
+    peer = run_peer(
+        "SAEKIT_INTEROP_PYTHON", ".venv-interop", "peer_transcoders.py", root, HF_HUB_CACHE=str(root / "hf"), HF_HUB_OFFLINE="1"
+    )
+    return {**peer, "x": x, "ours": ours}
 
 
-@pytest.mark.parametrize("case", [f"theirs:{n}" for n in THEIRS_LENS] + [f"ours:{n}" for n in OURS_LENS])
-def test_saelens_and_sparsify_transcoders(lens, case):
+def _from_their_registry(lens, monkeypatch, release: str) -> SparseAutoencoder:
+    """SAELens's release id through our registry (its real pretrained_saes.yaml) and the cache the peer laid out."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(lens["root"] / "hf"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(registry, "saelens_yaml_path", lambda: Path(lens["seen"]["_saelens_registry"]))
+    registry.saelens_releases.cache_clear()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a CLT layer read alone warns that its decoders are summed, as SAELens's does
+            return load_pretrained(release, sae_id=REGISTRY[release][0]).eval()
+    finally:
+        registry.saelens_releases.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "case", [f"theirs:{n}" for n in THEIRS_LENS] + [f"ours:{n}" for n in OURS_LENS] + [f"registry:{n}" for n in REGISTRY]
+)
+def test_saelens_and_sparsify_transcoders(lens, case, monkeypatch):
     side, name = case.split(":")
     x = lens["x"]
-    if side == "theirs":  # their writer -> our loader
+    if side == "registry":  # SAELens's release id: its from_pretrained and our load_pretrained on the same files
+        sae = _from_their_registry(lens, monkeypatch, name)
+        assert (sae.cfg.hook_name, sae.cfg.target_hook, sae.cfg.skip) == REGISTRY[name][1:]
+        key = f"registry/{name}/{REGISTRY[name][0]}"
+        with torch.no_grad():
+            assert_same(sae.encode_dense(x), sae.predict(x), lens["theirs"][f"{key}.codes"], lens["theirs"][f"{key}.out"])
+    elif side == "theirs":  # their writer -> our loader
         sae = load_pretrained(lens["root"] / "theirs" / name).eval()
         assert (sae.cfg.hook_name, sae.cfg.target_hook, sae.cfg.skip) == THEIRS_LENS[name]
         with torch.no_grad():

@@ -162,10 +162,15 @@ def fetch(
             "nor a Hub repo id (owner/name)"
         )
     subfolder = sae_id or hook
-    patterns = [f"{subfolder}/*", f"{subfolder}/**", "*.json"] if subfolder else None
-    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook or "")
-    if patterns and m and sae_id is None:  # sparsify names the folders after the layer
-        patterns += [f"{name}{m.group(1)}/*" for name in ("layers.", "layer_")]
+    patterns = [f"{subfolder}/*", f"{subfolder}/**", subfolder, "*.json", "config.yaml"] if subfolder else None
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", hook or "")
+    if patterns and m and sae_id is None:
+        layer, site = m.groups()
+        patterns.append(f"layer_{layer}.safetensors")  # circuit-tracer's transcoder sets name the files after the layer
+        if site == "hook_resid_post":  # sparsify names its folders after the layer
+            patterns += [f"{name}{layer}/*" for name in ("layers.", "layer_")]
+        if site == "hook_mlp_in":  # and a transcoder's after the MLP module it wraps
+            patterns += [f"{name}{layer}.mlp/*" for name in ("layers.", "h.")]
     root = _download(text, patterns, revision)
     return root, None, sae_id
 

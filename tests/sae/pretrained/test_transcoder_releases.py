@@ -2,6 +2,8 @@
 Face cache laid out by the test in each repo's layout (tiny random files: the loaders' math is tested in
 tests/sae/formats), and `python -m sae pretrained list --kind`."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -114,3 +116,25 @@ def test_our_transcoder_releases_resolve_and_list(hf_cache, capsys):
     assert "mntss-clt-gemma-2-2b-2.5m" in out and "gpt2-small-res-jb" not in out
     assert main(["pretrained", "download", "mntss-clt-gemma-2-2b-2.5m"]) == 0
     assert "d_out=6 target='blocks.{}.mlp.hook_out' layers=3" in capsys.readouterr().out
+
+
+def test_hub_repos_of_transcoders_resolve_a_hook(hf_cache):
+    """A circuit-tracer transcoder set and a sparsify transcoder repo, by Hub repo id and hook: the download asks
+    for that layer's files (offline here, so what is tested is the choice among the cached ones)."""
+    snap = hf_cache("someone/qwen-transcoders")
+    circuit_tracer_config(snap, "transcoder_set")
+    for layer in range(3):
+        save_file({"W_enc": rnd(F, D), "b_enc": rnd(F), "W_dec": rnd(F, D), "b_dec": rnd(D)}, snap / f"layer_{layer}.safetensors")
+    tc = load_pretrained("someone/qwen-transcoders", hook="blocks.2.mlp.hook_in")
+    assert (tc.cfg.hook_name, tc.cfg.target_hook) == ("blocks.2.mlp.hook_in", "blocks.2.mlp.hook_out")
+    snap = hf_cache("someone/sparsify-transcoders")
+    for layer in range(2):
+        folder = snap / f"layers.{layer}.mlp"
+        folder.mkdir()
+        cfg = {"activation": "topk", "num_latents": F, "k": 2, "transcode": True, "skip_connection": False, "d_in": D}
+        (folder / "cfg.json").write_text(json.dumps(cfg))
+        save_file(
+            {"encoder.weight": rnd(F, D), "encoder.bias": rnd(F), "W_dec": rnd(F, D), "b_dec": rnd(D)}, folder / "sae.safetensors"
+        )
+    tc = load_pretrained("someone/sparsify-transcoders", hook="blocks.1.hook_mlp_in")
+    assert (tc.cfg.hook_name, tc.cfg.target_hook) == ("blocks.1.hook_mlp_in", "blocks.1.hook_mlp_out")

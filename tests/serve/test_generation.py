@@ -28,7 +28,7 @@ def _runs(model):
     return greedy, sampled, logits
 
 
-@pytest.mark.parametrize("backend", ["hf", "transformer_lens"])
+@pytest.mark.parametrize("backend", ["hf", pytest.param("transformer_lens", marks=pytest.mark.slow)])
 def test_steer_changes_generation_and_leaves_the_model_as_it_was(tiny_gpt2_path, gpt2_hf, backend):
     model = gpt2_hf if backend == "hf" else load_model(tiny_gpt2_path, backend="transformer_lens")
     assert model.backend == ("hf" if backend == "hf" else "transformer_lens")
@@ -59,9 +59,9 @@ def test_hf_generate_agrees_with_the_forward_loop(gpt2_hf):
     assert fast.ids == slow  # the key-value cache sees the same edited positions as full forwards
 
 
-def test_generate_refuses_bad_arguments_and_stops_at_the_context(gpt2_hf, minilm):
+def test_generate_refuses_bad_arguments_and_stops_at_the_context(gpt2_hf):
     with pytest.raises(ValueError, match="is an encoder"):
-        generate(minilm, "text")
+        generate(_Stub(False), "text")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate(gpt2_hf, "text", max_new_tokens=0)
     with pytest.raises(ValueError, match="temperature"):
@@ -74,6 +74,7 @@ def test_generate_refuses_bad_arguments_and_stops_at_the_context(gpt2_hf, minilm
     assert timed.timed_out and len(timed.new_ids) < 50
 
 
+@pytest.mark.slow  # loads the embedded model
 def test_sentence_embedding_under_steer(minilm):
     sae = _sae(minilm.d_model)
     texts = ["Return the length of a list.", "Open a file and return a stream.", "Open a file."]
@@ -88,9 +89,9 @@ def test_sentence_embedding_under_steer(minilm):
     assert cos < 0.999
     assert torch.equal(sentence_embedding(minilm, texts), refs)
     with pytest.raises(ValueError, match="causal LM"):
-        sentence_embedding(_Causal(), "x")  # type: ignore[arg-type]
+        sentence_embedding(_Stub(True), "x")  # type: ignore[arg-type]
 
 
-class _Causal:
-    is_causal = True
-    name = "a causal LM"
+class _Stub:
+    def __init__(self, causal: bool) -> None:
+        self.is_causal, self.name = causal, "a stub model"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -26,15 +26,21 @@ __all__ = ["Inspector", "reference_sentences"]
 _NEIGHBOURS = 5
 
 
-def reference_sentences(texts, n: int, max_chars: int = 200) -> list[str]:
-    """Up to `n` distinct first lines (of at least 20 characters) of `texts`, each cut to `max_chars`."""
+def reference_sentences(model: ModelAdapter, texts: Iterable[str], n: int, tokens: int = 24) -> list[str]:
+    """Up to `n` distinct reference sentences for nearest neighbours: the first line of each text that has at least
+    `tokens` tokens, cut to its first `tokens` (so all embed in one batch: the adapter's forward takes no padding
+    mask), decoded back to text."""
+    if tokens < 1:
+        raise ValueError(f"tokens must be positive, got {tokens}")
+    tok = model.tokenizer
     out: dict[str, None] = {}
     for text in texts:
-        line = next((s.strip() for s in str(text).splitlines() if s.strip()), "")[:max_chars]
-        if len(line) >= 20:
-            out[line] = None
         if len(out) >= n:
             break
+        line = next((s.strip() for s in str(text).splitlines() if s.strip()), "")
+        ids = tok(line[: 20 * tokens], add_special_tokens=False)["input_ids"]
+        if len(ids) >= tokens:
+            out[tok.decode(ids[:tokens]).strip()] = None
     return list(out)
 
 

@@ -62,7 +62,7 @@ def load_inspector(
     adapter = load_model(name, device=device)
     sentences: list[str] = []
     if not adapter.is_causal and references > 0:
-        sentences = reference_sentences((text or TextSource(split="test")).texts(), references)
+        sentences = reference_sentences(adapter, (text or TextSource(split="test")).texts(), references)
     browser = Path(path) / "browser"
     return Inspector(adapter, sae, limits or Limits(), sentences), browser if (browser / "index.html").is_file() else None
 

@@ -52,10 +52,10 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Load once, serve until interrupted. Errors in one line, exit status 2."""
-    from sae.serve import create_app, load_inspector, run_server
-    from sae.serve.server import allowed_hosts
-
     try:
+        from sae.serve import create_app, load_inspector, run_server
+        from sae.serve.server import allowed_hosts
+
         cfg = build_dataclass(ServeConfig, dataclass_kwargs(args, ServeConfig))
         if not 0 <= cfg.port <= 65535:
             raise ValueError(f"--port must be from 0 to 65535, got {cfg.port}")
@@ -63,7 +63,7 @@ def run_serve(args: argparse.Namespace) -> int:
         inspector, found = load_inspector(cfg.path, cfg.model, cfg.hook, cfg.device, cfg.limits, cfg.text, cfg.references)
         browser = Path(cfg.browser) if cfg.browser else found
         app = create_app(inspector, browser, hosts)
-    except (ValueError, OSError, KeyError, TypeError) as e:
+    except (ValueError, OSError, KeyError, TypeError, ImportError) as e:  # ImportError: no starlette / uvicorn
         print(f"error: {e}", file=sys.stderr)
         return 2
     shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host

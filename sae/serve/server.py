@@ -83,7 +83,13 @@ def run_server(app: Any, host: str = "127.0.0.1", port: int = 8000) -> None:
             f"binding {host}: the model and every run file the browser serves are reachable from other machines",
             stacklevel=2,
         )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    log = logging.getLogger("sae.serve")
+    log.setLevel(logging.INFO)
+    if not any(getattr(h, "_sae_serve", False) for h in log.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        handler._sae_serve = True  # type: ignore[attr-defined]  # marks ours, so a second call adds none
+        log.addHandler(handler)
     _uvicorn(app, host, port).run()
 
 

@@ -165,3 +165,20 @@ def test_hosts_loopback_and_the_command_line(tmp_path, capsys, monkeypatch):
         warnings.simplefilter("error")
         server.run_server(object(), "127.0.0.1", 1)
     assert ran == [1, 1]
+
+
+def test_generation_stops_at_its_time_limit_and_transcoders_are_read_not_steered(causal_inspector):
+    from dataclasses import replace
+
+    from sae import SAEConfig, SparseAutoencoder
+
+    quick = Inspector(causal_inspector.model, causal_inspector.sae, replace(causal_inspector.limits, generation_timeout=1e-6))
+    out = quick.steer("the|cat", [3], [4.0], max_new_tokens=12)
+    assert out["timed_out"] and len(out["greedy"]["without"].split()) < 12
+    hooks = dict(hook_name="blocks.1.mlp.hook_in", target_hook="blocks.1.mlp.hook_out")
+    tc = SparseAutoencoder(SAEConfig(d_in=32, d_out=32, n_latents=48, k=4, **hooks), seed=0)
+    inspector = Inspector(causal_inspector.model, tc, causal_inspector.limits)
+    assert inspector.info()["transcoder"]
+    assert len(inspector.activations(TEXT)["tokens"]) == 7
+    with pytest.raises(ValueError, match="transcoder"):
+        inspector.steer(TEXT, [1])

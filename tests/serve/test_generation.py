@@ -28,7 +28,8 @@ def _runs(model):
     return greedy, sampled, logits
 
 
-@pytest.mark.parametrize("backend", ["hf", pytest.param("transformer_lens", marks=pytest.mark.slow)])
+@pytest.mark.slow  # boots the bridge; HF generate of a 30k-vocabulary model, eight times
+@pytest.mark.parametrize("backend", ["hf", "transformer_lens"])
 def test_steer_changes_generation_and_leaves_the_model_as_it_was(tiny_gpt2_path, gpt2_hf, backend):
     model = gpt2_hf if backend == "hf" else load_model(tiny_gpt2_path, backend="transformer_lens")
     assert model.backend == ("hf" if backend == "hf" else "transformer_lens")

@@ -37,9 +37,9 @@ class ServeConfig:
     device: str = "cpu"
     """Device of the model and the dictionary."""
     references: int = 300
-    """Encoders: reference sentences (first lines of the text's documents) for nearest neighbours; 0: none."""
-    text: TextSource = field(default_factory=lambda: TextSource(split="test"))
-    """Where the reference sentences come from (default: the embedded corpus's held-out split)."""
+    """Encoders: reference passages (the first 24 tokens of each document) for nearest neighbours; 0: none."""
+    text: TextSource = field(default_factory=TextSource)
+    """Where the reference passages come from (default: the embedded corpus)."""
     limits: Limits = field(default_factory=Limits)
     """Caps of each request."""
 

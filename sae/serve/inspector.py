@@ -27,9 +27,9 @@ _NEIGHBOURS = 5
 
 
 def reference_sentences(model: ModelAdapter, texts: Iterable[str], n: int, tokens: int = 24) -> list[str]:
-    """Up to `n` distinct reference sentences for nearest neighbours: the first line of each text that has at least
-    `tokens` tokens, cut to its first `tokens` (so all embed in one batch: the adapter's forward takes no padding
-    mask), decoded back to text."""
+    """Up to `n` distinct reference passages for nearest neighbours: the start of each text (whitespace joined) cut
+    after its first `tokens` tokens, so they all embed in one batch (the adapter's forward takes no padding mask).
+    Texts shorter than that are skipped."""
     if tokens < 1:
         raise ValueError(f"tokens must be positive, got {tokens}")
     tok = model.tokenizer
@@ -37,10 +37,15 @@ def reference_sentences(model: ModelAdapter, texts: Iterable[str], n: int, token
     for text in texts:
         if len(out) >= n:
             break
-        line = next((s.strip() for s in str(text).splitlines() if s.strip()), "")
-        ids = tok(line[: 20 * tokens], add_special_tokens=False)["input_ids"]
-        if len(ids) >= tokens:
-            out[tok.decode(ids[:tokens]).strip()] = None
+        head = " ".join(str(text).split())[: 40 * tokens]
+        if getattr(tok, "is_fast", False):
+            spans = tok(head, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            if len(spans) >= tokens:
+                out[head[: spans[tokens - 1][1]]] = None
+        else:
+            ids = tok(head, add_special_tokens=False)["input_ids"]
+            if len(ids) >= tokens:
+                out[tok.decode(ids[:tokens]).strip()] = None
     return list(out)
 
 

@@ -51,7 +51,8 @@ def load_inspector(
     references: int = 300,
 ) -> tuple[Inspector, Path | None]:
     """The dictionary at `path` (a run folder, a folder in any layout, or a release / Hub id), its model, and
-    (encoders) `references` first lines of `text` as neighbours; plus the run's browser folder when it has one."""
+    (encoders) `references` passages of `text` (default: the embedded corpus) as neighbours; plus the run's browser
+    folder when it has one."""
     from activations import load_model
     from sae.pretrained import load_pretrained
 
@@ -62,7 +63,7 @@ def load_inspector(
     adapter = load_model(name, device=device)
     sentences: list[str] = []
     if not adapter.is_causal and references > 0:
-        sentences = reference_sentences(adapter, (text or TextSource(split="test")).texts(), references)
+        sentences = reference_sentences(adapter, (text or TextSource()).texts(), references)
     browser = Path(path) / "browser"
     return Inspector(adapter, sae, limits or Limits(), sentences), browser if (browser / "index.html").is_file() else None
 

@@ -117,3 +117,33 @@ def test_hostile_requests_and_a_flood(live):
     assert set(codes) <= {200, 503} and codes.count(200) >= 4 and codes.count(503) >= 1, codes
     assert time.monotonic() - start < 20
     assert ask(0) == 200  # and the server is still fine
+
+
+def test_causal_lm_steering_on_the_bare_page(causal_inspector):
+    """No browser folder: the bare page's live panel; a causal LM's continuations with and without the steer."""
+    if chromium_path() is None:
+        pytest.skip("chromium is not installed")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (dev extra)")
+    errors = []
+    with ThreadedServer(create_app(causal_inspector, None)) as server, sync_api.sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page()
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.url + "/")
+        page.wait_for_selector("body[data-live='1']")
+        page.fill("#live-text", "the|cat|sat")
+        page.wait_for_selector("body[data-live-done]")
+        assert page.locator("#live-tokens .tok").count() == 4
+        page.fill("#live-latents", "3")
+        page.fill("#live-strength", "8")
+        page.fill("#live-max", "6")
+        page.click("#live-steer")
+        page.wait_for_selector("body[data-live-effect='steer']")
+        greedy = page.locator("#live-result tr").nth(1)
+        without, steered = greedy.locator("td.without").inner_text(), greedy.locator("td.with").inner_text()
+        assert without and steered and without != steered  # the steer changed the shown continuation
+        page.click("#live-ablate")
+        page.wait_for_selector("body[data-live-effect='ablate']")
+        assert "loss on the text" in page.locator("#live-result").inner_text()
+        browser.close()
+    assert not errors, errors

@@ -159,8 +159,6 @@ class Inspector:
         }
 
     def _edited(self, stack: ExitStack, kind: str, latents: list[int], strengths: list[float]) -> None:
-        if self.sae.cfg.is_transcoder:
-            raise ValueError("steering and ablating a transcoder's latents is not supported by the live server yet")
         if kind == "steer":
             for f, alpha in zip(latents, strengths, strict=True):
                 stack.enter_context(steer(self.model, self.sae, f, alpha))

@@ -167,7 +167,7 @@ def test_hosts_loopback_and_the_command_line(tmp_path, capsys, monkeypatch):
     assert ran == [1, 1]
 
 
-def test_generation_stops_at_its_time_limit_and_transcoders_are_read_not_steered(causal_inspector):
+def test_generation_stops_at_its_time_limit_and_transcoders_are_read_and_steered(causal_inspector):
     from dataclasses import replace
 
     from sae import SAEConfig, SparseAutoencoder
@@ -180,5 +180,7 @@ def test_generation_stops_at_its_time_limit_and_transcoders_are_read_not_steered
     inspector = Inspector(causal_inspector.model, tc, causal_inspector.limits)
     assert inspector.info()["transcoder"]
     assert len(inspector.activations(TEXT)["tokens"]) == 7
-    with pytest.raises(ValueError, match="transcoder"):
-        inspector.steer(TEXT, [1])
+    active = [t["latent"] for t in inspector.activations(TEXT)["top"]]  # ablated at the target, where they write
+    loss = inspector.ablate(TEXT, active, max_new_tokens=2)["loss"]
+    assert loss["with"] != loss["without"]
+    assert set(inspector.steer(TEXT, active[:1], [8.0], max_new_tokens=2)["greedy"]) == {"with", "without"}

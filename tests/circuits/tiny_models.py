@@ -166,7 +166,7 @@ def save_circuit_tracer_clt(folder: Path, t: dict[str, torch.Tensor]) -> Path:
     return folder
 
 
-def our_clt(t: dict[str, torch.Tensor], hook: str, target: str):
+def our_clt(t: dict[str, torch.Tensor], hook: str, target: str, first_layer: int = 0):
     from sae.config import SAEConfig
     from sae.model import SparseAutoencoder
 
@@ -182,5 +182,6 @@ def our_clt(t: dict[str, torch.Tensor], hook: str, target: str):
         hook_name=hook,
         target_hook=target,
         layers=n_layers,
+        first_layer=first_layer,
     )
     return SparseAutoencoder.from_tensors(cfg, tensors, "test CLT")

@@ -111,6 +111,8 @@ def attribute(
         "batch_size": copies,
         "seconds": round(time.time() - started, 3),
         "peak_memory_bytes": _peak_memory(adapter.device),
+        "token_strings": [str(adapter.tokenizer.decode([t])) for t in tokens.tolist()],
+        "target_strings": [str(adapter.tokenizer.decode([t])) for t in targets.ids.tolist()],
     }
     return Graph(
         adjacency_matrix=matrix,

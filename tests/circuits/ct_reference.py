@@ -3,7 +3,8 @@
 Each job names a saved model folder, a transcoder folder in circuit-tracer's own layout (per-layer
 `layer_{l}.safetensors`, or a CLT's `W_enc_{l}` / `W_dec_{l}` files), the hooks, the prompt's token ids and
 where to write the graph (safetensors: adjacency_matrix, active_features, activation_values,
-selected_features, logit_ids, logit_probabilities, input_tokens).
+selected_features, logit_ids, logit_probabilities, input_tokens, and prune_graph's node_mask, edge_mask and
+cumulative_scores at node_threshold 0.8, edge_threshold 0.98); create_graph_files writes the JSON into json_dir.
 """
 
 import json
@@ -81,6 +82,8 @@ def replacement_model(job, tcs):
 
 def main() -> None:
     from circuit_tracer.attribution.attribute import attribute
+    from circuit_tracer.graph import prune_graph
+    from circuit_tracer.utils.create_graph_files import create_graph_files
 
     for job in json.loads(open(sys.argv[1]).read()):
         tcs = transcoders(job)
@@ -95,8 +98,13 @@ def main() -> None:
             batch_size=job["batch_size"],
             max_feature_nodes=job.get("max_feature_nodes"),
         )
+        pruned = prune_graph(graph, node_threshold=0.8, edge_threshold=0.98)
+        create_graph_files(graph, slug=job["slug"], output_path=job["json_dir"], scan="test")
         save_file(
             {
+                "node_mask": pruned.node_mask.to(torch.uint8).contiguous(),
+                "edge_mask": pruned.edge_mask.to(torch.uint8).contiguous(),
+                "cumulative_scores": pruned.cumulative_scores.float().contiguous(),
                 "adjacency_matrix": graph.adjacency_matrix.float().contiguous(),
                 "active_features": graph.active_features.long().contiguous(),
                 "activation_values": graph.activation_values.float().contiguous(),

@@ -89,6 +89,8 @@ def reference(tmp_path_factory):
                 "max_feature_nodes": opts.get("max_feature_nodes"),
                 "targets": opts.get("targets"),
                 "out": str(root / f"{name}.safetensors"),
+                "slug": name,
+                "json_dir": str(root / "json"),
             }
         )
     (root / "jobs.json").write_text(json.dumps(jobs))
@@ -158,3 +160,56 @@ def test_graph_equals_circuit_tracer(reference, name):
     assert float((A - B).abs().max()) <= 1e-5 * scale, (
         f"{name}: differs by {float((A - B).abs().max()) / scale:.2e} of the largest entry"
     )
+
+
+def _their_naming(node: dict) -> dict:
+    """Our node as circuit-tracer names it: its error ids are `0_{layer}_{pos}` (which can collide with a layer-0
+    feature: ours are `err_{layer}_{pos}`), its error jsNodeIds `{layer}_{pos}-0`."""
+    if node["feature_type"] != "mlp reconstruction error":
+        return node
+    layer, pos = node["layer"], node["ctx_idx"]
+    return {**node, "node_id": f"0_{layer}_{pos}", "jsNodeId": f"{layer}_{pos}-0"}
+
+
+def _same_nodes(ours: list[dict], theirs: list[dict]) -> None:
+    """The same nodes, field by field (floats within 1e-5), whatever their order."""
+
+    def key(node: dict) -> tuple:
+        return tuple((k, v) for k, v in node.items() if not isinstance(v, float))
+
+    ours, theirs = sorted(ours, key=key), sorted(theirs, key=key)
+    assert [key(n) for n in ours] == [key(n) for n in theirs]
+    for a, b in zip(ours, theirs):
+        assert a.keys() == b.keys()
+        for k, v in b.items():
+            if isinstance(v, float):
+                assert a[k] == pytest.approx(v, abs=1e-5), (b["node_id"], k)
+
+
+@pytest.mark.parametrize("name", ["llama-relu-skip", "gpt2-jumprelu-skip", "llama-clt-relu"])
+def test_pruned_graph_and_json_equal_circuit_tracer(reference, name, tmp_path):
+    from sae.circuits.export import write_graph_files
+    from sae.circuits.prune import prune
+
+    root, models = reference
+    ref = load_file(str(root / f"{name}.safetensors"))
+    graph = _ours(name, models)
+    order = torch.tensor([{k: i for i, k in enumerate(graph.keys())}[k] for k in _reference_keys(ref)])
+    pruned = prune(graph, 0.8, 0.98)
+    assert pruned.node_mask[order].tolist() == ref["node_mask"].bool().tolist()
+    assert torch.equal(pruned.edge_mask[order][:, order], ref["edge_mask"].bool())
+    torch.testing.assert_close(pruned.cumulative_scores[order], ref["cumulative_scores"], atol=1e-5, rtol=0)
+
+    theirs = json.loads((root / "json" / f"{name}.json").read_text())
+    ours = json.loads(write_graph_files(graph, tmp_path, slug=name, scan="test").read_text())
+    assert ours["metadata"] == theirs["metadata"] and ours["qParams"] == theirs["qParams"]
+    assert len({n["node_id"] for n in ours["nodes"]}) == len(ours["nodes"])  # our ids never collide
+    _same_nodes([_their_naming(n) for n in ours["nodes"]], theirs["nodes"])
+    renamed = {n["node_id"]: _their_naming(n)["node_id"] for n in ours["nodes"]}
+    scale = float(ref["adjacency_matrix"].abs().max())
+    mine = sorted((renamed[e["source"]], renamed[e["target"]], e["weight"]) for e in ours["links"])
+    other = sorted((e["source"], e["target"], e["weight"]) for e in theirs["links"])
+    assert [m[:2] for m in mine] == [o[:2] for o in other]
+    assert max(abs(m[2] - o[2]) for m, o in zip(mine, other)) <= 1e-5 * scale
+    listing = json.loads((tmp_path / "graph-metadata.json").read_text())
+    assert listing == {"graphs": [ours["metadata"]]}

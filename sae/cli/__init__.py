@@ -17,6 +17,7 @@ from sae.cli.explain import add_explain_parser, run_explain
 from sae.cli.export import add_export_parser, run_export
 from sae.cli.pretrained import add_pretrained_parser, run_pretrained
 from sae.cli.serve import add_serve_parser, run_serve
+from sae.cli.trace import add_trace_parser, run_trace
 from sae.cli.train import add_train_parsers, run_train
 
 __all__ = ["build_parser", "main"]
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_explain_parser(sub)
     add_serve_parser(sub)
     add_export_parser(sub)
+    add_trace_parser(sub)
     return parser
 
 
@@ -45,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_serve(args)
     if args.command == "export":
         return run_export(args)
+    if args.command == "trace":
+        return run_trace(args)
     try:
         if args.command == "dashboard":
             print(f"feature browser: {run_dashboard(args).resolve()}  (open it in a web browser)")

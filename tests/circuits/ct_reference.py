@@ -9,16 +9,17 @@ cumulative_scores at node_threshold 0.8, edge_threshold 0.98); create_graph_file
 
 import json
 import sys
+from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 
 def transcoders(job):
     if job["kind"] == "clt":
         from circuit_tracer.transcoder.cross_layer_transcoder import load_clt
 
-        return load_clt(
+        clt = load_clt(
             job["transcoders"],
             feature_input_hook=job["input_hook"],
             feature_output_hook=job["output_hook"],
@@ -26,10 +27,16 @@ def transcoders(job):
             dtype=torch.float32,
             lazy_decoder=False,
         )
+        skip = Path(job["transcoders"]) / "W_skip.safetensors"
+        if skip.exists():  # load_clt reads no skip term: set it as CrossLayerTranscoder holds one
+            clt.W_skip = torch.nn.Parameter(load_file(str(skip))["W_skip"])
+            clt.skip_connection = True
+        return clt
+    from circuit_tracer.transcoder.activation_functions import TopK
     from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_set
 
     paths = {layer: f"{job['transcoders']}/layer_{layer}.safetensors" for layer in range(job["n_layers"])}
-    return load_transcoder_set(
+    tcs = load_transcoder_set(
         paths,
         scan="test",
         feature_input_hook=job["input_hook"],
@@ -39,6 +46,10 @@ def transcoders(job):
         lazy_encoder=False,
         lazy_decoder=False,
     )
+    if job.get("topk"):
+        for tc in tcs:
+            tc.activation_function = TopK(job["topk"])
+    return tcs
 
 
 def replacement_model(job, tcs):

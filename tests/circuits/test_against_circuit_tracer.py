@@ -2,10 +2,10 @@
 
 circuit-tracer runs in its own interpreter (`.venv-circuit`, or SAEKIT_CIRCUIT_PYTHON) on a tiny Llama-style model
 (its nnsight backend, which loads the saved folder) and a tiny GPT-2 (its transformer-lens backend, built from
-the same saved weights), with per-layer transcoders (ReLU and JumpReLU, with and without skip) and CLTs written
-in the files it loads; we run on the same folders with our dictionaries made from the same tensors. Graphs
-match when their nodes match by (kind, layer, position, index) and the matrices agree within 1e-5 of the
-largest entry.
+the same saved weights), with per-layer transcoders (ReLU, JumpReLU and TopK, with and without skip) and CLTs
+(with and without skip) written in the files it loads; we run on the same folders with our dictionaries made
+from the same tensors. Graphs match when their nodes match by (kind, layer, position, index) and the matrices
+agree within 1e-5 of the largest entry; the pruned nodes and edges and the JSON match too.
 """
 
 from __future__ import annotations
@@ -43,11 +43,13 @@ CASES = {
     "llama-relu-skip": ("llama", "plt", False, True, MLP_IN, "mlp.hook_in", {"desired_logit_prob": 0.5}),
     "llama-jumprelu": ("llama", "plt", True, False, MLP_IN, "mlp.hook_in", {"targets": [4, 7, 12], "batch_size": 16}),
     "llama-jumprelu-skip": ("llama", "plt", True, True, MLP_IN, "mlp.hook_in", {}),
+    "llama-topk": ("llama", "plt", False, False, MLP_IN, "mlp.hook_in", {"topk": 4}),
     "llama-relu-capped": ("llama", "plt", False, True, MLP_IN, "mlp.hook_in", {"max_feature_nodes": 40, "batch_size": 8}),
     "gpt2-relu": ("gpt2", "plt", False, False, MLP_IN, "mlp.hook_in", {}),
     "gpt2-jumprelu-skip": ("gpt2", "plt", True, True, MLP_IN, "mlp.hook_in", {"batch_size": 32}),
     "llama-clt-relu": ("llama", "clt", False, False, RESID_MID, "hook_resid_mid", {}),
     "llama-clt-jumprelu": ("llama", "clt", True, False, MLP_IN, "mlp.hook_in", {"batch_size": 24}),
+    "llama-clt-skip": ("llama", "clt", False, True, RESID_MID, "hook_resid_mid", {}),
 }
 
 
@@ -55,7 +57,7 @@ def _tensors(name: str):
     _, kind, jump, skip, *_ = CASES[name]
     seed = sum(map(ord, name))
     if kind == "clt":
-        return tm.random_clt(N_LAYERS, D_MODEL, N_FEATURES, jumprelu=jump, seed=seed)
+        return tm.random_clt(N_LAYERS, D_MODEL, N_FEATURES, jumprelu=jump, seed=seed, skip=skip)
     return [tm.random_transcoder(D_MODEL, N_FEATURES, skip=skip, jumprelu=jump, seed=seed + i) for i in range(N_LAYERS)]
 
 
@@ -88,6 +90,7 @@ def reference(tmp_path_factory):
                 "batch_size": opts.get("batch_size", 64),
                 "max_feature_nodes": opts.get("max_feature_nodes"),
                 "targets": opts.get("targets"),
+                "topk": opts.get("topk"),
                 "out": str(root / f"{name}.safetensors"),
                 "slug": name,
                 "json_dir": str(root / "json"),
@@ -115,7 +118,9 @@ def _ours(name: str, models):
     if kind == "clt":
         transcoders = tm.our_clt(t, template, MLP_OUT)
     else:
-        transcoders = [tm.our_transcoder(t[layer], layer, template, MLP_OUT) for layer in reversed(range(N_LAYERS))]
+        transcoders = [
+            tm.our_transcoder(t[layer], layer, template, MLP_OUT, topk=opts.get("topk")) for layer in reversed(range(N_LAYERS))
+        ]
     return attribute(
         load_model(str(models[model]), backend="hf"),
         transcoders,

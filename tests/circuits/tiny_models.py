@@ -107,8 +107,9 @@ def save_circuit_tracer_plt(folder: Path, layers: list[dict[str, torch.Tensor]])
     return folder
 
 
-def our_transcoder(t: dict[str, torch.Tensor], layer: int, hook: str, target: str):
-    """Our SparseAutoencoder from circuit-tracer's per-layer tensors (W_enc transposed; the rest as they are)."""
+def our_transcoder(t: dict[str, torch.Tensor], layer: int, hook: str, target: str, topk: int | None = None):
+    """Our SparseAutoencoder from circuit-tracer's per-layer tensors (W_enc transposed; the rest as they are):
+    JumpReLU where they hold a threshold, else ReLU ('standard'), or TopK with `topk`."""
     from sae.config import SAEConfig
     from sae.model import SparseAutoencoder
 
@@ -118,8 +119,9 @@ def our_transcoder(t: dict[str, torch.Tensor], layer: int, hook: str, target: st
         d_in=d,
         n_latents=n,
         d_out=d,
-        family="jumprelu" if jump else "standard",
-        options={"apply_b_dec_to_input": False},
+        family="topk" if topk else "jumprelu" if jump else "standard",
+        k=topk,
+        options={} if topk else {"apply_b_dec_to_input": False},
         normalize="none",
         hook_name=hook.format(layer),
         target_hook=target.format(layer),
@@ -133,8 +135,9 @@ def our_transcoder(t: dict[str, torch.Tensor], layer: int, hook: str, target: st
     return SparseAutoencoder.from_tensors(cfg, tensors, f"test layer {layer}")
 
 
-def random_clt(n_layers: int, d_model: int, n: int, *, jumprelu: bool, seed: int) -> dict[str, torch.Tensor]:
-    """A CLT in our layout: W_enc [L, d, n], b_enc [L, n], W_dec_{l} [n, L - l, d], b_dec [L, d], threshold [L, n]."""
+def random_clt(n_layers: int, d_model: int, n: int, *, jumprelu: bool, seed: int, skip: bool = False) -> dict[str, torch.Tensor]:
+    """A CLT in our layout: W_enc [L, d, n], b_enc [L, n], W_dec_{l} [n, L - l, d], b_dec [L, d], threshold [L, n],
+    W_skip [L, d_out, d_in]."""
     g = torch.Generator().manual_seed(seed)
     t = {
         "W_enc": torch.randn(n_layers, d_model, n, generator=g) / d_model**0.5,
@@ -145,12 +148,15 @@ def random_clt(n_layers: int, d_model: int, n: int, *, jumprelu: bool, seed: int
         t[f"W_dec_{layer}"] = torch.randn(n, n_layers - layer, d_model, generator=g) / n**0.5
     if jumprelu:
         t["threshold"] = 0.3 * torch.rand(n_layers, n, generator=g)
+    if skip:
+        t["W_skip"] = 0.1 * torch.randn(n_layers, d_model, d_model, generator=g)
     return t
 
 
 def save_circuit_tracer_clt(folder: Path, t: dict[str, torch.Tensor]) -> Path:
     """circuit-tracer's CLT files: W_enc_{l}.safetensors (W_enc_l [n, d], b_enc_l, b_dec_l, threshold_l) and
-    W_dec_{l}.safetensors (W_dec_l [n, L - l, d])."""
+    W_dec_{l}.safetensors (W_dec_l [n, L - l, d]). circuit-tracer's loader reads no skip term: a skip CLT's
+    W_skip goes into W_skip.safetensors as its CrossLayerTranscoder holds it ([L, d_in, d_out]: x @ W_skip[l])."""
     folder.mkdir(parents=True, exist_ok=True)
     n_layers = t["W_enc"].shape[0]
     for layer in range(n_layers):
@@ -163,6 +169,8 @@ def save_circuit_tracer_clt(folder: Path, t: dict[str, torch.Tensor]) -> Path:
             enc[f"threshold_{layer}"] = t["threshold"][layer].contiguous()
         save_file(enc, str(folder / f"W_enc_{layer}.safetensors"))
         save_file({f"W_dec_{layer}": t[f"W_dec_{layer}"].contiguous()}, str(folder / f"W_dec_{layer}.safetensors"))
+    if "W_skip" in t:
+        save_file({"W_skip": t["W_skip"].transpose(1, 2).contiguous()}, str(folder / "W_skip.safetensors"))
     return folder
 
 
@@ -183,5 +191,6 @@ def our_clt(t: dict[str, torch.Tensor], hook: str, target: str, first_layer: int
         target_hook=target,
         layers=n_layers,
         first_layer=first_layer,
+        skip="W_skip" in t,
     )
     return SparseAutoencoder.from_tensors(cfg, tensors, "test CLT")

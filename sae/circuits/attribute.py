@@ -54,7 +54,7 @@ def attribute(
     started = time.time()
     adapter = _adapter(model)
     _check_options(max_n_logits, desired_logit_prob, batch_size, max_feature_nodes, update_interval)
-    tc = Transcoders(transcoders, adapter.n_layers)
+    tc = Transcoders(transcoders, adapter.n_layers, adapter.device)
     adapter.check_hooks(tc.input_hooks + tc.output_hooks)
     replacement = LocalReplacement(adapter, tc)
     unembed = replacement.head.weight.detach()

@@ -8,6 +8,7 @@ every vector here acts on raw activations.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,10 +42,11 @@ class Components:
 class Transcoders:
     """Per-layer transcoders (one per model layer, in any order) or one CLT over all of the model's layers."""
 
-    def __init__(self, transcoders: SparseAutoencoder | Sequence[SparseAutoencoder], n_layers: int) -> None:
+    def __init__(self, transcoders: SparseAutoencoder | Sequence[SparseAutoencoder], n_layers: int, device: torch.device) -> None:
         self.n_layers = n_layers
+        self.device = device
         if isinstance(transcoders, SparseAutoencoder) and transcoders.cfg.is_clt:
-            self.clt: SparseAutoencoder | None = _checked(transcoders.folded())
+            self.clt: SparseAutoencoder | None = self._ready(transcoders)
             self.per_layer: list[SparseAutoencoder] = []
             self._hooks_of_clt(self.clt)
         else:
@@ -53,8 +55,15 @@ class Transcoders:
                 kinds = sorted({type(t).__name__ for t in items})
                 raise TypeError(f"transcoders must be SparseAutoencoder transcoders (one per layer) or a CLT, got {kinds}")
             self.clt = None
-            self.per_layer = self._one_per_layer([_checked(t.folded()) for t in items])
+            self.per_layer = self._one_per_layer([self._ready(t) for t in items])
         self.skip = bool(self.clt.cfg.skip) if self.clt is not None else any(t.cfg.skip for t in self.per_layer)
+
+    def _ready(self, t: SparseAutoencoder) -> SparseAutoencoder:
+        """`t` checked, its dataset scales folded in, on the model's device (a copy where that changes it)."""
+        t = _checked(t).folded()
+        if t.W_enc.device != self.device:
+            t = copy.deepcopy(t).to(self.device)
+        return t
 
     # --- hooks ------------------------------------------------------------------------------
     def _hooks_of_clt(self, clt: SparseAutoencoder) -> None:
@@ -170,6 +179,9 @@ class Transcoders:
             d_pos.append(pos[mine].repeat_interleave(span))
             d_node.append(mine.repeat_interleave(span))
             d_vec.append(W.reshape(k * span, -1))
+        if not d_vec:  # no active feature
+            d_layer, d_pos, d_node = [layer], [pos], [pos]
+            d_vec = [torch.zeros(0, clt.cfg.out_width, dtype=clt.W_enc.dtype, device=layer.device)]
         return Components(
             features=torch.stack([layer, pos, f], 1),
             values=a,

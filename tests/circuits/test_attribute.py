@@ -85,6 +85,22 @@ def test_batch_size_does_not_change_the_graph(model):
     torch.testing.assert_close(one.adjacency_matrix, many.adjacency_matrix, atol=1e-6, rtol=1e-5)
 
 
+def test_no_active_feature(model):
+    """Thresholds above every pre-activation: a graph of errors, tokens and targets only (per-layer and CLT)."""
+    quiet = []
+    for layer in range(N_LAYERS):
+        t = tm.random_transcoder(D, 8, skip=True, jumprelu=True, seed=layer)
+        t["activation_function.threshold"] += 1e3
+        quiet.append(tm.our_transcoder(t, layer, MLP_IN, MLP_OUT))
+    clt = tm.random_clt(N_LAYERS, D, 8, jumprelu=True, seed=0)
+    clt["threshold"] += 1e3
+    for transcoders_ in (quiet, tm.our_clt(clt, MLP_IN, MLP_OUT)):
+        graph = attribute(model, transcoders_, "the cat", max_n_logits=2, progress=False)
+        assert graph.n_features == 0 and len(graph.active_features) == 0 and graph.n_targets == 2
+        errors = graph.adjacency_matrix[graph.nodes(TARGET)][:, graph.nodes(ERROR)]
+        assert errors.abs().sum() > 0  # the MLPs' whole contributions are errors now
+
+
 def test_prompt_longer_than_the_context(model):
     with pytest.raises(ValueError, match="longer than the 16-token context"):
         attribute(model, transcoders(), " ".join(["cat"] * 16), progress=False)

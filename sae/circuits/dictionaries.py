@@ -45,6 +45,8 @@ class Transcoders:
     def __init__(self, transcoders: SparseAutoencoder | Sequence[SparseAutoencoder], n_layers: int, device: torch.device) -> None:
         self.n_layers = n_layers
         self.device = device
+        if not isinstance(transcoders, SparseAutoencoder) and len(transcoders) == 1:
+            transcoders = transcoders[0]  # a folder of one CLT loads as a list of one
         if isinstance(transcoders, SparseAutoencoder) and transcoders.cfg.is_clt:
             self.clt: SparseAutoencoder | None = self._ready(transcoders)
             self.per_layer: list[SparseAutoencoder] = []
@@ -54,6 +56,8 @@ class Transcoders:
             if not all(isinstance(t, SparseAutoencoder) for t in items):
                 kinds = sorted({type(t).__name__ for t in items})
                 raise TypeError(f"transcoders must be SparseAutoencoder transcoders (one per layer) or a CLT, got {kinds}")
+            if any(t.cfg.is_clt for t in items):
+                raise ValueError("a CLT replaces every MLP by itself: give it alone, not with other transcoders")
             self.clt = None
             self.per_layer = self._one_per_layer([self._ready(t) for t in items])
         self.skip = bool(self.clt.cfg.skip) if self.clt is not None else any(t.cfg.skip for t in self.per_layer)

@@ -76,8 +76,7 @@ def run_trace(args: argparse.Namespace) -> int:
         from sae.circuits.export import write_graph_files
         from sae.pretrained import load_all
 
-        dictionaries = list(load_all(cfg.transcoders, device=cfg.device).values())
-        transcoders = dictionaries[0] if len(dictionaries) == 1 and dictionaries[0].cfg.is_clt else dictionaries
+        transcoders = list(load_all(cfg.transcoders, device=cfg.device).values())  # one per layer, or one CLT
         graph = attribute(
             load_model(cfg.model, device=cfg.device, backend="hf"),
             transcoders,

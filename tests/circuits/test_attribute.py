@@ -94,7 +94,7 @@ def test_no_active_feature(model):
         quiet.append(tm.our_transcoder(t, layer, MLP_IN, MLP_OUT))
     clt = tm.random_clt(N_LAYERS, D, 8, jumprelu=True, seed=0)
     clt["threshold"] += 1e3
-    for transcoders_ in (quiet, tm.our_clt(clt, MLP_IN, MLP_OUT)):
+    for transcoders_ in (quiet, [tm.our_clt(clt, MLP_IN, MLP_OUT)]):
         graph = attribute(model, transcoders_, "the cat", max_n_logits=2, progress=False)
         assert graph.n_features == 0 and len(graph.active_features) == 0 and graph.n_targets == 2
         errors = graph.adjacency_matrix[graph.nodes(TARGET)][:, graph.nodes(ERROR)]

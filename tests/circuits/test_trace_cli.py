@@ -40,3 +40,11 @@ def test_trace_writes_the_matrix_and_the_json(tmp_path, capsys):
 
     assert main([*argv, "--target", "999"]) == 2
     assert "outside the vocabulary" in capsys.readouterr().err
+
+    clt = tm.random_clt(2, 32, 16, jumprelu=True, seed=3, skip=True)
+    tm.our_clt(clt, "blocks.{}.mlp.hook_in", "blocks.{}.mlp.hook_out").save(tmp_path / "clt")
+    argv[argv.index("--transcoders") + 1] = str(tmp_path / "clt")
+    assert main([*argv, "--max-feature-nodes", "5", "--no-progress"]) == 0
+    capsys.readouterr()
+    graph = Graph.load(out / "graph.safetensors")
+    assert graph.n_features == 5 < len(graph.active_features) and graph.info["transcoders"] == "clt"

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from sae.circuits.dictionaries import Components, Transcoders
 from sae.circuits.graph import Graph, node_tables
-from sae.circuits.replacement import LocalReplacement, Record
+from sae.circuits.replacement import LocalReplacement, ReachedHead, Record
 from sae.circuits.targets import choose_targets, target_ids
 from sae.model import SparseAutoencoder
 
@@ -64,7 +64,7 @@ def attribute(
     L, P = adapter.n_layers, len(tokens)
 
     with torch.no_grad(), replacement.capture() as rec:
-        logits = adapter.model(input_ids=tokens[None].to(adapter.device)).logits[0, -1]
+        logits = adapter.model(input_ids=tokens[None].to(adapter.device), use_cache=False).logits[0, -1]
     inputs = [rec.inputs[layer][0] for layer in range(L)]
     outputs = [rec.outputs[layer][0] for layer in range(L)]
     tc.check_widths(inputs, outputs)
@@ -83,7 +83,10 @@ def attribute(
     row_node = torch.zeros(n_select + n_targets, dtype=torch.long)
 
     with torch.enable_grad(), replacement.frozen() as frozen:
-        adapter.model(input_ids=tokens[None].expand(copies, P).to(adapter.device))
+        try:
+            adapter.model(input_ids=tokens[None].expand(copies, P).to(adapter.device), use_cache=False)
+        except ReachedHead:
+            pass
         rows = _RowComputer(frozen, comps, errors, token_vectors, L, P)
         for i in range(0, n_targets, copies):
             vec = targets.vectors[i : i + copies]

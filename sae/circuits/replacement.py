@@ -63,7 +63,8 @@ class LocalReplacement:
 
     @contextmanager
     def frozen(self) -> Iterator[Record]:
-        """The local replacement model (see the module docstring), recording the tensors gradients are read at."""
+        """The local replacement model (see the module docstring), recording the tensors gradients are read at; the
+        forward stops at the unembedding, raising `ReachedHead`."""
         rec = Record()
         with ExitStack() as stack:
             stack.enter_context(_hooked(self.embedding.register_forward_hook(_grad_leaf(rec))))
@@ -131,11 +132,17 @@ def _grad_leaf(rec: Record) -> Callable[..., torch.Tensor]:
     return hook
 
 
+class ReachedHead(Exception):
+    """Raised from the unembedding's pre-hook once the final hidden state is recorded: no logits are needed from the
+    batched forward, and at a large vocabulary they would be its largest tensor."""
+
+
 def _final(rec: Record) -> Callable[..., None]:
     """Forward pre-hook on the unembedding: its input is the final hidden state."""
 
     def hook(module: nn.Module, args: Any) -> None:
         rec.final = args[0]
+        raise ReachedHead
 
     return hook
 

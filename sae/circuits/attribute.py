@@ -27,7 +27,7 @@ from sae.circuits.replacement import LocalReplacement, ReachedHead, Record
 from sae.circuits.targets import choose_targets, target_ids
 from sae.model import SparseAutoencoder
 
-DECODER_CHUNK = 4096  # decoder vectors dotted with one batch of gradients at a time (bounds the gather's memory)
+GATHER_ELEMENTS = 2**25  # at most this many gradient entries gathered at once (rows x decoder vectors x width)
 
 
 def attribute(
@@ -165,8 +165,9 @@ class _RowComputer:
                 continue
             g = g[:k].to(row.dtype)
             idx = self.by_layer[layer]
-            for start in range(0, len(idx), DECODER_CHUNK):
-                part = idx[start : start + DECODER_CHUNK]
+            chunk = max(1, GATHER_ELEMENTS // (k * g.shape[-1]))
+            for start in range(0, len(idx), chunk):
+                part = idx[start : start + chunk]
                 scores = torch.einsum("kmd,md->km", g[:, self.comps.decoder_pos[part]], self.comps.decoder_vectors[part])
                 row.index_add_(1, self.comps.decoder_node[part], scores)
             start = self.n_active + layer * self.P

@@ -27,8 +27,6 @@ from sae.circuits.replacement import LocalReplacement, ReachedHead, Record
 from sae.circuits.targets import choose_targets, target_ids
 from sae.model import SparseAutoencoder
 
-GATHER_ELEMENTS = 2**25  # at most this many gradient entries gathered at once (rows x decoder vectors x width)
-
 
 def attribute(
     model: Any,
@@ -139,7 +137,16 @@ class _RowComputer:
         self.rec, self.comps, self.errors, self.token_vectors = rec, comps, errors, token_vectors
         self.L, self.P = n_layers, n_pos
         self.n_active = len(comps.features)
-        self.by_layer = [torch.nonzero(comps.decoder_layer == layer).flatten() for layer in range(n_layers)]
+        # decoder vectors ordered by (layer written, position): each (layer, position) group is one slice, dotted
+        # with that position's gradients by one matrix product
+        order = torch.argsort(comps.decoder_layer * n_pos + comps.decoder_pos, stable=True)
+        comps.decoder_layer, comps.decoder_pos = comps.decoder_layer[order], comps.decoder_pos[order]
+        comps.decoder_node, comps.decoder_vectors = comps.decoder_node[order], comps.decoder_vectors[order]
+        keys = (comps.decoder_layer * n_pos + comps.decoder_pos).tolist()
+        bounds = torch.searchsorted(torch.tensor(keys, dtype=torch.long), torch.arange(n_layers * n_pos + 1)).tolist()
+        self.groups = [
+            [(p, bounds[layer * n_pos + p], bounds[layer * n_pos + p + 1]) for p in range(n_pos)] for layer in range(n_layers)
+        ]
 
     def _seed_site(self, layer: int) -> torch.Tensor:
         """Where a target of `layer` is read: its transcoder's input, or the final hidden state (layer L)."""
@@ -164,12 +171,10 @@ class _RowComputer:
             if g is None:
                 continue
             g = g[:k].to(row.dtype)
-            idx = self.by_layer[layer]
-            chunk = max(1, GATHER_ELEMENTS // (k * g.shape[-1]))
-            for start in range(0, len(idx), chunk):
-                part = idx[start : start + chunk]
-                scores = torch.einsum("kmd,md->km", g[:, self.comps.decoder_pos[part]], self.comps.decoder_vectors[part])
-                row.index_add_(1, self.comps.decoder_node[part], scores)
+            for p, lo, hi in self.groups[layer]:
+                if hi > lo:
+                    scores = g[:, p] @ self.comps.decoder_vectors[lo:hi].T
+                    row.index_add_(1, self.comps.decoder_node[lo:hi], scores)
             start = self.n_active + layer * self.P
             row[:, start : start + self.P] = torch.einsum("kpd,pd->kp", g, self.errors[layer].to(row.dtype))
         if grads[0] is not None:

@@ -23,7 +23,7 @@ FORMAT = "saekit-attribution-graph/1"
 TABLES = ("node_kind", "node_layer", "node_pos", "node_index")
 
 
-@dataclass
+@dataclass(repr=False)
 class Graph:
     """An attribution graph over one prompt.
 
@@ -53,6 +53,10 @@ class Graph:
         for name in (*TABLES, "node_value"):
             if getattr(self, name).shape != (n,):
                 raise ValueError(f"{name} has shape {tuple(getattr(self, name).shape)}, expected ({n},) like the matrix")
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{int((self.node_kind == k).sum())} {name}s" for k, name in enumerate(KIND_NAMES))
+        return f"Graph({self.prompt!r}: {self.n_nodes} nodes ({counts}), {self.n_layers} layers)"
 
     # --- views ----------------------------------------------------------------------------
     @property

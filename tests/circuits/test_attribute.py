@@ -71,6 +71,10 @@ def test_graph_layout_and_file(model, tmp_path):
         src_layers = graph.node_layer[srcs]
         assert (src_layers < graph.node_layer[row]).all()
 
+    assert repr(graph) == (
+        f"Graph('<bos> the cat sat': {graph.n_nodes} nodes ({len(feats)} features, {N_LAYERS * P} errors, {P} tokens, "
+        f"3 targets), {N_LAYERS} layers)"
+    )
     path = graph.save(tmp_path / "graph.safetensors")
     back = Graph.load(path)
     assert back.keys() == graph.keys() and back.prompt == graph.prompt and back.n_layers == N_LAYERS

@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 INTEROP := .venv-interop
 INTEROP_STAMP := $(INTEROP)/.installed
+CIRCUIT := .venv-circuit
+CIRCUIT_STAMP := $(CIRCUIT)/.installed
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
@@ -29,6 +31,14 @@ $(INTEROP_STAMP): requirements-interop.txt constraints.txt
 	$(INTEROP)/bin/pip install -q -c constraints.txt -r requirements-interop.txt
 	touch $(INTEROP_STAMP)
 
+# circuit-tracer for the transcoder interop tests, apart because it pins nnsight (and a transformer-lens of its own);
+# rebuilt only when its requirements or the torch pin change.
+$(CIRCUIT_STAMP): requirements-circuit.txt constraints.txt
+	@echo "make: installing circuit-tracer for the interop tests into $(CIRCUIT) (once, or when its requirements change)"
+	test -x $(CIRCUIT)/bin/python || $(PY) -m venv $(CIRCUIT)
+	$(CIRCUIT)/bin/pip install -q -c constraints.txt -r requirements-circuit.txt
+	touch $(CIRCUIT_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/python -m sae demo --out runs/demo
 	$(BIN)/python -m sae dashboard runs/demo --out runs/demo/browser --tokens 32768
@@ -39,8 +49,9 @@ chromium:
 		&& apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null || echo "chromium not installed: the browser test will be skipped"; }
 
 # The whole suite, as CI runs it: lint, format and type checks first (seconds; mypy about 35 s cold), then every test.
-test: check $(INTEROP_STAMP) chromium
-	SAEKIT_INTEROP_PYTHON=$(CURDIR)/$(INTEROP)/bin/python SAEKIT_REQUIRE_INTEROP=1 $(BIN)/python -m pytest tests
+test: check $(INTEROP_STAMP) $(CIRCUIT_STAMP) chromium
+	SAEKIT_INTEROP_PYTHON=$(CURDIR)/$(INTEROP)/bin/python SAEKIT_CIRCUIT_PYTHON=$(CURDIR)/$(CIRCUIT)/bin/python \
+		SAEKIT_REQUIRE_INTEROP=1 $(BIN)/python -m pytest tests
 
 # The inner loop: the tests not marked slow (no .venv-interop, no torchrun, no notebooks), under two minutes.
 test-fast: $(STAMP)
@@ -70,4 +81,4 @@ bench-dashboard: $(STAMP) chromium
 	$(BIN)/python bench/dashboard.py
 
 clean:
-	rm -rf $(VENV) $(INTEROP) runs
+	rm -rf $(VENV) $(INTEROP) $(CIRCUIT) runs

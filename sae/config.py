@@ -18,6 +18,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 NORMALIZATIONS = ("dataset_scalar", "none", "layer_norm", "unit_norm", "layer_norm_std", "constant_norm_rescale")
 DEFAULT_K = 32  # k of the top-k families when not given
 DEFAULT_EXPANSION = 8  # n_latents = 8 * d_in when neither n_latents nor expansion is given
+MIN_BATCH_SIZE = 8  # rows per training batch: the FVU's denominator is the batch's variance
 # the default lr's budget rule (TrainConfig.learning_rate): from the study in docs/results/recipe.md
 LR_SHORT_RUN = 4e-3  # the best swept rate at every 400-step point, 4x to 64x, three layers
 LR_FULL_RATE_STEPS = 3200  # LR_SHORT_RUN up to this many steps, then falling as 1 / sqrt(steps)
@@ -344,6 +345,15 @@ class TrainConfig:
         for name in ("tokens", "batch_size", "checkpoint_every", "log_every", "init_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size < MIN_BATCH_SIZE:
+            raise ValueError(
+                f"batch_size={self.batch_size} is below the minimum of {MIN_BATCH_SIZE}: the loss divides by the batch's "
+                "variance, which a batch of a few rows hardly has"
+            )
+        if self.lr is not None and (not isinstance(self.lr, numbers.Real) or not math.isfinite(self.lr) or self.lr <= 0):
+            raise ValueError(f"lr must be a finite number > 0 (or None for the default rule), got {self.lr!r}")
+        if not all(0 <= b < 1 for b in self.betas) or not self.eps > 0:
+            raise ValueError(f"Adam's betas must lie in [0, 1) and eps be > 0, got betas={self.betas}, eps={self.eps}")
         if self.tokens < self.batch_size:
             raise ValueError(f"tokens={self.tokens} is less than one batch of {self.batch_size}")
         if self.dead_window_tokens is not None and self.dead_window_tokens < 1:

@@ -40,6 +40,9 @@ class Format:
     """load(path, device=..., dtype=...) -> a dictionary; None: a layout we only write."""
     save: Callable[[SparseAutoencoder, Path], Path] | None = None
     """save(sae, folder) -> the folder; None: a layout we only read."""
+    hooks: Callable[[Path], list[str]] | None = None
+    """hooks(path) -> the hook names the dictionary at `path` reads, known without loading it (so `hook=` can pick
+    it out of a folder whose file names are not hook names); None: only its file name is matched."""
 
 
 FORMATS: dict[str, Format] = {}  # by name, in detection order (a path is read as the first layout that claims it)

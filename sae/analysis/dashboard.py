@@ -5,6 +5,9 @@ page (`data/index.js` for the latent list, `data/shard_NNNNN.js` per `shard_size
 when a latent of theirs is opened). The page's code (`browser/` in this package) inserts every
 corpus string as text, never as markup, and loads nothing from the network.
 
+A transcoder's page names its input and target hooks; a CLT's list has a layer column (sortable) and each
+feature's page a "writes to layers" panel: the norm of its decoder slice for each layer it writes to.
+
 Explanations (`explanations.jsonl`, from `python -m sae explain`) join the list (a column per text and
 score, searched and sorted by the page) and each latent's panels; they are model output, shown as text too.
 """
@@ -46,6 +49,7 @@ def _rounded(t: torch.Tensor) -> list[float]:
 _TOKENS_PER_ROW = 6
 
 
+_TRANSCODER_META = ("target_hook", "d_out", "layers", "first_layer", "latents_per_layer")
 _SHOWN = ("explanation", "judge", "scorer", "prompt_version", "samples", "scores", "unparsed", "skipped")
 
 
@@ -77,6 +81,7 @@ def _index(stats: FeatureStats, shard_size: int, explained: Mapping[int, dict[st
     meta = {
         k: stats.meta[k] for k in ("n_latents", "tokens", "model", "hook", "tokens_kind", "context_len", "cooc_sample_tokens")
     }
+    meta.update({k: stats.meta[k] for k in _TRANSCODER_META if k in stats.meta})
     freq = t["count"].double() / max(int(stats.meta["tokens"]), 1)
     order = torch.sort(-freq, stable=True).indices  # ties by id, as the page sorts
     columns: dict[str, Any] = {
@@ -85,6 +90,9 @@ def _index(stats: FeatureStats, shard_size: int, explained: Mapping[int, dict[st
         "mean": _rounded(t["sum"] / t["count"].clamp_min(1)),
         "tokens": flat,
     }
+    if stats.is_clt:
+        per, first = int(stats.meta["latents_per_layer"]), int(stats.meta["first_layer"])
+        columns["layer"] = [first + i // per for i in range(stats.n_latents)]
     methods: list[str] = []
     if explained:
         n = stats.n_latents

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from activations.models import ModelAdapter
 from activations.source import TextSource, as_source
-from sae.analysis.interventions import check_fit
+from sae.analysis.interventions import fit_hooks
 from sae.analysis.measures import MEASURES, HeldOut, register_measure
 from sae.analysis.spliced import spliced as spliced_measure
 from sae.checkpoint import atomic_write
@@ -92,47 +92,74 @@ class VarianceAccumulator:
 
 
 class ReconstructionStats:
-    """Reconstruction metrics of one dictionary, accumulated batch by batch of raw activations [N, d]."""
+    """Reconstruction metrics of one dictionary, accumulated batch by batch of raw activations [N, d] (a
+    transcoder: of (x, y) pairs, its target's metrics; a CLT: x [N, L, d_in], y [N, L, d_out], per layer)."""
 
     def __init__(self, sae: SparseAutoencoder) -> None:
         self.sae = sae
-        n, dev = sae.cfg.latents, sae.W_enc.device
-        self.var = VarianceAccumulator()
-        self.err = self.cos = 0.0
+        n, dev = sae.cfg.n_features, sae.W_enc.device
+        self.vars = [VarianceAccumulator() for _ in range(sae.cfg.layers)]  # of the target, per layer
+        self.errs = [0.0] * sae.cfg.layers
+        self.cos = 0.0
         self.fired = torch.zeros(n, dtype=torch.float64, device=dev)  # tokens each latent fired on
         self.act_sum = torch.zeros(n, dtype=torch.float64, device=dev)  # sum of each latent's activation
         self.abs_sum = torch.zeros(n, dtype=torch.float64, device=dev)  # sum of its magnitude
         self.l0: list[torch.Tensor] = []
-        self.sample: list[torch.Tensor] = []  # the first SAMPLE_TOKENS activations (AFA measures)
+        self.sample: list[torch.Tensor] = []  # the first SAMPLE_TOKENS inputs (AFA measures)
+
+    @property
+    def var(self) -> VarianceAccumulator:
+        """The target's variance accumulator (a CLT: its first layer's; `vars` holds each layer's)."""
+        return self.vars[0]
+
+    @property
+    def target_mean(self) -> torch.Tensor:
+        """Mean of the target over the tokens seen [d] (a CLT: [L, d])."""
+        means = torch.stack([v.mean for v in self.vars])
+        return means if self.sae.cfg.is_clt else means[0]
 
     @torch.no_grad()
-    def add(self, x: torch.Tensor) -> None:
-        x = x.to(device=self.sae.W_enc.device)
-        out = self.sae(x)
-        self.var.add(x)
-        x64, x_hat = x.double(), out.x_hat.double()
-        self.err += (x64 - x_hat).pow(2).sum().item()
-        self.cos += F.cosine_similarity(x64, x_hat, dim=1, eps=1e-12).sum().item()
+    def add(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """One batch: raw inputs x, and for a transcoder its raw targets y (an SAE's target is x)."""
+        dev = self.sae.W_enc.device
+        x = x.to(device=dev)
+        if self.sae.cfg.is_transcoder:
+            if y is None:
+                raise ValueError("a transcoder's reconstruction metrics need its targets: add(x, y)")
+            y = y.to(device=dev)
+            out = self.sae(x, target=y)
+        else:
+            out = self.sae(x)
+            y = x
+        y64, y_hat = y.double(), out.x_hat.double()
+        if not self.sae.cfg.is_clt:
+            y64, y_hat = y64[:, None], y_hat[:, None]
+        for layer, var in enumerate(self.vars):
+            var.add(y64[:, layer])
+            self.errs[layer] += (y64[:, layer] - y_hat[:, layer]).pow(2).sum().item()
+        self.cos += F.cosine_similarity(y64, y_hat, dim=-1, eps=1e-12).mean(1).sum().item()
         active = out.code.values != 0
         self.l0.append(active.sum(1).cpu())
-        n = self.sae.cfg.latents
-        self.fired += torch.bincount(out.code.indices[active], minlength=n).double()
+        self.fired += torch.bincount(out.code.indices[active], minlength=self.fired.numel()).double()
         self.act_sum.index_add_(0, out.code.indices[active], out.code.values[active].double())
         self.abs_sum.index_add_(0, out.code.indices[active], out.code.values[active].double().abs())
         have = sum(s.shape[0] for s in self.sample)
         if have < SAMPLE_TOKENS:
             self.sample.append(x[: SAMPLE_TOKENS - have])
 
-    def result(self) -> dict[str, float]:
-        """Scalar metrics (keys of metrics.json)."""
+    def result(self) -> dict[str, Any]:
+        """Scalar metrics (keys of metrics.json); a CLT's FVU is the mean over its layers of each layer's FVU,
+        each in `fvu_per_layer`, and its L0 counts the features of all layers (`l0_per_layer` each layer's)."""
         n_tok = self.var.n
         if n_tok == 0:
             raise ValueError("evaluation data is empty")
+        cfg = self.sae.cfg
         freq = self.fired / n_tok
         l0 = torch.cat(self.l0).double()
-        return {
-            "fvu": self.err / self.var.total_variance,
-            "mse": self.err / (n_tok * self.sae.cfg.d_in),
+        fvus = [err / var.total_variance for err, var in zip(self.errs, self.vars)]
+        out: dict[str, Any] = {
+            "fvu": sum(fvus) / len(fvus),
+            "mse": sum(self.errs) / (n_tok * cfg.out_width * cfg.layers),
             "cosine": self.cos / n_tok,
             "l0": l0.mean().item(),
             "l0_std": l0.std().item() if l0.numel() > 1 else 0.0,
@@ -141,9 +168,13 @@ class ReconstructionStats:
             "dense_latents": int((freq > DENSE_THRESHOLD).sum().item()),
             "eval_tokens": n_tok,
         }
+        if cfg.is_clt:
+            out["fvu_per_layer"] = fvus
+            out["l0_per_layer"] = (self.fired.view(cfg.layers, -1).sum(1) / n_tok).tolist()
+        return out
 
     def distributions(self) -> dict[str, torch.Tensor]:
-        """Per-latent firing frequency and mean activation [n], per-token L0 [tokens] (eval/ folder)."""
+        """Per-latent firing frequency and mean activation [n] (a CLT: [L * n]), per-token L0 [tokens] (eval/)."""
         n_tok = max(self.var.n, 1)
         return {
             "latent_frequency": (self.fired / n_tok).float().cpu(),
@@ -154,14 +185,15 @@ class ReconstructionStats:
 
 
 @torch.no_grad()
-def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[torch.Tensor]) -> dict[str, float]:
-    """FVU, MSE, cosine, L0, dead and dense latents of `sae` over raw activation batches [B, d]."""
+def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[Any]) -> dict[str, Any]:
+    """FVU, MSE, cosine, L0, dead and dense latents of `sae` over raw activation batches [B, d] (a transcoder:
+    over (x, y) pairs, the metrics of its target)."""
     was_training = sae.training
     sae.eval()
     try:
         stats = ReconstructionStats(sae)
-        for x in batches:
-            stats.add(x)
+        for batch in batches:
+            stats.add(*batch) if isinstance(batch, (tuple, list)) else stats.add(batch)
         return stats.result()
     finally:
         sae.train(was_training)
@@ -210,13 +242,20 @@ def _geometry(run: HeldOut) -> dict[str, Any]:
     from sae.analysis.geometry import geometry
 
     geo = geometry(run.sae, run.sample, run.distributions["latent_mean_abs_activation"])
-    hist = geo.pop("decoder_cos_hist")  # a distribution: eval/, not metrics.json
-    run.distributions.update({f"decoder_cos_hist_{k}": torch.tensor(v) for k, v in hist.items()})
+    hist = geo.pop("decoder_cos_hist", None)  # a distribution: eval/, not metrics.json
+    if hist is not None:
+        run.distributions.update({f"decoder_cos_hist_{k}": torch.tensor(v) for k, v in hist.items()})
     return geo
 
 
 register_measure("geometry", _geometry)
 register_measure("spliced", spliced_measure)
+
+
+def _stacked(acts: dict[str, torch.Tensor], hooks: tuple[str, ...], keep: torch.Tensor, clt: bool) -> torch.Tensor:
+    """The scored rows of `hooks`' activations, float32: [N, d], or [N, L, d] for a CLT's layers."""
+    rows = [acts[h][keep.to(acts[h].device)].float() for h in hooks]
+    return torch.stack(rows, 1) if clt else rows[0]
 
 
 @torch.no_grad()
@@ -230,8 +269,9 @@ def evaluate(
     split: str | None = None,
     context_len: int | None = None,
     hook: str | None = None,
+    target_hook: str | None = None,
     skip: Collection[str] = (),
-    keep_activations: list[torch.Tensor] | None = None,
+    keep_activations: list[Any] | None = None,
     return_distributions: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -243,7 +283,12 @@ def evaluate(
     all it holds, up to `DEFAULT_EVAL_TOKENS`; the number scored is `eval_tokens` in the result),
     `batch_size` contexts of `context_len` tokens per forward. `split` and `context_len`, when given,
     replace the source's. `keep_activations`, when a list, receives the scored activations (e.g. for the
-    PCA baseline). With `return_distributions` the result holds a `"distributions"` dict of tensors (eval/).
+    PCA baseline; a transcoder's as (x, y) pairs). With `return_distributions` the result holds a
+    `"distributions"` dict of tensors (eval/).
+
+    A transcoder is scored on its target: its input hook is read, its prediction compared with the target hook
+    and, spliced, replaces it (a CLT: every layer's); `hook` / `target_hook` replace the recorded hooks
+    (`fit_hooks`, which refuses hooks whose widths do not fit, naming both).
     """
     for name, v in (("tokens", DEFAULT_EVAL_TOKENS if tokens is None else tokens), ("batch_size", batch_size)):
         if not isinstance(v, int) or v < 1:
@@ -252,11 +297,12 @@ def evaluate(
     if unknown:
         raise ValueError(f"skip names no registered measure: {unknown}; the measures are {list(MEASURES)}")
     src = as_source(source, HELD_OUT, split=split, context_len=context_len)
-    hook = check_fit(model, sae, hook)
+    fit = fit_hooks(model, sae, hook, target_hook)
     if src.context_len > model.max_context:
         raise ValueError(
             f"context_len {src.context_len} is longer than the maximum context {model.max_context} of model {model.name!r}"
         )
+    clt = sae.cfg.is_clt
     was_training = sae.training
     sae.eval()
     try:
@@ -267,16 +313,30 @@ def evaluate(
             total=tokens or DEFAULT_EVAL_TOKENS, desc="eval: reconstruction", unit="tok", disable=not progress, leave=False
         ) as bar:
             for ids, keep in contexts:
-                acts = model.run(ids, [hook])[hook]
-                x = acts[keep.to(acts.device)].float()
-                stats.add(x)
+                acts = model.run(ids, fit.harvested)
+                x = _stacked(acts, fit.inputs, keep, clt)
+                y = _stacked(acts, fit.targets, keep, clt) if fit.paired else None
+                stats.add(x, y)
                 if keep_activations is not None:
-                    keep_activations.append(x.cpu())
+                    keep_activations.append(x.cpu() if y is None else (x.cpu(), y.cpu()))
                 batches.append((ids, keep))
                 bar.update(int(keep.sum()))
-        metrics: dict[str, Any] = {**stats.result(), "eval_hook": hook, "eval_context_len": src.context_len}
+        metrics: dict[str, Any] = {**stats.result(), "eval_hook": fit.hook, "eval_context_len": src.context_len}
+        if fit.paired:
+            metrics["eval_target_hook"] = fit.targets[0]
+        if clt:
+            metrics["eval_hook"], metrics["eval_target_hook"] = list(fit.inputs), list(fit.targets)
         run = HeldOut(
-            sae, model, hook, batches, stats.var.mean.float(), torch.cat(stats.sample), metrics, stats.distributions(), progress
+            sae,
+            model,
+            fit.hook,
+            batches,
+            stats.target_mean.float(),
+            torch.cat(stats.sample),
+            metrics,
+            stats.distributions(),
+            progress,
+            fit=fit,
         )
         for name, measure in list(MEASURES.items()):
             if name in skip:

@@ -6,6 +6,12 @@ activation histogram, the top-N contexts (a token window around the peak with th
 activation on every token), a uniform sample of firings (grouped by activation quantile at the
 end), the most co-occurring latents (on a token sample) and logit effects or nearest tokens.
 
+A transcoder's latents are read at its input hook (their contexts are where its input makes them fire) and act
+through its decoder rows, in its target's space (the vocabulary view needs a target as wide as the model). A CLT's
+feature l * n + f is read at its layer's input hook; its output effect is what it writes into every layer it
+reaches (its decoder rows summed, in raw space), and `writes` [L * n, L] holds the norm of its decoder slice for
+each target layer (zero before its own layer): which layers it writes to, and how much.
+
 Memory is bounded by n_latents x (top_n + samples) x window, never tokens x n_latents: each batch
 is encoded to its sparse code and merged into fixed-size per-latent tables with batched torch
 ops (sort, scatter, topk), so the same code runs on a GPU. The pass writes a partial file every
@@ -28,6 +34,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from activations.source import TextSource, as_source
+from sae.analysis.interventions import input_hooks
 from sae.checkpoint import atomic_write
 
 __all__ = ["FEATURE_TEXT", "FeatureStats", "feature_stats", "STATS_FILE"]
@@ -251,6 +258,7 @@ class FeatureStats:
         kind = self.meta["tokens_kind"]
         if kind:
             vocab = [t[f"tokens.{k}"][lo:hi].tolist() for k in ("top_ids", "top_values", "bottom_ids", "bottom_values")]
+        writes = t["clt.writes"][lo:hi].tolist() if "clt.writes" in t else None
         out = []
         for r in range(hi - lo):
             groups: dict[int, list[dict[str, Any]]] = {}
@@ -274,8 +282,26 @@ class FeatureStats:
             if kind:
                 latent["tokens_top"] = [(a, round(b, 4)) for a, b in zip(vocab[0][r], vocab[1][r], strict=True)]
                 latent["tokens_bottom"] = [(a, round(b, 4)) for a, b in zip(vocab[2][r], vocab[3][r], strict=True)]
+            if writes is not None:
+                latent.update(self._clt_fields(lo + r, writes[r]))
             out.append(latent)
         return out
+
+    @property
+    def is_clt(self) -> bool:
+        """Whether these are a CLT's features (each of one layer, writing to that layer and later ones)."""
+        return int(self.meta.get("layers", 1)) > 1
+
+    def _clt_fields(self, i: int, writes: list[float]) -> dict[str, Any]:
+        """A CLT feature's layer, its latent within the layer, and [target layer, decoder norm] for each layer it
+        writes to."""
+        per, first = int(self.meta["latents_per_layer"]), int(self.meta["first_layer"])
+        own = i // per
+        return {
+            "layer": first + own,
+            "local": i % per,
+            "writes": [[first + j, round(w, 5)] for j, w in enumerate(writes) if j >= own],
+        }
 
     def latent(self, i: int) -> dict[str, Any]:
         """One latent's panels: summary numbers, histogram, top contexts, quantile samples, tokens, co-occurrence."""
@@ -305,7 +331,8 @@ class FeatureStats:
 
 
 def _vocab_effects(sae, model, chunk: int = 1024) -> tuple[str | None, dict[str, torch.Tensor]]:
-    """Top / bottom tokens of each latent's decoder direction: logit effects, or nearest input embeddings."""
+    """Top / bottom tokens of each latent's decoder direction (`_decoder_rows`): logit effects, or nearest input
+    embeddings; none when what the dictionary writes is not as wide as the model."""
     W_U = model.unembedding()
     if W_U is not None:
         kind, M = "logit effect (W_dec @ W_U)", W_U.float().cpu()
@@ -315,9 +342,11 @@ def _vocab_effects(sae, model, chunk: int = 1024) -> tuple[str | None, dict[str,
             "nearest input embeddings (cosine of W_dec row and W_E row)",
             (W_E / W_E.norm(dim=1, keepdim=True).clamp_min(1e-12)).T,
         )
-    if M.shape[0] != sae.cfg.d_in:
+    if M.shape[0] != sae.cfg.out_width:
         return None, {}  # the hook's width is not the model's width (e.g. an MLP hook): no vocabulary view
-    W_dec = sae.W_dec.detach().float().cpu()
+    W_dec = _decoder_rows(sae)
+    if sae.cfg.is_clt:
+        kind = kind.replace("W_dec", "W_dec summed over target layers")
     if W_U is None:
         W_dec = W_dec / W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
     k = min(_LOGIT_K, M.shape[1])
@@ -397,10 +426,10 @@ def token_strings(tokenizer, ids) -> dict[int, str]:
 def _identity(
     sae, model, source: TextSource, tokens, top_n, quantiles, per_quantile, window, cooc_tokens, seed
 ) -> dict[str, Any]:
-    w = sae.W_dec.detach()
-    return {
+    w = sae.W_dec.detach() if not sae.cfg.is_clt else torch.cat([W.detach().reshape(-1) for W in sae.decoders()])
+    ident = {
         "format": _FORMAT,
-        "n_latents": sae.cfg.n_latents,
+        "n_latents": sae.cfg.n_features,
         "d_in": sae.cfg.d_in,
         "hook": sae.cfg.hook_name,
         "model": model.name,
@@ -415,6 +444,39 @@ def _identity(
         "seed": seed,
         "sae_digest": f"{float(w.double().sum()):.10e}/{float(w.double().abs().sum()):.10e}",
     }
+    if sae.cfg.is_transcoder:
+        ident.update(_kind_meta(sae))
+    return ident
+
+
+def _kind_meta(sae) -> dict[str, Any]:
+    """What statistics record of a transcoder (its target) and a CLT (its layers) beside an SAE's fields."""
+    cfg = sae.cfg
+    return {
+        "target_hook": cfg.target_hook,
+        "d_out": cfg.out_width,
+        "layers": cfg.layers,
+        "first_layer": cfg.first_layer,
+        "latents_per_layer": cfg.latents,
+    }
+
+
+def _decoder_rows(sae) -> torch.Tensor:
+    """Each latent's output direction [n_features, d_out], in raw space: W_dec's row; a CLT feature's decoder slices
+    summed over the layers it writes to (what it adds to the residual stream, all of it read by what follows)."""
+    if not sae.cfg.is_clt:
+        return sae.W_dec.detach().float().cpu()
+    return torch.cat([W.detach().float().sum(1) for W in sae.folded().decoders()]).cpu()
+
+
+def clt_writes(sae) -> torch.Tensor:
+    """[L * n, L]: the norm of each CLT feature's decoder slice for each target layer, in raw space (zero for the
+    layers before its own): which layers it writes to, and how much."""
+    L, n = sae.cfg.layers, sae.cfg.latents
+    out = torch.zeros(L * n, L)
+    for layer, W in enumerate(sae.folded().decoders()):
+        out[layer * n : (layer + 1) * n, layer:] = W.detach().float().norm(dim=2).cpu()
+    return out
 
 
 def feature_stats(
@@ -465,9 +527,7 @@ def feature_stats(
     if len(window) != 2 or min(window) < 0:
         raise ValueError(f"window must be (tokens before, tokens after), both >= 0, got {window!r}")
     model = load_model(model)
-    if sae.cfg.hook_name is None:
-        raise ValueError("the dictionary records no hook_name: set sae.cfg.hook_name to the hook it was trained on")
-    model.check_hooks(sae.cfg.hook_name)
+    hooks = list(input_hooks(model, sae))  # a transcoder's input hook; a CLT's, one per layer
     if src.context_len > model.max_context:
         src = src.replace(context_len=model.max_context)
     context_len = src.context_len
@@ -476,7 +536,7 @@ def feature_stats(
         path = Path(out)
         path = path / STATS_FILE if path.is_dir() or path.suffix != ".safetensors" else path
     partial = path.with_name(path.name + ".partial") if path else None
-    n, device = sae.cfg.latents, sae.W_dec.device
+    n, device = sae.cfg.n_features, sae.W_enc.device
     ident = _identity(sae, model, src, tokens, top_n, quantiles, per_quantile, window, cooc_tokens, seed)
     width = window[0] + 1 + window[1]
     top = _TopTable(n, top_n, width, device)
@@ -538,7 +598,9 @@ def feature_stats(
     def process(ctx_tokens: torch.Tensor, first_ctx: int) -> None:
         nonlocal done_tokens
         C, T = ctx_tokens.shape
-        acts = model.run(ctx_tokens, sae.cfg.hook_name)[sae.cfg.hook_name].reshape(C * T, -1)
+        out = model.run(ctx_tokens, hooks)
+        parts = [out[h].reshape(C * T, -1) for h in hooks]
+        acts = torch.stack(parts, 1) if sae.cfg.is_clt else parts[0]
         with torch.no_grad():
             code = sae.encode(acts.to(device))
         vals = code.values.float().abs()
@@ -628,6 +690,8 @@ def feature_stats(
     t["cooc.latent"], t["cooc.jaccard"] = _cooccurrence(t.pop("cooc.sample"), n, _COOC_M)
     kind, vocab = _vocab_effects(sae, model)
     t.update(vocab)
+    if sae.cfg.is_clt:
+        t["clt.writes"] = clt_writes(sae)
     shown = [t["contexts"].reshape(-1)] + [v.reshape(-1) for k, v in vocab.items() if k.endswith("_ids")]
     result.token_text = token_strings(model.tokenizer, torch.unique(torch.cat(shown)).tolist())
     result.meta = {
@@ -646,6 +710,8 @@ def feature_stats(
         "cooc_sample_tokens": int(sum(c.shape[0] for c in cooc)),
         "hist_bins": _HIST_BINS,
     }
+    if sae.cfg.is_transcoder:
+        result.meta.update(_kind_meta(sae))
     if path is not None:
         result.save(path)
         if partial is not None and partial.exists():

@@ -7,6 +7,10 @@
   (epsilon_LBO, the over-activated fraction) on a sample of activations.
 - Decoder cosine structure: the most similar latent pairs and the histogram of pairwise cosines of
   the (normalised) decoder rows.
+
+A transcoder's features live in its target's space: psi = F_eff / d_out, the decoder structure of its W_dec, and
+no AFA (its selection is not tied to reconstructing its own input, which AFA's bound is about). A CLT gets the
+effective number of features only (psi over the L * d_out dimensions it writes to): its decoders are per layer.
 """
 
 from __future__ import annotations
@@ -64,9 +68,19 @@ def decoder_similarity(sae: SparseAutoencoder, top: int = 10, bins: int = 50) ->
 
 
 def geometry(sae: SparseAutoencoder, x: torch.Tensor, mean_abs_activation: torch.Tensor) -> dict[str, Any]:
-    """All measures: effective features, AFA (on activations x [N, d]) and the decoder cosine structure."""
-    afa = afa_diagnostic(sae, x)
+    """All measures: effective features, AFA (on activations x [N, d]) and the decoder cosine structure (a
+    transcoder's and a CLT's: the module docstring)."""
+    cfg = sae.cfg
+    if cfg.is_clt:
+        return effective_features(mean_abs_activation, cfg.out_width * cfg.layers)
     sim = decoder_similarity(sae)
+    if cfg.is_transcoder:
+        return {
+            **effective_features(mean_abs_activation, cfg.out_width),
+            "decoder_top_pairs": sim["top_pairs"],
+            "decoder_cos_hist": {"edges": sim["cos_hist_edges"], "counts": sim["cos_hist_counts"]},
+        }
+    afa = afa_diagnostic(sae, x)
     return {
         **effective_features(mean_abs_activation, sae.cfg.d_in),
         "afa_eps_lbo": afa["eps_lbo"],

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from activations.models import ModelAdapter
+from sae.analysis.interventions import HookFit
 from sae.model import SparseAutoencoder
 
 __all__ = ["MEASURES", "HeldOut", "Measure", "register_measure"]
@@ -27,18 +28,28 @@ class HeldOut:
     sae: SparseAutoencoder
     model: ModelAdapter
     hook: str
+    """The hook the dictionary reads (a transcoder's input hook; a CLT's first layer's)."""
     batches: list[tuple[torch.Tensor, torch.Tensor]]
     """(contexts [B, T], scored [B, T] bool) as `held_out_contexts` yields them."""
     mean: torch.Tensor
-    """Mean activation [d] over the scored tokens."""
+    """Mean activation [d] over the scored tokens at the hook the dictionary's output replaces (an SAE: its hook;
+    a transcoder: its target hook; a CLT: [L, d], per target layer)."""
     sample: torch.Tensor
-    """The first scored activations [N, d] (at most 4096), on the dictionary's device."""
+    """The first scored activations the dictionary reads [N, d_in] (a CLT: [N, L, d_in]; at most 4096), on the
+    dictionary's device."""
     metrics: dict[str, Any]
     """The entries so far: the reconstruction metrics, then those of the measures before this one."""
     distributions: dict[str, torch.Tensor] = field(default_factory=dict)
     """Per-latent and per-token tensors (eval/latents.safetensors); a measure may add its own."""
     progress: bool = True
     """Show progress bars."""
+    fit: HookFit | None = None
+    """Every hook the dictionary reads and replaces (`fit_hooks`); None: `hook`, for both."""
+
+    @property
+    def hooks(self) -> HookFit:
+        """The dictionary's input and target hooks (an SAE's: its one hook, both)."""
+        return self.fit if self.fit is not None else HookFit((self.hook,), (self.hook,))
 
 
 Measure = Callable[[HeldOut], dict[str, Any]]

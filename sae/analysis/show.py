@@ -1,7 +1,8 @@
 """Feature panels inline in a notebook: static HTML (escaped), so a saved notebook shows them too.
 
 `show(sae, latent, stats)` renders what the browser shows for one latent, its explanation and scores
-included where `explanations.jsonl` has them; `show_explanations(explanations)` a table of explanations
+included where `explanations.jsonl` has them (a transcoder's: its hooks too; a CLT feature's: its layer and the
+layers it writes to); `show_explanations(explanations)` a table of explanations
 sorted by score; `show_text(sae, model, text)` (also named `explain_text`) the per-token activations of
 the latents that respond most to a text. Explanations are model output: escaped like the corpus.
 """
@@ -100,13 +101,27 @@ def explanation_html(rec: Mapping[str, Any]) -> str:
 def latent_html(panel: dict[str, Any], stats: FeatureStats) -> str:
     """One latent's panels (the dict of `FeatureStats.latent`, with its explanation line under
     'autointerp' when it has one) as static, escaped HTML."""
+    clt = "writes" in panel
+    title = f"feature {panel['id']} · layer {panel['layer']}, latent {panel['local']}" if clt else f"latent {panel['id']}"
     parts = [
         _STYLE,
         '<div class="saek">',
-        f"<h3>latent {panel['id']}</h3>",
+        f"<h3>{title}</h3>",
         f"<div>fires on {panel['count']} of {stats.meta['tokens']} tokens (frequency {_fmt(panel['frequency'])}),"
         f" mean when active {_fmt(panel['mean'])}, max {_fmt(panel['max'])}</div>",
     ]
+    target = stats.meta.get("target_hook")
+    if target:
+        reads = stats.meta["hook"].replace("{}", str(panel["layer"])) if clt else stats.meta["hook"]
+        parts.append(f'<div class="v">reads {html.escape(reads)} · predicts {html.escape(target)}</div>')
+    if clt:
+        top = max([w for _, w in panel["writes"]] + [1e-12])
+        rows = "".join(
+            f'<tr><td>layer {layer}</td><td>{_fmt(w)}</td><td><svg width="160" height="10">'
+            f'<rect width="{160 * w / top:.1f}" height="10" fill="#ef6c00"/></svg></td></tr>'
+            for layer, w in panel["writes"]
+        )
+        parts.append(f"<h4>writes to layers (decoder norm per target layer)</h4><table>{rows}</table>")
     if panel.get("autointerp"):
         parts.append(explanation_html(panel["autointerp"]))
     if panel["count"]:
@@ -159,8 +174,10 @@ def show(
         explanations = explanations_path(stats)
     if not isinstance(stats, FeatureStats):
         stats = FeatureStats.load(stats)
-    if stats.n_latents != sae.cfg.n_latents:
-        raise ValueError(f"these statistics are of a dictionary with {stats.n_latents} latents, this one has {sae.cfg.n_latents}")
+    if stats.n_latents != sae.cfg.n_features:
+        raise ValueError(
+            f"these statistics are of a dictionary with {stats.n_latents} latents, this one has {sae.cfg.n_features}"
+        )
     if isinstance(explanations, (str, Path)):
         explanations = load_explanations(explanations)
     panel = stats.latent(int(latent))
@@ -238,24 +255,25 @@ def show_text(sae, model, text: str, top: int = 8) -> TextExplanation:
     """Run `text` through the model, encode it at the dictionary's hook, keep the `top` latents by peak
     activation; in a notebook the result shows each as a row of the text's tokens, coloured by its activation.
 
-    Special tokens (CLS/BOS/SEP) are left out of the ranking, as in `feature_stats`.
+    Special tokens (CLS/BOS/SEP) are left out of the ranking, as in `feature_stats`. A transcoder's latents are
+    read at its input hook, a CLT's at each layer's (feature l * n + f).
     """
     from activations import load_model
     from sae.analysis.features import token_strings
+    from sae.analysis.interventions import input_hooks
 
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"text must be a non-empty string, got {text!r}")
     if not isinstance(top, int) or top < 1:
         raise ValueError(f"top must be a positive integer, got {top!r}")
     model = load_model(model)
-    hook = sae.cfg.hook_name
-    if hook is None:
-        raise ValueError("the dictionary records no hook_name: set sae.cfg.hook_name to the hook it was trained on")
+    hooks = list(input_hooks(model, sae))
     ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
     ids = ([model.bos_token_id] if model.bos_token_id is not None else []) + ids
     ids = ids[: model.max_context]
     tokens = torch.tensor([ids])
-    acts = model.run(tokens, hook)[hook][0]
+    out = model.run(tokens, hooks)
+    acts = torch.stack([out[h][0] for h in hooks], 1) if sae.cfg.is_clt else out[hooks[0]][0]
     with torch.no_grad():
         dense = sae.encode_dense(acts.to(sae.W_dec.device)).abs().float().cpu()  # [T, n]
     special = torch.isin(tokens[0], torch.tensor(sorted(model.special_token_ids), dtype=torch.long))

@@ -2,6 +2,9 @@
 
 For each held-out batch: the clean forward, then the hook's activation replaced by the reconstruction
 (at scored positions), by reconstruction + error, by zero and by the mean activation (at every position).
+A transcoder replaces its target hook (by its prediction from its input hook; the ablations zero or mean-ablate
+the target: for an MLP's output, the model without that MLP, or with its average output), a CLT every layer's
+target hook at once (the replacement model; the ablations: every one of its MLPs).
 Causal LMs are scored by next-token cross-entropy and KL to the clean run, encoders by cosine of the final
 hidden states and of the pooled embedding.
 """
@@ -9,12 +12,14 @@ hidden states and of the pooled embedding.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from sae.analysis.interventions import splice_edit
+from activations.models import Edit
+from sae.analysis.interventions import splice_edits
 from sae.analysis.measures import HeldOut
 
 __all__ = ["spliced"]
@@ -69,9 +74,19 @@ def _recovered(ablated: float, spliced: float, clean: float) -> float:
 
 
 @torch.no_grad()
-def spliced(run: HeldOut) -> dict[str, float | str]:
+def spliced(run: HeldOut) -> dict[str, Any]:
     """CE / KL (causal LM) or cosines (encoder) of the clean, spliced and ablated model, and what is recovered."""
-    sae, model, hook, mean = run.sae, run.model, run.hook, run.mean.float()
+    sae, model, fit, mean = run.sae, run.model, run.hooks, run.mean.float()
+    means = mean if sae.cfg.is_clt else mean[None]  # [targets, d]
+
+    def ablated(kind: str) -> dict[str, Edit]:
+        def edit(i: int) -> Edit:
+            if kind == "zero":
+                return torch.zeros_like
+            return lambda a: means[i].to(a.device, a.dtype).expand_as(a).clone()
+
+        return {t: edit(i) for i, t in enumerate(fit.targets)}
+
     acc = _Downstream(model.is_causal)
     for ids, keep in tqdm(run.batches, desc="eval: spliced", unit="batch", disable=not run.progress, leave=False):
         clean = model.forward(ids)
@@ -79,13 +94,15 @@ def spliced(run: HeldOut) -> dict[str, float | str]:
         if model.is_causal:
             clean = clean.float().log_softmax(-1)
         conditions = {
-            "spliced": splice_edit(sae, mask=keep),
-            "spliced_with_error": splice_edit(sae, error_term=True, mask=keep),
-            "zero_ablation": torch.zeros_like,
-            "mean_ablation": lambda a: mean.to(a.device, a.dtype).expand_as(a).clone(),
+            "spliced": splice_edits(sae, fit, mask=keep),
+            "spliced_with_error": splice_edits(sae, fit, error_term=True, mask=keep),
+            "zero_ablation": ablated("zero"),
+            "mean_ablation": ablated("mean"),
         }
-        for name, edit in conditions.items():
-            acc.add(name, ids, keep, clean, model.forward(ids, {hook: edit}))
-    out: dict[str, float | str] = {**acc.result()}
+        for name, edits in conditions.items():
+            acc.add(name, ids, keep, clean, model.forward(ids, edits))
+    out: dict[str, Any] = {**acc.result()}
     out["eval_model_kind"] = "causal" if model.is_causal else "encoder"
+    if fit.paired:
+        out["spliced_hooks"] = list(fit.targets)
     return out

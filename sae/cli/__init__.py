@@ -1,7 +1,7 @@
-"""Command line: python -m sae train|demo|eval|dashboard|explain|pretrained. Options are generated from config dataclasses.
+"""Command line: python -m sae train|demo|eval|dashboard|explain|pretrained|serve|export. Options come from dataclasses.
 
-One module per subcommand (`train`, `eval`, `dashboard`, `explain`, `pretrained`), the whole training run in `run`
-(its output folder in `run_folder`), the dataclass-to-argparse generator in `args`.
+One module per subcommand (`train`, `eval`, `dashboard`, `explain`, `pretrained`, `serve`, `export`), the whole
+training run in `run` (its output folder in `run_folder`), the dataclass-to-argparse generator in `args`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ from collections.abc import Sequence
 from sae.cli.dashboard import add_dashboard_parser, run_dashboard
 from sae.cli.eval import add_eval_parser, run_eval
 from sae.cli.explain import add_explain_parser, run_explain
+from sae.cli.export import add_export_parser, run_export
 from sae.cli.pretrained import add_pretrained_parser, run_pretrained
+from sae.cli.serve import add_serve_parser, run_serve
+from sae.cli.trace import add_trace_parser, run_trace
 from sae.cli.train import add_train_parsers, run_train
 
 __all__ = ["build_parser", "main"]
@@ -28,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_pretrained_parser(sub)
     add_dashboard_parser(sub)
     add_explain_parser(sub)
+    add_serve_parser(sub)
+    add_export_parser(sub)
+    add_trace_parser(sub)
     return parser
 
 
@@ -37,6 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_pretrained(args)
     if args.command == "explain":
         return run_explain(args)
+    if args.command == "serve":
+        return run_serve(args)
+    if args.command == "export":
+        return run_export(args)
+    if args.command == "trace":
+        return run_trace(args)
     try:
         if args.command == "dashboard":
             print(f"feature browser: {run_dashboard(args).resolve()}  (open it in a web browser)")

@@ -1,4 +1,7 @@
-"""`python -m sae eval DIR`: a saved dictionary scored on held-out tokens, spliced into its model, probed."""
+"""`python -m sae eval DIR`: a saved dictionary scored on held-out tokens, spliced into its model, probed.
+
+A transcoder is scored on its target hook (its prediction from its input hook, spliced in place of the target);
+a CLT on every layer's target at once, and not probed (its code reads one hook per layer)."""
 
 from __future__ import annotations
 
@@ -28,7 +31,9 @@ class EvalConfig:
     model: str = "minilm"
     """Model: 'minilm' (the embedded default), a hub name or a local path; default: the dictionary's model_name."""
     hook: str = DEFAULT_HOOK
-    """Hook point spliced; default: the dictionary's hook_name."""
+    """Hook point spliced (a transcoder's input hook); default: the dictionary's hook_name."""
+    target_hook: str = ""
+    """A transcoder's target hook, which its prediction replaces; default: the dictionary's target_hook."""
     text: TextSource = field(default_factory=TextSource)
     """The held-out text (its 'test' split)."""
     eval_tokens: int | None = field(default=None, metadata={"aliases": ("--tokens",)})
@@ -68,14 +73,17 @@ def eval_config(args: argparse.Namespace, cfg: SAEConfig, recorded: dict[str, An
     that disagrees with them is refused unless `--force`.
     """
     given = dataclass_kwargs(args, EvalConfig)
-    for flag, key, value in (("--model", "model", cfg.model_name), ("--hook", "hook", cfg.hook_name)):
+    recorded_hooks = (("--model", "model", cfg.model_name), ("--hook", "hook", cfg.hook_name))
+    for flag, key, value in (*recorded_hooks, ("--target-hook", "target_hook", cfg.target_hook)):
         if value and key in given and given[key] != value and not given.get("force"):
             raise ValueError(
                 f"{flag} {given[key]!r} disagrees with the dictionary's recorded {key} {value!r}; "
                 f"leave {flag} out to use {value!r}, or add --force"
             )
     defaults = {k: v for k, v in recorded.items() if k in _RECORDED}
-    defaults.update({k: v for k, v in (("model", cfg.model_name), ("hook", cfg.hook_name)) if v})
+    defaults.update(
+        {k: v for k, v in (("model", cfg.model_name), ("hook", cfg.hook_name), ("target_hook", cfg.target_hook)) if v}
+    )
     return build_dataclass(EvalConfig, {**defaults, **given})
 
 
@@ -104,11 +112,12 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         tokens=cfg.eval_tokens,
         batch_size=cfg.batch_size,
         hook=cfg.hook,
+        target_hook=cfg.target_hook or None,
         skip=() if cfg.splice else ("spliced",),
         return_distributions=True,
     )
     metrics["eval_settings"] = eval_settings(text, cfg.eval_tokens)
-    if cfg.probe:
+    if cfg.probe and not sae.cfg.is_clt:
         from sae.analysis.probing import sparse_probe
 
         metrics.update(

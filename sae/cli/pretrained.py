@@ -17,6 +17,8 @@ class ListConfig:
     """Only releases for this model (substring, case-insensitive)."""
     all: bool = False
     """Also SAELens's registry (when sae_lens is installed)."""
+    kind: str = ""
+    """Only releases of this kind: sae, transcoder or clt."""
 
 
 @dataclass
@@ -48,13 +50,13 @@ def run_pretrained(args: argparse.Namespace) -> int:
     try:
         if args.pretrained_command == "list":
             ls = ListConfig(**dataclass_kwargs(args, ListConfig))
-            releases = list_releases(ls.model or None, include_saelens=ls.all)
+            releases = [r for r in list_releases(ls.model or None, include_saelens=ls.all) if ls.kind in ("", r.kind)]
             if not releases:
-                print(f"no release for model {ls.model!r}", file=sys.stderr)
+                print(f"no release for model {ls.model!r}{f' of kind {ls.kind!r}' if ls.kind else ''}", file=sys.stderr)
                 return 1
-            print(f"{'id':40s} {'format':20s} {'model':28s} {'d_in':>5s} {'width':>7s}  repo")
+            print(f"{'id':52s} {'kind':10s} {'format':24s} {'model':28s} {'d_in':>5s} {'width':>7s}  repo")
             for r in releases:
-                print(f"{r.id:40s} {r.format:20s} {r.model:28s} {r.d_in or '':>5} {r.width or '':>7}  {r.repo}")
+                print(f"{r.id:52s} {r.kind:10s} {r.format:24s} {r.model:28s} {r.d_in or '':>5} {r.width or '':>7}  {r.repo}")
             return 0
         dl = DownloadConfig(**dataclass_kwargs(args, DownloadConfig))
         hook = dl.hook or None
@@ -64,7 +66,12 @@ def run_pretrained(args: argparse.Namespace) -> int:
 
             target = root if release is not None else choose(root / sae_id if sae_id else root, hook)
             sae = load_path(target, release=release, sae_id=sae_id)
-            print(f"{target}: {sae.cfg.family} d_in={sae.cfg.d_in} latents={sae.cfg.n_latents} hook={sae.cfg.hook_name!r}")
+            pair = f" d_out={sae.cfg.d_out} target={sae.cfg.target_hook!r}" if sae.cfg.is_transcoder else ""
+            layers = f" layers={sae.cfg.layers}" if sae.cfg.is_clt else ""
+            print(
+                f"{target}: {sae.cfg.family} d_in={sae.cfg.d_in} latents={sae.cfg.n_latents} hook={sae.cfg.hook_name!r}"
+                f"{pair}{layers}"
+            )
         else:
             print(root)
         return 0

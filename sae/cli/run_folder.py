@@ -35,6 +35,8 @@ RUN_FILES = (
     "autointerp_cache.sqlite",
     "autointerp_cache.sqlite-wal",
     "autointerp_cache.sqlite-shm",
+    "export-neuronpedia",
+    "export-saedashboard",
 )
 LOCK_FILE = ".lock"
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from sae.config import SAEConfig
 from sae.io import check_dtype, check_size
@@ -53,3 +54,30 @@ def layer_hook(name: str) -> str:
 def clamp_threshold(threshold: torch.Tensor) -> torch.Tensor:
     """Peers' JumpReLU is ReLU(a) * 1[a > theta]; ours is a * 1[a > theta]: equal once theta >= 0."""
     return threshold.float().clamp_min(0.0)
+
+
+def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor in a safetensors file, from its header alone (nothing is read); {} for a file that
+    is missing or not safetensors (detection asks of files that may be anything)."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError):
+        return {}
+
+
+def layer_of(name: str, pattern: str = r"layer_(\d+)") -> int | None:
+    """The layer number a file or folder name carries (`layer_12_width_16k` -> 12), or None."""
+    m = re.search(pattern, name)
+    return int(m.group(1)) if m else None
+
+
+def block_hook(layer: int | str, site: str) -> str:
+    """`blocks.{layer}.{site}`, the TransformerLens-style name of a hook inside block `layer` (a CLT: layer '{}')."""
+    return f"blocks.{layer}.{site}"
+
+
+def site_of(hook: str, layer: int | str) -> str | None:
+    """The part of `blocks.{layer}.{site}` after the layer, or None when `hook` is not of that form."""
+    prefix = f"blocks.{layer}."
+    return hook[len(prefix) :] if hook.startswith(prefix) and len(hook) > len(prefix) else None

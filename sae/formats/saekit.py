@@ -4,7 +4,9 @@ the 'saekit' key, so SAELens reads the files and we read back exactly what was s
 "saelens-strict" writes only what SAELens's classes hold and refuses the families and normalisations it would
 misread. A folder whose cfg.json has no 'saekit' key is a plain SAELens one (`sae.formats.saelens`).
 Transcoders and CLTs are ours too: the same two files, every tensor of the dictionary (a CLT's decoders
-W_dec_0 .. W_dec_{L-1} beside its stacked encoders) in the one safetensors file.
+W_dec_0 .. W_dec_{L-1} beside its stacked encoders) in the one safetensors file. A one-layer transcoder whose
+selection SAELens has a class for (ReLU, JumpReLU) is written under that class's architecture (transcoder,
+skip_transcoder, jumprelu_transcoder, jumprelu_skip_transcoder), so SAELens reads either layout as it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import torch
 
 from sae.config import SAEConfig
 from sae.families import get_family
-from sae.formats.saelens import CFG_FILE, WEIGHTS_FILE, load_saelens, saelens_config
+from sae.families.jumprelu import JumpReLU
+from sae.formats.saelens import CFG_FILE, WEIGHTS_FILE, load_saelens, saelens_config, transcoder_architecture
 from sae.io import Format, check_dtype, check_size, read_json, read_safetensors, write_json, write_safetensors
 from sae.model import SparseAutoencoder, shape_hint
 
@@ -39,6 +42,11 @@ def saelens_cfg(sae: SparseAutoencoder) -> dict[str, Any]:
     meta = {"model_name": cfg.model_name, "hook_name": cfg.hook_name}
     # a transcoder's encoder reads its input as it is: its b_dec lives in the target's space
     transcoder = {"d_out": cfg.d_out, "hook_name_out": cfg.target_hook, "apply_b_dec_to_input": False}
+    if cfg.is_transcoder:
+        meta["hook_name_out"] = cfg.target_hook
+        arch = transcoder_architecture(sae)
+        if arch is not None:
+            transcoder["architecture"] = arch
     return {
         "d_in": cfg.d_in,
         "d_sae": cfg.n_latents,
@@ -60,6 +68,7 @@ def saelens_tensors(sae: SparseAutoencoder, strict: bool) -> dict[str, torch.Ten
     """The tensors to write, by SAELens's names; `strict`: only those SAELens's class for the family holds (its
     load_state_dict refuses extra ones), never-selected thresholds made never to fire."""
     family = sae.family
+    keep = family.saelens_tensors | ({"W_skip"} if sae.cfg.skip else set())
     tensors = {}
     for name, t in sae.file_tensors().items():
         if strict and name == "threshold":
@@ -68,16 +77,23 @@ def saelens_tensors(sae: SparseAutoencoder, strict: bool) -> dict[str, torch.Ten
         if name == "b_enc" and not family.uses_b_enc:
             t = torch.zeros_like(t)  # unused by our encoder (AbsTopK): SAELens adds b_enc, so it must read zeros
         saved_name = family.saelens_renames.get(name, name)
-        if not strict or saved_name in family.saelens_tensors:  # strict: training state (firing rates, probes) stays out
+        if not strict or saved_name in keep:  # strict: training state (firing rates, probes) stays out
             tensors[saved_name] = t
     return tensors
 
 
 def check_saelens_representable(sae: SparseAutoencoder) -> None:
     """Raise when SAELens would misread this dictionary (format='saelens-strict')."""
-    if sae.cfg.is_transcoder:
-        kind = "a CLT" if sae.cfg.is_clt else "a transcoder"
-        raise ValueError(f"format 'saelens-strict' writes SAEs; this dictionary is {kind}: save it with format='saelens'")
+    if sae.cfg.is_transcoder and transcoder_architecture(sae) is None:
+        if sae.cfg.is_clt:
+            why, kind = "SAELens has no cross-layer transcoder class (its mntss loader reads one layer, decoders summed)", "a CLT"
+        else:
+            why = (
+                f"SAELens's transcoders are ReLU ('transcoder': family 'standard') or JumpReLU ('jumprelu_transcoder': "
+                f"jumprelu and the threshold families at inference), family {sae.cfg.family!r} has no class there"
+            )
+            kind = "a transcoder"
+        raise ValueError(f"format 'saelens-strict': {why}, and this dictionary is {kind}: save it with format='saelens'")
     reason = sae.family.saelens_unsupported
     if reason:
         raise ValueError(f"family {sae.cfg.family!r} cannot be saved for SAELens: {reason}")
@@ -89,6 +105,12 @@ def check_saelens_representable(sae: SparseAutoencoder) -> None:
     pending = sae.family.saelens_pending()
     if pending:
         raise ValueError(f"family {sae.cfg.family!r}: {pending}")
+    negative = int((sae.family.threshold < 0).sum()) if isinstance(sae.family, JumpReLU) else 0
+    if negative:
+        raise ValueError(
+            f"{negative} JumpReLU thresholds are negative: ours (and circuit-tracer's) is pre * 1[pre > theta], "
+            "SAELens's ReLU(pre) * 1[pre > theta], which differ wherever theta < pre < 0"
+        )
 
 
 def _save(sae: SparseAutoencoder, path: Path, strict: bool) -> Path:

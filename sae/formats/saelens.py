@@ -1,11 +1,15 @@
 """SAELens folders (v6 and pre-6.0 cfg.json + sae_weights.safetensors, optional sparsity.safetensors).
 
 Architectures: standard, topk, batchtopk and matryoshka_batchtopk (training files; their inference form is a
-JumpReLU with a constant threshold, which is how SAELens saves them), jumprelu, gated. Read from SAELens 6.54's
-own code: TopK is ReLU(top-k(pre)) with optional `rescale_acts_by_decoder_norm` (folded into the weights here);
-JumpReLU is ReLU(pre) * 1[pre > threshold]; `layer_norm` divides by (unbiased std + 1e-5) and multiplies back by
-std; `expected_average_only_in` is identity at inference unless a scale is known (`norm_scaling_factor` in the
-registry or an `activation_scaler.json` beside the weights), which is then folded in, as from_pretrained does.
+JumpReLU with a constant threshold, which is how SAELens saves them), jumprelu, gated, and the transcoders
+(`sae_lens/saes/transcoder.py`): transcoder (ReLU: our standard), skip_transcoder, jumprelu_transcoder,
+jumprelu_skip_transcoder. A transcoder's cfg.json holds `d_out` and, in its metadata, `hook_name_out` (our
+target_hook); its encoder reads x itself (apply_b_dec_to_input is false: b_dec lives in the output's space) and a
+skip transcoder adds x W_skip^T, W_skip [d_out, d_in], as ours does. Read from SAELens 6.54's own code: TopK is
+ReLU(top-k(pre)) with optional `rescale_acts_by_decoder_norm` (folded into the weights here); JumpReLU is
+ReLU(pre) * 1[pre > threshold]; `layer_norm` divides by (unbiased std + 1e-5) and multiplies back by std;
+`expected_average_only_in` is identity at inference unless a scale is known (`norm_scaling_factor` in the registry
+or an `activation_scaler.json` beside the weights), which is then folded in, as from_pretrained does.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 
 from sae.config import SAEConfig
 from sae.families import get_family
-from sae.formats.common import clamp_threshold, make_cfg
+from sae.formats.common import clamp_threshold, make_cfg, tensor_shapes
 from sae.io import read_json, read_safetensors
 from sae.model import SparseAutoencoder
 
@@ -27,6 +31,15 @@ CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 SPARSITY_FILE = "sparsity.safetensors"
 ARCHITECTURES = ("standard", "topk", "abstopk", "batchtopk", "matryoshka_batchtopk", "jumprelu", "gated")
+# SAELens's transcoder architectures -> (our family, skip)
+TRANSCODER_ARCHITECTURES = {
+    "transcoder": ("standard", False),
+    "skip_transcoder": ("standard", True),
+    "jumprelu_transcoder": ("jumprelu", False),
+    "jumprelu_skip_transcoder": ("jumprelu", True),
+}
+# the SAELens architecture of our families' SAEs -> that of their one-layer transcoders (no skip)
+TRANSCODER_OF = {"standard": "transcoder", "jumprelu": "jumprelu_transcoder"}
 NORMALIZE = {"none": "none", "layer_norm": "layer_norm_std", "constant_norm_rescale": "constant_norm_rescale"}
 SCALER_FILE = "activation_scaler.json"
 
@@ -73,17 +86,19 @@ def migrate(raw: dict[str, Any]) -> dict[str, Any]:
     return new
 
 
-def saelens_config(raw: dict[str, Any], source: str | Path, dtype: str | None = None) -> SAELensConfig:
-    """Our config for a SAELens cfg.json; unknown architectures and normalisations are refused by name."""
+def saelens_config(raw: dict[str, Any], source: str | Path, dtype: str | None = None, d_out: int | None = None) -> SAELensConfig:
+    """Our config for a SAELens cfg.json; unknown architectures and normalisations are refused by name. A
+    transcoder's cfg.json without `d_out` takes `d_out` (its decoder's width, read from the weights' header)."""
     for key in ("metadata", "activation_fn_kwargs"):
         if raw.get(key) is not None and not isinstance(raw[key], dict):
             raise ValueError(f"{source}: {key!r} holds {type(raw[key]).__name__}; expected an object")
     raw = migrate(raw)
     arch = raw.get("architecture")
-    if isinstance(arch, str) and "transcoder" in arch:
-        raise ValueError(f"{source}: SAELens architecture {arch!r}: transcoders are not supported yet (only SAEs)")
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"{source}: SAELens architecture {arch!r} is not supported; expected one of {ARCHITECTURES}")
+    if arch not in ARCHITECTURES and arch not in TRANSCODER_ARCHITECTURES:
+        raise ValueError(
+            f"{source}: SAELens architecture {arch!r} is not supported; expected one of "
+            f"{(*ARCHITECTURES, *TRANSCODER_ARCHITECTURES)}"
+        )
     norm = raw.get("normalize_activations", "none")
     if norm not in (*NORMALIZE, "expected_average_only_in"):
         raise ValueError(
@@ -96,7 +111,14 @@ def saelens_config(raw: dict[str, Any], source: str | Path, dtype: str | None = 
     if not isinstance(apply_b_dec, bool):
         raise ValueError(f"{source}: apply_b_dec_to_input={apply_b_dec!r}; expected true or false")
     meta = raw.get("metadata") or {}
-    family = {"matryoshka_batchtopk": "batchtopk"}.get(arch, arch)
+    transcoder: dict[str, Any] = {}
+    if arch in TRANSCODER_ARCHITECTURES:
+        family, skip = TRANSCODER_ARCHITECTURES[arch]
+        width = raw.get("d_out", d_out)
+        hook_out = meta.get("hook_name_out") or raw.get("hook_name_out") or ""
+        transcoder = {"d_out": width, "skip": skip, "target_hook": str(hook_out)}
+    else:
+        family = {"matryoshka_batchtopk": "batchtopk"}.get(arch, arch)
     family_cls = get_family(family)
     options: dict[str, Any] = dict(family_cls.saelens_load_options)
     if "apply_b_dec_to_input" in family_cls.option_names:
@@ -113,6 +135,7 @@ def saelens_config(raw: dict[str, Any], source: str | Path, dtype: str | None = 
         options=options,
         hook_name=str(meta.get("hook_name") or raw.get("hook_name") or ""),
         model_name=str(meta.get("model_name") or raw.get("model_name") or ""),
+        **transcoder,
     )
     return SAELensConfig(
         cfg,
@@ -148,6 +171,23 @@ def convert_tensors(sl: SAELensConfig, state: dict[str, torch.Tensor], source: s
     return t
 
 
+def decoder_width(path: Path) -> int | None:
+    """The width W_dec writes (its last dimension), read from the file's header only; None without a W_dec."""
+    shape = tensor_shapes(path).get("W_dec")
+    return shape[-1] if shape else None
+
+
+def transcoder_architecture(sae: SparseAutoencoder) -> str | None:
+    """SAELens's architecture for one of our one-layer transcoders, or None where SAELens has no class for it
+    (a CLT; a selection that is neither ReLU nor a JumpReLU at inference)."""
+    if not sae.cfg.is_transcoder or sae.cfg.is_clt:
+        return None
+    arch = TRANSCODER_OF.get(sae.family.saelens_cfg().get("architecture", ""))
+    if arch is None:
+        return None
+    return arch.replace("transcoder", "skip_transcoder") if sae.cfg.skip else arch
+
+
 def read_scale(folder: Path, raw: dict[str, Any]) -> float | None:
     """The dataset input scale of an `expected_average_only_in` dictionary, when it is known."""
     if isinstance(raw.get("norm_scaling_factor"), (int, float)):
@@ -169,7 +209,10 @@ def load_saelens(
     """A SAELens folder as our dictionary; its log-sparsity, when saved, becomes `sae.firing_frequency`."""
     folder = Path(folder)
     raw = read_json(folder / CFG_FILE)
-    sl = saelens_config(raw, folder / CFG_FILE, dtype=dtype)
+    d_out = None
+    if raw.get("architecture") in TRANSCODER_ARCHITECTURES and "d_out" not in raw:
+        d_out = decoder_width(folder / WEIGHTS_FILE)
+    sl = saelens_config(raw, folder / CFG_FILE, dtype=dtype, d_out=d_out)
     state = read_safetensors(folder / WEIGHTS_FILE)
     tensors = convert_tensors(sl, state, folder / WEIGHTS_FILE)
     scale = norm_scaling_factor if norm_scaling_factor is not None else read_scale(folder, raw)

@@ -4,6 +4,8 @@
     sae = load_pretrained("EleutherAI/sae-llama-3-8b-32x", "layers.10")        # a Hub repo
     sae = load_pretrained("path/to/folder")                                   # any local layout
     saes = load_all("EleutherAI/sae-pythia-160m-32x")                         # every hook of a repo
+    tc = load_pretrained("gemma-scope-2-1b-pt-transcoders", sae_id="transcoder/layer_7_width_16k_l0_small")
+    clt = load_pretrained("mntss/clt-gemma-2-2b-2.5M")                        # a circuit-tracer CLT repo
 
 Every format lands in our one SparseAutoencoder (see FORMATS.md and the docstring of each module of `sae.formats`).
 """
@@ -55,9 +57,20 @@ def _undetectable(root: Path) -> ValueError:
     return ValueError(f"cannot tell the format of {root}: found {listing or 'no files'}; known formats: {_known_formats()}")
 
 
-def _matches(rel: str, hook: str) -> bool:
+def _names(rel: str) -> tuple[str, ...]:
+    """What a dictionary's place under a root answers to: its path, its name, its stem."""
     name = Path(rel).name
-    return hook in (rel, name, layer_hook(name), Path(name).stem, layer_hook(Path(name).stem))
+    return rel, name, Path(name).stem
+
+
+def _matches(rel: str, hook: str, path: Path) -> bool:
+    """Whether the dictionary at `rel` (under a root; at `path` here) is the one for `hook`: by its folder or file
+    name, the hook that name stands for, or the hooks its layout records (circuit-tracer's layer files)."""
+    if hook in (*_names(rel), *(layer_hook(n) for n in _names(rel)[1:])):
+        return True
+    fmt = detect_format(path)
+    reads = FORMATS[fmt].hooks if fmt is not None else None
+    return reads is not None and hook in reads(path)
 
 
 def choose(root: Path, hook: str | None) -> Path:
@@ -71,7 +84,7 @@ def choose(root: Path, hook: str | None) -> Path:
         if len(found) == 1:
             return next(iter(found.values()))
         raise ValueError(f"{root} holds several dictionaries {sorted(found)[:12]}: pass hook= to choose one")
-    hits = [p for rel, p in found.items() if _matches(rel, hook)]
+    hits = [p for rel, p in found.items() if _matches(rel, hook, p)]
     if len(hits) == 1:
         return hits[0]
     if not hits:
@@ -89,6 +102,8 @@ def load_path(
 ) -> SparseAutoencoder:
     """Load one dictionary folder or file, its format detected unless given."""
     fmt = format or detect_format(path)
+    if release is not None and release.format in FORMATS and FORMATS[release.format].detect is None:
+        fmt = format or release.format  # a layout told by its release alone (one CLT layer's W_enc file)
     if fmt is None:
         raise _undetectable(path)
     loader = get_format(fmt).load
@@ -138,18 +153,24 @@ def fetch(
             conversion = release.format.split(":", 1)[-1]
             raise ValueError(f"release {text!r} is converted by SAELens with {conversion!r}, a layout we do not read")
         sid, sub = release.find(sae_id, hook)
-        root = _download(release.repo, [f"{sub}/*", f"{sub}/**", sub], revision)
-        return root / sub, release, sid
+        wanted, target = release.files(sub)
+        root = _download(release.repo, wanted, revision)
+        return root / target, release, sid
     if text.startswith((".", "/", "~")) or text.count("/") != 1:
         raise FileNotFoundError(
             f"{text!r} is neither a local path, a release id (see `python -m sae pretrained list`), "
             "nor a Hub repo id (owner/name)"
         )
     subfolder = sae_id or hook
-    patterns = [f"{subfolder}/*", f"{subfolder}/**", "*.json"] if subfolder else None
-    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook or "")
-    if patterns and m and sae_id is None:  # sparsify names the folders after the layer
-        patterns += [f"{name}{m.group(1)}/*" for name in ("layers.", "layer_")]
+    patterns = [f"{subfolder}/*", f"{subfolder}/**", subfolder, "*.json", "config.yaml"] if subfolder else None
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", hook or "")
+    if patterns and m and sae_id is None:
+        layer, site = m.groups()
+        patterns.append(f"layer_{layer}.safetensors")  # circuit-tracer's transcoder sets name the files after the layer
+        if site == "hook_resid_post":  # sparsify names its folders after the layer
+            patterns += [f"{name}{layer}/*" for name in ("layers.", "layer_")]
+        if site == "hook_mlp_in":  # and a transcoder's after the MLP module it wraps
+            patterns += [f"{name}{layer}.mlp/*" for name in ("layers.", "h.")]
     root = _download(text, patterns, revision)
     return root, None, sae_id
 
@@ -173,7 +194,12 @@ def load_pretrained(
         get_format(format)  # an unknown name is refused before anything is downloaded
     dtype_name = check_dtype(dtype) if dtype is not None else None
     root, release, sid = fetch(source, hook, sae_id=sae_id, revision=revision)
-    target = root if release is not None else choose(root / sid if sid else root, hook)
+    if release is not None:
+        target = root
+    elif format is not None and hook is None:  # the layout is given: read the path as it, detected or not
+        target = root / sid if sid else root
+    else:
+        target = choose(root / sid if sid else root, hook)
     sae = load_path(target, format, device=device, dtype=dtype_name, release=release, sae_id=sid)
     if hook is not None and release is None:
         _check_recorded_hook(sae, hook, target)
@@ -182,10 +208,14 @@ def load_pretrained(
 
 def _check_recorded_hook(sae: SparseAutoencoder, hook: str, path: Path) -> None:
     """A `hook` asked of a folder holding one dictionary must be the one it records (or it records none: then it
-    takes `hook`), so that a dictionary trained elsewhere is never spliced into the wrong place silently."""
+    takes `hook`), so that a dictionary trained elsewhere is never spliced into the wrong place silently. A hook
+    that names the dictionary's own file (`layer_3` for layer_3.safetensors), or one of the hooks a CLT
+    reads, is the one it records."""
     recorded = sae.cfg.hook_name
     if not recorded:
         sae.cfg.hook_name = layer_hook(hook)
+        return
+    if (path.is_file() and hook in _names(path.name)) or hook in sae.cfg.input_hooks():
         return
     if layer_hook(hook) != layer_hook(recorded):
         raise ValueError(

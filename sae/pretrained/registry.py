@@ -2,7 +2,10 @@
 
 A release maps an id to a Hub repo, a file format and, per layer, the folder holding one dictionary. SAELens's
 YAML is read as data (never imported: sae_lens pins another transformer-lens), so its ~170 releases resolve too
-whenever their conversion is one of the formats we read.
+whenever their conversion is one of the formats we read, its transcoder releases included: Gemma Scope 2
+`transcoder`/`transcoder_all` folders (`gemma_3`), Gemma Scope's transcoders (`gemma_2_transcoder`), the Qwen3
+transcoders in circuit-tracer's layer files (`mwhanna_transcoder`) and the Gemma 2 2B CLT read one layer at a time
+(`mntss_clt_layer_transcoder`; the whole CLT loads from the repo itself).
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ SAELENS_CONVERSIONS = {
     "llama_scope": "llama-scope",
     "sparsify": "sparsify",
     "dictionary_learning_1": "dictionary-learning",
+    "gemma_2_transcoder": "gemma-scope-transcoder",
+    "mwhanna_transcoder": "circuit-tracer",
+    "mntss_clt_layer_transcoder": "circuit-tracer-clt-layer",
 }
 
 
@@ -41,6 +47,20 @@ class Release:
     description: str = ""
     source: str = "saekit"
     norm_scaling_factor: dict[str, float] = field(default_factory=dict)
+    kind: str = "sae"  # sae, transcoder or clt: what one of its dictionaries is
+
+    def files(self, path: str) -> tuple[list[str], str]:
+        """(what to download, the path to load, both relative to the repo) for the dictionary at `path`: its folder,
+        or for circuit-tracer's layouts its files at the repo's root beside config.yaml."""
+        if self.format == "circuit-tracer":  # layer_{l}.safetensors, or a CLT's folder ("" for the repo itself)
+            if path.endswith(".safetensors"):
+                return [path, "config.yaml"], path
+            where = f"{path}/" if path else ""
+            return [f"{where}*.safetensors", f"{where}config.yaml"], path
+        if self.format == "circuit-tracer-clt-layer":  # the layer number
+            enc = f"W_enc_{path}.safetensors"
+            return [enc, f"W_dec_{path}.safetensors", "config.yaml"], enc
+        return [f"{path}/*", f"{path}/**", path], path
 
     def find(self, sae_id: str | None, hook: str | None) -> tuple[str, str]:
         """(sae_id, path) for an sae_id or a hook point; a clear error listing a few valid ids otherwise."""
@@ -60,19 +80,33 @@ class Release:
 
 
 def _expand(entry: dict[str, Any]) -> Release:
-    first, last = entry["layers"]
-    ids = {entry["sae_id"].format(layer=i): i for i in range(first, last + 1)}
+    """A releases.json entry: patterns over {layer} for each of its `layers`, or one dictionary without them."""
+    if "layers" in entry:
+        first, last = entry["layers"]
+        ids = {entry["sae_id"].format(layer=i): i for i in range(first, last + 1)}
+        saes = {s: entry["path"].format(layer=i) for s, i in ids.items()}
+        hooks = {s: entry["hook"].format(layer=i) for s, i in ids.items()}
+    else:
+        saes = {entry["sae_id"]: entry["path"]}
+        hooks = {entry["sae_id"]: entry["hook"]} if entry.get("hook") else {}
     return Release(
         id=entry["id"],
         repo=entry["repo"],
         format=entry["format"],
         model=entry["model"],
-        saes={s: entry["path"].format(layer=i) for s, i in ids.items()},
-        hooks={s: entry["hook"].format(layer=i) for s, i in ids.items()},
+        saes=saes,
+        hooks=hooks,
         d_in=entry.get("d_in"),
         width=entry.get("width"),
         description=entry.get("description", ""),
+        kind=entry.get("kind", "sae"),
     )
+
+
+def _saelens_kind(release_id: str, conversion: str | None) -> str:
+    """What a SAELens release's dictionaries are: its transcoder releases say so in their id or conversion (the
+    mntss CLT is read one layer at a time, as a transcoder)."""
+    return "transcoder" if "transcoder" in release_id or "transcoder" in str(conversion) else "sae"
 
 
 @cache
@@ -109,10 +143,11 @@ def saelens_releases() -> dict[str, Release]:
             repo=entry.get("repo_id", ""),
             format=fmt,
             model=entry.get("model", ""),
-            saes={s["id"]: s["path"] for s in saes if "id" in s and "path" in s},
+            saes={s["id"]: str(s["path"]) for s in saes if "id" in s and "path" in s},
             description=(entry.get("links") or {}).get("publication", ""),
             source="sae_lens",
             norm_scaling_factor={s["id"]: s["norm_scaling_factor"] for s in saes if "norm_scaling_factor" in s},
+            kind=_saelens_kind(rid, entry.get("conversion_func")),
         )
     return out
 

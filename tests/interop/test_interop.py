@@ -168,8 +168,14 @@ def test_saelens_registry_yaml_resolves(work, monkeypatch):
     try:
         releases = registry.saelens_releases()
         readable = [r for r in releases.values() if not r.format.startswith("saelens:")]
-        # SAELens 6.54: 170 releases; 141 use a layout we read (the rest: transcoders, Qwen/Goodfire/... conversions)
-        assert len(releases) > 100 and len(readable) > 0.75 * len(releases)
+        # SAELens 6.54: 170 releases; 149 use a layout we read (the rest: Qwen Scope/Goodfire/... conversions)
+        assert len(releases) > 100 and len(readable) > 0.85 * len(releases)
+        # its 27 transcoder and CLT releases (3,836 ids) all resolve to a layout we read
+        transcoders = [r for r in releases.values() if r.kind != "sae"]
+        assert len(transcoders) >= 27 and all(r in readable for r in transcoders)
+        assert sum(len(r.saes) for r in transcoders) >= 3836
+        assert releases["gemma-scope-2-1b-pt-transcoders-all"].format == "gemma-scope-2"
+        assert releases["mwhanna-qwen3-4b-transcoders"].format == "circuit-tracer"
         jb = releases["gpt2-small-res-jb"]
         assert jb.format == "saelens" and jb.saes["blocks.8.hook_resid_pre"] == "blocks.8.hook_resid_pre"
         assert releases["gemma-scope-2b-pt-res-canonical"].format == "gemma-scope"

@@ -66,3 +66,20 @@ def test_unknown_family_fails_fast_with_a_clear_message(capsys, tmp_path):
     code = main(["train", "--family", "topq", "--out", str(tmp_path)])
     assert code == 2
     assert "unknown SAE family 'topq'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--batch-size", "1"], "batch_size=1 is below the minimum of 8"),
+        (["--tokens", "1", "--batch-size", "1"], "batch_size=1 is below the minimum of 8"),
+        (["--lr", "-1"], "lr must be a finite number > 0"),
+        (["--lr", "nan"], "lr must be a finite number > 0"),
+    ],
+)
+def test_absurd_training_values_are_refused_before_the_model_loads(capsys, tmp_path, args, expected):
+    code = main(["train", "--model", "no/such-model", "--out", str(tmp_path / "run"), *args])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

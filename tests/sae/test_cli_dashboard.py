@@ -101,3 +101,22 @@ def test_dashboard_reads_a_text_column_of_local_files_and_a_hub_dataset_config(s
     assert asked[-1] == ("someone/tiny-corpus", "tiny-config", "train")
     stats = FeatureStats.load(saved / "sae")
     assert stats.meta["identity"]["dataset"] == "hub:someone/tiny-corpus:tiny-config:train"
+
+
+def test_dashboard_checks_where_it_writes_before_loading_and_takes_stats_elsewhere(saved, capsys, tmp_path):
+    unwritable = "/proc/saekit-stats/feature_stats.safetensors"  # no one, root included, creates a folder in /proc
+    assert main(["dashboard", str(saved / "sae"), "--stats", unwritable, "--model", "no/such-model"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the statistics into /proc/saekit-stats" in err and "pass --stats" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1  # refused before the model (absent) loads
+
+    import shutil
+
+    shutil.copytree(saved / "sae", tmp_path / "dictionary")
+    before = sorted(p.name for p in (tmp_path / "dictionary").iterdir())
+    stats_file = tmp_path / "elsewhere" / "stats.safetensors"
+    argv = ["dashboard", str(tmp_path / "dictionary"), "--out", str(tmp_path / "browser"), "--stats", str(stats_file)]
+    argv += ["--tokens", "256", "--dataset", str(saved / "docs.txt"), "--context-len", "32", "--top-n", "2", "--quantiles", "2"]
+    assert main(argv) == 0
+    assert FeatureStats.load(stats_file).n_latents == 96
+    assert sorted(p.name for p in (tmp_path / "dictionary").iterdir()) == before  # nothing written beside the dictionary

@@ -107,3 +107,14 @@ def test_auxk_settings_are_training_settings_and_old_dictionary_configs_still_lo
 def test_an_option_value_of_the_wrong_type_is_a_value_error():
     with pytest.raises(ValueError, match="family 'adaptivek'"):
         SAEConfig(d_in=32, n_latents=128, family="adaptivek", options={"k_min": [1]})
+
+
+def test_train_config_refuses_absurd_values():
+    with pytest.raises(ValueError, match="batch_size=1 is below the minimum of 8"):
+        TrainConfig(tokens=1, batch_size=1)
+    for lr in (-1.0, 0.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+            TrainConfig(lr=lr)
+    with pytest.raises(ValueError, match="betas must lie in"):
+        TrainConfig(betas=(0.9, 1.0))
+    assert TrainConfig(tokens=8 * 4, batch_size=8, lr=1e-3).steps == 4

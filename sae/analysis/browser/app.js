@@ -10,6 +10,7 @@
   const $ = (id) => document.getElementById(id);
   const EXPL = INDEX.columns.explanation || null;  // per latent: its explanation or null
   const METHODS = INDEX.meta.score_methods || [];
+  const LAYER = INDEX.columns.layer || null;  // a CLT's: per feature, the layer it reads
 
   function el(tag, text, cls) {
     const e = document.createElement(tag);
@@ -99,6 +100,7 @@
       const td = el("td");
       td.appendChild(link(i));
       tr.appendChild(td);
+      if (LAYER) tr.appendChild(el("td", String(LAYER[i]), "num layer"));
       tr.appendChild(el("td", fmt(c.frequency[i]), "num"));
       tr.appendChild(el("td", fmt(c.max[i]), "num"));
       tr.appendChild(el("td", fmt(c.mean[i]), "num"));
@@ -198,6 +200,26 @@
     d.appendChild(t);
     return d;
   }
+  function writesPanel(L) {
+    const p = panel("writes to layers (norm of its decoder slice per target layer)");
+    p.id = "writes";
+    const top = Math.max(1e-12, ...L.writes.map(([, w]) => w));
+    const t = el("table", null, "writes");
+    L.writes.forEach(([layer, w]) => {
+      const tr = el("tr");
+      tr.dataset.layer = String(layer);
+      tr.appendChild(el("td", "layer " + layer));
+      tr.appendChild(el("td", fmt(w), "num"));
+      const bar = el("td");
+      const b = el("div", null, "bar");
+      b.style.width = (100 * w / top).toFixed(1) + "%";
+      bar.appendChild(b);
+      tr.appendChild(bar);
+      t.appendChild(tr);
+    });
+    p.appendChild(t);
+    return p;
+  }
   function explanationPanel(A) {
     const p = panel("explanation");
     p.id = "explanation";
@@ -234,11 +256,17 @@
   function renderLatent(L) {
     const d = $("detail");
     d.replaceChildren();
-    d.appendChild(el("h2", "latent " + L.id));
+    d.appendChild(el("h2", LAYER ? "feature " + L.id + " · layer " + L.layer + ", latent " + L.local : "latent " + L.id));
     const s = panel("summary");
     s.appendChild(el("div", "fires on " + L.count + " of " + INDEX.meta.tokens + " tokens (frequency " +
       fmt(L.frequency) + "), mean when active " + fmt(L.mean) + ", max " + fmt(L.max)));
+    if (INDEX.meta.target_hook) {
+      const reads = LAYER ? INDEX.meta.hook.replace("{}", L.layer) : INDEX.meta.hook;
+      const predicts = LAYER ? "layers " + L.writes.map(([l]) => l).join(", ") + " of " + INDEX.meta.target_hook : INDEX.meta.target_hook;
+      s.appendChild(el("div", "reads " + reads + " · predicts " + predicts, "label hooks"));
+    }
     d.appendChild(s);
+    if (L.writes) d.appendChild(writesPanel(L));
     if (L.autointerp) d.appendChild(explanationPanel(L.autointerp));
     if (L.count > 0) {
       const h = panel("activation histogram (when active)");
@@ -295,7 +323,16 @@
 
   // --- wiring --------------------------------------------------------------------------------
   const m = INDEX.meta;
-  $("summary").textContent = m.n_latents + " latents · " + m.model + " · " + m.hook + " · " + m.tokens + " tokens";
+  const what = LAYER ? m.n_latents + " features (" + m.layers + " layers × " + m.latents_per_layer + ")" : m.n_latents + " latents";
+  const where = m.target_hook ? m.hook + " → " + m.target_hook : m.hook;
+  $("summary").textContent = what + " · " + m.model + " · " + where + " · " + m.tokens + " tokens";
+  if (LAYER) {
+    const head = document.querySelector("#latents thead tr");
+    head.insertBefore(el("th", "layer"), head.children[1]);
+    const o = el("option", "layer");
+    o.value = "layer";
+    $("sort").appendChild(o);
+  }
   if (EXPL) {
     document.body.classList.add("explained");
     const head = document.querySelector("#latents thead tr");

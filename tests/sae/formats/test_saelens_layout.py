@@ -177,9 +177,52 @@ def test_expected_average_without_scale_warns(tmp_path):
         load_pretrained(tmp_path)
 
 
-def test_transcoder_and_unknown_architecture_refused(tmp_path):
-    for arch, msg in (("jumprelu_transcoder", "transcoders are not supported yet"), ("temporal", "not supported")):
-        cfg = {"d_in": D, "d_sae": N, "architecture": arch, "metadata": {"sae_lens_version": "6.0.0"}}
-        write(tmp_path / arch, cfg, _weights("standard"))
-        with pytest.raises(ValueError, match=msg):
-            load_pretrained(tmp_path / arch)
+def test_unknown_architecture_refused(tmp_path):
+    cfg = {"d_in": D, "d_sae": N, "architecture": "temporal", "metadata": {"sae_lens_version": "6.0.0"}}
+    write(tmp_path, cfg, _weights("standard"))
+    with pytest.raises(ValueError, match="architecture 'temporal' is not supported"):
+        load_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("arch", ["transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder"])
+def test_transcoders_match_reference_and_save_back(tmp_path, arch):
+    """SAELens's transcoders (sae_lens/saes/transcoder.py): pre = x W_enc + b_enc (no b_dec), ReLU or
+    ReLU(pre) * 1[pre > theta], y = z W_dec + b_dec (+ x W_skip^T, W_skip [d_out, d_in])."""
+    O = 7
+    t = _weights("jumprelu" if arch.startswith("jumprelu") else "standard")
+    t["W_dec"], t["b_dec"] = t["W_dec"][:, :O].contiguous(), t["b_dec"][:O].contiguous()
+    if "skip" in arch:
+        t["W_skip"] = torch.randn(O, D, generator=torch.Generator().manual_seed(2)) * 0.3
+    meta = {"hook_name": "blocks.3.hook_mlp_in", "hook_name_out": "blocks.3.hook_mlp_out", "sae_lens_version": "6.54.12"}
+    cfg = {"d_in": D, "d_sae": N, "d_out": O, "architecture": arch, "apply_b_dec_to_input": False, "metadata": meta}
+    write(tmp_path / "theirs", cfg, t)
+    sae = load_pretrained(tmp_path / "theirs").eval()
+    assert (sae.cfg.d_out, sae.cfg.target_hook, sae.cfg.skip) == (O, "blocks.3.hook_mlp_out", "skip" in arch)
+    x = torch.randn(64, D, generator=torch.Generator().manual_seed(1)) * 2
+    pre = x @ t["W_enc"] + t["b_enc"]
+    z = pre.relu() * (pre > t["threshold"]) if "threshold" in t else pre.relu()
+    y = z @ t["W_dec"] + t["b_dec"] + (x @ t["W_skip"].T if "W_skip" in t else 0)
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode_dense(x), z, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(sae.predict(x), y, atol=1e-5, rtol=1e-5)
+    for layout in ("saelens", "saelens-strict"):
+        sae.save(tmp_path / layout, format=layout)
+        written = json.loads((tmp_path / layout / "cfg.json").read_text())
+        assert (written["architecture"], written["d_out"], written["apply_b_dec_to_input"]) == (arch, O, False)
+        assert written["metadata"]["hook_name_out"] == "blocks.3.hook_mlp_out"
+        with torch.no_grad():
+            torch.testing.assert_close(load_pretrained(tmp_path / layout).predict(x), y, atol=1e-5, rtol=1e-5)
+
+
+def test_transcoder_d_out_from_the_weights_and_refused_when_they_disagree(tmp_path):
+    t = _weights("standard")
+    cfg = {"d_in": D, "d_sae": N, "architecture": "transcoder", "apply_b_dec_to_input": False}
+    write(tmp_path / "no_d_out", {**cfg, "metadata": {"sae_lens_version": "6.54.12"}}, t)
+    assert load_pretrained(tmp_path / "no_d_out").cfg.d_out == D
+    write(tmp_path / "wrong", {**cfg, "d_out": D + 3, "metadata": {"sae_lens_version": "6.54.12"}}, t)
+    with pytest.raises(ValueError, match=r"W_dec has shape \(40, 12\), expected \(40, 15\) \(the file's decoder writes 12"):
+        load_pretrained(tmp_path / "wrong")
+    skip = {**cfg, "architecture": "skip_transcoder", "d_out": D, "metadata": {"sae_lens_version": "6.54.12"}}
+    write(tmp_path / "skip", skip, {**t, "W_skip": torch.zeros(D, D + 1)})
+    with pytest.raises(ValueError, match=r"W_skip has shape \(12, 13\), expected \(12, 12\) \(\[d_out=12, d_in=12\]\)"):
+        load_pretrained(tmp_path / "skip")

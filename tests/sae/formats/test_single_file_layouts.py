@@ -56,8 +56,8 @@ def test_gemma_scope_2_folder(tmp_path):
     transcoder.mkdir(parents=True)
     save_file(p, transcoder / "params.safetensors")
     (transcoder / "config.json").write_text(json.dumps({"architecture": "jump_relu", "affine_connection": True}))
-    with pytest.raises(ValueError, match="transcoders are not supported yet"):
-        load_pretrained(transcoder)
+    with pytest.raises(ValueError, match="says affine_connection but .* holds no affine_skip_connection"):
+        load_pretrained(transcoder)  # Gemma Scope 2's transcoders: tests/sae/formats/test_gemma_scope_transcoders.py
 
 
 def test_llama_scope_folder(tmp_path):

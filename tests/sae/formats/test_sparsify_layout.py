@@ -76,21 +76,47 @@ def test_multi_hook_repo_and_old_folder_names(tmp_path):
         load_pretrained(tmp_path)
 
 
-@pytest.mark.parametrize(
-    ("extra", "msg"),
-    [({"transcode": True}, "transcoders .* are not supported yet"), ({"skip_connection": True}, "skip-connection checkpoints")],
-)
-def test_transcoders_and_skip_connections_refused(tmp_path, extra, msg):
-    write(tmp_path, **extra)
-    with pytest.raises(ValueError, match=msg):
-        load_pretrained(tmp_path)
+@pytest.mark.parametrize(("transcode", "skip"), [(True, False), (True, True), (False, True)])
+def test_transcoders_and_skip_connections_match_reference_and_save_back(tmp_path, transcode, skip):
+    """sparsify's SparseCoder.forward: a transcoder encodes x itself (an SAE x - b_dec); a skip connection adds
+    x W_skip^T."""
+    name = "layers.2.mlp" if transcode else "layers.2"
+    t = write(tmp_path / name, transcode=transcode, skip_connection=skip)
+    if skip:
+        t["W_skip"] = torch.randn(D, D, generator=torch.Generator().manual_seed(5)) * 0.3
+        save_file(t, tmp_path / name / "sae.safetensors")
+    sae = load_pretrained(tmp_path / name).eval()
+    hooks = ("blocks.2.hook_mlp_in", "blocks.2.hook_mlp_out") if transcode else ("blocks.2.hook_resid_post",) * 2
+    assert (sae.cfg.hook_name, sae.cfg.target_hook, sae.cfg.skip, sae.cfg.d_out) == (*hooks, skip, D)
+    x = torch.randn(32, D)
+    pre = (x if transcode else x - t["b_dec"]) @ t["encoder.weight"].T + t["encoder.bias"]
+    vals, idx = pre.relu().topk(K, dim=-1)
+    z = torch.zeros_like(pre).scatter(-1, idx, vals)
+    y = z @ t["W_dec"] + t["b_dec"] + (x @ t["W_skip"].T if skip else 0)
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode_dense(x), z, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(sae.predict(x), y, atol=1e-5, rtol=1e-5)
+    sae.save(tmp_path / "back" / name, format="sparsify")
+    written = json.loads((tmp_path / "back" / name / "cfg.json").read_text())
+    assert (written["transcode"], written["skip_connection"]) == (transcode, skip)
+    with torch.no_grad():
+        again = load_pretrained(tmp_path / "back", hook=hooks[0])
+        torch.testing.assert_close(again.predict(x), y, atol=1e-5, rtol=1e-5)
+    assert (again.cfg.hook_name, again.cfg.target_hook) == hooks
 
 
 def test_w_skip_tensor_refused_even_when_cfg_is_silent(tmp_path):
     t = write(tmp_path)
     save_file({**t, "W_skip": torch.zeros(D, D)}, tmp_path / "sae.safetensors")
-    with pytest.raises(ValueError, match="W_skip"):
+    with pytest.raises(ValueError, match="holds W_skip but .* says skip_connection=false"):
         load_pretrained(tmp_path)
+
+
+def test_w_skip_of_the_wrong_shape_refused(tmp_path):
+    t = write(tmp_path / "layers.1.mlp", transcode=True, skip_connection=True)
+    save_file({**t, "W_skip": torch.zeros(D, D - 1)}, tmp_path / "layers.1.mlp" / "sae.safetensors")
+    with pytest.raises(ValueError, match=r"W_skip has shape \(10, 9\), expected \(10, 10\) \(\[d_out=10, d_in=10\]\)"):
+        load_pretrained(tmp_path / "layers.1.mlp")
 
 
 def test_cfg_disagreeing_with_weights_refused(tmp_path):

@@ -1,34 +1,12 @@
-"""Hub repos and release ids through a Hugging Face cache laid out by the test (HF_HUB_OFFLINE=1: nothing is
-downloaded), SAELens's registry read as data, the CLI, and the model-compatibility check."""
+"""Hub repos and release ids through a Hugging Face cache laid out by the test (conftest.py's hf_cache;
+HF_HUB_OFFLINE=1: nothing is downloaded), SAELens's registry read as data, the CLI, and the model-compatibility check."""
 
-import huggingface_hub.constants
 import pytest
 import torch
 
 import sae.pretrained.registry as registry
 from sae import SAEConfig, SparseAutoencoder, check_compatible, load_all, load_pretrained
 from sae.cli import main
-
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-@pytest.fixture
-def hf_cache(tmp_path, monkeypatch):
-    """An empty HF hub cache; `add(repo)` gives the snapshot folder to fill."""
-    cache = tmp_path / "hf"
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-
-    def add(repo: str):
-        base = cache / f"models--{repo.replace('/', '--')}"
-        (base / "refs").mkdir(parents=True, exist_ok=True)
-        (base / "refs" / "main").write_text(COMMIT)
-        snap = base / "snapshots" / COMMIT
-        snap.mkdir(parents=True, exist_ok=True)
-        return snap
-
-    add.root = cache
-    return add
 
 
 def _dicts(snap, layers=(0, 1)):

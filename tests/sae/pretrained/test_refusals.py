@@ -164,6 +164,27 @@ def test_sparsify_save_refuses_what_sparsify_cannot_encode(tmp_path):
         SparseAutoencoder(SAEConfig(d_in=8, n_latents=16, k=2)).save(tmp_path, format="parquet")
 
 
+def test_transcoders_that_a_layout_cannot_hold_are_refused_in_one_line(tmp_path):
+    def tc(**kw):
+        return SparseAutoencoder(SAEConfig(**{"d_in": 8, "d_out": 8, "n_latents": 16, "k": 2, **kw}))
+
+    with pytest.raises(ValueError, match="d_out=6 from d_in=8: sparsify's SparseCoder has one width"):
+        tc(d_out=6).save(tmp_path, format="sparsify")
+    with pytest.raises(ValueError, match="a CLT cannot be saved for sparsify"):
+        tc(layers=2).save(tmp_path, format="sparsify")
+    with pytest.raises(
+        ValueError, match="family 'topk' has no class there, and this dictionary is a transcoder: save it with format='saelens'"
+    ):
+        tc().save(tmp_path, format="saelens-strict")
+    with pytest.raises(ValueError, match="SAELens has no cross-layer transcoder class"):
+        tc(family="jumprelu", k=None, layers=2).save(tmp_path, format="saelens-strict")
+    negative = tc(family="jumprelu", k=None)
+    negative.family.threshold.fill_(-0.1)
+    with pytest.raises(ValueError, match="16 JumpReLU thresholds are negative"):
+        negative.save(tmp_path, format="saelens-strict")
+    assert not any(tmp_path.iterdir())
+
+
 def test_sparsify_save_round_trips_through_our_loader(tmp_path):
     sae = SparseAutoencoder(SAEConfig(d_in=8, n_latents=16, k=2, normalize="dataset_scalar"), seed=0)
     sae.input_scale.fill_(1.5)

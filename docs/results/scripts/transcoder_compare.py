@@ -193,6 +193,7 @@ def main() -> None:
         model = load_model("minilm")
         for r in rows:
             if r.get("spliced") == "pending" and (args.runs / r["run"]).exists():
+                r.pop("reason", None)
                 r.update(spliced(SparseAutoencoder.load(args.runs / r["run"]), model, args.spliced_tokens))
                 print(r["run"], r.get("spliced"), r.get("reason", ""), flush=True)
         args.out.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))

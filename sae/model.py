@@ -63,8 +63,9 @@ class SparseAutoencoder(nn.Module):
             W_dec = torch.randn(n, d_out, generator=gen, dtype=torch.float64)
             W_dec /= W_dec.norm(dim=1, keepdim=True)
             self.W_dec = param(W_dec)
-            # tied init where the widths allow it; otherwise random unit columns
-            self.W_enc = param(W_dec.T.contiguous() if d_out == d else _unit_columns(d, n, gen))
+            # an SAE starts tied (its encoder reads the space its decoder writes); a transcoder's input and target
+            # are different spaces even where their widths agree, so it starts from random unit columns
+            self.W_enc = param(_unit_columns(d, n, gen) if cfg.is_transcoder else W_dec.T.contiguous())
             self.b_enc = param(torch.zeros(n))
             self.b_dec = param(torch.zeros(d_out))
         else:

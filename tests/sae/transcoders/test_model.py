@@ -255,11 +255,14 @@ def test_folding_both_scales_keeps_the_raw_prediction(make):
     assert folded.folded() is folded
 
 
-def test_transcoder_init_is_untied_unless_the_widths_agree():
-    wide = transcoder()
-    torch.testing.assert_close(wide.W_enc.norm(dim=0), torch.ones(N))
+def test_transcoder_init_is_untied_even_where_the_widths_agree():
+    """(An untied start trained 9-10% lower FVU on MiniLM's MLP: docs/results/transcoders.md.)"""
+    for tc in (transcoder(), transcoder(d_out=D_IN)):
+        torch.testing.assert_close(tc.W_enc.norm(dim=0), torch.ones(N))
     square = transcoder(d_out=D_IN)
-    assert torch.equal(square.W_enc, square.W_dec.T)
+    assert (square.W_enc * square.W_dec.T).sum(0).abs().mean() < 0.5  # not W_dec^T (whose columns give 1)
+    sae = SparseAutoencoder(SAEConfig(d_in=D_IN, n_latents=N, k=K))
+    assert torch.equal(sae.W_enc, sae.W_dec.T)  # an SAE still starts tied
     assert torch.equal(transcoder(skip=True).W_skip, torch.zeros(D_OUT, D_IN))
 
 

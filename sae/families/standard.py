@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 import kernels
-from kernels import Encoding
+from kernels import Encoding, SparseCode
 from sae.families.base import DEFAULT_K_AUX, Family, TrainStep
 
 if TYPE_CHECKING:
@@ -24,6 +24,13 @@ if TYPE_CHECKING:
     from sae.model import SparseAutoencoder
 
 DEFAULT_L1_COEF = 0.3
+
+
+def weighted_l1(sae: SparseAutoencoder, x_n: torch.Tensor, code: SparseCode) -> torch.Tensor:
+    """E_b[sum_i z_i |W_dec_i|] / sqrt(E_b|x - mean x|^2): the decoder-norm-weighted L1 of a code, dimensionless."""
+    weighted = code.values.float() * sae.W_dec.norm(dim=1).float()[code.indices]
+    rms = (x_n - x_n.mean(0, keepdim=True)).float().pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
+    return weighted.sum(1).mean() / rms
 
 
 class Standard(Family):
@@ -34,6 +41,8 @@ class Standard(Family):
     uses_k = False
     saelens_architecture = "standard"
     option_names = ("l1_coef", "apply_b_dec_to_input")
+    penalty = "l1"
+    default_coef = DEFAULT_L1_COEF
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
@@ -66,15 +75,16 @@ class Standard(Family):
         enc = kernels.encode(self.encoder_input(sae, x_n), sae.W_enc, sae.b_enc, "threshold", threshold=0.0)
         return Encoding(enc.code, None)
 
+    def own_coef(self) -> float:
+        return self.l1_coef
+
     def extra_losses(
         self, sae: SparseAutoencoder, x_n: torch.Tensor, enc: Encoding, x_hat_n: torch.Tensor, step: TrainStep
     ) -> dict[str, torch.Tensor]:
-        if self.l1_coef == 0:
+        coef = self.sparsity_coefficient(step)
+        if isinstance(coef, float) and coef == 0:
             return {}
-        code = enc.code
-        weighted = code.values.float() * sae.W_dec.norm(dim=1).float()[code.indices]
-        rms = (x_n - x_n.mean(0, keepdim=True)).float().pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
-        return {"l1": self.l1_coef * weighted.sum(1).mean() / rms}
+        return {"l1": coef * weighted_l1(sae, x_n, enc.code)}
 
     def saelens_cfg(self) -> dict[str, Any]:
         return {"architecture": "standard", "apply_b_dec_to_input": self.apply_b_dec}

@@ -81,3 +81,29 @@ def test_target_l0_lands_within_ten_percent(family):
     with torch.no_grad():
         l0 = sae.eval().encode(acts[-1024:]).l0().float().mean().item()
     assert 12 * 0.9 <= l0 <= 12 * 1.1, l0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--family", "jumprelu", "--k", "8"], "family 'jumprelu' does not use k"),
+        (["--family", "topk", "--target-l0", "8"], "family 'topk' sets its L0 by k"),
+        (["--family", "gated", "--target-l0", "0"], "target_l0=0.0"),
+        (["--family", "standard", "--target-l0", "100"], "above n_latents=64"),
+        (["--family", "jumprelu", "--sparsity-coef", "-1"], "sparsity_coef=-1.0"),
+        (["--family", "jumprelu", "--sparsity-coef", "nan"], "sparsity_coef=nan"),
+    ],
+)
+def test_cli_refuses_bad_penalty_input_in_one_line_before_the_model_loads(tmp_path, capsys, monkeypatch, args, message):
+    import activations
+    from sae.cli import main
+
+    def load(*a, **kw):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(activations, "load_model", load)
+    out = tmp_path / "run"
+    assert main(["train", "--tokens", "4096", "--batch-size", "1024", "--n-latents", "64", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()

@@ -99,6 +99,18 @@ def ours(train_x, test_x, args, target_l0: float | None) -> dict:
     return {"fvu": m["fvu"], "l0": m["l0"], "seconds": seconds, "target_l0": target_l0}
 
 
+def run_saelens(train_x: torch.Tensor, test_x: torch.Tensor, args, steps: int) -> dict:
+    """SAELens's JumpReLU trained and scored in .venv-interop, on the same rows."""
+    with tempfile.TemporaryDirectory() as root:
+        save_file({"train": train_x, "test": test_x.contiguous()}, f"{root}/acts.safetensors")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        cmd = [str(interop_python()), "-c", PEER, root, str(steps), str(args.batch_size), str(args.threads), str(args.n_latents)]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            raise SystemExit(f"SAELens's side failed:\n{done.stderr[-3000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--acts", default="", help="torch file {'train': [N, d], 'test': [M, d]}")
@@ -108,6 +120,7 @@ def main() -> None:
     p.add_argument("--eval-tokens", type=int, default=16_384)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default="", help="write the results as JSON here")
+    p.add_argument("--saelens-result", default="", help="reuse SAELens's result (JSON) of an earlier run, same settings")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,15 +138,11 @@ def main() -> None:
     reps = -(-steps * args.batch_size // train_all.shape[0])
     train_x = train_all[order.repeat(reps)[: steps * args.batch_size]].contiguous()
     results = {"steps": steps, "batch_size": args.batch_size, "n_latents": args.n_latents, "eval_tokens": test_x.shape[0]}
-    with tempfile.TemporaryDirectory() as root:
-        save_file({"train": train_x, "test": test_x.contiguous()}, f"{root}/acts.safetensors")
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        cmd = [str(interop_python()), "-c", PEER, root, str(steps), str(args.batch_size), str(args.threads), str(args.n_latents)]
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if done.returncode != 0:
-            raise SystemExit(f"SAELens's side failed:\n{done.stderr[-3000:]}")
-        results["saelens"] = json.loads(done.stdout.strip().splitlines()[-1])
-        print("saelens", results["saelens"], flush=True)
+    if args.saelens_result:
+        results["saelens"] = json.loads(Path(args.saelens_result).read_text())
+    else:
+        results["saelens"] = run_saelens(train_x, test_x, args, steps)
+    print("saelens", results["saelens"], flush=True)
     results["ours_default"] = ours(train_x, test_x, args, None)
     print("ours, defaults", results["ours_default"], flush=True)
     results["ours_target"] = ours(train_x, test_x, args, round(results["saelens"]["l0"], 1))

@@ -5,13 +5,15 @@ A penalty family sets its L0 through a coefficient, not a k. The trainer multipl
 
 - a linear warm-up from 0 to 1 over the first `sparsity_warmup_frac` of the steps (the papers' and SAELens's
   `l1_warm_up_steps` / `l0_warm_up_steps`: early steps fit the reconstruction before the penalty bites), times
-- with `target_l0`, an adaptive factor exp(u): after each step u += gain * (log(L0_batch) - log(target)), so the
-  coefficient grows multiplicatively while the batch's L0 is above the target and shrinks while it is below (an
-  integral controller on log L0). The update starts once the warm-up is over and stops for the last
-  `TARGET_FREEZE_FRAC` of the run, where the coefficient is held so the dictionary settles under a fixed loss
-  (the learning rate's decay falls in that span).
+- with `target_l0`, an adaptive factor m, from 1: after each step m += gain * (log(L0_batch) - log(target)) *
+  (1 + |m|), so the coefficient grows about multiplicatively while the batch's L0 is above the target and shrinks
+  while it is below (an integral controller on log L0). For an L1 penalty m stays above 0; for an L0 penalty
+  (`signed`) it may fall below 0: a penalty near zero does not raise L0 within a short run (the encoder's drift
+  lowers it), and a small reward for firing does, as a Lagrange multiplier of the constraint L0 = target would.
+  The update starts once the warm-up is over and stops for the last `TARGET_FREEZE_FRAC` of the run, where the
+  coefficient is held so the dictionary settles under a fixed loss (the learning rate's decay falls in that span).
 
-The state (u) is a device tensor, so no step waits on the host; it is saved in the trainer's checkpoint.
+The state (m) is a device tensor, so no step waits on the host; it is saved in the trainer's checkpoint.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ import torch
 if TYPE_CHECKING:
     from sae.families.base import Family
 
-TARGET_GAIN = 0.03  # change of log-coefficient per step per unit of log(L0 / target)
+TARGET_GAIN = 0.1  # the integral gain: change of the factor per step per unit of log(L0 / target), times (1 + |m|)
+TARGET_PROPORTIONAL = 1.0  # the proportional gain: the factor's immediate answer to this step's log(L0 / target)
 TARGET_FREEZE_FRAC = 0.2  # the last fraction of the run with the coefficient held
-TARGET_MAX_LOG_SCALE = 12.0  # |u| bound: the coefficient moves at most e^12 either way
+TARGET_MAX_SCALE = 1e5  # the factor's upper bound
+TARGET_MIN_SCALE = 1e-5  # its lower bound for an L1 penalty (an L0 penalty's is -TARGET_MAX_SCALE)
 
 
 def check_target_l0(family: type[Family], target_l0: float | None, n_latents: int | None) -> None:
@@ -59,12 +63,15 @@ class SparsityController:
         warmup_frac: float,
         target_l0: float | None,
         device: torch.device | str = "cpu",
+        signed: bool = False,
     ) -> None:
         self.steps = steps
         self.warmup_steps = int(warmup_frac * steps)
         self.target_l0 = target_l0
         self.freeze_at = steps - int(TARGET_FREEZE_FRAC * steps)
-        self.log_scale = torch.zeros((), dtype=torch.float32, device=device)
+        self.lowest = -TARGET_MAX_SCALE if signed else TARGET_MIN_SCALE
+        self.factor = torch.ones((), dtype=torch.float32, device=device)  # the integral part m
+        self.push = torch.zeros((), dtype=torch.float32, device=device)  # the proportional part, from the last step
 
     def warmup(self, index: int) -> float:
         """Linear warm-up factor at optimiser step `index` (0-based): (index + 1) / warm-up steps, then 1."""
@@ -74,7 +81,7 @@ class SparsityController:
 
     def scale(self, index: int) -> torch.Tensor:
         """The factor on the family's coefficient at step `index` (a 0-d device tensor)."""
-        return self.log_scale.exp() * self.warmup(index)
+        return (self.factor + self.push).clamp(self.lowest, TARGET_MAX_SCALE) * self.warmup(index)
 
     def adapting(self, index: int) -> bool:
         """Whether step `index` updates the coefficient: a target is set, the warm-up is over, the freeze not begun."""
@@ -84,13 +91,18 @@ class SparsityController:
     def update(self, index: int, l0: torch.Tensor) -> None:
         """After step `index`, whose batch had mean L0 `l0` (a 0-d tensor): move log(coefficient) toward the target."""
         if not self.adapting(index):
+            self.push.zero_()  # frozen (or not begun): the integral part only
             return
         assert self.target_l0 is not None
         error = l0.float().clamp_min(1e-3).log() - math.log(self.target_l0)
-        self.log_scale.add_(TARGET_GAIN * error).clamp_(-TARGET_MAX_LOG_SCALE, TARGET_MAX_LOG_SCALE)
+        # no reward for firing while L0 is above the target (the integral's wind-up, undone at once)
+        self.factor.copy_(torch.where((error > 0) & (self.factor < 0), torch.zeros_like(self.factor), self.factor))
+        self.factor.add_(TARGET_GAIN * error * (1 + self.factor.abs())).clamp_(self.lowest, TARGET_MAX_SCALE)
+        self.push = TARGET_PROPORTIONAL * error * (1 + self.factor.abs())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"log_scale": self.log_scale.detach().cpu()}
+        return {"factor": self.factor.detach().cpu(), "push": self.push.detach().cpu()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.log_scale = state["log_scale"].to(device=self.log_scale.device, dtype=torch.float32).clone()
+        self.factor = state["factor"].to(device=self.factor.device, dtype=torch.float32).clone()
+        self.push = state["push"].to(device=self.factor.device, dtype=torch.float32).clone()

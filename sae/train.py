@@ -27,6 +27,13 @@ CHECKPOINT = "checkpoints/latest.pt"
 RESUMABLE_CHANGES = ("checkpoint_every", "log_every", "wandb_project", "device")
 
 
+INIT_L0 = 64  # a penalty family without a target L0 starts with about this many latents firing per token
+# with a target L0 it starts this far above it: the penalty can lower L0 quickly, while nothing but the
+# reconstruction raises it
+INIT_ABOVE_TARGET = 1.5
+INIT_L0_TOKENS = 8192  # the sample tokens that set the penalty family's starting thresholds or biases
+
+
 class NonFiniteError(RuntimeError):
     """Training met NaN or inf; the last good checkpoint is left untouched."""
 
@@ -78,7 +85,11 @@ class Trainer:
         if cfg.target_l0 is not None and sae.cfg.is_clt:
             raise ValueError(f"target_l0={cfg.target_l0!r}: a CLT trains no sparsity penalty; give one dictionary per layer")
         self.sparsity = (
-            SparsityController(cfg.steps, cfg.sparsity_warmup_frac, cfg.target_l0, sae.W_enc.device) if family.penalty else None
+            SparsityController(
+                cfg.steps, cfg.sparsity_warmup_frac, cfg.target_l0, sae.W_enc.device, signed=family.penalty == "l0"
+            )
+            if family.penalty
+            else None
         )
         # first step whose batch or loss was not finite (-1: none) and that loss (0: the batch was bad)
         self._bad_step = torch.full((), -1, dtype=torch.long, device=sae.W_enc.device)
@@ -311,6 +322,11 @@ class Trainer:
         if self.sae.cfg.is_transcoder:
             y = torch.cat(self.comm.gather_batches([p[1] for p in parts]))[:n]  # type: ignore[misc]
         init_from_sample(self.sae, x, y, skip_init=self.cfg.skip_init)
+        if self.sparsity is not None and not self.sae.cfg.is_clt:  # a penalty family starts near its L0
+            with torch.no_grad():
+                x_n, _ = self.sae._prepare(x[:INIT_L0_TOKENS])
+            l0 = INIT_ABOVE_TARGET * self.cfg.target_l0 if self.cfg.target_l0 is not None else INIT_L0
+            self.sae.family.init_from_sample(self.sae, x_n, min(float(l0), self.sae.cfg.latents))
         return itertools.chain(head, batches)
 
 

@@ -56,6 +56,15 @@ class TrainStep:
         return self.index / self.total
 
 
+def firing_quantile(pre: torch.Tensor, l0: float) -> torch.Tensor:
+    """Per latent, the value of pre [B, n] that a fraction l0 / n of the rows exceed: a threshold at which each latent
+    fires on l0 / n of the tokens, so the code's mean L0 is about l0 (Anthropic's 2025 initialisation of the encoder
+    bias, per latent)."""
+    B, n = pre.shape
+    above = min(B - 1, max(1, round(B * min(1.0, l0 / n))))
+    return pre.float().kthvalue(B - above, dim=0).values
+
+
 def regather(pre: torch.Tensor, code: SparseCode, relu: bool = True) -> SparseCode:
     """Re-read a selected code's values from `pre` so gradients reach it (kernels may return detached
     values); padding (value 0) stays 0."""
@@ -188,6 +197,11 @@ class Family(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Family-specific terms added to the loss (already weighted)."""
         return {}
+
+    @torch.no_grad()
+    def init_from_sample(self, sae: SparseAutoencoder, x_n: torch.Tensor, l0: float) -> None:
+        """A penalty family: set its thresholds or biases from normalised sample inputs x_n so that training starts
+        at about `l0` active latents per token (the trainer calls it after b_dec is set; the default: nothing)."""
 
     def own_coef(self) -> float:
         """A penalty family's coefficient when TrainConfig gives none: its option, else `default_coef`."""

@@ -27,7 +27,7 @@ from torch import nn
 
 import kernels
 from kernels import Encoding, SparseCode
-from sae.families.base import DEFAULT_K_AUX, SAELENS_TENSORS, Family, TrainStep
+from sae.families.base import DEFAULT_K_AUX, SAELENS_TENSORS, Family, TrainStep, firing_quantile
 from sae.families.standard import weighted_l1
 from sae.losses import fvu
 
@@ -98,6 +98,11 @@ class Gated(Family):
         l1 = weighted_l1(sae, x_n, relu_gate)
         via_gate = kernels.decode(relu_gate, sae.W_dec.detach(), sae.b_dec.detach())
         return {"l1": self.sparsity_coefficient(step) * l1, "gate_aux": fvu(x_n, via_gate)}
+
+    @torch.no_grad()
+    def init_from_sample(self, sae: SparseAutoencoder, x_n: torch.Tensor, l0: float) -> None:
+        """b_gate so each latent's gate opens on l0 / n of the sample (Anthropic's 2025 bias initialisation)."""
+        sae.b_enc.copy_(-firing_quantile(self._hidden(sae, x_n), l0).to(sae.b_enc.dtype))
 
     @torch.no_grad()
     def fold_scale(self, scale: float) -> None:

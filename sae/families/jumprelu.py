@@ -39,14 +39,14 @@ from torch import nn
 
 import kernels
 from kernels import Encoding, SparseCode
-from sae.families.base import DEFAULT_K_AUX, SAELENS_TENSORS, Family, TrainStep, regather
+from sae.families.base import DEFAULT_K_AUX, SAELENS_TENSORS, Family, TrainStep, firing_quantile, regather
 
 if TYPE_CHECKING:
     from sae.config import SAEConfig
     from sae.model import SparseAutoencoder
 
 DEFAULT_BANDWIDTH = 0.05  # the rectangle kernel's width, in the normalised pre-activations' units
-DEFAULT_INIT_THRESHOLD = 0.1  # theta at the start of training, normalised units (pre-activations are O(1))
+DEFAULT_INIT_THRESHOLD = 0.1  # theta before training sets it from the data (`init_from_sample`), normalised units
 DEFAULT_L0_COEF = 1e-3  # lambda of the step penalty, per latent firing per token, against an FVU of order 0.1
 DEFAULT_TANH_SCALE = 4.0  # Anthropic's c
 SPARSITY_LOSSES = ("step", "tanh")
@@ -179,6 +179,15 @@ class JumpReLU(Family):
             norms = sae.W_dec.norm(dim=1).to(code.values.dtype)[code.indices]
             per_token = torch.tanh(self.tanh_scale * code.values * norms).float().sum(1)
         return {"l0_loss": self.sparsity_coefficient(step) * per_token.mean()}
+
+    @torch.no_grad()
+    def init_from_sample(self, sae: SparseAutoencoder, x_n: torch.Tensor, l0: float) -> None:
+        """Each theta_i at the value latent i's pre-activation exceeds on l0 / n of the sample (at least 0), unless
+        `init_threshold` is given: Adam moves theta by about lr a step, which a short run's budget cannot spend on
+        reaching the right scale from a constant."""
+        if "init_threshold" in self.cfg.options:
+            return
+        self.threshold.copy_(firing_quantile(self.pre(sae, x_n), l0).clamp_min(0.0))
 
     @classmethod
     def has_own_loss(cls) -> bool:

@@ -17,7 +17,7 @@ import torch
 
 import kernels
 from kernels import Encoding, SparseCode
-from sae.families.base import DEFAULT_K_AUX, Family, TrainStep
+from sae.families.base import DEFAULT_K_AUX, Family, TrainStep, firing_quantile
 
 if TYPE_CHECKING:
     from sae.config import SAEConfig
@@ -74,6 +74,11 @@ class Standard(Family):
     ) -> Encoding:
         enc = kernels.encode(self.encoder_input(sae, x_n), sae.W_enc, sae.b_enc, "threshold", threshold=0.0)
         return Encoding(enc.code, None)
+
+    @torch.no_grad()
+    def init_from_sample(self, sae: SparseAutoencoder, x_n: torch.Tensor, l0: float) -> None:
+        """b_enc so each latent fires on l0 / n of the sample (Anthropic's 2025 bias initialisation)."""
+        sae.b_enc.copy_(-firing_quantile(self.encoder_input(sae, x_n) @ sae.W_enc, l0).to(sae.b_enc.dtype))
 
     def own_coef(self) -> float:
         return self.l1_coef

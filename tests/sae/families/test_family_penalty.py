@@ -1,7 +1,5 @@
 """The penalty families' coefficient: warm-up, target L0 and the bad input refused before training."""
 
-import math
-
 import pytest
 import torch
 
@@ -61,13 +59,20 @@ def test_controller_warms_up_adapts_then_freezes():
     c = SparsityController(steps=100, warmup_frac=0.1, target_l0=10.0)
     assert c.warmup(0) == pytest.approx(0.1) and c.warmup(9) == 1.0
     c.update(5, torch.tensor(40.0))  # in the warm-up: no change
-    assert float(c.log_scale) == 0.0
+    assert float(c.factor) == 1.0
     c.update(20, torch.tensor(40.0))  # L0 above the target: the coefficient grows
-    assert float(c.log_scale) > 0
-    before = float(c.log_scale)
+    assert float(c.factor) > 1
+    before = float(c.factor)
     c.update(100 - int(TARGET_FREEZE_FRAC * 100), torch.tensor(1.0))  # frozen
-    assert float(c.log_scale) == before
-    assert float(c.scale(50)) == pytest.approx(math.exp(before))
+    assert float(c.factor) == before
+    assert float(c.scale(50)) == pytest.approx(before)
+    for _ in range(200):  # L0 far below: an L1 penalty's factor stays positive, an L0 penalty's may reward firing
+        c.update(30, torch.tensor(1.0))
+    assert float(c.factor) > 0
+    signed = SparsityController(steps=100, warmup_frac=0.0, target_l0=10.0, signed=True)
+    for _ in range(200):
+        signed.update(30, torch.tensor(1.0))
+    assert float(signed.factor) < 0
 
 
 @pytest.mark.slow

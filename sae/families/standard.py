@@ -5,6 +5,9 @@ not by a k. Loss = FVU + l1_coef * E_b[sum_i z_i |W_dec_i|] / sqrt(E_b|x - mean 
 codes weighted by each latent's decoder norm (so a loaded dictionary with non-unit rows is penalised
 as SAELens's `standard` trainer penalises it), divided by the batch's RMS deviation so the term is,
 like FVU, dimensionless. Our trainer keeps decoder rows at unit norm, where the weighting is 1.
+The default l1_coef (0.1) comes from a sweep on the embedded model (docs/results/frontier.md); the coefficient is
+warmed up over TrainConfig.sparsity_warmup_frac and, with a target L0, adapted (sae.sparsity_target); b_enc starts
+where each latent fires on about L0 / n of a sample (Anthropic's 2025 initialisation).
 No AuxK: a classic standard SAE has none (dead latents stay dead). `apply_b_dec_to_input` false reads
 x itself, as some published SAELens dictionaries do.
 """
@@ -23,7 +26,7 @@ if TYPE_CHECKING:
     from sae.config import SAEConfig
     from sae.model import SparseAutoencoder
 
-DEFAULT_L1_COEF = 0.3
+DEFAULT_L1_COEF = 0.1  # the sweep in docs/results/frontier.md: the coefficient that lands near L0 = 32 there
 
 
 def weighted_l1(sae: SparseAutoencoder, x_n: torch.Tensor, code: SparseCode) -> torch.Tensor:

@@ -11,7 +11,7 @@ A penalty family sets its L0 through a coefficient, not a k. The trainer multipl
   (`signed`) it may fall below 0: a penalty near zero does not raise L0 within a short run (the encoder's drift
   lowers it), and a small reward for firing does, as a Lagrange multiplier of the constraint L0 = target would.
   The update starts once the warm-up is over and stops for the last `TARGET_FREEZE_FRAC` of the run, where the
-  coefficient is held so the dictionary settles under a fixed loss (the learning rate's decay falls in that span).
+  coefficient is held so the dictionary settles under a fixed loss (the learning rate is near 0 there).
 
 The state (m) is a device tensor, so no step waits on the host; it is saved in the trainer's checkpoint.
 """
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 TARGET_GAIN = 0.1  # the integral gain: change of the factor per step per unit of log(L0 / target), times (1 + |m|)
 TARGET_PROPORTIONAL = 1.0  # the proportional gain: the factor's immediate answer to this step's log(L0 / target)
-TARGET_FREEZE_FRAC = 0.2  # the last fraction of the run with the coefficient held
+TARGET_FREEZE_FRAC = 0.05  # the last fraction of the run with the coefficient held
 TARGET_MAX_SCALE = 1e5  # the factor's upper bound
 TARGET_MIN_SCALE = 1e-5  # its lower bound for an L1 penalty (an L0 penalty's is -TARGET_MAX_SCALE)
 

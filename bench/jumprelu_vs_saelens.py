@@ -120,6 +120,7 @@ def main() -> None:
     p.add_argument("--eval-tokens", type=int, default=16_384)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default="", help="write the results as JSON here")
+    p.add_argument("--ours", nargs="*", default=["default", "target"], choices=["default", "target"], help="our runs")
     p.add_argument("--saelens-result", default="", help="reuse SAELens's result (JSON) of an earlier run, same settings")
     args = p.parse_args()
     if args.threads:
@@ -143,10 +144,12 @@ def main() -> None:
     else:
         results["saelens"] = run_saelens(train_x, test_x, args, steps)
     print("saelens", results["saelens"], flush=True)
-    results["ours_default"] = ours(train_x, test_x, args, None)
-    print("ours, defaults", results["ours_default"], flush=True)
-    results["ours_target"] = ours(train_x, test_x, args, round(results["saelens"]["l0"], 1))
-    print("ours, --target-l0 at SAELens's L0", results["ours_target"], flush=True)
+    if "default" in args.ours:
+        results["ours_default"] = ours(train_x, test_x, args, None)
+        print("ours, defaults", results["ours_default"], flush=True)
+    if "target" in args.ours:
+        results["ours_target"] = ours(train_x, test_x, args, round(results["saelens"]["l0"], 1))
+        print("ours, --target-l0 at SAELens's L0", results["ours_target"], flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
 

@@ -13,6 +13,7 @@ import torch
 from activations.hooks import HookPoints
 from activations.source import TextSource
 from sae.families import DEFAULT_AUX_COEF, DEFAULT_K_AUX, get_family
+from sae.sparsity_target import check_coefficient
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 NORMALIZATIONS = ("dataset_scalar", "none", "layer_norm", "unit_norm", "layer_norm_std", "constant_norm_rescale")
@@ -93,6 +94,9 @@ class SAEConfig:
             family.validate(self)
         except (TypeError, KeyError, AttributeError, OverflowError) as e:  # an option of the wrong type
             raise ValueError(f"family {self.family!r}: options {self.options!r} do not fit it ({e})") from e
+        if not family.uses_k and self.k is not None:
+            how = f"its {family.penalty.upper()} penalty (--sparsity-coef, --target-l0)" if family.penalty else "its rule"
+            raise ValueError(f"family {self.family!r} does not use k (its L0 is set by {how}); got k={self.k}, expected none")
         _check_family_as_transcoder(self, family)
 
     @property
@@ -323,6 +327,14 @@ class TrainConfig:
     skip_init: str = "zero"
     """A skip transcoder's W_skip at the start: zero (sparsify, SAELens) or lstsq (the least-squares fit of the
     target on the input over the init_tokens, b_dec then the geometric median of what it leaves)."""
+    sparsity_coef: float | None = None
+    """The sparsity penalty's coefficient of a penalty family (jumprelu: L0, gated and standard: L1); default: the
+    family's (standard: its l1_coef option)."""
+    sparsity_warmup_frac: float = 0.05
+    """Fraction of steps over which that coefficient rises linearly from 0 (penalty families only)."""
+    target_l0: float | None = None
+    """Adapt the sparsity coefficient during training so the dictionary lands at this mean L0 (penalty families
+    only; sae.sparsity_target states the controller)."""
     seed: int = 0
     """Random seed for initialisation and sampling."""
     checkpoint_every: int = 100
@@ -358,6 +370,15 @@ class TrainConfig:
             raise ValueError(f"tokens={self.tokens} is less than one batch of {self.batch_size}")
         if self.dead_window_tokens is not None and self.dead_window_tokens < 1:
             raise ValueError(f"dead_window_tokens must be >= 1 (or None for the default), got {self.dead_window_tokens}")
+        check_coefficient("sparsity_coef", self.sparsity_coef)
+        if not 0 <= self.sparsity_warmup_frac < 1:
+            raise ValueError(f"sparsity_warmup_frac must lie in [0, 1), got {self.sparsity_warmup_frac!r}")
+        if self.target_l0 is not None and (
+            isinstance(self.target_l0, bool)
+            or not isinstance(self.target_l0, (int, float))
+            or not (math.isfinite(self.target_l0) and self.target_l0 > 0)
+        ):
+            raise ValueError(f"target_l0={self.target_l0!r}; expected a number > 0 (and at most n_latents)")
         if not 0 <= self.warmup_frac < 1 or not 0 <= self.decay_frac <= 1:
             raise ValueError(f"warmup_frac and decay_frac must lie in [0, 1), got {self.warmup_frac}, {self.decay_frac}")
 

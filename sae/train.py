@@ -19,11 +19,19 @@ from sae.distributed.comm import Communicator
 from sae.families import TrainStep
 from sae.init import init_from_sample
 from sae.model import SparseAutoencoder
+from sae.sparsity_target import SparsityController, check_target_l0
 
 CHECKPOINT = "checkpoints/latest.pt"
 # TrainConfig fields that may differ on resume: they change where the run is logged and saved, not its result
 # (AuxK's k_aux and aux_coef change the result: a checkpoint refuses them as it refuses another lr)
 RESUMABLE_CHANGES = ("checkpoint_every", "log_every", "wandb_project", "device")
+
+
+INIT_L0 = 64  # a penalty family without a target L0 starts with about this many latents firing per token
+# with a target L0 it starts this far above it: the penalty can lower L0 quickly, while nothing but the
+# reconstruction raises it
+INIT_ABOVE_TARGET = 1.5
+INIT_L0_TOKENS = 8192  # the sample tokens that set the penalty family's starting thresholds or biases
 
 
 class NonFiniteError(RuntimeError):
@@ -71,6 +79,18 @@ class Trainer:
         # tokens since each latent last fired: dead beyond the window
         self.dead_window = cfg.dead_window(sae.cfg.latents, sae.cfg.k)
         self.since_fired = torch.zeros(sae.cfg.n_features, dtype=torch.long, device=sae.W_enc.device)
+        # a penalty family's coefficient over the run: warm-up and, with target_l0, its adaptation
+        family = type(sae.family)
+        check_target_l0(family, cfg.target_l0, sae.cfg.latents)
+        if cfg.target_l0 is not None and sae.cfg.is_clt:
+            raise ValueError(f"target_l0={cfg.target_l0!r}: a CLT trains no sparsity penalty; give one dictionary per layer")
+        self.sparsity = (
+            SparsityController(
+                cfg.steps, cfg.sparsity_warmup_frac, cfg.target_l0, sae.W_enc.device, signed=family.penalty == "l0"
+            )
+            if family.penalty
+            else None
+        )
         # first step whose batch or loss was not finite (-1: none) and that loss (0: the batch was bad)
         self._bad_step = torch.full((), -1, dtype=torch.long, device=sae.W_enc.device)
         self._bad_what = torch.zeros((), device=sae.W_enc.device)
@@ -89,6 +109,7 @@ class Trainer:
             "step": self.step,
             "tokens": self.tokens,
             "since_fired": self.since_fired,
+            **({"sparsity": self.sparsity.state_dict()} if self.sparsity is not None else {}),
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
@@ -111,6 +132,8 @@ class Trainer:
         self.opt.load_state_dict(state["opt"])
         self.step, self.tokens = state["step"], state["tokens"]
         self.since_fired = state["since_fired"].to(self.since_fired.device)
+        if self.sparsity is not None and "sparsity" in state:
+            self.sparsity.load_state_dict(state["sparsity"])
         torch.set_rng_state(state["rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -152,7 +175,14 @@ class Trainer:
         lr = lr_at(self.step, steps, self.base_lr, self.cfg)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        step = TrainStep(index=self.step, total=steps, k_aux=self.cfg.k_aux, aux_coef=self.cfg.aux_coef)
+        step = TrainStep(
+            index=self.step,
+            total=steps,
+            k_aux=self.cfg.k_aux,
+            aux_coef=self.cfg.aux_coef,
+            sparsity_coef=self.cfg.sparsity_coef,
+            sparsity_scale=self.sparsity.scale(self.step) if self.sparsity is not None else 1.0,
+        )
         dead = self.dead_mask()
         out = self.comm.forward(sae, x, dead, step, target=y)
         finite = torch.isfinite(x).all() if y is None else torch.isfinite(x).all() & torch.isfinite(y).all()
@@ -167,6 +197,9 @@ class Trainer:
         self.opt.step()
         sae.set_decoder_norm_to_unit()
         sae.after_step(out.enc, step)
+        l0 = out.code.l0().float().mean()
+        if self.sparsity is not None:
+            self.sparsity.update(self.step, l0)
         rows = self.comm.global_rows(x.shape[0])
         self.since_fired = torch.where(self.comm.fired(out.enc.code, self.since_fired.shape[0]), 0, self.since_fired + rows)
         self.step += 1
@@ -175,10 +208,11 @@ class Trainer:
             "loss": out.loss.detach(),
             "fvu": out.fvu.detach(),
             "aux_loss": out.aux_loss.detach(),
-            "l0": out.code.l0().float().mean(),
+            "l0": l0,
             "dead_fraction": dead.float().mean(),
             "lr": lr,
             **{k: v.detach() for k, v in out.extras.items()},
+            **({"sparsity_coef": torch.as_tensor(sae.family.sparsity_coefficient(step))} if self.sparsity is not None else {}),
         }
 
     def _raise_if_bad(self) -> None:
@@ -288,6 +322,11 @@ class Trainer:
         if self.sae.cfg.is_transcoder:
             y = torch.cat(self.comm.gather_batches([p[1] for p in parts]))[:n]  # type: ignore[misc]
         init_from_sample(self.sae, x, y, skip_init=self.cfg.skip_init)
+        if self.sparsity is not None and not self.sae.cfg.is_clt:  # a penalty family starts near its L0
+            with torch.no_grad():
+                x_n, _ = self.sae._prepare(x[:INIT_L0_TOKENS])
+            l0 = INIT_ABOVE_TARGET * self.cfg.target_l0 if self.cfg.target_l0 is not None else INIT_L0
+            self.sae.family.init_from_sample(self.sae, x_n, min(float(l0), self.sae.cfg.latents))
         return itertools.chain(head, batches)
 
 

@@ -8,6 +8,8 @@ from typing import Any
 from sae.cli.args import add_dataclass_args, build_dataclass, dataclass_kwargs
 from sae.config import RunConfig, SAEConfig, TrainConfig
 from sae.distributed.config import DistributedConfig
+from sae.families import get_family
+from sae.sparsity_target import check_target_l0
 
 # The demo: the embedded default model and corpus, a TopK dictionary, minutes on 2 CPU cores.
 DEMO: dict[str, dict[str, Any]] = {
@@ -45,5 +47,10 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     run = build_dataclass(RunConfig, run_options)
     sae_options = {k: v for k, v in dataclass_kwargs(args, SAEConfig).items() if k not in _SAE_SKIP}
     sae_kwargs = {**presets["sae"], **sae_options}
+    family = get_family(sae_kwargs.get("family", "topk"))
+    if not family.uses_k and "k" not in sae_options:
+        sae_kwargs.pop("k", None)  # the demo's k is for the top-k families; a penalty family sets L0 otherwise
     tcfg = TrainConfig(**{**presets["train"], **dataclass_kwargs(args, TrainConfig)})
+    # refused here, before any harvest: a target for a family without a penalty, or above a given n_latents
+    check_target_l0(family, tcfg.target_l0, sae_kwargs.get("n_latents"))
     return run_training(run, sae_kwargs, tcfg, dcfg)

@@ -45,11 +45,24 @@ class TrainStep:
     """AuxK: dead latents each token may use to reconstruct the residual."""
     aux_coef: float = DEFAULT_AUX_COEF
     """AuxK loss coefficient."""
+    sparsity_coef: float | None = None
+    """A penalty family's coefficient (TrainConfig.sparsity_coef); None: the family's own (`Family.own_coef`)."""
+    sparsity_scale: torch.Tensor | float = 1.0
+    """Factor on that coefficient: the warm-up times the target-L0 adaptation (sae.sparsity_target)."""
 
     @property
     def progress(self) -> float:
         """Fraction of training done before this step."""
         return self.index / self.total
+
+
+def firing_quantile(pre: torch.Tensor, l0: float) -> torch.Tensor:
+    """Per latent, the value of pre [B, n] that a fraction l0 / n of the rows exceed: a threshold at which each latent
+    fires on l0 / n of the tokens, so the code's mean L0 is about l0 (Anthropic's 2025 initialisation of the encoder
+    bias, per latent)."""
+    B, n = pre.shape
+    above = min(B - 1, max(1, round(B * min(1.0, l0 / n))))
+    return pre.float().kthvalue(B - above, dim=0).values
 
 
 def regather(pre: torch.Tensor, code: SparseCode, relu: bool = True) -> SparseCode:
@@ -67,6 +80,10 @@ class Family(nn.Module):
     name: ClassVar[str] = "topk"
     rule: ClassVar[str] = "row"  # the kernels.select rule of the training forward
     uses_k: ClassVar[bool] = True
+    # the sparsity penalty that sets L0 where there is no k ("" = none): "l0" (jumprelu), "l1" (standard, gated);
+    # such a family reads its coefficient through `sparsity_coefficient`, which the warm-up and a target L0 scale
+    penalty: ClassVar[str] = ""
+    default_coef: ClassVar[float] = 0.0  # the penalty's coefficient when neither TrainConfig nor an option gives one
     uses_b_enc: bool = True  # an instance may differ from its class (AbsTopK's encoder_bias option)
     signed: ClassVar[bool] = False  # codes may be negative (firing is |z| > 0)
     option_names: ClassVar[tuple[str, ...]] = ()
@@ -180,6 +197,21 @@ class Family(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Family-specific terms added to the loss (already weighted)."""
         return {}
+
+    @torch.no_grad()
+    def init_from_sample(self, sae: SparseAutoencoder, x_n: torch.Tensor, l0: float) -> None:
+        """A penalty family: set its thresholds or biases from normalised sample inputs x_n so that training starts
+        at about `l0` active latents per token (the trainer calls it after b_dec is set; the default: nothing)."""
+
+    def own_coef(self) -> float:
+        """A penalty family's coefficient when TrainConfig gives none: its option, else `default_coef`."""
+        return self.default_coef
+
+    def sparsity_coefficient(self, step: TrainStep) -> torch.Tensor | float:
+        """The penalty's coefficient at `step`: TrainConfig's (or the family's own) times the warm-up and target
+        factor."""
+        base = self.own_coef() if step.sparsity_coef is None else step.sparsity_coef
+        return base * step.sparsity_scale
 
     @torch.no_grad()
     def after_step(self, sae: SparseAutoencoder, enc: Encoding, step: TrainStep) -> None:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from sae.config import SAEConfig
+from sae.families import get_family
 from sae.model import SparseAutoencoder
 
 D, N, K = 32, 128, 4
@@ -11,7 +12,7 @@ D, N, K = 32, 128, 4
 
 def make(family: str, seed: int = 0, **kw) -> SparseAutoencoder:
     """A dictionary of `family` with random biases so selections are not trivial."""
-    kw.setdefault("k", None if family in ("topafa", "jumprelu") else K)
+    kw.setdefault("k", K if get_family(family).uses_k and family != "topafa" else None)
     sae = SparseAutoencoder(SAEConfig(d_in=D, n_latents=N, family=family, **kw), seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

@@ -25,6 +25,9 @@ TRAINABLE = {
     "matryoshka": {"options": {"threshold_start_step": 5, "threshold_beta": 0.9, "prefixes": [16, 32, 64, 128]}},
     "vsae": {},
     "standard": {"k": None, "options": {"l1_coef": 0.1}},
+    "jumprelu": {"k": None},
+    "jumprelu_tanh": {"family": "jumprelu", "k": None, "options": {"sparsity_loss": "tanh"}},
+    "gated": {"k": None},
 }
 
 
@@ -39,8 +42,8 @@ def sparse_acts(n: int = 4096, seed: int = 0) -> torch.Tensor:
 
 
 def build(family: str) -> SparseAutoencoder:
-    kw = {"k": 4, **TRAINABLE[family]}
-    return SparseAutoencoder(SAEConfig(d_in=D, n_latents=N, family=family, **kw), seed=1)
+    kw = {"k": 4, "family": family, **TRAINABLE[family]}
+    return SparseAutoencoder(SAEConfig(d_in=D, n_latents=N, **kw), seed=1)
 
 
 def tcfg(steps: int = 40) -> TrainConfig:

@@ -1,0 +1,114 @@
+"""The penalty families' coefficient: warm-up, target L0 and the bad input refused before training."""
+
+import pytest
+import torch
+
+from sae.config import SAEConfig, TrainConfig
+from sae.data import TensorBatches
+from sae.model import SparseAutoencoder
+from sae.sparsity_target import TARGET_FREEZE_FRAC, SparsityController
+from sae.train import Trainer, train
+
+from .conftest import D, N
+from .test_family_training import sparse_acts
+
+
+@pytest.mark.parametrize("family", ["jumprelu", "gated", "standard"])
+def test_k_is_refused_by_a_family_without_one(family):
+    with pytest.raises(ValueError, match=f"family '{family}' does not use k.*k=8"):
+        SAEConfig(d_in=D, n_latents=N, family=family, k=8)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"target_l0": 0}, "target_l0=0"),
+        ({"target_l0": -3.0}, "target_l0=-3.0"),
+        ({"target_l0": float("nan")}, "target_l0=nan"),
+        ({"sparsity_coef": -1.0}, "sparsity_coef=-1.0"),
+        ({"sparsity_coef": float("nan")}, "sparsity_coef=nan"),
+        ({"sparsity_coef": float("inf")}, "sparsity_coef=inf"),
+        ({"sparsity_warmup_frac": 1.0}, "sparsity_warmup_frac"),
+    ],
+)
+def test_bad_training_values_are_refused(kw, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(tokens=1024, batch_size=256, **kw)
+
+
+def test_target_above_n_and_for_a_k_family_are_refused_before_training():
+    jump = SparseAutoencoder(SAEConfig(d_in=D, n_latents=N, family="jumprelu"))
+    with pytest.raises(ValueError, match=f"target_l0=200 is above n_latents={N}"):
+        Trainer(jump, TrainConfig(tokens=1024, batch_size=256, target_l0=200))
+    topk = SparseAutoencoder(SAEConfig(d_in=D, n_latents=N, k=4))
+    with pytest.raises(ValueError, match="family 'topk' sets its L0 by k"):
+        Trainer(topk, TrainConfig(tokens=1024, batch_size=256, target_l0=8))
+
+
+def test_bad_jumprelu_options_are_refused():
+    for options, match in (
+        ({"bandwidth": 0.0}, "bandwidth=0.0"),
+        ({"init_threshold": -1.0}, "init_threshold=-1.0"),
+        ({"sparsity_loss": "l1"}, "sparsity_loss='l1'"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            SAEConfig(d_in=D, n_latents=N, family="jumprelu", options=options)
+
+
+def test_controller_warms_up_adapts_then_freezes():
+    c = SparsityController(steps=100, warmup_frac=0.1, target_l0=10.0)
+    assert c.warmup(0) == pytest.approx(0.1) and c.warmup(9) == 1.0
+    c.update(5, torch.tensor(40.0))  # in the warm-up: no change
+    assert float(c.factor) == 1.0
+    c.update(20, torch.tensor(40.0))  # L0 above the target: the coefficient grows
+    assert float(c.factor) > 1
+    before = float(c.factor)
+    c.update(100 - int(TARGET_FREEZE_FRAC * 100), torch.tensor(1.0))  # frozen
+    assert float(c.factor) == before
+    assert float(c.scale(50)) == pytest.approx(before)
+    for _ in range(200):  # L0 far below: an L1 penalty's factor stays positive, an L0 penalty's may reward firing
+        c.update(30, torch.tensor(1.0))
+    assert float(c.factor) > 0
+    signed = SparsityController(steps=100, warmup_frac=0.0, target_l0=10.0, signed=True)
+    for _ in range(200):
+        signed.update(30, torch.tensor(1.0))
+    assert float(signed.factor) < 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["jumprelu", "gated", "standard"])
+def test_target_l0_lands_within_ten_percent(family):
+    """A small run (sparse data, n = 128) asked for L0 = 12 ends within +-10% of it on held-out tokens."""
+    acts = sparse_acts(8192)
+    sae = SparseAutoencoder(SAEConfig(d_in=D, n_latents=N, family=family), seed=1)
+    cfg = TrainConfig(tokens=256 * 300, batch_size=256, init_tokens=1024, log_every=10**6, checkpoint_every=10**6, target_l0=12)
+    train(sae, TensorBatches(acts[:-1024], 256, seed=0), cfg)
+    with torch.no_grad():
+        l0 = sae.eval().encode(acts[-1024:]).l0().float().mean().item()
+    assert 12 * 0.9 <= l0 <= 12 * 1.1, l0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--family", "jumprelu", "--k", "8"], "family 'jumprelu' does not use k"),
+        (["--family", "topk", "--target-l0", "8"], "family 'topk' sets its L0 by k"),
+        (["--family", "gated", "--target-l0", "0"], "target_l0=0.0"),
+        (["--family", "standard", "--target-l0", "100"], "above n_latents=64"),
+        (["--family", "jumprelu", "--sparsity-coef", "-1"], "sparsity_coef=-1.0"),
+        (["--family", "jumprelu", "--sparsity-coef", "nan"], "sparsity_coef=nan"),
+    ],
+)
+def test_cli_refuses_bad_penalty_input_in_one_line_before_the_model_loads(tmp_path, capsys, monkeypatch, args, message):
+    import activations
+    from sae.cli import main
+
+    def load(*a, **kw):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(activations, "load_model", load)
+    out = tmp_path / "run"
+    assert main(["train", "--tokens", "4096", "--batch-size", "1024", "--n-latents", "64", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()

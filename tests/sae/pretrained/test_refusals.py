@@ -179,7 +179,8 @@ def test_transcoders_that_a_layout_cannot_hold_are_refused_in_one_line(tmp_path)
     with pytest.raises(ValueError, match="SAELens has no cross-layer transcoder class"):
         tc(family="jumprelu", k=None, layers=2).save(tmp_path, format="saelens-strict")
     negative = tc(family="jumprelu", k=None)
-    negative.family.threshold.fill_(-0.1)
+    with torch.no_grad():  # the thresholds are trained parameters
+        negative.family.threshold.fill_(-0.1)
     with pytest.raises(ValueError, match="16 JumpReLU thresholds are negative"):
         negative.save(tmp_path, format="saelens-strict")
     assert not any(tmp_path.iterdir())

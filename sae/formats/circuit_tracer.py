@@ -34,7 +34,7 @@ import torch
 
 from sae.families.batchtopk import ThresholdInference
 from sae.families.jumprelu import JumpReLU
-from sae.formats.common import block_hook, layer_of, make_cfg, site_of, tensor_of, tensor_shapes
+from sae.formats.common import block_hook, layer_of, raw_cfg, site_of, tensor_of, tensor_shapes
 from sae.io import Format, read_safetensors, write_safetensors
 from sae.model import SparseAutoencoder
 
@@ -100,15 +100,12 @@ def load_layer(path: Path, device: torch.device | str | None = None, dtype: str 
     n, d_in = W_enc.shape
     d_out = int(tensor_of(state, "b_dec", path).shape[0])
     jump = THRESHOLD in state
-    cfg = make_cfg(
+    cfg = raw_cfg(
         path,
         d_in=d_in,
         d_sae=n,
-        dtype=dtype or "float32",
+        dtype=dtype,
         family="jumprelu" if jump else "standard",
-        k=None,
-        normalize="none",
-        options={"apply_b_dec_to_input": False},
         d_out=d_out,
         skip="W_skip" in state,
         **_hooks(int(m.group(1)), raw),
@@ -176,15 +173,11 @@ def load_clt(folder: Path, device: torch.device | str | None = None, dtype: str 
     has_threshold = ["threshold" in t for t in layers]
     if any(has_threshold) and not all(has_threshold):
         raise ValueError(f"{folder}: layers {[i for i, h in enumerate(has_threshold) if h]} hold threshold_<l>, the others none")
-    cfg = make_cfg(
+    cfg = raw_cfg(
         folder / CONFIG,
         d_in=d,
         d_sae=n,
-        dtype=dtype or "float32",
-        family="jumprelu",
-        k=None,
-        normalize="none",
-        options={"apply_b_dec_to_input": False},
+        dtype=dtype,
         d_out=int(tensor_of(layers[0], "b_dec", encoders[0]).shape[0]),
         layers=L,
         **_hooks("{}", raw),
@@ -224,15 +217,12 @@ def load_clt_layer(path: Path, device: torch.device | str | None = None, dtype: 
     )
     W_enc = tensor_of(t, "W_enc", path)
     jump = "threshold" in t
-    cfg = make_cfg(
+    cfg = raw_cfg(
         path,
         d_in=W_enc.shape[1],
         d_sae=W_enc.shape[0],
-        dtype=dtype or "float32",
+        dtype=dtype,
         family="jumprelu" if jump else "standard",
-        k=None,
-        normalize="none",
-        options={"apply_b_dec_to_input": False},
         d_out=int(W_dec.shape[-1]),
         **_hooks(layer, raw),
     )

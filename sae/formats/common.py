@@ -22,6 +22,24 @@ def make_cfg(source: str | Path, *, d_in: Any, d_sae: Any, dtype: str | torch.dt
         raise ValueError(f"{source}: {e}") from e
 
 
+def raw_cfg(
+    source: str | Path, *, d_in: Any, d_sae: Any, dtype: str | torch.dtype | None, family: str = "jumprelu", **kw: Any
+) -> SAEConfig:
+    """`make_cfg` for the threshold and ReLU layouts whose weights act on raw activations (Gemma Scope, circuit-tracer):
+    no normalisation, no k, and no b_dec subtracted from the input."""
+    return make_cfg(
+        source,
+        d_in=d_in,
+        d_sae=d_sae,
+        dtype=dtype,
+        family=family,
+        k=None,
+        normalize="none",
+        options={"apply_b_dec_to_input": False},
+        **kw,
+    )
+
+
 def torch_load_weights(path: Path) -> Any:
     """torch.load with weights_only=True: a pickle that needs anything but tensors and plain containers is refused."""
     if not path.exists():

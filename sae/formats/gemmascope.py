@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sae.formats.common import block_hook, clamp_threshold, layer_hook, layer_of, make_cfg, tensor_of, tensor_shapes
+from sae.formats.common import block_hook, clamp_threshold, layer_hook, layer_of, raw_cfg, tensor_of, tensor_shapes
 from sae.io import Format, read_json, read_safetensors
 from sae.model import SparseAutoencoder
 
@@ -67,15 +67,11 @@ def load_gemma_scope(
         hook_name = hook_name or (block_hook(number, "ln2.hook_normalized") if number is not None else "")
     elif not hook_name:
         hook_name = layer_hook(layer) if layer else ""
-    cfg = make_cfg(
+    cfg = raw_cfg(
         file,
         d_in=d,
         d_sae=n,
-        dtype=dtype or "float32",
-        family="jumprelu",
-        k=None,
-        normalize="none",
-        options={"apply_b_dec_to_input": False},
+        dtype=dtype,
         hook_name=hook_name,
         model_name=model_name,
         **pair,
@@ -137,15 +133,11 @@ def load_gemma_scope_2(folder: Path, device: torch.device | str | None = None, d
     else:
         site = next((hook for key, hook in GEMMA_SCOPE_2_HOOKS.items() if key in where), None)
         hook_name = block_hook(layer, site) if layer is not None and site else str(raw.get("hf_hook_point_in", ""))
-    cfg = make_cfg(
+    cfg = raw_cfg(
         folder / GEMMA_SCOPE_2_CFG,
         d_in=W_enc.shape[0],
         d_sae=W_enc.shape[1],
-        dtype=dtype or "float32",
-        family="jumprelu",
-        k=None,
-        normalize="none",
-        options={"apply_b_dec_to_input": False},
+        dtype=dtype,
         hook_name=hook_name,
         model_name=str(raw.get("model_name", "")),
         **pair,
@@ -218,15 +210,11 @@ def load_gemma_scope_2_clt(folder: Path, device: torch.device | str | None = Non
                 f"{files[layer]}: w_dec has shape {s.get('w_dec')}, expected [n, L={L} (or {L - layer}), d_out] for "
                 f"layer {layer} of {L}"
             )
-    cfg = make_cfg(
+    cfg = raw_cfg(
         folder / GEMMA_SCOPE_2_CFG,
         d_in=d_in,
         d_sae=n,
-        dtype=dtype or "float32",
-        family="jumprelu",
-        k=None,
-        normalize="none",
-        options={"apply_b_dec_to_input": False},
+        dtype=dtype,
         hook_name=block_hook("{}", "hook_mlp_in"),
         target_hook=block_hook("{}", "hook_mlp_out"),
         model_name=str(raw.get("model_name", "")),

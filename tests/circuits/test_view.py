@@ -163,6 +163,30 @@ def test_files(graph, tmp_path):
         write_graph_view(graph, out, "third")
 
 
+def test_trace_default_links(tmp_path):
+    """Without --browser, `trace --view` links each layer's features to DIR/browser/index.html beside its
+    dictionary (where `python -m sae dashboard DIR` writes it); a CLT's to its one browser, numbered across layers."""
+    import tiny_models as tm
+
+    from sae.cli.trace_view import default_links
+    from sae.pretrained import load_all
+
+    folder = tmp_path / "transcoders"
+    for layer in (1, 0):
+        t = tm.random_transcoder(8, 4, skip=False, jumprelu=False, seed=layer)
+        tm.our_transcoder(t, layer, "blocks.{}.mlp.hook_in", "blocks.{}.mlp.hook_out").save(folder / f"l{layer}")
+    out = tmp_path / "graph"
+    assert default_links(folder, out, list(load_all(folder).values())) == (
+        {0: "../transcoders/l0/browser/index.html", 1: "../transcoders/l1/browser/index.html"},
+        0,
+    )
+    tm.our_clt(tm.random_clt(2, 8, 4, jumprelu=False, seed=0), "blocks.{}.mlp.hook_in", "blocks.{}.mlp.hook_out").save(
+        tmp_path / "clt"
+    )
+    assert default_links(tmp_path / "clt", out, list(load_all(tmp_path / "clt").values())) == ("../clt/browser/index.html", 4)
+    assert default_links(Path("org/hub-repo"), out, []) == (None, 0)
+
+
 @pytest.fixture(scope="module")
 def chromium():
     if chromium_path() is None:
@@ -236,6 +260,13 @@ def test_graph_view_in_headless_chromium(graph, chromium, tmp_path):
     assert page.evaluate("() => window.__pwned") is None
     assert page.locator("img, b, i, svg svg, script:not([src])").count() == 0
     assert "</script>" in page.locator("#summary").inner_text()
+    # two graphs in the folder: without a slug the page lists them, and a link opens one
+    write_graph_view(synthetic_graph(seed=1), out, "other")
+    page = tab.open(page_path.as_uri())
+    assert page.locator("#plot li a").all_inner_texts() == ["hostile", "other"]
+    page.click("#plot li a >> text=other")
+    page.wait_for_selector("body[data-graph='other']")
+    assert page.url.endswith("#graph=other")
     tab.check_clean()
 
     tab = Page(chromium, bypass_csp=True)  # without the CSP: the escaping alone keeps the text inert
@@ -296,4 +327,53 @@ def test_graph_view_in_headless_chromium(graph, chromium, tmp_path):
     page.wait_for_url("**/layer_1/index.html*")
     assert page.url == (out / "browsers" / "layer_1" / "index.html").as_uri() + f"#latent={layer1['key'][3]}"
     assert page.evaluate("() => window.__pwned") is None
+    tab.check_clean()
+
+
+@pytest.mark.slow
+def test_trace_view_on_a_tiny_llama(chromium, tmp_path, capsys):
+    """`python -m sae trace --view`: a real graph's view, its features linked to the browsers `python -m sae
+    dashboard` writes beside each dictionary; bad view options refused before anything loads."""
+    import tiny_models as tm
+
+    from sae.cli import main
+
+    model = tm.save_llama(tmp_path / "llama", n_layers=2, d_model=32)
+    folder = tmp_path / "transcoders"
+    for layer in range(2):
+        t = tm.random_transcoder(32, 16, skip=True, jumprelu=True, seed=layer)
+        tm.our_transcoder(t, layer, "blocks.{}.mlp.hook_in", "blocks.{}.mlp.hook_out").save(
+            folder / f"blocks.{layer}.mlp.hook_in"
+        )
+    out = tmp_path / "graph"
+    argv = ["trace", "--model", str(model), "--transcoders", str(folder), "--prompt", "the cat sat on", "--out", str(out)]
+    capsys.readouterr()
+    assert main([*argv, "--browser", "x/index.html"]) == 2
+    assert capsys.readouterr().err == "error: --browser sets the graph view's feature links: pass --view too\n"
+    assert main([*argv, "--view", "--slug", "a b"]) == 2
+    assert "slug 'a b'" in capsys.readouterr().err
+    assert main([*argv, "--view", "--browser", "javascript:x"]) == 2
+    assert "scheme 'javascript'" in capsys.readouterr().err
+    assert not out.exists()  # refused before tracing
+
+    assert main([*argv, "--view", "--slug", "cat", "--no-progress"]) == 0
+    io = capsys.readouterr()
+    assert "pages not written yet" in io.err  # no dashboard written for these dictionaries
+    url = json.loads(io.out)["view"]
+    assert url == (out / "graph.html").resolve().as_uri() + "#graph=cat"
+    graph = Graph.load(out / "graph.safetensors")
+    data = graph_view_data(graph, "cat")
+    edges, nodes = _expected(graph)
+    assert len(data["edges"]) == len(edges) > 0 and len(data["nodes"]) == len(nodes)
+    page_data = _payload(out / "data" / "graph-cat.js", "SAE_GRAPH")
+    hrefs = {n["id"]: n["href"] for n in page_data["nodes"] if n["kind"] == "feature"}
+    assert hrefs and all(
+        h == f"../transcoders/blocks.{i.split('.')[0][1:]}.mlp.hook_in/browser/index.html#latent={i.split('.')[2]}"
+        for i, h in hrefs.items()
+    )
+    tab = Page(chromium)
+    page = tab.open(url)
+    assert page.locator("#graph .node").count() == len(nodes) and page.locator("#graph .edge").count() == len(edges)
+    labels = page.locator("#graph text.tokens").evaluate_all("ts => ts.map(t => t.firstChild.textContent)")
+    assert labels == graph.info["token_strings"]
     tab.check_clean()

@@ -138,7 +138,7 @@
     });
     root.appendChild(axes);
     const edges = svg("g", { class: "edges" });
-    const top = Math.max(1e-30, ...G.edges.map((e) => Math.abs(e[2])));
+    const top = weightRange()[1];
     G.edges.forEach((e, k) => {
       const [s, d, w] = e, a = G.nodes[s], b = G.nodes[d], r = Math.abs(w) / top;
       const line = svg("line", {
@@ -192,9 +192,13 @@
     renderSide();
   }
   function groupColour(k) { return ["#2e7d32", "#c2185b", "#0277bd", "#f9a825", "#4e342e", "#00838f"][k % 6]; }
-  function weightRange() {
-    const a = G.edges.map((e) => Math.abs(e[2])).filter((x) => x > 0);
-    return a.length ? [Math.min(...a), Math.max(...a)] : [1, 1];
+  function weightRange() {  // [weakest, strongest] nonzero |weight|, computed once (no spread: graphs can be large)
+    if (!G.range) {
+      let lo = Infinity, hi = 0;
+      G.edges.forEach((e) => { const a = Math.abs(e[2]); if (a > 0) { lo = Math.min(lo, a); hi = Math.max(hi, a); } });
+      G.range = hi > 0 ? [lo, hi] : [1, 1];
+    }
+    return G.range;
   }
   function thresholdOf(s) {  // the slider is logarithmic from the weakest edge to the strongest; 0 shows all
     if (s <= 0) return 0;

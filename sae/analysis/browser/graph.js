@@ -7,7 +7,8 @@
   const SLUG = /^[A-Za-z0-9_-]{1,100}$/;
   const ID = /^(f\d+\.\d+\.\d+|e\d+\.\d+|t\d+|o\d+)$/;
   const ROW = 72, STEP = 15, MIN_COL = 58, LEFT = 64, LABEL_CHARS = 40;
-  const RISE = 6.5 * Math.sin(35 * Math.PI / 180);  // height of one character of a label rotated by 35 degrees
+  const RISE = 6.5 * Math.sin(35 * Math.PI / 180);  // height of one character of a token label (rotated 35 degrees)
+  const TARGET_RISE = 6.5 * Math.sin(50 * Math.PI / 180);  // targets' labels, steeper: they sit 15 px apart
   const SLIDER_MAX = 1000;
   const $ = (id) => document.getElementById(id);
   const state = { threshold: 0, pins: [], groups: [] };  // pins: node ids; groups: {name, ids}
@@ -87,7 +88,7 @@
     width.forEach((w, p) => start.push(start[p] + w));
     const chars = (texts) => Math.min(LABEL_CHARS, Math.max(4, ...texts.map((t) => String(t).length + 10)));
     const targetChars = chars(G.nodes.filter((n) => n.kind === "target").map((n) => n.label));
-    const top = 40 + RISE * targetChars;
+    const top = 40 + TARGET_RISE * targetChars;
     const bottom = 40 + RISE * chars(G.tokens);
     const rowY = (layer) => top + (L - layer) * ROW;  // tokens (-1) lowest, targets (L) at the top
     cells.forEach((list) => {
@@ -97,7 +98,7 @@
         n.y = rowY(n.key[1]);
       });
     });
-    const right = 40 + 5.4 * Math.max(targetChars, chars(G.tokens.slice(-3)));  // labels run to the right
+    const right = 40 + 5.4 * Math.max(0.8 * targetChars, chars(G.tokens.slice(-3)));  // labels run to the right
     return { W: start[P] + right, H: rowY(-1) + bottom, rowY, start, width };
   }
   function shape(n) {
@@ -131,8 +132,8 @@
       axes.appendChild(t);
     });
     G.nodes.filter((n) => n.kind === "target").forEach((n) => {
-      const y = n.y - 14;
-      const t = svg("text", { x: n.x, y, transform: `rotate(-35 ${n.x} ${y})`, class: "targets", "data-for": n.id });
+      const y = n.y - 12;
+      const t = svg("text", { x: n.x, y, transform: `rotate(-50 ${n.x} ${y})`, class: "targets", "data-for": n.id });
       t.textContent = short(n.label) + " (p=" + fmt(n.value) + ")";
       axes.appendChild(t);
     });

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sae.cli.args import add_dataclass_args, build_dataclass, dataclass_kwargs
+from sae.cli.trace_view import check_view, write_view
 
 GRAPH_FILE = "graph.safetensors"
 
@@ -46,6 +47,11 @@ class TraceConfig:
     """The graph's name in the JSON (its file is {slug}.json)."""
     scan: str = "saekit"
     """The transcoders' name in the JSON's metadata (Neuronpedia's `scan`)."""
+    view: bool = False
+    """Also write the offline graph view into --out: graph.html, opened as graph.html#graph={slug}."""
+    browser: str = ""
+    """The view's feature links: a page template relative to --out with {layer}, {feature}, {latent}; empty:
+    DIR/browser/index.html beside each local dictionary, where python -m sae dashboard DIR writes it."""
     device: str = "cpu"
     """Device of the model and transcoders."""
     progress: bool = field(default=True, metadata={"flag": "--no-progress"})
@@ -71,6 +77,7 @@ def run_trace(args: argparse.Namespace) -> int:
         for flag, value in (("--model", cfg.model), ("--transcoders", cfg.transcoders), ("--prompt", cfg.prompt)):
             if not value:
                 raise ValueError(f"{flag} is required")
+        check_view(cfg)
         from activations import load_model
         from sae.circuits import attribute
         from sae.circuits.export import write_graph_files
@@ -92,6 +99,7 @@ def run_trace(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         matrix = graph.save(out / GRAPH_FILE)
         page = write_graph_files(graph, out, cfg.slug, cfg.scan, cfg.node_threshold, cfg.edge_threshold)
+        view = write_view(cfg, graph, transcoders) if cfg.view else None
     except (ValueError, OSError, KeyError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -102,5 +110,7 @@ def run_trace(args: argparse.Namespace) -> int:
         "matrix": str(matrix),
         "json": str(page),
     }
+    if view:
+        summary["view"] = view
     print(json.dumps(summary, indent=2))
     return 0

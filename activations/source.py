@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from activations.text import check_local_text, content_fingerprint, describe_source, iter_texts, load_text, pack_contexts
+from activations.text import _is_local, check_local_text, content_fingerprint, describe_source, iter_texts, load_text, pack_contexts
 
 __all__ = ["TextSource", "as_source"]
 
@@ -73,6 +73,25 @@ class TextSource:
     def contexts(self, model: Any, opened=None) -> Iterator[torch.Tensor]:
         """`[context_len]` token contexts packed for `model` (a `ModelAdapter`): BOS first where it has one."""
         return pack_contexts(self.texts(opened), model.tokenizer, self.context_len, model.bos_token_id, model.sep_token_id)
+
+    @property
+    def countable(self) -> bool:
+        """Whether the split's size can be counted before a run: the embedded corpus, local files, in-memory data
+        (a hub dataset is streamed, and its size is not known until it ends)."""
+        if not isinstance(self.dataset, str | os.PathLike) or self.dataset == "embedded":
+            return True
+        return _is_local(os.fspath(self.dataset))
+
+    def count_tokens(self, model: Any, limit: int) -> int:
+        """The non-special tokens of the split's contexts for `model` (what a harvest can yield), counted only up
+        to `limit`: the text is tokenised no further than that."""
+        special = torch.tensor(sorted(model.special_token_ids), dtype=torch.long)
+        count = 0
+        for ctx in self.contexts(model):
+            count += int((~torch.isin(ctx, special)).sum())
+            if count >= limit:
+                break
+        return count
 
     def describe(self) -> str:
         """A stable name of the dataset and split, for cache manifests and messages."""

@@ -142,6 +142,22 @@ def _check_held_out(run: RunConfig, model, seed: int, batch_size: int, hooks: Ho
         ) from e
 
 
+def _check_enough_text(run: RunConfig, model, tokens: int) -> None:
+    """A run that streams its training vectors from the text (no --harvest-tokens) reads the train split once: where
+    the split can be counted, check it holds `tokens` before training, not when it runs out at a late step."""
+    source = run.text.replace(split="train")
+    if not source.countable:
+        return
+    have = source.count_tokens(model, tokens)
+    if have < tokens:
+        name = f"dataset {source.dataset!r}" if source.dataset is not None else "the embedded corpus"
+        raise ValueError(
+            f"--tokens {tokens:,}: the train split of {name} holds {have:,} tokens for this model, and a "
+            f"run without --harvest-tokens reads it once; train on at most {have:,} tokens, or harvest them once "
+            f"and train several passes over them with --harvest-tokens {have} (as python -m sae demo does)"
+        )
+
+
 def _no_held_out_text(e: ValueError) -> bool:
     """Whether `e` says the test split is missing or empty (rather than the text being unreadable)."""
     text = str(e)
@@ -289,6 +305,8 @@ def _run(
     check_layers(hooks, model)
     if comm.is_writer:
         _check_held_out(run, model, tcfg.seed, min(tcfg.batch_size, 4096), hooks)
+        if not run.harvest_tokens:
+            _check_enough_text(run, model, tcfg.tokens)
     if records:  # the checks passed: from here on the folder holds this run
         _record_identity(out, identity)
     ddp = isinstance(comm, DataParallel)

@@ -159,6 +159,18 @@ def test_a_local_corpus_with_no_held_out_text_fails_before_training(tmp_path, ca
     assert not out.exists()
 
 
+def test_more_tokens_than_a_countable_corpus_holds_fails_before_training(tmp_path, capsys, model_loads):
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("\n\n".join(f"paragraph {i}: " + "plain words of text " * 30 for i in range(40)) + "\n")
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", str(corpus), *_SMALL[2:], "--tokens", "1000000", "--k", "4", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    held = int(err.split(" holds ")[1].split(" tokens")[0].replace(",", ""))
+    assert 0 < held < 1_000_000 and "--tokens 1,000,000" in err and f"--harvest-tokens {held}" in err
+    assert not out.exists()
+
+
 _SMALL = ["--tokens", "4096", "--batch-size", "1024", "--n-latents", "64"]
 
 

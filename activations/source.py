@@ -15,7 +15,15 @@ from typing import Any
 
 import torch
 
-from activations.text import _is_local, check_local_text, content_fingerprint, describe_source, iter_texts, load_text, pack_contexts
+from activations.text import (
+    _is_local,
+    check_local_text,
+    content_fingerprint,
+    describe_source,
+    iter_texts,
+    load_text,
+    pack_contexts,
+)
 
 __all__ = ["TextSource", "as_source"]
 

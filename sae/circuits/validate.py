@@ -269,7 +269,8 @@ def validate(
     """Intervene on the `top` features of `graph` most influential on its targets and compare the changes of the
     targets with the graph's predictions (module docstring). `model` and `transcoders` must be those the graph was
     built with (checked: the targets' probabilities and the active features on its prompt). `scale`: the factor
-    (or factors) the activation is multiplied by: 0 ablates. `store`: keep the result in `graph.info`, so
+    (or factors) the activation is multiplied by: 0 ablates. `batch_size`: copies of the prompt per backward pass
+    of the frozen measurements (one per node and target). `store`: keep the result in `graph.info`, so
     `graph.save` writes it and `Validation.of(graph)` reads it back."""
     started = time.time()
     scales = _check_options(top, scale, batch_size)

@@ -317,7 +317,7 @@ def validate(
         out["frozen_total"][i] = factors[:, None] * frozen_total[i]
         for j, f in enumerate(factors.tolist()):
             deltas = {layer: (pos, f * vec) for layer, pos, vec in writes}
-            out["measured"][i, j] = readout(spliced.run(deltas)[1][None])[0] - base
+            out["measured"][i, j] = (readout(spliced.run(deltas)[1][None])[0] - base).cpu()
 
     result = Validation(
         nodes=chosen,
@@ -468,7 +468,7 @@ class _Frozen:
                 pass
             assert rec.final is not None
             read = self.readout(rec.final)  # [B, k]
-            picked = read[torch.arange(B), torch.tensor([t for _, t in pairs])]
+            picked = read[torch.arange(B, device=read.device), torch.tensor([t for _, t in pairs], device=read.device)]
             (grad,) = torch.autograd.grad(picked.sum(), eps, allow_unused=True)
         return torch.zeros(B) if grad is None else grad.float().cpu()
 

@@ -497,19 +497,23 @@ def _total_effects(graph: Graph) -> torch.Tensor:
     """[n_features, k]: the change of each target when a feature's activation changes by its own size, through
     every path of the graph's linear model (features respond with their pre-activation; errors, tokens and the
     features outside the graph held). With x the features' relative changes, x = e_s + M x, M[i, j] =
-    A[i, j] / a_i, so the targets change by A_tf (I - M)^-1 e_s; M is strictly lower triangular (edges run
-    from earlier layers), so this is one triangular solve."""
+    A[i, j] / a_i, so the targets change by A_tf (I - M)^-1 e_s = sum_n A_tf M^n e_s. Edges run from earlier
+    layers, so M^n vanishes past n = n_layers: the sum is exact, a few products of k rows with the feature block
+    of the matrix (`z M = (z / a) A_ff`: M is never formed)."""
     features, targets = graph.nodes(FEATURE), graph.nodes(TARGET)
-    A = graph.adjacency_matrix.double()
-    a = graph.node_value[features].double()
-    M = A[features][:, features] / a[:, None]
-    if torch.triu(M).abs().max() > 0:
-        raise ValueError(
-            "the graph has an edge into a feature from one at its own or a later layer: its features are not in layer order"
-        )
-    eye = torch.eye(len(features), dtype=A.dtype)
-    total = torch.linalg.solve_triangular((eye - M).T, A[targets][:, features].T, upper=True, unitriangular=True)
-    return total.float()
+    n = len(features)
+    A = graph.adjacency_matrix.float()
+    contiguous = torch.equal(features, torch.arange(n))  # features come first in the matrix: a view, not a copy
+    A_ff = A[:n, :n] if contiguous else A[features][:, features]
+    a = graph.node_value[features].float()
+    z = A[targets][:, features]  # [k, n]
+    total = z.clone()
+    for _ in range(graph.n_layers + 1):
+        z = (z / a) @ A_ff
+        if not z.any():
+            return total.T.contiguous()
+        total += z
+    raise ValueError("the graph's feature-to-feature edges do not run from earlier layers to later ones: it has a cycle")
 
 
 def _writes(comps: Components, c: int) -> list[tuple[int, int, torch.Tensor]]:

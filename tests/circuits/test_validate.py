@@ -149,6 +149,17 @@ def test_the_measured_change_against_a_hand_made_splice(cases):
         torch.testing.assert_close(v.measured[n, 0], delta[graph.target_ids] - delta.mean(), rtol=1e-4, atol=1e-5)
 
 
+def test_a_graph_of_the_most_influential_features_only(models):
+    """max_feature_nodes: the features left out are held in the frozen model as in the predictions."""
+    model, transcoders = models["llama"], _transcoders("clt")
+    graph = attribute(model, transcoders, PROMPT, max_n_logits=3, max_feature_nodes=12, batch_size=4, progress=False)
+    assert graph.n_features == 12 < len(graph.active_features)
+    v = validate(graph, model, transcoders, top=3, store=False, progress=False)
+    for name in ("direct", "total"):
+        predicted = getattr(v, f"predicted_{name}")
+        torch.testing.assert_close(getattr(v, f"frozen_{name}"), predicted, rtol=0, atol=1e-5 * float(predicted.abs().max()))
+
+
 def test_scale_one_changes_nothing(cases):
     model, transcoders, graph, _ = cases["gpt2", "clt"]
     v = validate(graph, model, transcoders, top=2, scale=1.0, store=False, progress=False)

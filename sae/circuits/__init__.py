@@ -8,5 +8,6 @@ the definitions and their sources.
 
 from sae.circuits.attribute import attribute
 from sae.circuits.graph import ERROR, FEATURE, TARGET, TOKEN, Graph
+from sae.circuits.validate import Validation, validate
 
-__all__ = ["ERROR", "FEATURE", "TARGET", "TOKEN", "Graph", "attribute"]
+__all__ = ["ERROR", "FEATURE", "TARGET", "TOKEN", "Graph", "Validation", "attribute", "validate"]

@@ -9,11 +9,13 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sae.cli.args import add_dataclass_args, build_dataclass, dataclass_kwargs
 from sae.cli.trace_view import check_view, write_view
 
 GRAPH_FILE = "graph.safetensors"
+VALIDATION_FILE = "validation.html"
 
 
 @dataclass
@@ -54,6 +56,10 @@ class TraceConfig:
     DIR/browser/index.html beside each local dictionary, where python -m sae dashboard DIR writes it."""
     device: str = "cpu"
     """Device of the model and transcoders."""
+    validate: int = 0
+    """Check the graph by intervention on its this many most influential features (sae.circuits.validate: each
+    ablated in the model, the targets' changes against the graph's; kept in graph.safetensors, plotted in
+    validation.html); 0: no check."""
     progress: bool = field(default=True, metadata={"flag": "--no-progress"})
     """Hide the progress bar."""
 
@@ -78,14 +84,17 @@ def run_trace(args: argparse.Namespace) -> int:
             if not value:
                 raise ValueError(f"{flag} is required")
         check_view(cfg)
+        if cfg.validate < 0:
+            raise ValueError(f"--validate {cfg.validate}; expected the number of features to check (0: none)")
         from activations import load_model
         from sae.circuits import attribute
         from sae.circuits.export import write_graph_files
         from sae.pretrained import load_all
 
         transcoders = list(load_all(cfg.transcoders, device=cfg.device).values())  # one per layer, or one CLT
+        model = load_model(cfg.model, device=cfg.device, backend="hf")
         graph = attribute(
-            load_model(cfg.model, device=cfg.device, backend="hf"),
+            model,
             transcoders,
             cfg.prompt,
             _targets(cfg.target),
@@ -97,6 +106,7 @@ def run_trace(args: argparse.Namespace) -> int:
         )
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
+        checked = _validate(graph, model, transcoders, cfg, out) if cfg.validate else None
         matrix = graph.save(out / GRAPH_FILE)
         page = write_graph_files(graph, out, cfg.slug, cfg.scan, cfg.node_threshold, cfg.edge_threshold)
         view = write_view(cfg, graph, transcoders) if cfg.view else None
@@ -112,5 +122,17 @@ def run_trace(args: argparse.Namespace) -> int:
     }
     if view:
         summary["view"] = view
+    if checked is not None:
+        summary["validation"] = checked
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _validate(graph: Any, model: Any, transcoders: list[Any], cfg: TraceConfig, out: Path) -> dict[str, Any]:
+    """`--validate N`: the N most influential features ablated (stored in the graph's info), the figure written."""
+    from sae.analysis.plots import write_html
+    from sae.circuits import validate
+
+    result = validate(graph, model, transcoders, top=cfg.validate, progress=cfg.progress)
+    page = write_html([result.figure()], out / VALIDATION_FILE, title="validation")
+    return {**result.to_dict()["summary"], "figure": str(page)}

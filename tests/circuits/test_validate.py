@@ -1,0 +1,223 @@
+"""validate() on tiny Llama- and GPT-2-style models, per-layer transcoders and a CLT: the frozen model's changes
+equal the graph's predictions, the spliced model is the model itself, the measured change against a hand-made
+splice, the result's storage and figure, and one-line refusals of bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import tiny_models as tm  # noqa: E402
+
+from sae.circuits import FEATURE, TARGET, Graph, Validation, attribute, validate  # noqa: E402
+from sae.circuits.prune import influence, normalized, target_weights  # noqa: E402
+
+N_LAYERS, D, N = 2, 32, 16
+HOOKS = ("blocks.{}.mlp.hook_in", "blocks.{}.mlp.hook_out")
+PROMPT = "the cat sat on"
+
+
+def _model(kind: str):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from activations import load_model
+
+    tok = tm.tokenizer()
+    torch.manual_seed(0)
+    if kind == "llama":
+        cfg = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=D,
+            intermediate_size=2 * D,
+            num_hidden_layers=N_LAYERS,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=16,
+            bos_token_id=1,
+            eos_token_id=2,
+            initializer_range=0.2,
+        )
+        cfg.architectures = ["LlamaForCausalLM"]
+        return load_model(LlamaForCausalLM(cfg).eval(), tokenizer=tok)
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=D, n_layer=N_LAYERS, n_head=4, n_positions=16, bos_token_id=1, eos_token_id=2)
+    cfg.initializer_range = 0.2
+    cfg.architectures = ["GPT2LMHeadModel"]
+    return load_model(GPT2LMHeadModel(cfg).eval(), tokenizer=tok)
+
+
+def _transcoders(kind: str, seed: int = 0):
+    if kind == "clt":
+        return [tm.our_clt(tm.random_clt(N_LAYERS, D, N, jumprelu=True, seed=seed, skip=True), *HOOKS)]
+    return [
+        tm.our_transcoder(tm.random_transcoder(D, N, skip=True, jumprelu=True, seed=seed + layer), layer, *HOOKS)
+        for layer in range(N_LAYERS)
+    ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matrices: one thread is faster than two spinning on a shared machine (restored after the module)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {kind: _model(kind) for kind in ("llama", "gpt2")}
+
+
+@pytest.fixture(scope="module")
+def cases(models):
+    """(model, transcoders, graph, validation at scales 0 and 2) per model and transcoder kind."""
+    out = {}
+    for model_kind, model in models.items():
+        for tc_kind in ("per-layer", "clt"):
+            transcoders = _transcoders(tc_kind)
+            graph = attribute(model, transcoders, PROMPT, max_n_logits=3, progress=False)
+            result = validate(graph, model, transcoders, top=3, scale=[0.0, 2.0], batch_size=4, progress=False)
+            out[model_kind, tc_kind] = (model, transcoders, graph, result)
+    return out
+
+
+@pytest.mark.parametrize("case", [("llama", "per-layer"), ("llama", "clt"), ("gpt2", "per-layer"), ("gpt2", "clt")])
+def test_the_frozen_model_is_the_graph(cases, case):
+    """Frozen: the changes equal the graph's direct and total effects; spliced: exactly the model until intervened."""
+    _, _, graph, v = cases[case]
+    assert v.splice_deviation <= 1e-6
+    n, S, k = len(v.nodes), len(v.scales), graph.n_targets
+    assert (n, S, k) == (3, 2, 3) and all(getattr(v, q).shape == (n, S, k) for q in ("measured", "frozen_total"))
+    for name in ("direct", "total"):
+        predicted, frozen = getattr(v, f"predicted_{name}"), getattr(v, f"frozen_{name}")
+        assert predicted.abs().max() > 0
+        torch.testing.assert_close(frozen, predicted, rtol=0, atol=1e-5 * float(predicted.abs().max()))
+    # the direct prediction is the graph's edge, times scale - 1
+    A = graph.adjacency_matrix[graph.nodes(TARGET)][:, v.nodes].T  # [n, k]
+    torch.testing.assert_close(v.predicted_direct[:, 0], -A)
+    torch.testing.assert_close(v.predicted_direct[:, 1], A)
+    # the nodes are the most influential features, most influential first
+    features = graph.nodes(FEATURE)
+    scores = influence(normalized(graph.adjacency_matrix), target_weights(graph))[features]
+    assert v.influence.tolist() == sorted(v.influence.tolist(), reverse=True)
+    assert float(v.influence[-1]) >= float(scores[~torch.isin(features, v.nodes)].max())
+    # the model departs from the graph, measurably and finitely
+    assert torch.isfinite(v.measured).all() and v.measured.abs().max() > 0
+    summary = v.summary()
+    assert all(math.isfinite(summary[key]) for key in ("correlation_direct", "relative_error_total"))
+
+
+def test_the_measured_change_against_a_hand_made_splice(cases):
+    """Per-layer transcoders: each MLP output replaced by z W_dec + b_dec + x W_skip^T from this forward's input x
+    (the node's feature zeroed at its position) plus the error on the prompt, through model.forward's edits."""
+    model, transcoders, graph, v = cases["llama", "per-layer"]
+    tokens = graph.tokens[None]
+    fired = model.run(tokens, [h.format(layer) for layer in range(N_LAYERS) for h in HOOKS])
+    with torch.inference_mode():
+        errors = [fired[HOOKS[1].format(i)][0] - t.predict(fired[HOOKS[0].format(i)][0]) for i, t in enumerate(transcoders)]
+    clean = model.forward(tokens)[0, -1]
+
+    def splice(layer: int, pos: int, feature: int) -> dict:
+        seen: dict[int, torch.Tensor] = {}
+
+        def keep(a, i):
+            seen[i] = a[0]
+            return a
+
+        def write(a, i):
+            t, x = transcoders[i], seen[i]
+            z = t.encode_dense(x)
+            if i == layer:
+                z[pos, feature] = 0.0
+            return (z @ t.W_dec + t.b_dec + x @ t.W_skip.T + errors[i])[None]
+
+        edits = {}
+        for i in range(N_LAYERS):
+            edits[HOOKS[0].format(i)] = lambda a, i=i: keep(a, i)
+            edits[HOOKS[1].format(i)] = lambda a, i=i: write(a, i)
+        return edits
+
+    for n, (layer, pos, feature) in enumerate(v.features.tolist()):
+        delta = model.forward(tokens, splice(layer, pos, feature))[0, -1] - clean
+        torch.testing.assert_close(v.measured[n, 0], delta[graph.target_ids] - delta.mean(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_graph_of_the_most_influential_features_only(models):
+    """max_feature_nodes: the features left out are held in the frozen model as in the predictions."""
+    model, transcoders = models["llama"], _transcoders("clt")
+    graph = attribute(model, transcoders, PROMPT, max_n_logits=3, max_feature_nodes=12, batch_size=4, progress=False)
+    assert graph.n_features == 12 < len(graph.active_features)
+    v = validate(graph, model, transcoders, top=3, store=False, progress=False)
+    for name in ("direct", "total"):
+        predicted = getattr(v, f"predicted_{name}")
+        torch.testing.assert_close(getattr(v, f"frozen_{name}"), predicted, rtol=0, atol=1e-5 * float(predicted.abs().max()))
+
+
+def test_scale_one_changes_nothing(cases):
+    model, transcoders, graph, _ = cases["gpt2", "clt"]
+    v = validate(graph, model, transcoders, top=2, scale=1.0, store=False, progress=False)
+    for q in ("predicted_direct", "predicted_total", "frozen_direct", "frozen_total", "measured"):
+        assert getattr(v, q).abs().max() == 0, q
+
+
+def test_the_validation_travels_with_the_graph(cases, tmp_path):
+    _, _, graph, v = cases["llama", "clt"]
+    back = Graph.load(graph.save(tmp_path / "graph.safetensors"))
+    again = Validation.of(back)
+    for q in ("nodes", "features", "measured", "predicted_total", "frozen_direct"):
+        assert torch.equal(getattr(again, q), getattr(v, q)), q
+    assert again.scales == (0.0, 2.0) and again.target_strings == v.target_strings
+    assert Validation.load(v.save(tmp_path / "validation.json")).summary() == pytest.approx(v.summary(), nan_ok=True)
+    json.dumps(v.to_dict(), allow_nan=False)  # strict JSON
+    frame = v.to_frame()
+    assert len(frame) == 3 * 2 * graph.n_targets and {"measured", "predicted_direct", "target_string"} <= set(frame.columns)
+    assert len(v.per_node()) == 3 * 2
+    fig = v.figure()
+    assert [len(trace.x) for trace in fig.data] == [len(frame), len(frame), 2]
+    with pytest.raises(ValueError, match="holds no validation"):
+        Validation.of(dataclasses.replace(graph, info={}))
+
+
+def test_bad_input_is_refused(cases, models):
+    model, transcoders, graph, _ = cases["llama", "per-layer"]
+    run = dict(progress=False, store=False)
+    with pytest.raises(ValueError, match=r"top=0; expected an int >= 1"):
+        validate(graph, model, transcoders, top=0, **run)
+    with pytest.raises(ValueError, match=r"scale=nan; expected a finite number"):
+        validate(graph, model, transcoders, scale=math.nan, **run)
+    with pytest.raises(ValueError, match=r"target probabilities .* another model or prompt"):
+        validate(graph, models["gpt2"], transcoders, **run)
+    other = attribute(model, transcoders, "a dog ran far", max_n_logits=3, progress=False)
+    mixed = dataclasses.replace(graph, tokens=other.tokens)  # this graph's nodes, another prompt
+    with pytest.raises(ValueError, match=r"another model or prompt|active features are not"):
+        validate(mixed, model, transcoders, **run)
+    with pytest.raises(ValueError, match=r"active features are not the .* give the transcoders the graph was built with"):
+        validate(graph, model, _transcoders("per-layer", seed=7), **run)
+    with pytest.raises(ValueError, match=r"built with per-layer transcoders, these are clt"):
+        validate(graph, model, _transcoders("clt"), **run)
+
+
+@pytest.mark.slow
+def test_trace_validate(tmp_path, capsys):
+    from sae.cli import main
+
+    model = tm.save_llama(tmp_path / "llama", n_layers=2, d_model=32)
+    folder = tmp_path / "transcoders"
+    for t in _transcoders("per-layer"):
+        t.save(folder / t.cfg.hook_name)
+    out = tmp_path / "graph"
+    argv = ["trace", "--model", str(model), "--transcoders", str(folder), "--prompt", PROMPT, "--out", str(out), "--no-progress"]
+    assert main([*argv, "--max-n-logits", "2", "--validate", "2"]) == 0
+    summary = json.loads(capsys.readouterr().out)["validation"]
+    assert summary["splice_deviation"] == 0 and Path(summary["figure"]).is_file()
+    v = Validation.of(Graph.load(out / "graph.safetensors"))
+    assert len(v.nodes) == 2 and v.summary()["correlation_direct"] == pytest.approx(summary["correlation_direct"])
+    assert main([*argv, "--validate", "-1"]) == 2
+    assert "--validate -1" in capsys.readouterr().err

@@ -235,7 +235,7 @@ def splice_edit(sae: SparseAutoencoder, error_term: bool = False, mask: torch.Te
     return _masked(edit, mask)
 
 
-class _Replacement:
+class TranscoderReplacement:
     """What one forward shares between a transcoder's input hooks (read as they fire) and its target hooks
     (replaced by the prediction from what was read). A CLT encodes each layer's input when it fires and decodes
     it at once into the layers it writes to, so a target sums exactly the layers before it."""
@@ -310,7 +310,7 @@ def splice_edits(
     target hooks. `mask` limits the replacements to its positions (the inputs are read everywhere)."""
     if not sae.cfg.is_transcoder:
         return {fit.hook: splice_edit(sae, error_term, mask)}
-    state = _Replacement(sae, fit)
+    state = TranscoderReplacement(sae, fit)
     edits: dict[str, Edit] = {h: state.read(i) for i, h in enumerate(fit.inputs)}
     for i, t in enumerate(fit.targets):
         if t in edits:

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from sae.analysis.interventions import HookFit, _Replacement
+from sae.analysis.interventions import HookFit, TranscoderReplacement
 from sae.circuits.attribute import _adapter
 from sae.circuits.dictionaries import Components, Transcoders
 from sae.circuits.graph import FEATURE, TARGET, Graph
@@ -349,11 +349,11 @@ class _Spliced:
         self.tokens = tokens[None].to(adapter.device)
         L = adapter.n_layers
         if tc.clt is not None:
-            shared = _Replacement(tc.clt, HookFit(tuple(tc.input_hooks), tuple(tc.output_hooks)))
+            shared = TranscoderReplacement(tc.clt, HookFit(tuple(tc.input_hooks), tuple(tc.output_hooks)))
             self.states = [(shared, layer) for layer in range(L)]
         else:
             self.states = [
-                (_Replacement(t, HookFit((tc.input_hooks[layer],), (tc.output_hooks[layer],))), 0)
+                (TranscoderReplacement(t, HookFit((tc.input_hooks[layer],), (tc.output_hooks[layer],))), 0)
                 for layer, t in enumerate(tc.per_layer)
             ]
         with torch.no_grad(), replacement.capture() as rec:
@@ -397,7 +397,11 @@ class _Spliced:
         return logits, final["h"][0]
 
     def _writer(
-        self, state: _Replacement, index: int, layer: int, write: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+        self,
+        state: TranscoderReplacement,
+        index: int,
+        layer: int,
+        write: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
     ) -> Callable[[torch.Tensor], torch.Tensor]:
         def edit(a: torch.Tensor) -> torch.Tensor:
             return write(layer, a, state.prediction(index, a))

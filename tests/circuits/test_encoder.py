@@ -225,3 +225,43 @@ def test_a_direction_target_on_a_causal_lm(tmp_path):
     ]
     with pytest.raises(ValueError, match=r"Direction targets are for encoders: a causal LM's targets are next-token"):
         attribute(llama, tcs, "the cat", target=Direction(torch.ones(32)), progress=False)
+
+
+def test_trace_cli_on_the_encoder(minilm_clt_graph, tmp_path, capsys, monkeypatch):
+    """`python -m sae trace --model minilm --direction FILE --position N`, and its early one-line errors."""
+    import numpy as np
+
+    import activations
+    from sae.cli import main
+
+    model, clt, _ = minilm_clt_graph
+    real_load = activations.load_model
+    monkeypatch.setattr(activations, "load_model", lambda name, **kw: model if name == "minilm" else real_load(name, **kw))
+    clt.save(tmp_path / "clt")
+    vectors = torch.randn(2, D, generator=torch.Generator().manual_seed(2))
+    np.save(tmp_path / "probe.npy", vectors.numpy())
+    out = tmp_path / "graph"
+    argv = ["trace", "--model", "minilm", "--transcoders", str(tmp_path / "clt"), "--prompt", "a dog ran", "--out", str(out)]
+    assert main([*argv, "--direction", str(tmp_path / "probe.npy"), "--position", "2", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    graph = Graph.load(out / "graph.safetensors")
+    assert graph.target_positions.tolist() == [2, 2] and graph.info["target_strings"] == ["probe[0]", "probe[1]"]
+    assert summary["targets"] == dict(zip(["probe[0]", "probe[1]"], graph.info["target_values"]))
+    torch.testing.assert_close(graph.target_vectors, vectors)
+    page = json.loads((out / "graph.json").read_text())
+    assert [n["node_id"] for n in page["nodes"] if n["feature_type"] == "logit"] == [f"{L + 1}_0_2", f"{L + 1}_1_2"]
+
+    torch.save(torch.zeros(2, 2, 2), tmp_path / "cube.pt")
+    np.save(tmp_path / "narrow.npy", np.ones(10, dtype=np.float32))
+    (tmp_path / "probe.txt").write_text("1 2 3")
+    for extra, message in [
+        (["--direction", str(tmp_path / "probe.npy"), "--pooled", "--position", "1"], "--pooled and --position 1 both given"),
+        (["--position", "1"], "--position and --pooled say where --direction vectors are read: give --direction FILE too"),
+        (["--direction", str(tmp_path / "probe.txt")], "expected a .npy or .pt file"),
+        (["--direction", str(tmp_path / "cube.pt")], "holds a tensor of shape (2, 2, 2); expected a vector [d_model]"),
+        (["--direction", str(tmp_path / "narrow.npy")], f"target direction 0 has shape (10,); expected ({D},)"),
+        (["--target", "cat"], "--target is for causal LMs: 'minilm' is an encoder, whose targets are --direction FILE"),
+    ]:
+        assert main([*argv, *extra, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err

@@ -101,6 +101,7 @@ class Graph:
 
     @property
     def target_ids(self) -> torch.Tensor:
+        """The targets' token ids (logits) or direction numbers 0..k-1 (directions)."""
         return self.node_index[self.nodes(TARGET)]
 
     @property

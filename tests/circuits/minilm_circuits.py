@@ -206,7 +206,7 @@ class FrozenBert:
 
     def _attend(self, h: torch.Tensor, w: dict[str, Any], probs: torch.Tensor) -> torch.Tensor:
         v = self._heads(h @ w["v"][0].T + w["v"][1])
-        ctx = (probs @ v).transpose(-3, -2).flatten(-2)
+        ctx = torch.einsum("hpq,...hqd->...phd", probs, v).flatten(-2)
         return ctx @ w["o"][0].T + w["o"][1]
 
     def _real(self) -> torch.Tensor:

@@ -242,9 +242,11 @@ def test_trace_cli_on_the_encoder(minilm_clt_graph, tmp_path, capsys, monkeypatc
     np.save(tmp_path / "probe.npy", vectors.numpy())
     out = tmp_path / "graph"
     argv = ["trace", "--model", "minilm", "--transcoders", str(tmp_path / "clt"), "--prompt", "a dog ran", "--out", str(out)]
-    assert main([*argv, "--direction", str(tmp_path / "probe.npy"), "--position", "2", "--no-progress"]) == 0
+    probe = ["--direction", str(tmp_path / "probe.npy"), "--position", "2", "--max-feature-nodes", "20"]
+    assert main([*argv, *probe, "--no-progress"]) == 0
     summary = json.loads(capsys.readouterr().out)
     graph = Graph.load(out / "graph.safetensors")
+    assert graph.n_features == 20 < graph.info["n_active_features"]  # ranked by influence on the two directions
     assert graph.target_positions.tolist() == [2, 2] and graph.info["target_strings"] == ["probe[0]", "probe[1]"]
     assert summary["targets"] == dict(zip(["probe[0]", "probe[1]"], graph.info["target_values"]))
     torch.testing.assert_close(graph.target_vectors, vectors)

@@ -2,12 +2,14 @@
 
 1. One forward of the plain model records each layer's transcoder input and MLP output: the active features
    (activation a_s, encoder vector, decoder vectors a_s W_dec_s), the error nodes (MLP output minus the
-   transcoders' prediction) and the token embeddings. Position 0 (the BOS, prepended when missing) has no
-   features and no error: its activations are outliers.
+   transcoders' prediction) and the token embeddings. On a causal LM, position 0 (the BOS, prepended when
+   missing) has no features and no error: its activations are outliers, and constant across prompts. On an
+   encoder every position has them, [CLS] and [SEP] included (see `prompt_tokens`).
 2. A forward of `batch_size` copies of the prompt through the local replacement model (sae.circuits.replacement).
-3. Backward passes, one row per copy: a target's direction (a demeaned unembedding row at the final hidden state,
-   or a feature's encoder vector at its transcoder's input) is injected at its position, and the gradient at each
-   MLP output and at the embeddings, dotted with every source's vector there, is that source's direct effect.
+3. Backward passes, one row per copy: a target's direction (a demeaned unembedding row, or an encoder's
+   `Direction`, at the final hidden state; or a feature's encoder vector at its transcoder's input) is injected
+   at its position (a pooled direction: v / P at every position), and the gradient at each MLP output and at the
+   embeddings, dotted with every source's vector there, is that source's direct effect.
    Targets first; then features, all of them, or with `max_feature_nodes` the most influential first (influence
    on the targets through the rows computed so far, re-ranked every `update_interval` batches).
 """
@@ -22,9 +24,9 @@ import torch
 from tqdm import tqdm
 
 from sae.circuits.dictionaries import Components, Transcoders
-from sae.circuits.graph import Graph, node_tables
+from sae.circuits.graph import POOLED, Graph, node_tables
 from sae.circuits.replacement import LocalReplacement, ReachedHead, Record
-from sae.circuits.targets import choose_targets, target_ids
+from sae.circuits.targets import Targets, choose_targets, direction_targets, directions, target_ids
 from sae.model import SparseAutoencoder
 
 
@@ -43,34 +45,46 @@ def attribute(
 ) -> Graph:
     """The attribution graph of `prompt` through `transcoders` (one per layer, or a CLT) spliced into `model`.
 
-    `model`: a plain Hugging Face causal LM as `activations.load_model(..., backend="hf")` gives it (or a path
-    loaded that way). `prompt`: text (tokenised without special tokens) or token ids; a BOS is prepended unless
-    it starts with a special token. `target`: None (the top logits reaching `desired_logit_prob`, at most
-    `max_n_logits`), or token ids / single-token strings. `batch_size` rows per backward pass (and copies of
-    the prompt in the forward: memory grows with it). Returns the full, unpruned graph.
+    `model`: a plain Hugging Face causal LM or BERT-style encoder as `activations.load_model(..., backend="hf")`
+    gives it (or a name loaded that way). `prompt`: text or token ids. Causal LM: text is tokenised without
+    special tokens, and a BOS is prepended unless the prompt starts with a special token; `target` is None (the
+    top logits reaching `desired_logit_prob`, at most `max_n_logits`) or token ids / single-token strings.
+    Encoder: text is tokenised with the tokenizer's special tokens ([CLS] ... [SEP]), token ids are used as
+    given; `target` is None (the pooled embedding's own unit direction) or one or several
+    `sae.circuits.targets.Direction`. `batch_size` rows per backward pass (and copies of the prompt in the
+    forward: memory grows with it). Returns the full, unpruned graph.
     """
     started = time.time()
     adapter = _adapter(model)
+    causal = bool(adapter.is_causal)
     _check_options(max_n_logits, desired_logit_prob, batch_size, max_feature_nodes, update_interval)
     tc = Transcoders(transcoders, adapter.n_layers, adapter.device)
     adapter.check_hooks(tc.input_hooks + tc.output_hooks)
     replacement = LocalReplacement(adapter, tc)
-    unembed = replacement.head.weight.detach()
-    vocab = int(unembed.shape[0])
+    unembed = replacement.head.weight.detach() if causal else None
+    vocab = int(unembed.shape[0] if unembed is not None else replacement.embedding.weight.shape[0])
     tokens = prompt_tokens(adapter, prompt, vocab)
-    wanted = target_ids(target, adapter.tokenizer, vocab)
     L, P = adapter.n_layers, len(tokens)
+    wanted = target_ids(target, adapter.tokenizer, vocab) if causal else directions(target, adapter.d_model, P)
 
     with torch.no_grad(), replacement.capture() as rec:
-        logits = adapter.model(input_ids=tokens[None].to(adapter.device), use_cache=False).logits[0, -1]
+        ids = tokens[None].to(adapter.device)
+        out = adapter.model(input_ids=ids, use_cache=False) if causal else adapter.model(input_ids=ids)
     inputs = [rec.inputs[layer][0] for layer in range(L)]
     outputs = [rec.outputs[layer][0] for layer in range(L)]
     tc.check_widths(inputs, outputs)
-    comps = tc.components(torch.stack(inputs))
+    skipped = 1 if causal else 0  # positions without features and errors (a causal LM's BOS)
+    comps = tc.components(torch.stack(inputs), zero_positions=skipped)
     errors = torch.stack(outputs).to(comps.prediction.dtype) - comps.prediction
-    errors[:, :1] = 0
+    errors[:, :skipped] = 0
     token_vectors = replacement.embedding.weight.detach()[tokens.to(adapter.device)]
-    targets = choose_targets(logits, unembed, wanted, max_n_logits, desired_logit_prob)
+    targets: Targets
+    if causal:
+        assert unembed is not None and not isinstance(wanted, list)
+        targets = choose_targets(out.logits[0, -1], unembed, wanted, max_n_logits, desired_logit_prob, P)
+    else:
+        assert isinstance(wanted, list)
+        targets = direction_targets(_last_hidden(out)[0], wanted)
 
     n_active = len(comps.features)
     n_targets = len(targets.ids)
@@ -81,14 +95,15 @@ def attribute(
     row_node = torch.zeros(n_select + n_targets, dtype=torch.long)
 
     with torch.enable_grad(), replacement.frozen() as frozen:
+        batch = tokens[None].expand(copies, P).to(adapter.device)
         try:
-            adapter.model(input_ids=tokens[None].expand(copies, P).to(adapter.device), use_cache=False)
+            adapter.model(input_ids=batch, use_cache=False) if causal else adapter.model(input_ids=batch)
         except ReachedHead:
             pass
         rows = _RowComputer(frozen, comps, errors, token_vectors, L, P)
         for i in range(0, n_targets, copies):
             vec = targets.vectors[i : i + copies]
-            edges[i : i + len(vec), :source_cols] = rows(torch.full((len(vec),), L), torch.full((len(vec),), P - 1), vec)
+            edges[i : i + len(vec), :source_cols] = rows(torch.full((len(vec),), L), targets.positions[i : i + copies], vec)
             row_node[i : i + len(vec)] = torch.arange(i, i + len(vec)) + source_cols
         visited = _feature_rows(rows, comps, edges, row_node, targets, n_targets, n_select, copies, update_interval, progress)
 
@@ -103,7 +118,7 @@ def attribute(
 
     features = comps.features.cpu()
     values = comps.values.float().cpu()
-    tables = node_tables(features[selected], values[selected], L, tokens, targets.ids, targets.probabilities)
+    tables = node_tables(features[selected], values[selected], L, tokens, targets.ids, targets.weights, targets.positions)
     info = {
         "model": adapter.name,
         "transcoders": "clt" if tc.clt is not None else "per-layer",
@@ -113,8 +128,11 @@ def attribute(
         "seconds": round(time.time() - started, 3),
         "peak_memory_bytes": _peak_memory(adapter.device),
         "token_strings": [str(adapter.tokenizer.decode([t])) for t in tokens.tolist()],
-        "target_strings": [str(adapter.tokenizer.decode([t])) for t in targets.ids.tolist()],
     }
+    if causal:
+        info["target_strings"] = [str(adapter.tokenizer.decode([t])) for t in targets.ids.tolist()]
+    else:
+        info.update(target_kind="direction", target_strings=targets.labels, target_values=targets.values.tolist())
     return Graph(
         adjacency_matrix=matrix,
         **tables,
@@ -124,7 +142,16 @@ def attribute(
         n_layers=L,
         prompt=str(adapter.tokenizer.decode(tokens.tolist())),
         info=info,
+        target_vectors=None if causal else targets.vectors.float().cpu(),
     )
+
+
+def _last_hidden(out: Any) -> torch.Tensor:
+    """An encoder's final hidden state [batch, P, d_model] from its forward's output."""
+    hidden = getattr(out, "last_hidden_state", None)
+    if hidden is None:
+        hidden = out[0] if isinstance(out, tuple | list) else out
+    return hidden
 
 
 class _RowComputer:
@@ -159,8 +186,11 @@ class _RowComputer:
         seeds: dict[int, torch.Tensor] = {}
         for layer in layers.unique().tolist():
             seed = seeds.setdefault(layer, torch.zeros_like(self._seed_site(layer)))
-            mine = torch.nonzero(layers == layer).flatten()
+            here = layers == layer
+            mine = torch.nonzero(here & (positions != POOLED)).flatten()
             seed[mine.to(seed.device), positions[mine].to(seed.device)] = vectors[mine.to(vectors.device)].to(seed.dtype)
+            pooled = torch.nonzero(here & (positions == POOLED)).flatten()  # v . mean_p h[p]: v / P at every position
+            seed[pooled.to(seed.device)] = (vectors[pooled.to(vectors.device)] / self.P).to(seed.dtype)[:, None, :]
         outs = [self._seed_site(layer) for layer in seeds]
         assert rec.embed is not None
         wrt = [rec.embed, *(rec.outputs[layer] for layer in range(self.L))]
@@ -188,7 +218,7 @@ def _feature_rows(
     comps: Components,
     edges: torch.Tensor,
     row_node: torch.Tensor,
-    targets: Any,
+    targets: Targets,
     n_targets: int,
     n_select: int,
     batch: int,
@@ -205,7 +235,7 @@ def _feature_rows(
         if n_select == n_active:
             pending = torch.arange(n_active)
         else:
-            influence = partial_influences(edges[:filled], targets.probabilities, row_node[:filled])
+            influence = partial_influences(edges[:filled], targets.weights, row_node[:filled])
             rank = torch.argsort(influence[:n_active], descending=True)
             pending = rank[~visited[rank]][: min(update_interval * batch, n_select - done)]
         for start in range(0, len(pending), batch):
@@ -225,7 +255,7 @@ def partial_influences(
     edges: torch.Tensor, probabilities: torch.Tensor, row_node: torch.Tensor, max_iter: int = 128
 ) -> torch.Tensor:
     """Each node's influence on the targets through the rows computed so far: the sum over path lengths of the
-    target-probability-weighted products of row-normalised absolute edge weights."""
+    target-weighted (probability-weighted, for logits) products of row-normalised absolute edge weights."""
     norm = edges.abs()
     norm = norm / norm.sum(dim=1, keepdim=True).clamp(min=1e-8)
     influence = torch.zeros(edges.shape[1])
@@ -240,11 +270,15 @@ def partial_influences(
 
 
 def prompt_tokens(adapter: Any, prompt: str | Sequence[int] | torch.Tensor, vocab: int) -> torch.Tensor:
-    """The prompt as token ids [P], a special token first (the BOS prepended when it does not start with one),
-    checked against the model's context and vocabulary."""
+    """The prompt as token ids [P], checked against the model's context and vocabulary.
+
+    Causal LM: a special token first (the BOS prepended when it does not start with one). Encoder: text gets the
+    tokenizer's special tokens ([CLS] ... [SEP] for BERT), as in training and in sentence-transformers' pooling;
+    token ids are used as given."""
     tok = adapter.tokenizer
+    causal = bool(adapter.is_causal)
     if isinstance(prompt, str):
-        ids = list(tok(prompt, add_special_tokens=False).input_ids)
+        ids = list(tok(prompt, add_special_tokens=not causal).input_ids)
     elif isinstance(prompt, torch.Tensor):
         if prompt.dim() > 1 and prompt.shape[0] != 1:
             raise ValueError(f"prompt tokens must be one sequence, got shape {tuple(prompt.shape)}")
@@ -257,14 +291,15 @@ def prompt_tokens(adapter: Any, prompt: str | Sequence[int] | torch.Tensor, voca
     if bad:
         raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
     special = set(getattr(tok, "all_special_ids", []) or [])
-    if ids[0] not in special:
+    if causal and ids[0] not in special:
         candidates = [tok.bos_token_id, tok.pad_token_id, tok.eos_token_id, *sorted(special)]
         bos = next((c for c in candidates if c is not None), None)
         if bos is not None:
             ids = [bos, *ids]
     if len(ids) > adapter.max_context:
+        extra = "BOS" if causal else "special tokens"
         raise ValueError(
-            f"the prompt is {len(ids)} tokens (with its BOS), longer than the {adapter.max_context}-token context of "
+            f"the prompt is {len(ids)} tokens (with its {extra}), longer than the {adapter.max_context}-token context of "
             f"model {adapter.name!r}"
         )
     return torch.tensor(ids, dtype=torch.long)
@@ -276,12 +311,37 @@ def _adapter(model: Any) -> Any:
     adapter = load_model(model, backend="hf") if isinstance(model, str) else model
     if not isinstance(adapter, HFAdapter):
         raise TypeError(
-            f"attribute() runs on a plain Hugging Face causal LM: pass activations.load_model(name, backend='hf'), "
-            f"got {type(adapter).__name__}"
+            f"attribute() runs on a plain Hugging Face causal LM or encoder: pass activations.load_model(name, "
+            f"backend='hf'), got {type(adapter).__name__}"
         )
     if not adapter.is_causal:
-        raise ValueError(f"model {adapter.name!r} is not a causal LM: its targets would not be next-token logits")
+        _check_encoder(adapter)
     return adapter
+
+
+def _check_encoder(adapter: Any) -> None:
+    """A model without a language-model head is traced as a BERT-style encoder: bidirectional, with [CLS]-style
+    special tokens, its last layer's output the final hidden state (no norm after the layers)."""
+    model, cfg = adapter.model, adapter.model.config
+    final_norm = next(
+        (
+            name
+            for name in ("ln_f", "norm", "final_layer_norm", "final_layernorm")
+            if isinstance(getattr(model, name, None), torch.nn.Module)
+        ),
+        None,
+    )
+    if getattr(cfg, "is_decoder", False) or getattr(cfg, "is_encoder_decoder", False) or final_norm is not None:
+        why = f"a final norm {final_norm!r} after its layers" if final_norm else "a decoder config"
+        raise ValueError(
+            f"model {adapter.name!r} has no language-model head and {why}: circuit tracing takes a causal LM with its "
+            "head (AutoModelForCausalLM) or a BERT-style encoder"
+        )
+    if getattr(adapter.tokenizer, "cls_token_id", None) is None:
+        raise ValueError(
+            f"model {adapter.name!r} has no language-model head and its tokenizer no [CLS] token: circuit tracing "
+            "takes a causal LM with its head (AutoModelForCausalLM) or a BERT-style encoder"
+        )
 
 
 def _check_options(max_n_logits: int, desired: float, batch_size: int, max_features: int | None, interval: int) -> None:

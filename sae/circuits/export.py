@@ -5,6 +5,12 @@ viewer and circuit-tracer's local server read): `{slug}.json` with metadata, qPa
 One difference on purpose: circuit-tracer names an error node `0_{layer}_{pos}`, which collides with the
 layer-0 feature `{layer}` at the same position (`0_{feature}_{pos}`); here an error node is `err_{layer}_{pos}`
 (and its jsNodeId `err_{layer}_{pos}-0`), so no two nodes share an id.
+
+An encoder's direction targets are "logit" nodes too (where viewers draw targets), told apart by
+`"target_kind": "direction"` on the node and in the metadata: node_id `{L+1}_{j}_{pos}` for direction j read at
+position pos, `{L+1}_{j}_pooled` for one read on the mean over positions (drawn at the last position, its
+`ctx_idx`; `target_position` is None), jsNodeId `D_{j}-{ctx_idx}`, `feature` j, `token_prob` its weight 1/k,
+`target_value` its read-out on the prompt, and a clerp naming its label, position and value.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sae.circuits.graph import ERROR, FEATURE, TARGET, TOKEN, Graph
+from sae.circuits.graph import ERROR, FEATURE, POOLED, TARGET, TOKEN, Graph
 from sae.circuits.prune import prune
 
 
@@ -68,6 +74,8 @@ def graph_json(
             )
         elif kind == TOKEN:
             nodes[i] = _node(f"E_{index}_{pos}", pos, "E", pos, "embedding", f"E_{index}-{pos}", influence=score)
+        elif graph.target_kind == "direction":
+            nodes[i] = _direction_node(graph, targets.index(i), pos, index, token_text, target_text)
         else:
             rank = targets.index(i)
             prob = float(graph.node_value[i])
@@ -93,8 +101,28 @@ def graph_json(
         "node_threshold": node_threshold,
         "schema_version": 1,
     }
+    if graph.target_kind == "direction":
+        metadata["target_kind"] = "direction"
     qparams = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
     return {"metadata": metadata, "qParams": qparams, "nodes": used, "links": links}
+
+
+def _direction_node(
+    graph: Graph, rank: int, pos: int, index: int, token_text: list[str], target_text: list[str]
+) -> dict[str, Any]:
+    """A direction target's node (see the module docstring)."""
+    L, last = graph.n_layers, len(graph.tokens) - 1
+    weight = float(graph.node_value[graph.nodes(TARGET)[rank]])
+    values = graph.info.get("target_values") or [float("nan")] * graph.n_targets
+    value = float(values[rank])
+    pooled = pos == POOLED
+    where = "mean-pooled over all positions" if pooled else f'at "{token_text[pos]}" (position {pos})'
+    ctx = last if pooled else pos
+    return _node(
+        f"{L + 1}_{index}_{'pooled' if pooled else pos}", index, str(L + 1), ctx, "logit", f"D_{index}-{ctx}",
+        token_prob=weight, is_target_logit=rank == 0, clerp=f'Direction "{target_text[rank]}" {where} = {value:.4g}',
+        target_kind="direction", target_position=None if pooled else pos, target_value=value,
+    )  # fmt: skip
 
 
 def write_graph_files(

@@ -1,12 +1,17 @@
-"""The local replacement model of one prompt on a plain Hugging Face causal LM (Ameisen et al. 2025, §2.2).
+"""The local replacement model of one prompt on a plain Hugging Face causal LM or encoder (Ameisen et al. 2025,
+§2.2).
 
 Under these hooks the forward computes exactly the model's values, while gradients see a model that is linear
 in the residual stream: attention patterns are frozen (the queries and keys are detached, so only the values
 carry gradient), every normalisation's denominator is frozen (LayerNorm keeps its centring, as in
 transformer-lens, whose `hook_scale` circuit-tracer detaches), and each MLP's output is replaced, for
 gradients, by the transcoder's linear skip term (nothing without one): what the MLP adds beyond it is a
-constant (the features' and the error's contributions, which are graph nodes). Token embeddings are where
-gradients end.
+constant (the features' and the error's contributions, which are graph nodes). Token embeddings (the output of
+`get_input_embeddings()`) are where gradients end; positional and token-type embeddings are constants.
+
+The final hidden state is the unembedding's input for a causal LM, and the last layer's output for an encoder
+(BERT-style, no head: a post-LayerNorm layer's output is its last LayerNorm's, frozen like the others); the
+batched forward stops there (`ReachedHead`).
 """
 
 from __future__ import annotations
@@ -34,17 +39,19 @@ class Record:
 
 
 class LocalReplacement:
-    """Hooks on a Hugging Face causal LM (`activations.models.HFAdapter`) for `Transcoders`."""
+    """Hooks on a Hugging Face causal LM or encoder (`activations.models.HFAdapter`) for `Transcoders`."""
 
     def __init__(self, adapter: Any, transcoders: Transcoders) -> None:
         self.adapter = adapter
         self.model: Any = adapter.model  # a transformers PreTrainedModel
         self.transcoders = transcoders
         self.embedding: Any = self.model.get_input_embeddings()
-        head = self.model.get_output_embeddings()
-        if head is None:
-            raise ValueError(f"{type(self.model).__name__} has no language-model head: load it with AutoModelForCausalLM")
-        self.head: Any = head
+        self.head: Any = None
+        if adapter.is_causal:
+            self.head = self.model.get_output_embeddings()
+            if self.head is None:
+                raise ValueError(f"{type(self.model).__name__} has no language-model head: load it with AutoModelForCausalLM")
+        self.last_layer: nn.Module = adapter._layers[-1]
         self.in_sites = [adapter._site(h) for h in transcoders.input_hooks]
         self.out_sites = [adapter._site(h) for h in transcoders.output_hooks]
         self._attention = [pair for i, layer in enumerate(adapter._layers) for pair in _attention_freezers(layer, i)]
@@ -64,7 +71,8 @@ class LocalReplacement:
     @contextmanager
     def frozen(self) -> Iterator[Record]:
         """The local replacement model (see the module docstring), recording the tensors gradients are read at; the
-        forward stops at the unembedding, raising `ReachedHead`."""
+        forward stops at the final hidden state (the unembedding's input, an encoder's last layer output),
+        raising `ReachedHead`."""
         rec = Record()
         with ExitStack() as stack:
             stack.enter_context(_hooked(self.embedding.register_forward_hook(_grad_leaf(rec))))
@@ -78,7 +86,10 @@ class LocalReplacement:
                 if kind != "output":
                     raise ValueError(f"the MLP output hook {self.transcoders.output_hooks[layer]!r} is not a module's output")
                 stack.enter_context(_hooked(module.register_forward_hook(self._splice(rec, layer))))
-            stack.enter_context(_hooked(self.head.register_forward_pre_hook(_final(rec))))
+            if self.head is not None:
+                stack.enter_context(_hooked(self.head.register_forward_pre_hook(_final(rec))))
+            else:
+                stack.enter_context(_hooked(self.last_layer.register_forward_hook(_final_output(rec))))
             yield rec
 
     def _splice(self, rec: Record, layer: int) -> Callable[..., Any]:
@@ -133,8 +144,8 @@ def _grad_leaf(rec: Record) -> Callable[..., torch.Tensor]:
 
 
 class ReachedHead(Exception):
-    """Raised from the unembedding's pre-hook once the final hidden state is recorded: no logits are needed from the
-    batched forward, and at a large vocabulary they would be its largest tensor."""
+    """Raised once the final hidden state is recorded (from the unembedding's pre-hook, or an encoder's last layer):
+    no logits are needed from the batched forward, and at a large vocabulary they would be its largest tensor."""
 
 
 def _final(rec: Record) -> Callable[..., None]:
@@ -142,6 +153,16 @@ def _final(rec: Record) -> Callable[..., None]:
 
     def hook(module: nn.Module, args: Any) -> None:
         rec.final = args[0]
+        raise ReachedHead
+
+    return hook
+
+
+def _final_output(rec: Record) -> Callable[..., None]:
+    """Forward hook on an encoder's last layer: its output is the final hidden state."""
+
+    def hook(module: nn.Module, args: Any, out: Any) -> None:
+        rec.final = out[0] if isinstance(out, tuple | list) else out
         raise ReachedHead
 
     return hook
@@ -176,6 +197,11 @@ def _attention_freezers(layer: nn.Module, index: int) -> list[tuple[Any, Edit]]:
     )
     if attn is not None and all(isinstance(getattr(attn, p, None), nn.Module) for p in ("q_proj", "k_proj")):
         return [(attn.q_proj, _detach), (attn.k_proj, _detach)]
+    inner = getattr(attn, "self", None)  # BERT-style: BertAttention.self is BertSelfAttention (query, key, value)
+    if isinstance(inner, nn.Module) and all(isinstance(getattr(inner, p, None), nn.Linear) for p in ("query", "key")):
+        if isinstance(getattr(layer, "crossattention", None), nn.Module):
+            raise ValueError(f"layer {index} has cross-attention: circuit tracing knows self-attention only")
+        return [(inner.query, _detach), (inner.key, _detach)]
     if (
         attn is not None
         and isinstance(getattr(attn, "c_attn", None), nn.Module)
@@ -186,7 +212,7 @@ def _attention_freezers(layer: nn.Module, index: int) -> list[tuple[Any, Edit]]:
     found = type(attn).__name__ if attn is not None else "none"
     raise ValueError(
         f"cannot freeze the attention pattern of layer {index} (attention module: {found}): circuit tracing knows "
-        "attention with q_proj/k_proj (Llama, Qwen, Mistral, Gemma) or GPT-2's c_attn"
+        "attention with q_proj/k_proj (Llama, Qwen, Mistral, Gemma), GPT-2's c_attn or BERT's query/key"
     )
 
 

@@ -274,6 +274,11 @@ def validate(
     `graph.save` writes it and `Validation.of(graph)` reads it back."""
     started = time.time()
     scales = _check_options(top, scale, batch_size)
+    if graph.target_kind != "logit":
+        raise ValueError(
+            f"validate() checks graphs of next-token logits; this graph's targets are {graph.target_kind}s (an "
+            "encoder's): checks by intervention on direction targets are not built yet"
+        )
     adapter = _adapter(model)
     tc = Transcoders(transcoders, adapter.n_layers, adapter.device)
     adapter.check_hooks(tc.input_hooks + tc.output_hooks)
@@ -285,8 +290,8 @@ def validate(
 
     spliced = _Spliced(adapter, tc, replacement, tokens)
     unembed = replacement.head.weight.detach()
-    targets = choose_targets(spliced.logits[-1], unembed, graph.target_ids, 1, 1.0)
-    _check_same_model(graph, targets.probabilities)
+    targets = choose_targets(spliced.logits[-1], unembed, graph.target_ids, 1, 1.0, len(tokens))
+    _check_same_model(graph, targets.weights)
     comps = tc.components(torch.stack([spliced.inputs[layer] for layer in range(adapter.n_layers)]))
     of_node = _check_same_features(graph, comps)
     readout = ReadOut(targets.vectors, len(tokens) - 1)
@@ -327,7 +332,7 @@ def validate(
         scales=scales,
         target_ids=targets.ids,
         target_strings=[str(adapter.tokenizer.decode([t])) for t in targets.ids.tolist()],
-        target_probabilities=targets.probabilities.float(),
+        target_probabilities=targets.weights.float(),
         splice_deviation=spliced.deviation,
         info={"model": adapter.name, "transcoders": kind, "seconds": round(time.time() - started, 3)},
         **out,

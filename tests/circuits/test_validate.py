@@ -221,3 +221,11 @@ def test_trace_validate(tmp_path, capsys):
     assert len(v.nodes) == 2 and v.summary()["correlation_direct"] == pytest.approx(summary["correlation_direct"])
     assert main([*argv, "--validate", "-1"]) == 2
     assert "--validate -1" in capsys.readouterr().err
+
+
+def test_a_direction_graph_is_refused_in_one_line(minilm_clt_graph):
+    from sae.circuits import validate
+
+    model, clt, graph = minilm_clt_graph
+    with pytest.raises(ValueError, match="this graph's targets are directions"):
+        validate(graph, model, clt)

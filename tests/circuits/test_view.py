@@ -377,3 +377,29 @@ def test_trace_view_on_a_tiny_llama(chromium, tmp_path, capsys):
     labels = page.locator("#graph text.tokens").evaluate_all("ts => ts.map(t => t.firstChild.textContent)")
     assert labels == graph.info["token_strings"]
     tab.check_clean()
+
+
+def test_a_minilm_clt_graph_opens_in_headless_chromium(minilm_clt_graph, chromium, tmp_path):
+    """The bar's case: the embedded MiniLM with a CLT over its 6 layers (the pooled-direction target), its nodes and
+    edges drawn as prune keeps them, and hostile text in its token and target labels shown as text."""
+    import copy
+
+    _, clt, real = minilm_clt_graph
+    graph = copy.copy(real)
+    n_tokens = len(graph.info["token_strings"])
+    hostile = (HOSTILE_TOKENS * n_tokens)[:n_tokens]
+    graph.info = {**real.info, "token_strings": hostile, "target_strings": HOSTILE_TARGETS[:1]}
+    out = tmp_path / "view"
+    with pytest.warns(UserWarning, match="pages not written yet"):
+        page_path = write_graph_view(graph, out, "minilm", browser="clt/index.html", latents_per_layer=clt.cfg.latents)
+    edges, nodes = _expected(graph)
+    assert len(edges) > 0 and sum(1 for k in nodes if k[0] == FEATURE) > 0
+    tab = Page(chromium)
+    page = tab.open(view_url(page_path, "minilm"))
+    assert page.locator("#graph .node").count() == len(nodes)
+    assert page.locator("#graph .edge").count() == len(edges)
+    labels = page.locator("#graph text.tokens").all()
+    assert [t.locator("title").text_content() for t in labels] == [f"{p}: {t}" for p, t in enumerate(hostile)]
+    assert page.evaluate("() => window.__pwned") is None
+    assert page.locator("img, b, i, svg svg, script:not([src])").count() == 0
+    tab.check_clean()

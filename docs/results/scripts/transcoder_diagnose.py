@@ -1,5 +1,9 @@
 """Why our transcoders' latents die: short runs on the bench's pairs (bench/transcoder_vs_sparsify.py's cache,
-batches and held-out split), with per-step diagnostics and one variant of the start or recipe per run.
+batches and held-out split), with per-step diagnostics and one variant of the start or recipe per run. Every
+variant starts from the recipe before 2026-12-07 (uncentred input, lr 4e-3) unless it says otherwise: 'pre-mean'
+centres the encoder's input, 'in-mean' the encoder's and the skip term's (the library's centring, now the default),
+'lr=X' sets the rate, 'dec-xcov' starts W_dec along cov(y, x . w_i), 'no-aux' turns AuxK off, 'new-default' is
+the library's default recipe as it is.
 
     PYTHONPATH=$PWD python docs/results/scripts/transcoder_diagnose.py --variant default --steps 98 [--skip]
     PYTHONPATH=$PWD python docs/results/scripts/transcoder_diagnose.py --variant default --variant no-aux ...
@@ -29,24 +33,21 @@ PROBE_STEPS = (1, 2, 5, 10, 20, 50)
 
 
 class Centred(SparseAutoencoder):
-    """A transcoder whose encoder reads x_n - offset (the experiment's input centring; 'offset' a fixed buffer)."""
+    """A transcoder whose encoder alone reads x_n - offset (the skip term reads x_n): the experiment's 'pre-mean'."""
 
     @property
     def b_pre(self):
         return getattr(self, "offset", None)
 
 
-class InCentred(SparseAutoencoder):
-    """A transcoder whose whole input (encoder and skip term) is x_n - offset."""
-
-    def _prepare(self, x):
-        x_n, stats = super()._prepare(x)
-        offset = getattr(self, "offset", None)
-        return (x_n if offset is None else x_n - offset), stats
+OLD_LR = 4e-3  # the default rate before 2026-12-07 at this budget (the SAE's rule)
 
 
 def variant_cfg(variant: str, steps: int, seed: int) -> TrainConfig:
+    """The old recipe's lr unless the variant gives one ('new-default': the library's own)."""
     kw: dict = {"tokens": steps * bench.BATCH, "seed": seed}
+    if "new-default" not in variant.split("+"):
+        kw["lr"] = OLD_LR
     for part in variant.split("+"):
         if part == "no-aux":
             kw["aux_coef"] = 0.0
@@ -59,9 +60,11 @@ def variant_cfg(variant: str, steps: int, seed: int) -> TrainConfig:
 def after_init(sae: SparseAutoencoder, variant: str, x_n: torch.Tensor, y_n: torch.Tensor) -> None:
     """Variants that change the start, applied after the trainer's own init (x_n, y_n: normalised init sample)."""
     parts = variant.split("+")
+    if "in-mean" not in parts and "new-default" not in parts:  # the recipe before 2026-12-07: no centring
+        sae.input_offset.zero_()
     if "b_enc-centred" in parts:  # sparsify's start: b_enc = -mean(x) W_enc
         sae.b_enc.copy_(-(x_n.mean(0) @ sae.W_enc))
-    if "pre-mean" in parts or "in-mean" in parts:  # the encoder (in-mean: and skip) reads x_n - mean(x_n)
+    if "pre-mean" in parts:  # the encoder alone reads x_n - mean(x_n)
         sae.register_buffer("offset", x_n.mean(0).to(sae.W_enc.dtype))
     if "dec-xcov" in parts:  # W_dec_i along cov(y, x . w_i): a transcoder's analogue of an SAE's tied start
         xc, yc = x_n - x_n.mean(0), y_n - y_n.mean(0)
@@ -91,16 +94,15 @@ def run(variant: str, skip: bool, steps: int, seed: int, data) -> dict:
     x, y, order, test_x, test_y = data
     torch.manual_seed(seed)
     cfg = SAEConfig(d_in=x.shape[1], d_out=y.shape[1], skip=skip, n_latents=8 * x.shape[1])
-    parts = variant.split("+")
-    sae = (Centred if "pre-mean" in parts else InCentred if "in-mean" in parts else SparseAutoencoder)(cfg)
+    sae = (Centred if "pre-mean" in variant.split("+") else SparseAutoencoder)(cfg)
     tcfg = variant_cfg(variant, steps, seed)
     trainer = Trainer(sae, tcfg)
     torch.manual_seed(tcfg.seed)
     batches = trainer._initialise(iter(bench.OrderedBatches(x, y, order)))
     with torch.no_grad():
         x0, y0 = x[order[:8].flatten()], y[order[:8].flatten()]
-        x_n, _ = sae._prepare(x0)
-        y_n = sae._prepare_target(y0, x0, x_n)
+        x_n = x0 * sae.input_scale  # uncentred, whatever the library does
+        y_n = y0 * sae.target_scale
         after_init(sae, variant, x_n, y_n)
         mean_share = ((x_n.mean(0) @ sae.W_enc).pow(2) / (x_n @ sae.W_enc).pow(2).mean(0)).median().item()
     ever = torch.zeros(cfg.latents, dtype=torch.bool)

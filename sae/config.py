@@ -24,8 +24,8 @@ MIN_BATCH_SIZE = 8  # rows per training batch: the FVU's denominator is the batc
 LR_SHORT_RUN = 4e-3  # the best swept rate at every 400-step point, 4x to 64x, three layers
 LR_FULL_RATE_STEPS = 3200  # LR_SHORT_RUN up to this many steps, then falling as 1 / sqrt(steps)
 # a centred transcoder's default lr is this many times the rule's: its encoder and decoder start unrelated (an SAE's
-# start tied), and on MiniLM's MLP 4x trained the lowest held-out FVU of 2x-8x at 98 steps, with and without the
-# skip term (docs/results/transcoders.md)
+# start tied); on MiniLM's block-3 MLP at 98 steps 4x trained the lowest held-out FVU of 1x, 2x, 4x and 8x (the
+# skip transcoder: of 1x and 4x); other budgets not measured (docs/results/transcoders.md)
 TRANSCODER_LR_FACTOR = 4
 # the default dead-latent window (TrainConfig.dead_window): this many firings of an average latent (k / n of the
 # tokens each); from the window study in docs/results/recipe.md

@@ -117,10 +117,11 @@ class SparseAutoencoder(nn.Module):
 
     @property
     def centres_input(self) -> bool:
-        """Whether the dictionary subtracts a learned-at-init offset from its normalised input: a transcoder (not a
-        CLT) whose family reads its input only through W_enc + b_enc. An MLP's input (a post-LayerNorm state) has
-        large per-dimension offsets; uncentred, Adam drags each encoder column towards the mean, most latents
-        then sit below zero on every token and even AuxK cannot revive them (docs/results/transcoders.md)."""
+        """Whether the dictionary subtracts an offset (set at init: the input's mean) from its normalised input: a
+        transcoder (not a CLT) whose family reads its input only through W_enc + b_enc. An MLP's input (a
+        post-LayerNorm state) has large per-dimension offsets; uncentred, Adam drags each encoder column towards the
+        mean, most latents then sit below zero on every token and even AuxK cannot revive them
+        (docs/results/transcoders.md)."""
         return hasattr(self, "input_offset")
 
     # --- the encoder's view -------------------------------------------------------------

@@ -23,6 +23,10 @@ MIN_BATCH_SIZE = 8  # rows per training batch: the FVU's denominator is the batc
 # the default lr's budget rule (TrainConfig.learning_rate): from the study in docs/results/recipe.md
 LR_SHORT_RUN = 4e-3  # the best swept rate at every 400-step point, 4x to 64x, three layers
 LR_FULL_RATE_STEPS = 3200  # LR_SHORT_RUN up to this many steps, then falling as 1 / sqrt(steps)
+# a centred transcoder's default lr is this many times the rule's: its encoder and decoder start unrelated (an SAE's
+# start tied); on MiniLM's block-3 MLP at 98 steps 4x trained the lowest held-out FVU of 1x, 2x, 4x and 8x (the
+# skip transcoder: of 1x and 4x); other budgets not measured (docs/results/transcoders.md)
+TRANSCODER_LR_FACTOR = 4
 # the default dead-latent window (TrainConfig.dead_window): this many firings of an average latent (k / n of the
 # tokens each); from the window study in docs/results/recipe.md
 DEAD_WINDOW_FIRINGS = 32
@@ -305,7 +309,8 @@ class TrainConfig:
     batch_size: int = 4096
     """Tokens per step."""
     lr: float | None = None
-    """Adam learning rate; default from the dictionary's size and the run's length (`learning_rate`)."""
+    """Adam learning rate; default from the dictionary's size and the run's length, 4x for a centred transcoder
+    (`learning_rate`)."""
     betas: tuple[float, float] = (0.9, 0.999)
     """Adam betas."""
     eps: float = 6.25e-10
@@ -396,14 +401,16 @@ class TrainConfig:
         expected = DEAD_WINDOW_FIRINGS * n_latents // max(1, k or DEFAULT_K)
         return max(self.batch_size, min(expected, self.tokens // 4))
 
-    def learning_rate(self, n_latents: int) -> float:
+    def learning_rate(self, n_latents: int, transcoder: bool = False) -> float:
         """The given lr, or max(Gao et al.'s 2e-4 / sqrt(n / 2^14), LR_SHORT_RUN * min(1, sqrt(LR_FULL_RATE_STEPS /
         steps))). Gao's rate was fitted on runs of billions of tokens; on runs of hundreds to tens of thousands of
-        steps it under-trains, and the best rate measured there did not depend on n (docs/results/recipe.md)."""
+        steps it under-trains, and the best rate measured there did not depend on n (docs/results/recipe.md).
+        `transcoder`: a centred transcoder's (`SparseAutoencoder.centres_input`), TRANSCODER_LR_FACTOR times that."""
         if self.lr is not None:
             return self.lr
         gao = 2e-4 / math.sqrt(n_latents / 2**14)
-        return max(gao, LR_SHORT_RUN * min(1.0, math.sqrt(LR_FULL_RATE_STEPS / self.steps)))
+        rate = max(gao, LR_SHORT_RUN * min(1.0, math.sqrt(LR_FULL_RATE_STEPS / self.steps)))
+        return rate * TRANSCODER_LR_FACTOR if transcoder else rate
 
 
 @dataclass

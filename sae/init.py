@@ -1,5 +1,5 @@
 """Data-dependent initialisation: input scale and b_dec at the geometric median (Gao et al.); a transcoder's two
-scales, b_dec from its target and, on request, W_skip from a least-squares fit."""
+scales, its input offset, b_dec from its target and, on request, W_skip from a least-squares fit."""
 
 from __future__ import annotations
 
@@ -30,9 +30,11 @@ def init_from_sample(
 ) -> None:
     """Set the dataset input scale (E|s x|^2 = d_in) and b_dec from a sample of raw activations.
 
-    A transcoder also takes the sample's targets: the target scale (E|t y|^2 = d_out), b_dec at the geometric
-    median of the normalised targets, and W_skip zero or (skip_init="lstsq") the least-squares fit of y_n on x_n,
-    b_dec then the median of what the fit leaves. A CLT does each per layer."""
+    A transcoder also takes the sample's targets: the target scale (E|t y|^2 = d_out), a centred transcoder's
+    input offset (the normalised sample's mean, `SparseAutoencoder.centres_input`; the input scale stays that of
+    the raw sample), b_dec at the geometric median of the normalised targets, and W_skip zero or
+    (skip_init="lstsq") the least-squares fit of y_n on x_n, b_dec then the median of what the fit leaves. A CLT
+    does each per layer."""
     sample = sample.to(device=sae.W_enc.device, dtype=torch.float64)
     if not sae.cfg.is_transcoder:
         if sae.cfg.normalize == "dataset_scalar":
@@ -47,12 +49,16 @@ def init_from_sample(
         raise ValueError("a transcoder initialises from (x, y) pairs: the sample's targets are missing")
     target = target.to(device=sae.W_enc.device, dtype=torch.float64)
     if sae.cfg.normalize == "dataset_scalar":
+        # of the raw input even where it is centred: on MiniLM's MLP the centred input's scale (1.14x) trained worse
         sae.input_scale.copy_(_scale(sample, "input"))
         sae.target_scale.copy_(_scale(target, "target"))
     clt = sae.cfg.is_clt
     s = sae.input_scale.double()[:, None] if clt else sae.input_scale.double()
     t = sae.target_scale.double()[:, None] if clt else sae.target_scale.double()
     x_n, y_n = sample * s, target * t
+    if sae.centres_input:  # the encoder (and skip term) read x_n minus its mean over the sample
+        sae.input_offset.copy_(x_n.mean(0).to(sae.input_offset.dtype))
+        x_n = x_n - sae.input_offset.double()
     per_layer = [(x_n[:, i], y_n[:, i]) for i in range(sae.cfg.layers)] if clt else [(x_n, y_n)]
     for i, (x_l, y_l) in enumerate(per_layer):
         residual = y_l

@@ -23,7 +23,9 @@ from sae.normalize import denormalize, normalize
 
 FAMILY_PREFIX = "family."  # state-dict prefix of the family's tensors; files hold them without it
 LAYER_FAMILY = "layer_family"  # a CLT's per-layer families: state 'layer_family.{l}.X', file 'X' stacked [L, ...]
-SCALES = ("input_scale", "target_scale")  # dataset scales: buffers, never in files (folded on save)
+# dataset statistics: buffers, never in files (folded into the weights on save): the scales, and a centred
+# transcoder's input offset (`centres_input`)
+SCALES = ("input_scale", "target_scale", "input_offset")
 
 
 class ForwardOutput(NamedTuple):
@@ -47,6 +49,7 @@ class SparseAutoencoder(nn.Module):
 
     input_scale: torch.Tensor  # buffer [] (a CLT: [L]), fp32
     target_scale: torch.Tensor  # buffer [] (a CLT: [L]), fp32; transcoders only
+    input_offset: torch.Tensor  # buffer [d_in] in normalised input space, fp32; centred transcoders only
     family: Family  # a CLT: layer 0's (the per-layer families are `families`)
 
     def __init__(self, cfg: SAEConfig, device: torch.device | str = "cpu", seed: int | None = None) -> None:
@@ -84,6 +87,10 @@ class SparseAutoencoder(nn.Module):
         if cfg.is_transcoder:
             self.register_buffer("target_scale", torch.ones(scale_shape, dtype=torch.float32, device=device))
         self._build_family(device)
+        if _centres(cfg, self.family):
+            # what the input's normalised mean is (set by sae.init from the first batches; zero: no centring)
+            self.register_buffer("input_offset", torch.zeros(d, dtype=torch.float32, device=device))
+            self.register_load_state_dict_pre_hook(_offset_of_older_state)
 
     def _build_family(self, device: torch.device | str | None = None) -> None:
         """The family module(s): one, or one per layer for a CLT (`family` then names layer 0's, unregistered)."""
@@ -107,6 +114,15 @@ class SparseAutoencoder(nn.Module):
         if not self.cfg.is_clt:
             return [self.W_dec]
         return [getattr(self, f"W_dec_{layer}") for layer in range(self.cfg.layers)]
+
+    @property
+    def centres_input(self) -> bool:
+        """Whether the dictionary subtracts an offset (set at init: the input's mean) from its normalised input: a
+        transcoder (not a CLT) whose family reads its input only through W_enc + b_enc. An MLP's input (a
+        post-LayerNorm state) has large per-dimension offsets; uncentred, Adam drags each encoder column towards the
+        mean, most latents then sit below zero on every token and even AuxK cannot revive them
+        (docs/results/transcoders.md)."""
+        return hasattr(self, "input_offset")
 
     # --- the encoder's view -------------------------------------------------------------
     @property
@@ -146,9 +162,13 @@ class SparseAutoencoder(nn.Module):
         return scale[:, None] if self.cfg.is_clt else scale
 
     def _prepare(self, x: torch.Tensor):
+        """The normalised input (a centred transcoder's minus its offset) and the per-token statistics."""
         self._check_input(x)
         x = x.to(dtype=self.W_enc.dtype, device=self.W_enc.device)
-        return normalize(x, self.cfg.normalize, self._scale(self.input_scale, x))
+        x_n, stats = normalize(x, self.cfg.normalize, self._scale(self.input_scale, x))
+        if self.centres_input:
+            x_n = x_n - self.input_offset.to(x_n.dtype)
+        return x_n, stats
 
     def _prepare_target(self, target: torch.Tensor | None, x: torch.Tensor, x_n: torch.Tensor) -> torch.Tensor:
         """The normalised target: x_n for an SAE (which takes none), the transcoder's target scaled otherwise."""
@@ -406,6 +426,8 @@ class SparseAutoencoder(nn.Module):
             grad -= parallel * flat
 
     def _scales_pending(self) -> bool:
+        if self.centres_input and bool((self.input_offset != 0).any()):
+            return True
         if self.cfg.normalize != "dataset_scalar":
             return False
         scales = [self.input_scale] + ([self.target_scale] if self.cfg.is_transcoder else [])
@@ -419,10 +441,18 @@ class SparseAutoencoder(nn.Module):
         b_dec' = b_dec / s, codes shrink by s, family state follows. Transcoder (input scale s, target scale t):
         pre' = pre / t, so W_enc' = W_enc s / t, b_enc' = b_enc / t, b_dec' = b_dec / t, W_skip' = W_skip s / t
         and W_dec is unchanged; a CLT does this per layer, and its decoder slice from layer l to l' also takes
-        t_l / t_l' (so its decoders are no longer unit-norm once folded).
+        t_l / t_l' (so its decoders are no longer unit-norm once folded). A centred transcoder's input offset c
+        goes first into the biases: (x_n - c) W_enc + b_enc = x_n W_enc + (b_enc - c W_enc), and the skip term's
+        -c W_skip^T into b_dec; the offset is then zero, so every layout stays W_enc, b_enc, W_dec, b_dec (W_skip).
         """
         if not self._scales_pending():
             return
+        if self.centres_input:
+            c = self.input_offset.to(self.W_enc.dtype)
+            self.b_enc.sub_(c @ self.W_enc)
+            if self.cfg.skip:
+                self.b_dec.sub_(c @ self.W_skip.T)
+            self.input_offset.zero_()
         if not self.cfg.is_transcoder:
             s = float(self.input_scale)
             self.b_enc.div_(s)
@@ -523,6 +553,8 @@ class SparseAutoencoder(nn.Module):
         state["input_scale"] = _scale_tensor(input_scale, scale_shape, "input_scale", source)
         if cfg.is_transcoder:
             state["target_scale"] = _scale_tensor(target_scale, scale_shape, "target_scale", source)
+        if sae.centres_input:  # a file holds the offset folded into b_enc (and b_dec): none left to subtract
+            state["input_offset"] = torch.zeros(cfg.d_in, dtype=torch.float32)
         sae.load_state_dict(state, assign=True)
         return sae.to(device) if device is not None else sae
 
@@ -554,6 +586,24 @@ class SparseAutoencoder(nn.Module):
 def _sum_of_layer_fractions(sse: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """sum over layers l of sse[l] / the batch variance of y[:, l]: each layer's FVU, summed."""
     return sum((sse[i] / batch_variance(y[:, i]).clamp_min(1e-12) for i in range(y.shape[1])), torch.zeros((), device=y.device))
+
+
+def _centres(cfg: SAEConfig, family: Family) -> bool:
+    """Whether a dictionary of `cfg` centres its input (`SparseAutoencoder.centres_input`): a transcoder, not a
+    CLT, whose family's only map of the input is the base pre-activation x W_enc + b_enc (b_enc then absorbs the
+    offset on save; a family with maps of its own, or without b_enc, is left uncentred)."""
+    if not cfg.is_transcoder or cfg.is_clt or not family.uses_b_enc:
+        return False
+    kind = type(family)
+    return kind.pre is Family.pre and kind.fold_input_scale is Family.fold_input_scale
+
+
+def _offset_of_older_state(module, state: dict, prefix: str, *args, **kwargs) -> None:
+    """A state dict written before transcoders were centred (a checkpoint of an older run) holds no input offset:
+    it reads as zero, the uncentred encoder it was trained with."""
+    key = prefix + "input_offset"
+    if key not in state and prefix + "W_enc" in state:
+        state[key] = torch.zeros(module.cfg.d_in, dtype=torch.float32, device=state[prefix + "W_enc"].device)
 
 
 def _unit_columns(d: int, n: int, gen: torch.Generator | None) -> torch.Tensor:

@@ -71,7 +71,7 @@ class Trainer:
         sae = self.comm.prepare(sae)
         self.sae, self.cfg = sae, cfg
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.base_lr = cfg.learning_rate(sae.cfg.latents)
+        self.base_lr = cfg.learning_rate(sae.cfg.latents, transcoder=sae.centres_input)
         # fused Adam: one pass over each parameter's state, on CPU as on CUDA
         self.opt = torch.optim.Adam(sae.parameters(), lr=self.base_lr, betas=cfg.betas, eps=cfg.eps, fused=True)
         self.step = 0

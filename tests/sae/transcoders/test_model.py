@@ -26,6 +26,8 @@ def randomise(sae: SparseAutoencoder, seed: int = 1, scales: bool = True) -> Spa
         if scales and sae.cfg.normalize == "dataset_scalar":
             sae.input_scale.copy_(torch.rand(sae.input_scale.shape, generator=g) + 0.5)
             sae.target_scale.copy_(torch.rand(sae.target_scale.shape, generator=g) + 0.5)
+        if scales and sae.centres_input:
+            sae.input_offset.copy_(torch.randn(sae.input_offset.shape, generator=g) * 2)
     return sae
 
 
@@ -48,11 +50,17 @@ def select(pre: torch.Tensor, family: str, k: int, threshold: torch.Tensor | Non
 FAMILIES = {"topk": {}, "abstopk": {}, "batchtopk": {"options": {"threshold_start_step": 0}}, "jumprelu": {"k": None}}
 
 
+def normalised_input(sae: SparseAutoencoder, x: torch.Tensor) -> torch.Tensor:
+    """What a (non-CLT) transcoder's encoder and skip term read, in float64: x s, minus the offset where centred."""
+    x_n = x.double() * sae.input_scale.double()
+    return x_n - sae.input_offset.double() if sae.centres_input else x_n
+
+
 def reference_transcoder(sae: SparseAutoencoder, x: torch.Tensor, training: bool = False):
     """(raw y_hat, normalised y_hat, dense normalised z) in float64: y_hat_n = z W_dec + b_dec + x_n W_skip^T."""
     cfg = sae.cfg
-    s, t = sae.input_scale.double(), sae.target_scale.double()
-    x_n = x.double() * s
+    t = sae.target_scale.double()
+    x_n = normalised_input(sae, x)
     pre = x_n @ sae.W_enc.double()
     if cfg.family != "abstopk":
         pre = pre + sae.b_enc.double()
@@ -80,10 +88,10 @@ def test_transcoder_predict_and_forward_match_the_formula(family, skip):
     torch.testing.assert_close(out.fvu.double(), fvu, rtol=1e-6, atol=0)  # the loss sums in float32
     # the raw-space code is z / t, and decode(code) is the prediction without the skip term
     torch.testing.assert_close(sae.encode_dense(x), z / sae.target_scale.double())
-    no_skip = y_hat - (x * sae.input_scale.double() @ sae.W_skip.double().T / sae.target_scale.double() if skip else 0)
+    no_skip = y_hat - (normalised_input(sae, x) @ sae.W_skip.double().T / sae.target_scale.double() if skip else 0)
     torch.testing.assert_close(sae.decode(sae.encode(x)), no_skip)
-    # pre-activations are the encoder's, with no b_dec subtracted from the input
-    pre = x * sae.input_scale.double() @ sae.W_enc.double() + (0 if family == "abstopk" else sae.b_enc.double())
+    # pre-activations are the encoder's, with no b_dec subtracted from the input (a centred one's offset is)
+    pre = normalised_input(sae, x) @ sae.W_enc.double() + (0 if family == "abstopk" else sae.b_enc.double())
     torch.testing.assert_close(sae.pre_activations(x), pre / sae.target_scale.double())
 
 
@@ -183,7 +191,7 @@ def test_auxk_reconstructs_the_targets_residual_with_the_dead_latents():
     _, y_hat_n, _ = reference_transcoder(sae, x)
     y_n = y * sae.target_scale.double()
     e = y_n - y_hat_n
-    pre = x * sae.input_scale.double() @ sae.W_enc.double() + sae.b_enc.double()
+    pre = normalised_input(sae, x) @ sae.W_enc.double() + sae.b_enc.double()
     masked = torch.where(dead, pre, -torch.inf)
     top = masked.topk(k_aux, dim=1)
     z_aux = torch.zeros_like(pre).scatter(1, top.indices, top.values.relu())
@@ -235,12 +243,13 @@ def test_clt_decoder_geometry_is_per_feature():
     "make",
     [
         lambda: transcoder(dtype="float64"),
+        lambda: transcoder(skip=True, dtype="float64"),
         lambda: transcoder(skip=True, family="jumprelu", k=None, dtype="float64"),
         lambda: transcoder(skip=True, family="vsae", dtype="float64"),
         lambda: clt(skip=True, dtype="float64"),
         lambda: clt(family="batchtopk", dtype="float64", options={"threshold_start_step": 0}),
     ],
-    ids=["transcoder", "skip-jumprelu", "skip-vsae", "clt-skip", "clt-batchtopk"],
+    ids=["transcoder", "skip-transcoder", "skip-jumprelu", "skip-vsae", "clt-skip", "clt-batchtopk"],
 )
 def test_folding_both_scales_keeps_the_raw_prediction(make):
     sae = randomise(make()).eval()
@@ -250,6 +259,7 @@ def test_folding_both_scales_keeps_the_raw_prediction(make):
     folded = sae.folded()
     assert folded is not sae and float(folded.target_scale.min()) == float(folded.target_scale.max()) == 1.0
     assert float(folded.input_scale.min()) == 1.0
+    assert not folded.centres_input or not folded.input_offset.any()  # the offset went into b_enc (and b_dec)
     torch.testing.assert_close(folded.predict(x), before)
     torch.testing.assert_close(folded.encode_dense(x), code_before)  # raw-space codes do not move either
     assert folded.folded() is folded

@@ -90,7 +90,8 @@ def test_lstsq_skip_init_fits_the_linear_map():
     init_from_sample(sae, x, y, skip_init="lstsq")
     s, t = float(sae.input_scale), float(sae.target_scale)
     torch.testing.assert_close(sae.W_skip, A * t / s, atol=1e-4, rtol=1e-4)  # in normalised space: y_n = x_n (A t / s)^T
-    torch.testing.assert_close(sae.b_dec, torch.full((D_OUT,), 3.0 * t), atol=1e-3, rtol=0)
+    # what is left: y_n - (x_n - c) W_skip^T = 3 t + c W_skip^T (c the centred input's offset)
+    torch.testing.assert_close(sae.b_dec, 3.0 * t + sae.input_offset @ sae.W_skip.T, atol=1e-3, rtol=0)
     zero = transcoder(skip=True)
     init_from_sample(zero, x, y)
     assert not zero.W_skip.any()

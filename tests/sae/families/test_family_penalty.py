@@ -1,5 +1,7 @@
 """The penalty families' coefficient: warm-up, target L0 and the bad input refused before training."""
 
+import math
+
 import pytest
 import torch
 
@@ -73,6 +75,26 @@ def test_controller_warms_up_adapts_then_freezes():
     for _ in range(200):
         signed.update(30, torch.tensor(1.0))
     assert float(signed.factor) < 0
+
+
+def slow_plant_l0(controller: SparsityController, need: float, rate: float, start: float) -> float:
+    """Drive `controller` with a plant as slow as a JumpReLU's L0 (docs/results/frontier.md): log L0 moves by at most
+    `rate` a step, up while the coefficient's factor is below `need` (a reward for firing raising it fastest), down
+    above it; from `start` x the target (where L0 is after the early steps). Returns L0 / target at the end."""
+    log_l0 = math.log(start * controller.target_l0)
+    for i in range(controller.steps):
+        log_l0 += rate * math.tanh((need - float(controller.scale(i))) / need)
+        controller.update(i, torch.tensor(math.exp(log_l0)))
+    return math.exp(log_l0) / controller.target_l0
+
+
+def test_an_l0_penalty_reaches_a_coefficient_far_from_its_default_within_a_short_run():
+    """On MiniLM the JumpReLU's L0 moved about 0.5% a step and needed about 30x its default coefficient at L0 64; with
+    the L1 penalties' gains the factor took too long to get there and L0 ended 14-30% above the target."""
+    for need, rate in ((30.0, 0.01), (30.0, 0.02), (3.0, 0.005)):
+        c = SparsityController(steps=200, warmup_frac=0.05, target_l0=32.0, signed=True)
+        ratio = slow_plant_l0(c, need, rate, start=0.6)
+        assert 0.9 <= ratio <= 1.1, (need, rate, ratio)
 
 
 @pytest.mark.slow

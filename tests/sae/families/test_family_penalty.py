@@ -134,3 +134,34 @@ def test_cli_refuses_bad_penalty_input_in_one_line_before_the_model_loads(tmp_pa
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_resume_with_a_target_l0_matches_the_uninterrupted_run(tmp_path):
+    """The controller's state (its integral and proportional parts) is in the checkpoint: a JumpReLU run asked for a
+    target L0, stopped after step 11 and resumed from step 8, ends bit-identical to one run straight through."""
+    acts = sparse_acts(4096)
+    cfg = TrainConfig(tokens=256 * 16, batch_size=256, init_tokens=1024, checkpoint_every=8, log_every=8, target_l0=12)
+
+    def build() -> SparseAutoencoder:
+        return SparseAutoencoder(SAEConfig(d_in=D, n_latents=N, family="jumprelu"), seed=1)
+
+    full = build()
+    trainer = Trainer(full, cfg, out_dir=tmp_path / "full")
+    trainer.fit(TensorBatches(acts, 256, seed=0))
+    assert float(trainer.sparsity.factor) != 1.0  # the controller moved
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_11(t: Trainer) -> None:
+        if t.step == 11:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(build(), TensorBatches(acts, 256, seed=0), cfg, out_dir=tmp_path / "part", on_step=stop_at_11)
+    resumed = build()
+    again = Trainer(resumed, cfg, out_dir=tmp_path / "part")
+    again.fit(TensorBatches(acts, 256, seed=0), resume=True)
+    assert torch.equal(again.sparsity.factor, trainer.sparsity.factor)
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), f"{name} differs after resume"

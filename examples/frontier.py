@@ -90,10 +90,14 @@ def write(rows: list[dict], meta: dict, out: Path, name: str) -> None:
     (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     if name != "frontier":
         return
-    lines = ["| family | asked L0 | seed | L0 (held-out) | FVU (held-out) | silent latents |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| family | asked L0 | seed | L0 (held-out) | FVU (held-out) | silent latents | rerun |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(rows, key=lambda r: (FAMILIES.index(r["family"]), r["asked_l0"], r["seed"])):
         lines.append(
-            f"| {r['family']} | {r['asked_l0']} | {r['seed']} | {r['l0']:.1f} | {r['fvu']:.4f} | {r['eval_dead_fraction']:.3f} |"
+            f"| {r['family']} | {r['asked_l0']} | {r['seed']} | {r['l0']:.1f} | {r['fvu']:.4f} | {r['eval_dead_fraction']:.3f} "
+            f"| {r.get('rerun', '')} |"
         )
     (out / "frontier_table.md").write_text("\n".join(lines) + "\n")
     try:

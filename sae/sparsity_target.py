@@ -5,15 +5,23 @@ A penalty family sets its L0 through a coefficient, not a k. The trainer multipl
 
 - a linear warm-up from 0 to 1 over the first `sparsity_warmup_frac` of the steps (the papers' and SAELens's
   `l1_warm_up_steps` / `l0_warm_up_steps`: early steps fit the reconstruction before the penalty bites), times
-- with `target_l0`, an adaptive factor m, from 1: after each step m += gain * (log(L0_batch) - log(target)) *
-  (1 + |m|), so the coefficient grows about multiplicatively while the batch's L0 is above the target and shrinks
-  while it is below (an integral controller on log L0). For an L1 penalty m stays above 0; for an L0 penalty
-  (`signed`) it may fall below 0: a penalty near zero does not raise L0 within a short run (the encoder's drift
-  lowers it), and a small reward for firing does, as a Lagrange multiplier of the constraint L0 = target would.
-  The update starts once the warm-up is over and stops for the last `TARGET_FREEZE_FRAC` of the run, where the
-  coefficient is held so the dictionary settles under a fixed loss (the learning rate is near 0 there).
+- with `target_l0`, an adaptive factor m + p, from 1: after each step, with e = log(L0_batch) - log(target),
+  m += g_i * e * (1 + |m|) and p = g_p * e * (1 + |m|), so the coefficient grows about multiplicatively while the
+  batch's L0 is above the target and shrinks while it is below (a proportional-integral controller on log L0).
+  For an L1 penalty m stays above 0; for an L0 penalty (`signed`) it may fall below 0: a penalty near zero does
+  not raise L0 within a short run (the encoder's drift lowers it), and a reward for firing does, as a Lagrange
+  multiplier of the constraint L0 = target would. The update starts once the warm-up is over and stops for the
+  last `TARGET_FREEZE_FRAC` of the run, where the coefficient is held so the dictionary settles under a fixed loss
+  (the learning rate is near 0 there).
 
-The state (m) is a device tensor, so no step waits on the host; it is saved in the trainer's checkpoint.
+The gains depend on the penalty, because the two answer at different speeds. An L1 penalty's gradient reaches the
+encoder's bias through every firing code, so L0 answers within a few steps, and larger gains make it oscillate
+(gated swung between L0 20 and 43 around a target of 32 at (1, 2), docs/results/frontier.md). JumpReLU's step
+penalty reaches only the thresholds, and only through the codes within half a bandwidth of them, so L0 answers
+over tens of steps and the coefficient it needs ends far from 1 (about 30 for L0 64 on MiniLM): at (0.1, 1) the
+factor could not get there within a 200-step run and L0 ended 14% above the target on the training batches.
+
+The state (m, p) is a device tensor, so no step waits on the host; it is saved in the trainer's checkpoint.
 """
 
 from __future__ import annotations
@@ -26,8 +34,9 @@ import torch
 if TYPE_CHECKING:
     from sae.families.base import Family
 
-TARGET_GAIN = 0.1  # the integral gain: change of the factor per step per unit of log(L0 / target), times (1 + |m|)
-TARGET_PROPORTIONAL = 1.0  # the proportional gain: the factor's immediate answer to this step's log(L0 / target)
+# (g_i, g_p) by penalty: the integral gain (change of the factor per step per unit of log(L0 / target), times
+# (1 + |m|)) and the proportional gain (the factor's immediate answer to this step's log(L0 / target))
+TARGET_GAINS = {"l1": (0.1, 1.0), "l0": (1.0, 2.0)}
 TARGET_FREEZE_FRAC = 0.05  # the last fraction of the run with the coefficient held
 TARGET_MAX_SCALE = 1e5  # the factor's upper bound
 TARGET_MIN_SCALE = 1e-5  # its lower bound for an L1 penalty (an L0 penalty's is -TARGET_MAX_SCALE)
@@ -70,6 +79,7 @@ class SparsityController:
         self.target_l0 = target_l0
         self.freeze_at = steps - int(TARGET_FREEZE_FRAC * steps)
         self.lowest = -TARGET_MAX_SCALE if signed else TARGET_MIN_SCALE
+        self.gains = TARGET_GAINS["l0" if signed else "l1"]
         self.factor = torch.ones((), dtype=torch.float32, device=device)  # the integral part m
         self.push = torch.zeros((), dtype=torch.float32, device=device)  # the proportional part, from the last step
 
@@ -97,8 +107,9 @@ class SparsityController:
         error = l0.float().clamp_min(1e-3).log() - math.log(self.target_l0)
         # no reward for firing while L0 is above the target (the integral's wind-up, undone at once)
         self.factor.copy_(torch.where((error > 0) & (self.factor < 0), torch.zeros_like(self.factor), self.factor))
-        self.factor.add_(TARGET_GAIN * error * (1 + self.factor.abs())).clamp_(self.lowest, TARGET_MAX_SCALE)
-        self.push = TARGET_PROPORTIONAL * error * (1 + self.factor.abs())
+        integral, proportional = self.gains
+        self.factor.add_(integral * error * (1 + self.factor.abs())).clamp_(self.lowest, TARGET_MAX_SCALE)
+        self.push = proportional * error * (1 + self.factor.abs())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"factor": self.factor.detach().cpu(), "push": self.push.detach().cpu()}

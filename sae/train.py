@@ -29,7 +29,9 @@ RESUMABLE_CHANGES = ("checkpoint_every", "log_every", "wandb_project", "device")
 
 INIT_L0 = 64  # a penalty family without a target L0 starts with about this many latents firing per token
 # with a target L0 it starts this far above it: the penalty can lower L0 quickly, while nothing but the
-# reconstruction raises it
+# reconstruction raises it; a target near n starts half-way from it to n instead (at n every latent fires on every
+# sample token, none sits near its threshold, and JumpReLU's step penalty, which reaches the thresholds only
+# through the codes near them, could not lower L0: it stayed at n, bench/jumprelu_vs_saelens.py)
 INIT_ABOVE_TARGET = 1.5
 INIT_L0_TOKENS = 8192  # the sample tokens that set the penalty family's starting thresholds or biases
 
@@ -325,8 +327,9 @@ class Trainer:
         if self.sparsity is not None and not self.sae.cfg.is_clt:  # a penalty family starts near its L0
             with torch.no_grad():
                 x_n, _ = self.sae._prepare(x[:INIT_L0_TOKENS])
-            l0 = INIT_ABOVE_TARGET * self.cfg.target_l0 if self.cfg.target_l0 is not None else INIT_L0
-            self.sae.family.init_from_sample(self.sae, x_n, min(float(l0), self.sae.cfg.latents))
+            n, target = self.sae.cfg.latents, self.cfg.target_l0
+            l0 = min(INIT_ABOVE_TARGET * target, (target + n) / 2) if target is not None else min(INIT_L0, n)
+            self.sae.family.init_from_sample(self.sae, x_n, float(l0))
         return itertools.chain(head, batches)
 
 

@@ -182,12 +182,18 @@ class JumpReLU(Family):
 
     @torch.no_grad()
     def init_from_sample(self, sae: SparseAutoencoder, x_n: torch.Tensor, l0: float) -> None:
-        """Each theta_i at the value latent i's pre-activation exceeds on l0 / n of the sample (at least 0), unless
-        `init_threshold` is given: Adam moves theta by about lr a step, which a short run's budget cannot spend on
-        reaching the right scale from a constant."""
+        """Each latent i fires on l0 / n of the sample, unless `init_threshold` is given: Adam moves theta by about lr
+        a step, which a short run's budget cannot spend on reaching the right scale from a constant. theta_i is the
+        value its pre-activation exceeds there, q_i, when q_i is at least one bandwidth; otherwise theta_i is one
+        bandwidth and b_enc_i rises by theta_i - q_i. A theta at 0 could not fall further, so a latent that must fire
+        on more tokens than its pre-activation is positive on (a target L0 near n) could not get there; the
+        bandwidth leaves theta room to move both ways."""
         if "init_threshold" in self.cfg.options:
             return
-        self.threshold.copy_(firing_quantile(self.pre(sae, x_n), l0).clamp_min(0.0))
+        q = firing_quantile(self.pre(sae, x_n), l0)
+        theta = q.clamp_min(self.bandwidth)
+        sae.b_enc.add_((theta - q).to(sae.b_enc.dtype))
+        self.threshold.copy_(theta)
 
     @classmethod
     def has_own_loss(cls) -> bool:

@@ -4,7 +4,7 @@ import torch
 
 from sae.model import SparseAutoencoder
 
-from .conftest import make
+from .conftest import N, make
 
 
 def test_threshold_rule_with_and_without_b_dec(x, tmp_path):
@@ -58,3 +58,19 @@ def test_threshold_is_saved_and_trained(x, tmp_path):
     sae.save(tmp_path)
     loaded = SparseAutoencoder.load(tmp_path)
     torch.testing.assert_close(loaded.family.threshold.detach(), torch.full((sae.cfg.latents,), 0.3))
+
+
+def test_thresholds_set_from_a_sample_reach_an_l0_near_n(x):
+    """Asked to start at 90% of the latents firing, the sample's L0 is about that: theta stays at least a bandwidth
+    above 0 and b_enc rises where the firing quantile is below it (theta clamped at 0 capped L0 at the latents whose
+    pre-activation is positive, about half)."""
+    for l0 in (0.9 * N, 0.1 * N):
+        sae = make("jumprelu", normalize="none")
+        b_enc = sae.b_enc.detach().clone()
+        sae.family.init_from_sample(sae, x, l0)
+        with torch.no_grad():
+            got = sae.eval().encode(x).l0().float().mean().item()
+        assert abs(got - l0) <= 0.03 * N, (l0, got)
+        assert (sae.family.threshold >= sae.family.bandwidth).all()
+        raised = sae.b_enc.detach() - b_enc
+        assert (raised >= 0).all() and (raised > 0).any() == (l0 > N / 2)

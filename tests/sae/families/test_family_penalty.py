@@ -1,5 +1,7 @@
 """The penalty families' coefficient: warm-up, target L0 and the bad input refused before training."""
 
+import math
+
 import pytest
 import torch
 
@@ -75,6 +77,26 @@ def test_controller_warms_up_adapts_then_freezes():
     assert float(signed.factor) < 0
 
 
+def slow_plant_l0(controller: SparsityController, need: float, rate: float, start: float) -> float:
+    """Drive `controller` with a plant as slow as a JumpReLU's L0 (docs/results/frontier.md): log L0 moves by at most
+    `rate` a step, up while the coefficient's factor is below `need` (a reward for firing raising it fastest), down
+    above it; from `start` x the target (where L0 is after the early steps). Returns L0 / target at the end."""
+    log_l0 = math.log(start * controller.target_l0)
+    for i in range(controller.steps):
+        log_l0 += rate * math.tanh((need - float(controller.scale(i))) / need)
+        controller.update(i, torch.tensor(math.exp(log_l0)))
+    return math.exp(log_l0) / controller.target_l0
+
+
+def test_an_l0_penalty_reaches_a_coefficient_far_from_its_default_within_a_short_run():
+    """On MiniLM the JumpReLU's L0 moved about 0.5% a step and needed about 30x its default coefficient at L0 64; with
+    the L1 penalties' gains the factor took too long to get there and L0 ended 14-30% above the target."""
+    for need, rate in ((30.0, 0.01), (30.0, 0.02), (3.0, 0.005)):
+        c = SparsityController(steps=200, warmup_frac=0.05, target_l0=32.0, signed=True)
+        ratio = slow_plant_l0(c, need, rate, start=0.6)
+        assert 0.9 <= ratio <= 1.1, (need, rate, ratio)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["jumprelu", "gated", "standard"])
 def test_target_l0_lands_within_ten_percent(family):
@@ -112,3 +134,34 @@ def test_cli_refuses_bad_penalty_input_in_one_line_before_the_model_loads(tmp_pa
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_resume_with_a_target_l0_matches_the_uninterrupted_run(tmp_path):
+    """The controller's state (its integral and proportional parts) is in the checkpoint: a JumpReLU run asked for a
+    target L0, stopped after step 11 and resumed from step 8, ends bit-identical to one run straight through."""
+    acts = sparse_acts(4096)
+    cfg = TrainConfig(tokens=256 * 16, batch_size=256, init_tokens=1024, checkpoint_every=8, log_every=8, target_l0=12)
+
+    def build() -> SparseAutoencoder:
+        return SparseAutoencoder(SAEConfig(d_in=D, n_latents=N, family="jumprelu"), seed=1)
+
+    full = build()
+    trainer = Trainer(full, cfg, out_dir=tmp_path / "full")
+    trainer.fit(TensorBatches(acts, 256, seed=0))
+    assert trainer.sparsity is not None and float(trainer.sparsity.factor) != 1.0  # the controller moved
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_11(t: Trainer) -> None:
+        if t.step == 11:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(build(), TensorBatches(acts, 256, seed=0), cfg, out_dir=tmp_path / "part", on_step=stop_at_11)
+    resumed = build()
+    again = Trainer(resumed, cfg, out_dir=tmp_path / "part")
+    again.fit(TensorBatches(acts, 256, seed=0), resume=True)
+    assert again.sparsity is not None and torch.equal(again.sparsity.factor, trainer.sparsity.factor)
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), f"{name} differs after resume"

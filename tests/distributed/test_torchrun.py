@@ -169,7 +169,7 @@ def test_killed_rank_ends_the_job_and_leaves_the_checkpoint_valid_and_the_job_re
         "sae",
         "train",
         "--tokens",
-        "4000000",
+        "400000",
         "--batch-size",
         "256",
         "--context-len",

@@ -16,8 +16,8 @@
 # train a cross-layer transcoder (CLT) over layers 0-5 with the library's trainer, trace the graph of one
 # sentence's embedding, rank its features by influence, and save it (safetensors, circuit-tracer's JSON and the
 # offline graph view). **This CLT is tiny and trained for a few seconds, for the demonstration only**: its
-# features are rough and its error nodes carry much of the graph. `python -m sae train --clt --layers 0-5
-# --tokens 400000 --out runs/clt` trains a useful one (README, "Transcoders").
+# features are rough and its error nodes carry much of the graph. A useful one takes more tokens and steps:
+# `python -m sae train --clt --layers 0-5 --tokens 400000 --out runs/clt` (README, "Transcoders").
 
 # %%
 from pathlib import Path
@@ -52,11 +52,11 @@ x, y = (torch.cat(part) for part in zip(*stream, strict=True))
 print("pairs:", tuple(x.shape), tuple(y.shape))
 
 # %% [markdown]
-# The CLT: 128 features per layer, the 8 largest of each layer active per token (TopK), a linear skip term
-# started at the least-squares fit of each layer's output on its input (over the first 4,096 pairs, as are the
-# scales and b_dec); layer l's features write to layer l and
-# every later one. One pass over 16,384 pairs in batches of 512 (32 steps); the loss is the sum of the layers'
-# FVUs. Each layer's FVU is then measured on the 4,096 pairs held out of training.
+# The CLT: 128 features per layer, the 8 largest of each layer active per token (TopK); layer l's features write
+# to layer l and every later one. A linear skip term per layer starts at the least-squares fit of its output on
+# its input (over the first 4,096 pairs, like the scales and b_dec). One pass over 16,384 pairs in batches of 512
+# (32 steps); the loss is the sum of the layers' FVUs. Each layer's FVU is then measured on the 4,096 pairs held
+# out of training.
 
 # %%
 cfg = SAEConfig(
@@ -128,7 +128,8 @@ with torch.no_grad():
     pooled = (hidden * ids.attention_mask[..., None]).sum(1) / ids.attention_mask.sum(1, keepdim=True)
 probe = torch.nn.functional.normalize(pooled[0], dim=0) - torch.nn.functional.normalize(pooled[1], dim=0)
 dog = attribute(model, clt, PROMPT, target=Direction(probe, label="dog - cat"), batch_size=128, progress=False)
-print(f"target {dog.info['target_strings'][0]!r} = {dog.info['target_values'][0]:.3f} (negative: nearer 'A cat.')")
+value = dog.info["target_values"][0]
+print(f"target {dog.info['target_strings'][0]!r} = {value:.3f}: nearer {'A dog.' if value > 0 else 'A cat.'!r}")
 influence_shares(dog, top=5)
 
 # %% [markdown]

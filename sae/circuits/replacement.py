@@ -75,21 +75,21 @@ class LocalReplacement:
         raising `ReachedHead`."""
         rec = Record()
         with ExitStack() as stack:
-            stack.enter_context(_hooked(self.embedding.register_forward_hook(_grad_leaf(rec))))
+            stack.enter_context(hooked(self.embedding.register_forward_hook(_grad_leaf(rec))))
             for module, edit in self._attention:
-                stack.enter_context(_hooked(module.register_forward_hook(_output_edit(edit))))
+                stack.enter_context(hooked(module.register_forward_hook(_output_edit(edit))))
             for module, norm in self._norms:
-                stack.enter_context(_hooked(module.register_forward_hook(_recompute(norm))))
+                stack.enter_context(hooked(module.register_forward_hook(_recompute(norm))))
             for layer, site in enumerate(self.in_sites):
                 stack.enter_context(_on_site(site, _keeper(rec.inputs, layer)))
             for layer, (kind, module) in enumerate(self.out_sites):
                 if kind != "output":
                     raise ValueError(f"the MLP output hook {self.transcoders.output_hooks[layer]!r} is not a module's output")
-                stack.enter_context(_hooked(module.register_forward_hook(self._splice(rec, layer))))
+                stack.enter_context(hooked(module.register_forward_hook(self._splice(rec, layer))))
             if self.head is not None:
-                stack.enter_context(_hooked(self.head.register_forward_pre_hook(_final(rec))))
+                stack.enter_context(hooked(self.head.register_forward_pre_hook(_final(rec))))
             else:
-                stack.enter_context(_hooked(self.last_layer.register_forward_hook(_final_output(rec))))
+                stack.enter_context(hooked(self.last_layer.register_forward_hook(_final_output(rec))))
             yield rec
 
     def _splice(self, rec: Record, layer: int) -> Callable[..., Any]:
@@ -104,7 +104,8 @@ class LocalReplacement:
 
 
 @contextmanager
-def _hooked(handle: Any) -> Iterator[None]:
+def hooked(handle: Any) -> Iterator[None]:
+    """A hook handle removed when the block ends, however it ends."""
     try:
         yield
     finally:
@@ -122,7 +123,7 @@ def _on_site(site: tuple[str, nn.Module], keep: Callable[[torch.Tensor], None]) 
         handle = module.register_forward_pre_hook(pre, with_kwargs=True)
     else:
         handle = module.register_forward_hook(lambda m, a, out: keep(out[0] if isinstance(out, tuple | list) else out))
-    with _hooked(handle):
+    with hooked(handle):
         yield
 
 

@@ -27,8 +27,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from sae.circuits.attribute import _adapter
 from sae.circuits.dictionaries import Components, Transcoders
 from sae.circuits.graph import FEATURE, TARGET, Graph
 from sae.circuits.prune import influence, normalized, target_weights
-from sae.circuits.replacement import LocalReplacement, ReachedHead
+from sae.circuits.replacement import LocalReplacement, ReachedHead, hooked
 from sae.circuits.targets import choose_targets
 from sae.model import SparseAutoencoder
 
@@ -397,7 +397,7 @@ class _Spliced:
             for layer, (state, index) in enumerate(self.states):
                 stack.enter_context(self.adapter.edit(self.tc.input_hooks[layer], state.read(index)))
                 stack.enter_context(self.adapter.edit(self.tc.output_hooks[layer], self._writer(state, index, layer, write)))
-            stack.enter_context(_hooked(self.replacement.head.register_forward_pre_hook(keep)))
+            stack.enter_context(hooked(self.replacement.head.register_forward_pre_hook(keep)))
             logits = self.adapter.model(input_ids=self.tokens, use_cache=False).logits[0]
         return logits, final["h"][0]
 
@@ -470,7 +470,7 @@ class _Frozen:
                 return hook
 
             for layer, (_, module) in enumerate(rep.out_sites):
-                stack.enter_context(_hooked(module.register_forward_hook(add(layer))))
+                stack.enter_context(hooked(module.register_forward_hook(add(layer))))
             try:
                 rep.model(input_ids=self.tokens[None].expand(B, P), use_cache=False)
             except ReachedHead:
@@ -583,14 +583,6 @@ def _check_same_features(graph: Graph, comps: Components) -> dict[int, int]:
 
 
 # --- small helpers ---------------------------------------------------------------------------------
-@contextmanager
-def _hooked(handle: Any) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 def _correlation(x: torch.Tensor, y: torch.Tensor) -> float:
     if len(x) < 2 or float(x.std()) == 0 or float(y.std()) == 0:
         return math.nan

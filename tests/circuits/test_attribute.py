@@ -19,26 +19,7 @@ MLP_IN, MLP_OUT = "blocks.{}.mlp.hook_in", "blocks.{}.mlp.hook_out"
 
 @pytest.fixture(scope="module")
 def model():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from activations import load_model
-
-    tok = tm.tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=D,
-        intermediate_size=2 * D,
-        num_hidden_layers=N_LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=16,
-        bos_token_id=1,
-        eos_token_id=2,
-        initializer_range=0.2,
-    )
-    cfg.architectures = ["LlamaForCausalLM"]
-    return load_model(LlamaForCausalLM(cfg).eval(), tokenizer=tok)
+    return tm.causal_lm("llama", N_LAYERS, D)
 
 
 def transcoders(skip: bool = False, n: int = 16):

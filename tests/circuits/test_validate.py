@@ -25,31 +25,7 @@ PROMPT = "the cat sat on"
 
 
 def _model(kind: str):
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
-    from activations import load_model
-
-    tok = tm.tokenizer()
-    torch.manual_seed(0)
-    if kind == "llama":
-        cfg = LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=D,
-            intermediate_size=2 * D,
-            num_hidden_layers=N_LAYERS,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=16,
-            bos_token_id=1,
-            eos_token_id=2,
-            initializer_range=0.2,
-        )
-        cfg.architectures = ["LlamaForCausalLM"]
-        return load_model(LlamaForCausalLM(cfg).eval(), tokenizer=tok)
-    cfg = GPT2Config(vocab_size=len(tok), n_embd=D, n_layer=N_LAYERS, n_head=4, n_positions=16, bos_token_id=1, eos_token_id=2)
-    cfg.initializer_range = 0.2
-    cfg.architectures = ["GPT2LMHeadModel"]
-    return load_model(GPT2LMHeadModel(cfg).eval(), tokenizer=tok)
+    return tm.causal_lm(kind, N_LAYERS, D)
 
 
 def _transcoders(kind: str, seed: int = 0):

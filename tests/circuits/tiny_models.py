@@ -37,6 +37,38 @@ def save_tokenizer(tok, path: Path) -> None:
     config.write_text(json.dumps(data))
 
 
+def causal_lm(kind: str, n_layers: int, d_model: int):
+    """A tiny Llama-style (`kind` "llama") or GPT-2-style causal LM in memory, loaded as a plain Hugging Face model
+    (activations.load_model), initialised at range 0.2 from seed 0."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from activations import load_model
+
+    tok = tokenizer()
+    torch.manual_seed(0)
+    if kind == "llama":
+        cfg = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=d_model,
+            intermediate_size=2 * d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=16,
+            bos_token_id=1,
+            eos_token_id=2,
+            initializer_range=0.2,
+        )
+        cfg.architectures = ["LlamaForCausalLM"]
+        return load_model(LlamaForCausalLM(cfg).eval(), tokenizer=tok)
+    cfg = GPT2Config(
+        vocab_size=len(tok), n_embd=d_model, n_layer=n_layers, n_head=4, n_positions=16, bos_token_id=1, eos_token_id=2
+    )
+    cfg.initializer_range = 0.2
+    cfg.architectures = ["GPT2LMHeadModel"]
+    return load_model(GPT2LMHeadModel(cfg).eval(), tokenizer=tok)
+
+
 def save_llama(path: Path, n_layers: int = 3, d_model: int = 32, seed: int = 0) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 

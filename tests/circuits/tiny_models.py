@@ -37,28 +37,36 @@ def save_tokenizer(tok, path: Path) -> None:
     config.write_text(json.dumps(data))
 
 
+def llama_config(vocab: int, n_layers: int, d_model: int, **extra):
+    """The tiny Llama's config: 4 heads over 2 key-value heads, an MLP twice as wide, BOS 1 and EOS 2, weights at
+    range 0.2."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=d_model,
+        intermediate_size=2 * d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=1,
+        eos_token_id=2,
+        initializer_range=0.2,
+        **extra,
+    )
+
+
 def causal_lm(kind: str, n_layers: int, d_model: int):
     """A tiny Llama-style (`kind` "llama") or GPT-2-style causal LM in memory, loaded as a plain Hugging Face model
     (activations.load_model), initialised at range 0.2 from seed 0."""
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 
     from activations import load_model
 
     tok = tokenizer()
     torch.manual_seed(0)
     if kind == "llama":
-        cfg = LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=d_model,
-            intermediate_size=2 * d_model,
-            num_hidden_layers=n_layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=16,
-            bos_token_id=1,
-            eos_token_id=2,
-            initializer_range=0.2,
-        )
+        cfg = llama_config(len(tok), n_layers, d_model, max_position_embeddings=16)
         cfg.architectures = ["LlamaForCausalLM"]
         return load_model(LlamaForCausalLM(cfg).eval(), tokenizer=tok)
     cfg = GPT2Config(
@@ -70,24 +78,11 @@ def causal_lm(kind: str, n_layers: int, d_model: int):
 
 
 def save_llama(path: Path, n_layers: int = 3, d_model: int = 32, seed: int = 0) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     tok = tokenizer()
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=d_model,
-        intermediate_size=2 * d_model,
-        num_hidden_layers=n_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-        tie_word_embeddings=False,
-        initializer_range=0.2,
-    )
+    cfg = llama_config(len(tok), n_layers, d_model, max_position_embeddings=32, pad_token_id=2, tie_word_embeddings=False)
     model = LlamaForCausalLM(cfg).eval()
     model.save_pretrained(path)
     save_tokenizer(tok, path)

@@ -117,19 +117,21 @@ class Validation:
         out["splice_deviation"] = self.splice_deviation
         return out
 
+    def _node_fields(self, i: int) -> dict[str, Any]:
+        """The table columns that name validated node `i`: its matrix row, its key and its activation."""
+        layer, pos, index = self.features[i].tolist()
+        activation = float(self.activations[i])
+        return {"node": int(self.nodes[i]), "layer": layer, "pos": pos, "feature": index, "activation": activation}
+
     def per_node(self) -> list[dict[str, Any]]:
         """One row per (node, scale): the node, the norms over targets of the measured and predicted changes and
         the relative errors of the predictions (how far the model departs from the graph at that node)."""
         rows = []
-        for i, (layer, pos, index) in enumerate(self.features.tolist()):
+        for i in range(len(self.nodes)):
             for j, scale in enumerate(self.scales):
                 m = self.measured[i, j].double()
                 row: dict[str, Any] = {
-                    "node": int(self.nodes[i]),
-                    "layer": layer,
-                    "pos": pos,
-                    "feature": index,
-                    "activation": float(self.activations[i]),
+                    **self._node_fields(i),
                     "influence": float(self.influence[i]),
                     "scale": scale,
                     "measured_norm": float(m.norm()),
@@ -144,15 +146,11 @@ class Validation:
     def rows(self) -> list[dict[str, Any]]:
         """The long table: one row per (node, scale, target) with the five changes."""
         rows = []
-        for i, (layer, pos, index) in enumerate(self.features.tolist()):
+        for i in range(len(self.nodes)):
             for j, scale in enumerate(self.scales):
                 for t, token in enumerate(self.target_ids.tolist()):
                     row: dict[str, Any] = {
-                        "node": int(self.nodes[i]),
-                        "layer": layer,
-                        "pos": pos,
-                        "feature": index,
-                        "activation": float(self.activations[i]),
+                        **self._node_fields(i),
                         "scale": scale,
                         "target": token,
                         "target_string": self.target_strings[t],

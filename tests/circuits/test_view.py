@@ -338,13 +338,7 @@ def test_trace_view_on_a_tiny_llama(chromium, tmp_path, capsys):
 
     from sae.cli import main
 
-    model = tm.save_llama(tmp_path / "llama", n_layers=2, d_model=32)
-    folder = tmp_path / "transcoders"
-    for layer in range(2):
-        t = tm.random_transcoder(32, 16, skip=True, jumprelu=True, seed=layer)
-        tm.our_transcoder(t, layer, "blocks.{}.mlp.hook_in", "blocks.{}.mlp.hook_out").save(
-            folder / f"blocks.{layer}.mlp.hook_in"
-        )
+    model, folder = tm.save_trace_inputs(tmp_path)
     out = tmp_path / "graph"
     argv = ["trace", "--model", str(model), "--transcoders", str(folder), "--prompt", "the cat sat on", "--out", str(out)]
     capsys.readouterr()

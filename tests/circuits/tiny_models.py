@@ -221,3 +221,14 @@ def our_clt(t: dict[str, torch.Tensor], hook: str, target: str, first_layer: int
         skip="W_skip" in t,
     )
     return SparseAutoencoder.from_tensors(cfg, tensors, "test CLT")
+
+
+def save_trace_inputs(root: Path, n_layers: int = 2, d_model: int = 32, n_latents: int = 16) -> tuple[Path, Path]:
+    """A saved tiny Llama and one random skip JumpReLU transcoder per layer in our layout (each in
+    `transcoders/blocks.{layer}.mlp.hook_in`): what `python -m sae trace --model ... --transcoders ...` reads."""
+    model = save_llama(root / "llama", n_layers=n_layers, d_model=d_model)
+    folder = root / "transcoders"
+    for layer in range(n_layers):
+        t = random_transcoder(d_model, n_latents, skip=True, jumprelu=True, seed=layer)
+        our_transcoder(t, layer, "blocks.{}.mlp.hook_in", "blocks.{}.mlp.hook_out").save(folder / f"blocks.{layer}.mlp.hook_in")
+    return model, folder

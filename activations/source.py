@@ -16,10 +16,10 @@ from typing import Any
 import torch
 
 from activations.text import (
-    _is_local,
     check_local_text,
     content_fingerprint,
     describe_source,
+    is_local_source,
     iter_texts,
     load_text,
     pack_contexts,
@@ -86,9 +86,7 @@ class TextSource:
     def countable(self) -> bool:
         """Whether the split's size can be counted before a run: the embedded corpus, local files, in-memory data
         (a hub dataset is streamed, and its size is not known until it ends)."""
-        if not isinstance(self.dataset, str | os.PathLike) or self.dataset == "embedded":
-            return True
-        return _is_local(os.fspath(self.dataset))
+        return not isinstance(self.dataset, str | os.PathLike) or self.dataset == "embedded" or is_local_source(self.dataset)
 
     def count_tokens(self, model: Any, limit: int) -> int:
         """The non-special tokens of the split's contexts for `model` (what a harvest can yield), counted only up

@@ -152,6 +152,14 @@ def _is_local(source: str) -> bool:
     return _looks_local(source) or Path(os.path.expanduser(source)).exists()
 
 
+def is_local_source(source: Any) -> bool:
+    """Whether `source` names local files (a path or a path-like string; not the embedded corpus, a hub name or an
+    in-memory dataset)."""
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    return isinstance(source, str) and source != "embedded" and _is_local(source)
+
+
 def load_text(
     source: Any = None,
     split: str = "train",
@@ -320,22 +328,18 @@ def _decode(decoder: codecs.IncrementalDecoder, block: bytes, offset: int, path:
 def check_local_text(source: Any, text_column: str | None = None) -> None:
     """For a local source: its files exist, are of one kind, (text kinds) decode as UTF-8 and (JSON lines) parse, with
     strings at `text_column` when given. Others: nothing."""
-    if isinstance(source, os.PathLike):
-        source = os.fspath(source)
-    if isinstance(source, str) and source != "embedded" and _is_local(source):
-        for p in _local_files(os.path.expanduser(source)):
+    if is_local_source(source):
+        for p in _local_files(os.path.expanduser(os.fspath(source))):
             _file_digest(p, text_column)
 
 
 def content_fingerprint(source: Any) -> str | None:
     """A hash of a local source's files (names and contents), so a cache of an edited corpus is not reused;
     None for hub, embedded and in-memory sources (their descriptions already pin them)."""
-    if isinstance(source, os.PathLike):
-        source = os.fspath(source)
-    if not (isinstance(source, str) and source != "embedded" and _is_local(source)):
+    if not is_local_source(source):
         return None
     h = hashlib.sha256()
-    for p in _local_files(os.path.expanduser(source)):
+    for p in _local_files(os.path.expanduser(os.fspath(source))):
         h.update(f"{p.name}\0{_file_digest(p)}\0".encode())
     return h.hexdigest()[:16]
 

@@ -156,7 +156,11 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     atomic_write(path, lambda tmp: save_file(tensors, tmp))
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically (a crash never leaves half a file)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 def write_json(path: Path, obj: dict[str, Any]) -> None:
     """Write `obj` as indented JSON atomically."""
-    text = json.dumps(obj, indent=2)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    write_text_atomic(path, json.dumps(obj, indent=2))

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sae.analysis.features import FeatureStats
-from sae.checkpoint import atomic_write
+from sae.io import write_text_atomic
 
 __all__ = ["write_browser"]
 
@@ -33,13 +33,15 @@ _ASSETS = Path(__file__).with_name("browser")
 _ASSET_FILES = ("index.html", "app.js", "style.css")
 
 
-def _json(payload: object) -> str:
+def script_json(payload: object) -> str:
     """Compact JSON that is also a JavaScript expression; `</` escaped so no string can end a script element."""
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).replace("</", "<\\/")
 
 
-def _write(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+def script_data(payload: object) -> str:
+    """A JavaScript expression of `payload` for a page's data script: JSON.parse of one string literal, which
+    parses faster than the same object written as a literal and cannot end the script element."""
+    return f"JSON.parse({json.dumps(script_json(payload))})"
 
 
 def _rounded(t: torch.Tensor) -> list[float]:
@@ -149,7 +151,7 @@ def write_browser(
         for latent in latents:
             if latent["id"] in explained:
                 latent["autointerp"] = explained[latent["id"]]
-        _write(data / f"shard_{k // shard_size:05d}.js", f"window.SAE_SHARD({k // shard_size}, {_json(latents)});\n")
-    # JSON.parse of a string literal parses faster than the same object as a JavaScript literal
-    _write(data / "index.js", f"window.SAE_INDEX = JSON.parse({json.dumps(_json(_index(stats, shard_size, explained)))});\n")
+        shard = f"window.SAE_SHARD({k // shard_size}, {script_json(latents)});\n"
+        write_text_atomic(data / f"shard_{k // shard_size:05d}.js", shard)
+    write_text_atomic(data / "index.js", f"window.SAE_INDEX = {script_data(_index(stats, shard_size, explained))};\n")
     return out / "index.html"

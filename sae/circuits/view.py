@@ -26,9 +26,10 @@ from urllib.parse import urlsplit
 
 import torch
 
-from sae.checkpoint import atomic_write
+from sae.analysis.dashboard import script_data
 from sae.circuits.graph import ERROR, FEATURE, KIND_NAMES, TARGET, TOKEN, Graph
 from sae.circuits.prune import prune
+from sae.io import write_text_atomic
 
 __all__ = ["check_browser", "check_slug", "graph_view_data", "view_url", "write_graph_view"]
 
@@ -189,16 +190,6 @@ def graph_view_data(
     }
 
 
-def _js(payload: object) -> str:
-    """A JavaScript expression of `payload`: JSON.parse of one ASCII string literal (no `</`, no line breaks)."""
-    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).replace("</", "<\\/")
-    return f"JSON.parse({json.dumps(text)})"
-
-
-def _write(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
 def _listing(data: Path) -> list[dict[str, Any]]:
     path = data / LISTING
     if not path.exists():
@@ -239,9 +230,9 @@ def write_graph_view(
     listing = [g for g in _listing(folder) if g.get("slug") != slug]
     for name in ASSET_FILES:
         shutil.copyfile(ASSETS / name, out / name)
-    _write(folder / f"graph-{slug}.js", f"window.SAE_GRAPH({_js(data)});\n")
+    write_text_atomic(folder / f"graph-{slug}.js", f"window.SAE_GRAPH({script_data(data)});\n")
     listing.append({"slug": slug, "prompt": graph.prompt, "nodes": len(data["nodes"]), "edges": len(data["edges"])})
-    _write(folder / LISTING, f"window.SAE_GRAPHS = {_js(listing)};\n")
+    write_text_atomic(folder / LISTING, f"window.SAE_GRAPHS = {script_data(listing)};\n")
     links = {i: n["href"] for i, n in enumerate(data["nodes"]) if "href" in n}
     missing = _missing_pages(out, links)
     if missing:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sae.analysis.features import STATS_FILE
-from sae.checkpoint import atomic_write
+from sae.io import write_text_atomic
 
 __all__ = ["EXPLANATIONS_FILE", "append_lines", "compact", "explanations_path", "load_explanations"]
 
@@ -78,4 +78,4 @@ def compact(path: str | Path) -> None:
     path = explanations_path(path)
     records = load_explanations(path)
     text = "".join(json.dumps(records[i], ensure_ascii=False, separators=(",", ":")) + "\n" for i in sorted(records))
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_text_atomic(path, text)

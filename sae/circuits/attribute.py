@@ -55,7 +55,7 @@ def attribute(
     forward: memory grows with it). Returns the full, unpruned graph.
     """
     started = time.time()
-    adapter = _adapter(model)
+    adapter = traceable_model(model)
     causal = bool(adapter.is_causal)
     _check_options(max_n_logits, desired_logit_prob, batch_size, max_feature_nodes, update_interval)
     tc = Transcoders(transcoders, adapter.n_layers, adapter.device)
@@ -305,7 +305,9 @@ def prompt_tokens(adapter: Any, prompt: str | Sequence[int] | torch.Tensor, voca
     return torch.tensor(ids, dtype=torch.long)
 
 
-def _adapter(model: Any) -> Any:
+def traceable_model(model: Any) -> Any:
+    """`model` as the plain Hugging Face adapter circuit tracing runs on (loaded from a name or path), checked:
+    a causal LM, or an encoder traced as BERT-style."""
     from activations.models import HFAdapter, load_model
 
     adapter = load_model(model, backend="hf") if isinstance(model, str) else model

@@ -38,7 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from sae.analysis.interventions import HookFit, TranscoderReplacement
-from sae.circuits.attribute import _adapter
+from sae.circuits.attribute import traceable_model
 from sae.circuits.dictionaries import Components, Transcoders
 from sae.circuits.graph import FEATURE, TARGET, Graph
 from sae.circuits.prune import influence, normalized, target_weights
@@ -277,7 +277,7 @@ def validate(
             f"validate() checks graphs of next-token logits; this graph's targets are {graph.target_kind}s (an "
             "encoder's): checks by intervention on direction targets are not built yet"
         )
-    adapter = _adapter(model)
+    adapter = traceable_model(model)
     tc = Transcoders(transcoders, adapter.n_layers, adapter.device)
     adapter.check_hooks(tc.input_hooks + tc.output_hooks)
     replacement = LocalReplacement(adapter, tc)

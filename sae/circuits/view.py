@@ -181,6 +181,7 @@ def graph_view_data(
         "slug": slug,
         "prompt": graph.prompt,
         "n_layers": graph.n_layers,
+        "target_kind": graph.target_kind,
         "tokens": tokens,
         "node_threshold": node_threshold,
         "edge_threshold": edge_threshold,

@@ -394,6 +394,10 @@ def test_a_minilm_clt_graph_opens_in_headless_chromium(minilm_clt_graph, chromiu
     assert page.locator("#graph .edge").count() == len(edges)
     labels = page.locator("#graph text.tokens").all()
     assert [t.locator("title").text_content() for t in labels] == [f"{p}: {t}" for p, t in enumerate(hostile)]
+    # a direction target's value is its weight in influence, not a probability
+    assert page.locator("#graph text.targets").all_text_contents() == [f"{HOSTILE_TARGETS[0]} (w=1.000)"]
+    page.hover("#graph .node.target")
+    assert page.locator("#tip tr[data-field='value'] td").first.inner_text() == "weight"
     assert page.evaluate("() => window.__pwned") is None
     assert page.locator("img, b, i, svg svg, script:not([src])").count() == 0
     tab.check_clean()

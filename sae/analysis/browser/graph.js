@@ -134,7 +134,7 @@
     G.nodes.filter((n) => n.kind === "target").forEach((n) => {
       const y = n.y - 12;
       const t = svg("text", { x: n.x, y, transform: `rotate(-50 ${n.x} ${y})`, class: "targets", "data-for": n.id });
-      t.textContent = short(n.label) + " (p=" + fmt(n.value) + ")";
+      t.textContent = short(n.label) + (G.target_kind === "direction" ? " (w=" : " (p=") + fmt(n.value) + ")";
       axes.appendChild(t);
     });
     root.appendChild(axes);
@@ -293,7 +293,7 @@
   }
   function showNode(n) {
     const [kind, layer, pos, index] = n.key;
-    const what = { feature: "activation", target: "probability" }[n.kind] || "value";
+    const what = { feature: "activation", target: G.target_kind === "direction" ? "weight" : "probability" }[n.kind] || "value";
     const rows = [["key", "key (kind, layer, pos, index)", "(" + [kind, layer, pos, index].join(", ") + ")"]];
     if (n.kind !== "target" && pos >= 0 && pos < G.tokens.length) rows.push(["token", "at token", G.tokens[pos]]);
     rows.push(["value", what, String(n.value)], ["influence", "influence (cumulative)", String(n.influence)]);

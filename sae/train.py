@@ -17,7 +17,7 @@ from sae.config import SAEConfig, TrainConfig, move_training_keys, with_defaults
 from sae.data import batches_from
 from sae.distributed.comm import Communicator
 from sae.families import TrainStep
-from sae.init import init_from_sample
+from sae.init import fit_code_scale, init_from_sample
 from sae.model import SparseAutoencoder
 from sae.sparsity_target import SparsityController, check_target_l0
 
@@ -330,6 +330,7 @@ class Trainer:
             n, target = self.sae.cfg.latents, self.cfg.target_l0
             l0 = min(INIT_ABOVE_TARGET * target, (target + n) / 2) if target is not None else min(INIT_L0, n)
             self.sae.family.init_from_sample(self.sae, x_n, float(l0))
+            fit_code_scale(self.sae, x_n)
         return itertools.chain(head, batches)
 
 

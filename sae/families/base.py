@@ -222,6 +222,14 @@ class Family(nn.Module):
         """Rescale family state when the input scale is folded into the weights (pre -> pre / scale)."""
 
     @torch.no_grad()
+    def scale_code(self, sae: SparseAutoencoder, s: float) -> None:
+        """Multiply every code value by s > 0 without changing which latents fire: here W_enc and b_enc (a code
+        positively homogeneous in its pre-activations, as ReLU's); a family with thresholds or a second path
+        scales those too. Used by the trainer's start of a penalty family (`sae.init.fit_code_scale`)."""
+        sae.W_enc.mul_(s)
+        sae.b_enc.mul_(s)
+
+    @torch.no_grad()
     def fold_input_scale(self, scale: float) -> None:
         """Rescale family maps that read the normalised input x_n = scale * x when it becomes the raw x (called
         beside fold_scale; for an SAE both scales are the input's, for a transcoder pre follows the target's)."""

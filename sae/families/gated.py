@@ -20,6 +20,7 @@ its `fold_W_dec_norm` moves them into W_enc, b_gate and b_mag, which a unit-norm
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -107,6 +108,12 @@ class Gated(Family):
     @torch.no_grad()
     def fold_scale(self, scale: float) -> None:
         self.b_mag.div_(scale)
+
+    @torch.no_grad()
+    def scale_code(self, sae: SparseAutoencoder, s: float) -> None:
+        """Only the magnitude path scales (r_mag + log s, b_mag * s): the gate, and so which latents fire, stay."""
+        self.r_mag.add_(math.log(s))
+        self.b_mag.mul_(s)
 
     def saelens_cfg(self) -> dict[str, Any]:
         return {"architecture": "gated", "apply_b_dec_to_input": self.apply_b_dec}

@@ -210,5 +210,11 @@ class JumpReLU(Family):
     def fold_scale(self, scale: float) -> None:
         self.threshold.div_(scale)
 
+    @torch.no_grad()
+    def scale_code(self, sae: SparseAutoencoder, s: float) -> None:
+        """z(s a; s theta) = s z(a; theta): the encoder and the thresholds scale together."""
+        super().scale_code(sae, s)
+        self.threshold.mul_(s)
+
     def saelens_cfg(self) -> dict[str, Any]:
         return {"architecture": "jumprelu", "apply_b_dec_to_input": self.apply_b_dec}

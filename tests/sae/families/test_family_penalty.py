@@ -7,11 +7,12 @@ import torch
 
 from sae.config import SAEConfig, TrainConfig
 from sae.data import TensorBatches
+from sae.init import fit_code_scale
 from sae.model import SparseAutoencoder
 from sae.sparsity_target import TARGET_FREEZE_FRAC, SparsityController
 from sae.train import Trainer, train
 
-from .conftest import D, N
+from .conftest import D, N, make
 from .test_family_training import sparse_acts
 
 
@@ -165,3 +166,31 @@ def test_resume_with_a_target_l0_matches_the_uninterrupted_run(tmp_path):
     assert again.sparsity is not None and torch.equal(again.sparsity.factor, trainer.sparsity.factor)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), f"{name} differs after resume"
+
+
+@pytest.mark.parametrize("family", ["jumprelu", "gated", "standard"])
+def test_a_dense_start_is_scaled_to_its_least_squares_fit_and_a_sparse_one_is_left(family, x):
+    """Started near dense L0, the tied init's code overshoots x (FVU above 1): fit_code_scale multiplies every code
+    value by the least-squares scale, keeping which latents fire; a sparse start reconstructs better than b_dec
+    alone and is left as it is."""
+    for l0, dense in ((0.9 * N, True), (0.03 * N, False)):
+        sae = make(family, normalize="none")
+        sae.family.init_from_sample(sae, x, l0)
+        with torch.no_grad():
+            before = sae.eval().encode_dense(x)
+            s = fit_code_scale(sae, x)
+            after = sae.eval().encode_dense(x)
+        assert (s is not None) == dense, (l0, s)
+        if not dense:
+            assert torch.equal(after, before)
+            continue
+        assert 0 < s < 1
+        # only ties may round over: the firing quantile's own token sits exactly at its threshold
+        moved = (after != 0) != (before != 0)
+        assert moved.float().mean() < 0.01
+        torch.testing.assert_close(after[~moved], s * before[~moved])
+        r = before @ sae.W_dec.detach()  # the code's contribution, before the scale
+        e = x - sae.b_dec.detach()
+        errors = [(e - c * s * r).pow(2).sum().item() for c in (0.99, 1.0, 1.01)]
+        assert errors[1] < min(errors[0], errors[2])  # s is the least-squares scale
+        assert errors[1] < (x - x.mean(0)).pow(2).sum().item()  # now better than b_dec alone

@@ -5,7 +5,8 @@
    transcoders' prediction) and the token embeddings. On a causal LM, position 0 (the BOS, prepended when
    missing) has no features and no error: its activations are outliers, and constant across prompts. On an
    encoder every position has them, [CLS] and [SEP] included (see `prompt_tokens`).
-2. A forward of `batch_size` copies of the prompt through the local replacement model (sae.circuits.replacement).
+2. A forward of `batch_size` copies of the prompt through the local replacement model (sae.circuits.replacement;
+   sae.circuits.backends says which model each backend is traced on).
 3. Backward passes, one row per copy: a target's direction (a demeaned unembedding row, or an encoder's
    `Direction`, at the final hidden state; or a feature's encoder vector at its transcoder's input) is injected
    at its position (a pooled direction: v / P at every position), and the gradient at each MLP output and at the
@@ -46,8 +47,10 @@ def attribute(
 ) -> Graph:
     """The attribution graph of `prompt` through `transcoders` (one per layer, or a CLT) spliced into `model`.
 
-    `model`: a plain Hugging Face causal LM or BERT-style encoder as `activations.load_model(..., backend="hf")`
-    gives it (or a name loaded that way). `prompt`: text or token ids. Causal LM: text is tokenised without
+    `model`: a causal LM or BERT-style encoder as `activations.load_model` gives it: plain Hugging Face, a
+    transformer-lens >= 4 `TransformerBridge` (traced through the Hugging Face model it wraps: the same graph) or a
+    transformer-lens < 4 `HookedTransformer` causal LM (sae.circuits.replacement_tl); a name or path is loaded
+    as plain Hugging Face. `prompt`: text or token ids. Causal LM: text is tokenised without
     special tokens, and a BOS is prepended unless the prompt starts with a special token; `target` is None (the
     top logits reaching `desired_logit_prob`, at most `max_n_logits`) or token ids / single-token strings.
     Encoder: text is tokenised with the tokenizer's special tokens ([CLS] ... [SEP]), token ids are used as

@@ -4,7 +4,7 @@
 - transformer-lens >= 4 `TransformerBridge` (`BridgeAdapter`): the bridge computes with the Hugging Face model it
   wraps, but re-implements attention and normalisation in its own components. Tracing runs on a plain Hugging Face
   model of the same class built over the bridge's own weight tensors (shared, not copied), checked to give the
-  bridge's output on a probe; the hook names are the same on both (`activations.models.mlp_sites`).
+  bridge's output on a probe at each call; the hook names are the same on both (`activations.models.mlp_sites`).
 - transformer-lens < 4 `HookedTransformer` (`HookedAdapter`): its own weights and code, traced with
   transformer-lens hooks (sae.circuits.replacement_tl). `validate` does not take it.
 """
@@ -76,12 +76,13 @@ def bridge_view(bridge_adapter: Any) -> Any:
     The bridge replaces the modules of the Hugging Face model it wraps by its own components (each keeping the
     original as `_original_component`), which compute attention and norms their own way; a model of the wrapped
     class is built on the meta device and given the bridge's parameter and buffer tensors by their Hugging Face
-    names. A bridge whose weights were processed (`enable_compatibility_mode`, folded norms) computes another
-    function with them: refused by the probe."""
+    names. Each call checks on a probe that the view still computes the bridge's function (a hook left on the
+    bridge changes the bridge's, not the view's)."""
     view = bridge_adapter.__dict__.get(_VIEW)
     if view is None:
         view = _build_view(bridge_adapter)
         bridge_adapter.__dict__[_VIEW] = view
+    _check_same_function(bridge_adapter, view)
     return view
 
 
@@ -121,7 +122,6 @@ def _build_view(bridge_adapter: Any) -> Any:
             f"the TransformerBridge {name!r} is {'a causal LM' if bridge_adapter.is_causal else 'an encoder'}, but its "
             f"{type(wrapped).__name__} reads as {'one' if view.is_causal else 'an encoder'}: it cannot be traced"
         )
-    _check_same_function(bridge_adapter, view)
     return view
 
 
@@ -137,8 +137,8 @@ def _check_same_function(bridge_adapter: Any, view: Any) -> None:
     if not gap <= PROBE_TOLERANCE * max(scale, 1e-6):
         raise ValueError(
             f"the TransformerBridge {bridge_adapter.name!r} does not compute what its {type(view.model).__name__} weights "
-            f"do (outputs differ by {gap:.3g} of {scale:.3g} on a probe; processed weights, e.g. enable_compatibility_mode?): "
-            "trace the bridge as booted, or the Hugging Face model"
+            f"do (outputs differ by {gap:.3g} of {scale:.3g} on a probe: a hook left on the bridge?): remove its hooks, or "
+            "trace the Hugging Face model"
         )
 
 

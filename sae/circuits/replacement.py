@@ -11,7 +11,8 @@ constant (the features' and the error's contributions, which are graph nodes). T
 
 The final hidden state is the unembedding's input for a causal LM, and the last layer's output for an encoder
 (BERT-style, no head: a post-LayerNorm layer's output is its last LayerNorm's, frozen like the others); the
-batched forward stops there (`ReachedHead`).
+batched forward stops there (`ReachedHead`). A TransformerBridge is traced here through a plain view of the Hugging
+Face model it wraps (sae.circuits.backends); a transformer-lens < 4 HookedTransformer by sae.circuits.replacement_tl.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from backend_cases import HOOKS, N_LAYERS, PROMPT, RESID_MID, D, assert_same_gra
 from activations import load_model  # noqa: E402
 from activations.models import transformer_lens_major  # noqa: E402
 from sae.circuits import attribute, validate  # noqa: E402
+from sae.circuits.backends import traceable_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 needs_bridge = pytest.mark.skipif((transformer_lens_major() or 0) < 4, reason="TransformerBridge needs transformer-lens >= 4")
@@ -84,6 +85,10 @@ def test_bridge_refusals(folders):
     narrow = tm.our_transcoder(tm.random_transcoder(D // 2, 8, skip=False, jumprelu=False, seed=0), 1, *HOOKS)
     with pytest.raises(ValueError, match=rf"transcoder of layer 1 reads d_in={D // 2}, but 'blocks.1.mlp.hook_in' is {D} wide"):
         attribute(bridge, [transcoders()[0], narrow], "the cat", progress=False)
+    view = traceable_model(bridge.model)  # the TransformerBridge itself is taken too
+    assert type(view).__name__ == "HFAdapter"
+    shared = {p.data_ptr() for p in bridge.model.parameters()}
+    assert all(p.data_ptr() in shared for p in view.model.parameters())  # the bridge's tensors, not copies
     # a bridge that no longer computes what its Hugging Face weights do (here: a hook left on it) is not traced
     other = load_model(str(folders["gpt2"]), backend="transformer_lens")
     handle = other.model.hook_dict["blocks.0.hook_resid_post"].register_forward_hook(lambda m, a, out: 2 * out)
@@ -110,7 +115,8 @@ from sae.circuits import attribute, validate
 
 root = Path(sys.argv[2])
 common = dict(n_layers=N_LAYERS, d_model=D, d_head=D // 4, n_heads=4, device="cpu", dtype=torch.float32)
-for arch, convert, hooks, kind in (("gpt2", convert_gpt2_weights, HOOKS, "per-layer"), ("llama", convert_llama_weights, RESID_MID, "clt")):
+cases = (("gpt2", convert_gpt2_weights, HOOKS, "per-layer"), ("llama", convert_llama_weights, RESID_MID, "clt"))
+for arch, convert, hooks, kind in cases:
     path = (tm.save_gpt2 if arch == "gpt2" else tm.save_llama)(root / arch, N_LAYERS, D)
     hf = load_model(str(path), backend="hf")
     c = hf.model.config

@@ -6,11 +6,12 @@ same activations and batches. Scored on held-out activations of the test split a
 the model (sae.analysis.evaluate's embedding recovered on the test split's text). Writes docs/results/frontier.json,
 frontier_table.md, frontier.html and frontier.png.
 
-    python examples/frontier.py                                  # the committed study (see docs/results/frontier.md)
+    python examples/frontier.py --n-latents 768 --tokens 204800 --batch-size 1024 --threads 1 --spliced
+                                                                 # the committed study (docs/results/frontier.md)
+    python examples/frontier.py                                  # the demo's dictionary (n 3072, 1.6M tokens)
     python examples/frontier.py --families topk jumprelu --l0s 16 32 --out /tmp/f    # a part of it
     python examples/frontier.py --sweep standard --coefs 0.003 0.01 0.03 0.1   # the default-coefficient sweep
     python examples/frontier.py --replot                         # redraw from frontier.json
-    python examples/frontier.py --spliced --out runs/f           # each dictionary also spliced in (about 2x the time)
 
 Activations come from a tensor file (--acts, {"train": [N, d], "test": [M, d]}) when given, else from the same
 cached harvest as docs/results/scripts/compare_families.py.

@@ -2,10 +2,13 @@
 
 For each family and each L0 in --l0s: a TopK-style family trains with k = L0, a penalty family (jumprelu, gated,
 standard) with --target-l0 L0 (TrainConfig.target_l0); every dictionary at the trainer's defaults otherwise, on the
-same activations and batches. Scored on held-out activations of the test split. Writes docs/results/frontier.json,
+same activations and batches. Scored on held-out activations of the test split and, with --spliced, spliced into
+the model (sae.analysis.evaluate's embedding recovered on the test split's text). Writes docs/results/frontier.json,
 frontier_table.md, frontier.html and frontier.png.
 
-    python examples/frontier.py                                  # the committed study (see docs/results/frontier.md)
+    python examples/frontier.py --n-latents 768 --tokens 204800 --batch-size 1024 --threads 1 --spliced
+                                                                 # the committed study (docs/results/frontier.md)
+    python examples/frontier.py                                  # the demo's dictionary (n 3072, 1.6M tokens)
     python examples/frontier.py --families topk jumprelu --l0s 16 32 --out /tmp/f    # a part of it
     python examples/frontier.py --sweep standard --coefs 0.003 0.01 0.03 0.1   # the default-coefficient sweep
     python examples/frontier.py --replot                         # redraw from frontier.json
@@ -45,8 +48,30 @@ def load_acts(args) -> tuple[torch.Tensor, torch.Tensor]:
     return harvest(400_000, args.eval_tokens, Path(args.cache), 0)
 
 
-def run_one(family: str, l0: int | None, seed: int, train_x, test_x, args, coef: float | None = None) -> dict:
-    """One dictionary: k = l0 for a top-k family, target_l0 = l0 (or the coefficient `coef`) for a penalty family."""
+SPLICED_KEYS = (
+    "embedding_recovered_mean",
+    "embedding_recovered_zero",
+    "hidden_recovered_mean",
+    "embedding_cos_spliced",
+    "hidden_cos_spliced",
+)
+
+
+def spliced_metrics(sae: SparseAutoencoder, model, tokens: int) -> dict:
+    """The dictionary spliced into MiniLM at its hook on `tokens` held-out positions of the test split (evaluate's
+    `spliced` measure), with evaluate's own FVU and L0 of those positions as a check on the held-out tensor's."""
+    from sae.analysis.evaluate import evaluate
+    from sae.analysis.measures import MEASURES
+
+    m = evaluate(sae, model, tokens=tokens, skip=[k for k in MEASURES if k != "spliced"], progress=False)
+    out = {k: m[k] for k in SPLICED_KEYS}
+    out.update(spliced_fvu=m["fvu"], spliced_l0=m["l0"], spliced_eval_tokens=m["eval_tokens"])
+    return out
+
+
+def run_one(family: str, l0: int | None, seed: int, train_x, test_x, args, coef: float | None = None, model=None) -> dict:
+    """One dictionary: k = l0 for a top-k family, target_l0 = l0 (or the coefficient `coef`) for a penalty family;
+    spliced into `model` as well when one is given."""
     penalty = bool(get_family(family).penalty)
     cfg = SAEConfig(
         d_in=train_x.shape[1],
@@ -72,7 +97,7 @@ def run_one(family: str, l0: int | None, seed: int, train_x, test_x, args, coef:
     sae.eval()
     sae.fold_input_scale()
     m = reconstruction_metrics(sae, list(test_x.split(4096)))
-    return {
+    row = {
         "family": family,
         "asked_l0": l0,
         "coef": coef,
@@ -82,7 +107,13 @@ def run_one(family: str, l0: int | None, seed: int, train_x, test_x, args, coef:
         "eval_dead_fraction": m["eval_dead_fraction"],
         "seconds": time.perf_counter() - t,
         "train_tokens": result.tokens,
+        "date": time.strftime("%Y-%m-%d"),
     }
+    if model is not None:
+        t = time.perf_counter()
+        row.update(spliced_metrics(sae, model, args.spliced_tokens))
+        row["spliced_seconds"] = time.perf_counter() - t
+    return row
 
 
 def write(rows: list[dict], meta: dict, out: Path, name: str) -> None:
@@ -91,51 +122,67 @@ def write(rows: list[dict], meta: dict, out: Path, name: str) -> None:
     if name != "frontier":
         return
     lines = [
-        "| family | asked L0 | seed | L0 (held-out) | FVU (held-out) | silent latents | rerun |",
-        "|---|---|---|---|---|---|---|",
+        "| family | asked L0 | seed | L0 (held-out) | FVU (held-out) | embedding recovered (spliced) | silent latents | run |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (FAMILIES.index(r["family"]), r["asked_l0"], r["seed"])):
+        rec = f"{r['embedding_recovered_mean']:.4f}" if "embedding_recovered_mean" in r else ""
         lines.append(
-            f"| {r['family']} | {r['asked_l0']} | {r['seed']} | {r['l0']:.1f} | {r['fvu']:.4f} | {r['eval_dead_fraction']:.3f} "
-            f"| {r.get('rerun', '')} |"
+            f"| {r['family']} | {r['asked_l0']} | {r['seed']} | {r['l0']:.1f} | {r['fvu']:.4f} | {rec} "
+            f"| {r['eval_dead_fraction']:.3f} | {r.get('date', r.get('rerun', ''))} |"
         )
     (out / "frontier_table.md").write_text("\n".join(lines) + "\n")
     try:
         import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
     except ImportError:
         print("plotly is not installed: no figure")
         return
     from plotly.colors import qualitative
 
-    fig = go.Figure()
+    panels = [("fvu", "FVU (held-out, log)")]
+    if any("embedding_recovered_mean" in r for r in rows):
+        panels.append(("embedding_recovered_mean", "embedding recovered, spliced (mean-ablation scale)"))
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for _, t in panels], horizontal_spacing=0.1)
     for i, fam in enumerate(f for f in FAMILIES if any(r["family"] == f for r in rows)):
-        pts = sorted((r for r in rows if r["family"] == fam and r["seed"] == 0), key=lambda r: r["l0"])
         color = qualitative.Plotly[i % len(qualitative.Plotly)]
-        fig.add_trace(
-            go.Scatter(
-                x=[r["l0"] for r in pts],
-                y=[r["fvu"] for r in pts],
-                mode="lines+markers",
-                name=fam,
-                line={"color": color},
-                marker={"color": color},
-            )
-        )
-        extra = [r for r in rows if r["family"] == fam and r["seed"] != 0]
-        if extra:
+        for col, (key, _) in enumerate(panels, start=1):
+            have = [r for r in rows if r["family"] == fam and key in r]
+            pts = sorted((r for r in have if r["seed"] == 0), key=lambda r: r["l0"])
             fig.add_trace(
                 go.Scatter(
-                    x=[r["l0"] for r in extra],
-                    y=[r["fvu"] for r in extra],
-                    mode="markers",
-                    name=f"{fam}, seed 1",
-                    marker={"color": color, "symbol": "x", "size": 10},
-                )
+                    x=[r["l0"] for r in pts],
+                    y=[r[key] for r in pts],
+                    mode="lines+markers",
+                    name=fam,
+                    legendgroup=fam,
+                    showlegend=col == 1,
+                    line={"color": color},
+                    marker={"color": color},
+                ),
+                row=1,
+                col=col,
             )
-    fig.update_xaxes(title_text="L0 (mean active latents per token, held-out)", type="log")
-    fig.update_yaxes(title_text="FVU (held-out, log)", type="log")
+            extra = [r for r in have if r["seed"] != 0]
+            if extra:
+                fig.add_trace(
+                    go.Scatter(
+                        x=[r["l0"] for r in extra],
+                        y=[r[key] for r in extra],
+                        mode="markers",
+                        name=f"{fam}, seed 1",
+                        legendgroup=f"{fam}-1",
+                        showlegend=col == 1,
+                        marker={"color": color, "symbol": "x", "size": 10},
+                    ),
+                    row=1,
+                    col=col,
+                )
+    for col, (key, title) in enumerate(panels, start=1):
+        fig.update_xaxes(title_text="L0 (mean active latents per token, held-out)", type="log", row=1, col=col)
+        fig.update_yaxes(title_text=title, type="log" if key == "fvu" else "linear", row=1, col=col)
     fig.update_layout(
-        title=f"FVU against L0 on MiniLM {HOOK} (n={meta['n_latents']}, {meta['tokens']:,} training tokens each)",
+        title=f"The families on MiniLM {HOOK} (n={meta['n_latents']}, {meta['tokens']:,} training tokens each)",
         template="plotly_white",
     )
     fig.write_html(out / "frontier.html", include_plotlyjs="cdn")
@@ -160,6 +207,8 @@ def main() -> None:
     p.add_argument("--sweep", choices=("standard", "jumprelu", "gated"), help="sweep this family's coefficient instead")
     p.add_argument("--coefs", nargs="*", type=float, default=[0.003, 0.01, 0.03, 0.1])
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--spliced", action="store_true", help="also splice each dictionary into MiniLM (evaluate's measure)")
+    p.add_argument("--spliced-tokens", type=int, default=16_384, help="held-out positions of the test split, spliced")
     p.add_argument("--out", default="docs/results")
     p.add_argument("--replot", action="store_true")
     args = p.parse_args()
@@ -171,6 +220,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     train_x, test_x = load_acts(args)
+    model = None
+    if args.spliced:
+        from activations.models import load_model
+
+        model = load_model("minilm")
     meta = {
         "model": "minilm",
         "hook": HOOK,
@@ -181,6 +235,8 @@ def main() -> None:
         "harvested_train_tokens": train_x.shape[0],
         "threads": torch.get_num_threads(),
     }
+    if args.spliced:
+        meta["spliced_tokens"] = args.spliced_tokens
     rows: list[dict] = []
     if args.sweep:
         name = f"frontier_sweep_{args.sweep}"
@@ -195,7 +251,7 @@ def main() -> None:
     if old.exists():  # keep the rows of other families and points; re-run the ones planned
         rows = [r for r in json.loads(old.read_text())["rows"] if (r["family"], r["asked_l0"], r["seed"]) not in plan]
     for family, l0, seed in plan:
-        rows.append(run_one(family, l0, seed, train_x, test_x, args))
+        rows.append(run_one(family, l0, seed, train_x, test_x, args, model=model))
         print(json.dumps(rows[-1]), flush=True)
         write(rows, meta, out, "frontier")
 

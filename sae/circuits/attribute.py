@@ -5,7 +5,8 @@
    transcoders' prediction) and the token embeddings. On a causal LM, position 0 (the BOS, prepended when
    missing) has no features and no error: its activations are outliers, and constant across prompts. On an
    encoder every position has them, [CLS] and [SEP] included (see `prompt_tokens`).
-2. A forward of `batch_size` copies of the prompt through the local replacement model (sae.circuits.replacement).
+2. A forward of `batch_size` copies of the prompt through the local replacement model (sae.circuits.replacement;
+   sae.circuits.backends says which model each backend is traced on).
 3. Backward passes, one row per copy: a target's direction (a demeaned unembedding row, or an encoder's
    `Direction`, at the final hidden state; or a feature's encoder vector at its transcoder's input) is injected
    at its position (a pooled direction: v / P at every position), and the gradient at each MLP output and at the
@@ -23,9 +24,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from sae.circuits.backends import local_replacement, traceable_model
 from sae.circuits.dictionaries import Components, Transcoders
 from sae.circuits.graph import POOLED, Graph, node_tables
-from sae.circuits.replacement import LocalReplacement, ReachedHead, Record
+from sae.circuits.replacement import ReachedHead, Record
 from sae.circuits.targets import Targets, choose_targets, direction_targets, directions, target_ids
 from sae.model import SparseAutoencoder
 
@@ -45,8 +47,10 @@ def attribute(
 ) -> Graph:
     """The attribution graph of `prompt` through `transcoders` (one per layer, or a CLT) spliced into `model`.
 
-    `model`: a plain Hugging Face causal LM or BERT-style encoder as `activations.load_model(..., backend="hf")`
-    gives it (or a name loaded that way). `prompt`: text or token ids. Causal LM: text is tokenised without
+    `model`: a causal LM or BERT-style encoder as `activations.load_model` gives it: plain Hugging Face, a
+    transformer-lens >= 4 `TransformerBridge` (traced through the Hugging Face model it wraps: the same graph) or a
+    transformer-lens < 4 `HookedTransformer` causal LM (sae.circuits.replacement_tl); a name or path is loaded
+    as plain Hugging Face. `prompt`: text or token ids. Causal LM: text is tokenised without
     special tokens, and a BOS is prepended unless the prompt starts with a special token; `target` is None (the
     top logits reaching `desired_logit_prob`, at most `max_n_logits`) or token ids / single-token strings.
     Encoder: text is tokenised with the tokenizer's special tokens ([CLS] ... [SEP]), token ids are used as
@@ -55,21 +59,19 @@ def attribute(
     forward: memory grows with it). Returns the full, unpruned graph.
     """
     started = time.time()
-    adapter = traceable_model(model)
+    adapter = traceable_model(model, hooked=True)
     causal = bool(adapter.is_causal)
     _check_options(max_n_logits, desired_logit_prob, batch_size, max_feature_nodes, update_interval)
     tc = Transcoders(transcoders, adapter.n_layers, adapter.device)
     adapter.check_hooks(tc.input_hooks + tc.output_hooks)
-    replacement = LocalReplacement(adapter, tc)
-    unembed = replacement.head.weight.detach() if causal else None
-    vocab = int(unembed.shape[0] if unembed is not None else replacement.embedding.weight.shape[0])
-    tokens = prompt_tokens(adapter, prompt, vocab)
+    replacement = local_replacement(adapter, tc)
+    unembed = replacement.unembed
+    tokens = prompt_tokens(adapter, prompt, replacement.vocab)
     L, P = adapter.n_layers, len(tokens)
-    wanted = target_ids(target, adapter.tokenizer, vocab) if causal else directions(target, adapter.d_model, P)
+    wanted = target_ids(target, adapter.tokenizer, replacement.vocab) if causal else directions(target, adapter.d_model, P)
 
     with torch.no_grad(), replacement.capture() as rec:
-        ids = tokens[None].to(adapter.device)
-        out = adapter.model(input_ids=ids, use_cache=False) if causal else adapter.model(input_ids=ids)
+        out = replacement.forward(tokens[None].to(adapter.device))[0]  # logits, or an encoder's final hidden state
     inputs = [rec.inputs[layer][0] for layer in range(L)]
     outputs = [rec.outputs[layer][0] for layer in range(L)]
     tc.check_widths(inputs, outputs)
@@ -77,14 +79,15 @@ def attribute(
     comps = tc.components(torch.stack(inputs), zero_positions=skipped)
     errors = torch.stack(outputs).to(comps.prediction.dtype) - comps.prediction
     errors[:, :skipped] = 0
-    token_vectors = replacement.embedding.weight.detach()[tokens.to(adapter.device)]
+    assert rec.embed is not None
+    token_vectors = rec.embed[0].detach()
     targets: Targets
     if causal:
         assert unembed is not None and not isinstance(wanted, list)
-        targets = choose_targets(out.logits[0, -1], unembed, wanted, max_n_logits, desired_logit_prob, P)
+        targets = choose_targets(out[-1], unembed, wanted, max_n_logits, desired_logit_prob, P)
     else:
         assert isinstance(wanted, list)
-        targets = direction_targets(_last_hidden(out)[0], wanted)
+        targets = direction_targets(out, wanted)
 
     n_active = len(comps.features)
     n_targets = len(targets.ids)
@@ -97,7 +100,7 @@ def attribute(
     with torch.enable_grad(), replacement.frozen() as frozen:
         batch = tokens[None].expand(copies, P).to(adapter.device)
         try:
-            adapter.model(input_ids=batch, use_cache=False) if causal else adapter.model(input_ids=batch)
+            replacement.forward(batch)
         except ReachedHead:
             pass
         rows = _RowComputer(frozen, comps, errors, token_vectors, L, P)
@@ -144,14 +147,6 @@ def attribute(
         info=info,
         target_vectors=None if causal else targets.vectors.float().cpu(),
     )
-
-
-def _last_hidden(out: Any) -> torch.Tensor:
-    """An encoder's final hidden state [batch, P, d_model] from its forward's output."""
-    hidden = getattr(out, "last_hidden_state", None)
-    if hidden is None:
-        hidden = out[0] if isinstance(out, tuple | list) else out
-    return hidden
 
 
 class _RowComputer:
@@ -303,47 +298,6 @@ def prompt_tokens(adapter: Any, prompt: str | Sequence[int] | torch.Tensor, voca
             f"model {adapter.name!r}"
         )
     return torch.tensor(ids, dtype=torch.long)
-
-
-def traceable_model(model: Any) -> Any:
-    """`model` as the plain Hugging Face adapter circuit tracing runs on (loaded from a name or path), checked:
-    a causal LM, or an encoder traced as BERT-style."""
-    from activations.models import HFAdapter, load_model
-
-    adapter = load_model(model, backend="hf") if isinstance(model, str) else model
-    if not isinstance(adapter, HFAdapter):
-        raise TypeError(
-            f"attribute() runs on a plain Hugging Face causal LM or encoder: pass activations.load_model(name, "
-            f"backend='hf'), got {type(adapter).__name__}"
-        )
-    if not adapter.is_causal:
-        _check_encoder(adapter)
-    return adapter
-
-
-def _check_encoder(adapter: Any) -> None:
-    """A model without a language-model head is traced as a BERT-style encoder: bidirectional, with [CLS]-style
-    special tokens, its last layer's output the final hidden state (no norm after the layers)."""
-    model, cfg = adapter.model, adapter.model.config
-    final_norm = next(
-        (
-            name
-            for name in ("ln_f", "norm", "final_layer_norm", "final_layernorm")
-            if isinstance(getattr(model, name, None), torch.nn.Module)
-        ),
-        None,
-    )
-    if getattr(cfg, "is_decoder", False) or getattr(cfg, "is_encoder_decoder", False) or final_norm is not None:
-        why = f"a final norm {final_norm!r} after its layers" if final_norm else "a decoder config"
-        raise ValueError(
-            f"model {adapter.name!r} has no language-model head and {why}: circuit tracing takes a causal LM with its "
-            "head (AutoModelForCausalLM) or a BERT-style encoder"
-        )
-    if getattr(adapter.tokenizer, "cls_token_id", None) is None:
-        raise ValueError(
-            f"model {adapter.name!r} has no language-model head and its tokenizer no [CLS] token: circuit tracing "
-            "takes a causal LM with its head (AutoModelForCausalLM) or a BERT-style encoder"
-        )
 
 
 def _check_options(max_n_logits: int, desired: float, batch_size: int, max_features: int | None, interval: int) -> None:

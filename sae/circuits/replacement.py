@@ -11,7 +11,8 @@ constant (the features' and the error's contributions, which are graph nodes). T
 
 The final hidden state is the unembedding's input for a causal LM, and the last layer's output for an encoder
 (BERT-style, no head: a post-LayerNorm layer's output is its last LayerNorm's, frozen like the others); the
-batched forward stops there (`ReachedHead`).
+batched forward stops there (`ReachedHead`). A TransformerBridge is traced here through a plain view of the Hugging
+Face model it wraps (sae.circuits.backends); a transformer-lens < 4 HookedTransformer by sae.circuits.replacement_tl.
 """
 
 from __future__ import annotations
@@ -39,7 +40,12 @@ class Record:
 
 
 class LocalReplacement:
-    """Hooks on a Hugging Face causal LM or encoder (`activations.models.HFAdapter`) for `Transcoders`."""
+    """Hooks on a Hugging Face causal LM or encoder (`activations.models.HFAdapter`) for `Transcoders`.
+
+    What a backend sets (sae.circuits.replacement_tl sets them for transformer-lens < 4): `embedding`, the module
+    whose output is the token embeddings; `unembed`, the unembedding [vocab, d_model] (None for an encoder);
+    `_final_site`, where the final hidden state is read; `_edits`, the forward hooks that freeze the attention
+    patterns and the normalisations; and `forward`."""
 
     def __init__(self, adapter: Any, transcoders: Transcoders) -> None:
         self.adapter = adapter
@@ -51,17 +57,37 @@ class LocalReplacement:
             self.head = self.model.get_output_embeddings()
             if self.head is None:
                 raise ValueError(f"{type(self.model).__name__} has no language-model head: load it with AutoModelForCausalLM")
-        self.last_layer: nn.Module = adapter._layers[-1]
+        self.unembed: torch.Tensor | None = self.head.weight.detach() if self.head is not None else None
         self.in_sites = [adapter._site(h) for h in transcoders.input_hooks]
         self.out_sites = [adapter._site(h) for h in transcoders.output_hooks]
-        self._attention = [pair for i, layer in enumerate(adapter._layers) for pair in _attention_freezers(layer, i)]
-        self._norms = [(m, _norm_freezer(m)) for m in self.model.modules() if _is_norm(m)]
+        attention = [pair for i, layer in enumerate(adapter._layers) for pair in _attention_freezers(layer, i)]
+        norms = [(m, _norm_freezer(m)) for m in self.model.modules() if _is_norm(m)]
+        self._edits: list[tuple[nn.Module, Callable[..., Any]]] = [
+            *((m, _output_edit(edit)) for m, edit in attention),
+            *((m, _recompute(norm)) for m, norm in norms),
+        ]
+        last: tuple[str, nn.Module] = ("output", adapter._layers[-1])  # an encoder's final hidden state
+        self._final_site = ("input", self.head) if self.head is not None else last
+
+    @property
+    def vocab(self) -> int:
+        """The number of token ids the model reads (the unembedding's rows, or the token embedding's)."""
+        return int(self.unembed.shape[0] if self.unembed is not None else self.embedding.weight.shape[0])
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """The model on token ids [batch, P]: a causal LM's logits, an encoder's final hidden state."""
+        if self.adapter.is_causal:
+            return self.model(input_ids=ids, use_cache=False).logits
+        out = self.model(input_ids=ids)
+        hidden = getattr(out, "last_hidden_state", None)
+        return hidden if hidden is not None else out[0] if isinstance(out, tuple | list) else out
 
     @contextmanager
     def capture(self) -> Iterator[Record]:
-        """The plain model, recording each layer's transcoder input and true MLP output."""
+        """The plain model, recording the token embeddings and each layer's transcoder input and true MLP output."""
         rec = Record()
         with ExitStack() as stack:
+            stack.enter_context(hooked(self.embedding.register_forward_hook(_embed_keeper(rec))))
             for layer, site in enumerate(self.in_sites):
                 stack.enter_context(_on_site(site, _keeper(rec.inputs, layer)))
             for layer, site in enumerate(self.out_sites):
@@ -76,20 +102,19 @@ class LocalReplacement:
         rec = Record()
         with ExitStack() as stack:
             stack.enter_context(hooked(self.embedding.register_forward_hook(_grad_leaf(rec))))
-            for module, edit in self._attention:
-                stack.enter_context(hooked(module.register_forward_hook(_output_edit(edit))))
-            for module, norm in self._norms:
-                stack.enter_context(hooked(module.register_forward_hook(_recompute(norm))))
+            for module, hook in self._edits:
+                stack.enter_context(hooked(module.register_forward_hook(hook)))
             for layer, site in enumerate(self.in_sites):
                 stack.enter_context(_on_site(site, _keeper(rec.inputs, layer)))
             for layer, (kind, module) in enumerate(self.out_sites):
                 if kind != "output":
                     raise ValueError(f"the MLP output hook {self.transcoders.output_hooks[layer]!r} is not a module's output")
                 stack.enter_context(hooked(module.register_forward_hook(self._splice(rec, layer))))
-            if self.head is not None:
-                stack.enter_context(hooked(self.head.register_forward_pre_hook(_final(rec))))
+            kind, module = self._final_site
+            if kind == "input":
+                stack.enter_context(hooked(module.register_forward_pre_hook(_final(rec))))
             else:
-                stack.enter_context(hooked(self.last_layer.register_forward_hook(_final_output(rec))))
+                stack.enter_context(hooked(module.register_forward_hook(_final_output(rec))))
             yield rec
 
     def _splice(self, rec: Record, layer: int) -> Callable[..., Any]:
@@ -132,6 +157,15 @@ def _keeper(store: dict[int, torch.Tensor], layer: int) -> Callable[[torch.Tenso
         store[layer] = t
 
     return keep
+
+
+def _embed_keeper(rec: Record) -> Callable[..., None]:
+    """Forward hook on the embedding: its output is the token embeddings."""
+
+    def hook(module: nn.Module, args: Any, out: torch.Tensor) -> None:
+        rec.embed = out
+
+    return hook
 
 
 def _grad_leaf(rec: Record) -> Callable[..., torch.Tensor]:

@@ -4,7 +4,8 @@ The graph is exact for the local replacement model (attention patterns and norma
 MLPs replaced by transcoders with their errors as constants). `validate` asks how far the model itself departs
 from it. For each of the graph's most influential features, its activation at its position is set to
 `scale * a` (0: ablated; other factors: steered; a CLT feature in every layer it writes), and the change of each
-target's read-out (the demeaned logit the graph uses, at the last position) is
+target's read-out `v . h` on the final hidden state (the graph's own definition: a causal LM's demeaned logit at
+the last position; an encoder's `Direction`, at its position or on the mean over positions) is
 
 - predicted by the graph: its direct effect `(scale - 1) A[t, s]`, and its total effect through the graph's
   feature-to-feature paths (the linear replacement model with the features responding: `(I - M)^-1`, below);
@@ -13,7 +14,8 @@ target's read-out (the demeaned logit the graph uses, at the last position) is
   responding linearly (`frozen_total`, which must equal the total prediction: a check of the solve);
 - measured in the model with its transcoders spliced in and their error terms held (`measured`): attention,
   norms and every feature recomputed from the intervened forward. Unintervened, it is the model itself (the
-  deviation of its logits is `splice_deviation`, 0 on CPU).
+  deviation of its output, a causal LM's logits or an encoder's final hidden state, is `splice_deviation`, 0 on
+  CPU).
 
 The frozen model is linear, so its change is its derivative along the intervention: one backward pass per batch
 of (node, target) copies of the prompt, the derivative taken with respect to the size of the change added at the
@@ -40,29 +42,34 @@ from tqdm import tqdm
 from sae.analysis.interventions import HookFit, TranscoderReplacement
 from sae.circuits.attribute import traceable_model
 from sae.circuits.dictionaries import Components, Transcoders
-from sae.circuits.graph import FEATURE, TARGET, Graph
+from sae.circuits.graph import FEATURE, POOLED, TARGET, Graph
 from sae.circuits.prune import influence, normalized, target_weights
 from sae.circuits.replacement import LocalReplacement, ReachedHead, hooked
-from sae.circuits.targets import choose_targets
+from sae.circuits.targets import Direction, Targets, choose_targets, direction_targets
 from sae.model import SparseAutoencoder
 
 __all__ = ["QUANTITIES", "ReadOut", "Validation", "validate"]
 
 INFO_KEY = "validation"
+_QUANTITY_NAMES = {"logit": "target's demeaned logit", "direction": "target value (v . h)"}
 QUANTITIES = ("predicted_direct", "predicted_total", "frozen_direct", "frozen_total", "measured")
 
 
 @dataclass(frozen=True)
 class ReadOut:
-    """What the targets read from the final hidden state [B, P, d]: one vector per target [k, d], at one position
-    (a next-token logit: the last) or, with `position=None`, on the mean over positions (a pooled embedding)."""
+    """What the targets read from the final hidden state [B, P, d]: one vector per target [k, d], each at its
+    position [k] (a next-token logit: the last) or, at POOLED, on the mean over positions (a pooled embedding).
+    Both target kinds share it: the intervention loop only ever asks for `readout(final)` [B, k]."""
 
     vectors: torch.Tensor
-    position: int | None
+    positions: torch.Tensor
 
     def __call__(self, final: torch.Tensor) -> torch.Tensor:
-        h = final.mean(1) if self.position is None else final[:, self.position]
-        return h.float() @ self.vectors.float().T.to(h.device)
+        h = final.float()
+        pos = self.positions.tolist()
+        pooled = h.mean(1)
+        read = torch.stack([pooled if p == POOLED else h[:, p] for p in pos], 1)  # [B, k, d]
+        return (read * self.vectors.float().to(h.device)).sum(-1)
 
 
 @dataclass(repr=False)
@@ -77,14 +84,15 @@ class Validation:
     scales: tuple[float, ...]
     target_ids: torch.Tensor  # [k]
     target_strings: list[str]
-    target_probabilities: torch.Tensor  # [k]
+    target_probabilities: torch.Tensor  # [k] the targets' weights: a logit's probability, 1/k for directions
     predicted_direct: torch.Tensor  # [n, S, k]
     predicted_total: torch.Tensor
     frozen_direct: torch.Tensor
     frozen_total: torch.Tensor
     measured: torch.Tensor
-    splice_deviation: float  # max |logit| difference, spliced model with error terms vs the model
+    splice_deviation: float  # max |output| difference (logits; an encoder's final hidden state), spliced vs model
     info: dict[str, Any] = field(default_factory=dict)
+    target_kind: str = "logit"  # the graph's: "logit" (demeaned next-token logits) or "direction" (v . h)
 
     def __repr__(self) -> str:
         s = self.summary()
@@ -178,6 +186,7 @@ class Validation:
             "target_strings": list(self.target_strings),
             "target_probabilities": _floats(self.target_probabilities),
             "splice_deviation": self.splice_deviation,
+            "target_kind": self.target_kind,
             "info": self.info,
             "summary": {k: (None if math.isnan(v) else v) for k, v in self.summary().items()},
         }
@@ -202,6 +211,7 @@ class Validation:
             target_probabilities=_tensor(d["target_probabilities"]),
             splice_deviation=float(d["splice_deviation"]),
             info=dict(d.get("info", {})),
+            target_kind=str(d.get("target_kind", "logit")),
             **{q: _tensor(d[q]).reshape(n, S, k) for q in QUANTITIES},
         )
 
@@ -247,7 +257,7 @@ class Validation:
                 f"Interventions on {len(self.nodes)} features: corr {s['correlation_direct']:.3f} (direct), "
                 f"{s['correlation_total']:.3f} (total)"
             ),
-            xaxis_title="change of the target's demeaned logit predicted by the graph",
+            xaxis_title=f"change of the {_QUANTITY_NAMES[self.target_kind]} predicted by the graph",
             yaxis_title="measured in the model (transcoders spliced, errors held)",
         )
         return fig
@@ -266,33 +276,34 @@ def validate(
 ) -> Validation:
     """Intervene on the `top` features of `graph` most influential on its targets and compare the changes of the
     targets with the graph's predictions (module docstring). `model` and `transcoders` must be those the graph was
-    built with (checked: the targets' probabilities and the active features on its prompt). `scale`: the factor
+    built with (checked: the targets' probabilities, or a direction graph's target values, and the active features
+    on its prompt). A causal LM's graph of next-token logits or an encoder's graph of `Direction` targets: the
+    read-out is the graph's (`ReadOut`), the rest is the same for both. `scale`: the factor
     (or factors) the activation is multiplied by: 0 ablates. `batch_size`: copies of the prompt per backward pass
     of the frozen measurements (one per node and target). `store`: keep the result in `graph.info`, so
     `graph.save` writes it and `Validation.of(graph)` reads it back."""
     started = time.time()
     scales = _check_options(top, scale, batch_size)
-    if graph.target_kind != "logit":
-        raise ValueError(
-            f"validate() checks graphs of next-token logits; this graph's targets are {graph.target_kind}s (an "
-            "encoder's): checks by intervention on direction targets are not built yet"
-        )
     adapter = traceable_model(model)
+    causal = bool(adapter.is_causal)
+    if graph.target_kind != ("logit" if causal else "direction"):
+        raise ValueError(
+            f"the graph's targets are {graph.target_kind}s, but {adapter.name!r} is "
+            f"{'a causal LM (next-token logits)' if causal else 'an encoder (direction targets)'}: another model"
+        )
     tc = Transcoders(transcoders, adapter.n_layers, adapter.device)
     adapter.check_hooks(tc.input_hooks + tc.output_hooks)
     replacement = LocalReplacement(adapter, tc)
-    tokens = _graph_tokens(graph, adapter, int(replacement.head.weight.shape[0]))
+    tokens = _graph_tokens(graph, adapter, replacement)
     kind = "clt" if tc.clt is not None else "per-layer"
     if graph.info.get("transcoders", kind) != kind:
         raise ValueError(f"the graph was built with {graph.info['transcoders']} transcoders, these are {kind}")
 
     spliced = _Spliced(adapter, tc, replacement, tokens)
-    unembed = replacement.head.weight.detach()
-    targets = choose_targets(spliced.logits[-1], unembed, graph.target_ids, 1, 1.0, len(tokens))
-    _check_same_model(graph, targets.weights)
-    comps = tc.components(torch.stack([spliced.inputs[layer] for layer in range(adapter.n_layers)]))
+    targets = _graph_targets(graph, replacement, spliced, len(tokens))
+    comps = tc.components(torch.stack([spliced.inputs[layer] for layer in range(adapter.n_layers)]), int(causal))
     of_node = _check_same_features(graph, comps)
-    readout = ReadOut(targets.vectors, len(tokens) - 1)
+    readout = ReadOut(targets.vectors, targets.positions)
 
     features = graph.nodes(FEATURE)
     if len(features) == 0:
@@ -329,10 +340,11 @@ def validate(
         influence=node_influence[order].float(),
         scales=scales,
         target_ids=targets.ids,
-        target_strings=[str(adapter.tokenizer.decode([t])) for t in targets.ids.tolist()],
+        target_strings=targets.labels,
         target_probabilities=targets.weights.float(),
         splice_deviation=spliced.deviation,
         info={"model": adapter.name, "transcoders": kind, "seconds": round(time.time() - started, 3)},
+        target_kind=targets.kind,
         **out,
     )
     if store:
@@ -345,7 +357,8 @@ class _Spliced:
     """The model with its transcoders spliced in: each MLP output is the transcoders' prediction from this
     forward's MLP inputs plus the error term held at its value on the prompt (every position), computed as
     `y + (prediction - prediction on the prompt)` so that, unintervened, it is exactly the model's output; an
-    intervention adds `(scale - 1) a W_dec` at its feature's position in each layer the feature writes."""
+    intervention adds `(scale - 1) a W_dec` at its feature's position in each layer the feature writes. `output`:
+    the model's on the prompt (a causal LM's logits [P, vocab], an encoder's final hidden state [P, d])."""
 
     def __init__(self, adapter: Any, tc: Transcoders, replacement: LocalReplacement, tokens: torch.Tensor) -> None:
         self.adapter, self.tc, self.replacement = adapter, tc, replacement
@@ -360,21 +373,22 @@ class _Spliced:
                 for layer, t in enumerate(tc.per_layer)
             ]
         with torch.no_grad(), replacement.capture() as rec:
-            self.logits = adapter.model(input_ids=self.tokens, use_cache=False).logits[0]
+            self.output = _model_output(adapter, self.tokens)[0]
         self.inputs = {layer: rec.inputs[layer][0] for layer in range(L)}
         tc.check_widths([self.inputs[layer] for layer in range(L)], [rec.outputs[layer][0] for layer in range(L)])
         self.y: dict[int, torch.Tensor] = {}
         self.pred: dict[int, torch.Tensor] = {}
         self._forward(self._record)  # the MLP outputs and the predictions on the prompt
-        logits, _ = self.run({})
-        self.deviation = float((logits.float() - self.logits.float()).abs().max())
+        output, _ = self.run({})
+        self.deviation = float((output.float() - self.output.float()).abs().max())
 
     def _record(self, layer: int, a: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
         self.y[layer], self.pred[layer] = a.detach().clone(), pred.detach().clone()
         return a
 
     def run(self, deltas: dict[int, tuple[int, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits [P, vocab] and final hidden states [P, d] with `deltas` {layer: (position, vector)} added."""
+        """The output (logits [P, vocab]; an encoder's: its final hidden state) and the final hidden state [P, d]
+        with `deltas` {layer: (position, vector)} added."""
 
         def spliced(layer: int, a: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
             out = self.y[layer] + (pred - self.pred[layer])
@@ -395,9 +409,10 @@ class _Spliced:
             for layer, (state, index) in enumerate(self.states):
                 stack.enter_context(self.adapter.edit(self.tc.input_hooks[layer], state.read(index)))
                 stack.enter_context(self.adapter.edit(self.tc.output_hooks[layer], self._writer(state, index, layer, write)))
-            stack.enter_context(hooked(self.replacement.head.register_forward_pre_hook(keep)))
-            logits = self.adapter.model(input_ids=self.tokens, use_cache=False).logits[0]
-        return logits, final["h"][0]
+            if self.replacement.head is not None:
+                stack.enter_context(hooked(self.replacement.head.register_forward_pre_hook(keep)))
+            output = _model_output(self.adapter, self.tokens)
+        return output[0], final.get("h", output)[0]
 
     def _writer(
         self,
@@ -470,7 +485,7 @@ class _Frozen:
             for layer, (_, module) in enumerate(rep.out_sites):
                 stack.enter_context(hooked(module.register_forward_hook(add(layer))))
             try:
-                rep.model(input_ids=self.tokens[None].expand(B, P), use_cache=False)
+                _model_output(rep.adapter, self.tokens[None].expand(B, P))
             except ReachedHead:
                 pass
             assert rec.final is not None
@@ -540,7 +555,41 @@ def _check_options(top: int, scale: float | Sequence[float], batch_size: int) ->
     return tuple(float(s) for s in scales)
 
 
-def _graph_tokens(graph: Graph, adapter: Any, vocab: int) -> torch.Tensor:
+def _model_output(adapter: Any, ids: torch.Tensor) -> torch.Tensor:
+    """The forward of the model on `ids` [B, P]: a causal LM's logits, an encoder's final hidden state."""
+    if adapter.is_causal:
+        return adapter.model(input_ids=ids, use_cache=False).logits
+    out = adapter.model(input_ids=ids)
+    hidden = getattr(out, "last_hidden_state", None)
+    return hidden if hidden is not None else out[0]
+
+
+def _graph_targets(graph: Graph, replacement: LocalReplacement, spliced: _Spliced, n_pos: int) -> Targets:
+    """The graph's targets on the model: its logits' demeaned unembedding rows at the last position, or its
+    directions at their positions; checked to be this model's on the graph's prompt (probabilities or values)."""
+    if graph.target_kind == "logit":
+        unembed = replacement.head.weight.detach()
+        targets = choose_targets(spliced.output[-1], unembed, graph.target_ids, 1, 1.0, n_pos)
+        _check_same_model(graph, targets.weights, "target probabilities")
+        targets.labels = [str(replacement.adapter.tokenizer.decode([t])) for t in graph.target_ids.tolist()]
+        return targets
+    vectors = graph.target_vectors
+    d = replacement.adapter.d_model
+    if vectors is None or vectors.shape[-1] != d:
+        found = "none" if vectors is None else f"shape {tuple(vectors.shape)}"
+        raise ValueError(f"the graph's target vectors are {found}; expected [k, {d}] for model {replacement.adapter.name!r}")
+    labels = list(graph.info.get("target_strings", [""] * len(vectors)))
+    positions = graph.target_positions.tolist()
+    wanted = [Direction(v, None if p == POOLED else int(p), str(label)) for v, p, label in zip(vectors, positions, labels)]
+    targets = direction_targets(spliced.output, wanted)
+    if "target_values" in graph.info:
+        _check_same_model(graph, targets.values, "target values", torch.tensor(graph.info["target_values"]))
+    return targets
+
+
+def _graph_tokens(graph: Graph, adapter: Any, replacement: LocalReplacement) -> torch.Tensor:
+    head = replacement.head if replacement.head is not None else replacement.embedding
+    vocab = int(head.weight.shape[0])
     if graph.n_layers != adapter.n_layers:
         raise ValueError(f"the graph has {graph.n_layers} layers, model {adapter.name!r} has {adapter.n_layers}: another model")
     tokens = graph.tokens.long()
@@ -548,17 +597,20 @@ def _graph_tokens(graph: Graph, adapter: Any, vocab: int) -> torch.Tensor:
     if len(bad):
         raise ValueError(f"the graph's prompt has token ids {bad[:5].tolist()} outside the vocabulary [0, {vocab}) of this model")
     ids = graph.target_ids
-    if len(ids) == 0 or bool(((ids < 0) | (ids >= vocab)).any()):
+    if graph.target_kind == "logit" and (len(ids) == 0 or bool(((ids < 0) | (ids >= vocab)).any())):
         raise ValueError(f"the graph's targets {ids.tolist()} are not token ids of this model's vocabulary [0, {vocab})")
     return tokens
 
 
-def _check_same_model(graph: Graph, probabilities: torch.Tensor) -> None:
-    """The targets' probabilities on the graph's prompt: the graph's own, or it is of another model (or prompt)."""
-    ours, theirs = probabilities.float().cpu(), graph.target_probabilities.float()
-    if not torch.allclose(ours, theirs, rtol=1e-3, atol=1e-5):
+def _check_same_model(graph: Graph, ours: torch.Tensor, what: str, theirs: torch.Tensor | None = None) -> None:
+    """The targets' probabilities (or a direction graph's values) on the graph's prompt: the graph's own, or it is
+    of another model (or prompt)."""
+    ours = ours.float().cpu()
+    theirs = (graph.target_probabilities if theirs is None else theirs).float()
+    atol = 1e-5 * max(1.0, float(theirs.abs().max()) if theirs.numel() else 1.0)
+    if ours.shape != theirs.shape or not torch.allclose(ours, theirs, rtol=1e-3, atol=atol):
         raise ValueError(
-            f"the graph's target probabilities {[round(p, 4) for p in theirs.tolist()]} are not this model's on its "
+            f"the graph's {what} {[round(p, 4) for p in theirs.tolist()]} are not this model's on its "
             f"prompt ({[round(p, 4) for p in ours.tolist()]}): the graph was built with another model or prompt"
         )
 

@@ -71,8 +71,8 @@ class TraceConfig:
     """Device of the model and transcoders."""
     validate: int = 0
     """Check the graph by intervention on its this many most influential features (sae.circuits.validate: each
-    ablated in the model, the targets' changes against the graph's; kept in graph.safetensors, plotted in
-    validation.html); 0: no check."""
+    ablated in the model, the targets' changes (logits, or an encoder's direction values) against the graph's; kept
+    in graph.safetensors, plotted in validation.html); 0: no check."""
     progress: bool = field(default=True, metadata={"flag": "--no-progress"})
     """Hide the progress bar."""
 
@@ -156,8 +156,6 @@ def run_trace(args: argparse.Namespace) -> int:
             raise ValueError(f"--direction is for encoders: {cfg.model!r} is a causal LM, whose targets are --target tokens")
         if not model.is_causal and cfg.target.strip():
             raise ValueError(f"--target is for causal LMs: {cfg.model!r} is an encoder, whose targets are --direction FILE")
-        if cfg.validate and not model.is_causal:
-            raise ValueError(f"--validate checks next-token logits: {cfg.model!r} is an encoder (not built for directions yet)")
         target: Any = _targets(cfg.target) if model.is_causal else None
         if vectors is not None:
             target = _direction_targets(cfg, vectors)

@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import minilm_circuits as mc  # noqa: E402
 
-from sae.circuits import ERROR, FEATURE, TARGET, TOKEN, Graph, attribute  # noqa: E402
+from sae.circuits import ERROR, FEATURE, TARGET, TOKEN, Graph, Validation, attribute  # noqa: E402
 from sae.circuits.export import graph_json, write_graph_files  # noqa: E402
 from sae.circuits.graph import POOLED  # noqa: E402
 from sae.circuits.prune import prune  # noqa: E402
@@ -228,7 +228,8 @@ def test_a_direction_target_on_a_causal_lm(tmp_path):
 
 
 def test_trace_cli_on_the_encoder(minilm_clt_graph, tmp_path, capsys, monkeypatch):
-    """`python -m sae trace --model minilm --direction FILE --position N`, and its early one-line errors."""
+    """`python -m sae trace --model minilm --direction FILE --position N --validate 2`, and its early one-line
+    errors."""
     import numpy as np
 
     import activations
@@ -243,9 +244,13 @@ def test_trace_cli_on_the_encoder(minilm_clt_graph, tmp_path, capsys, monkeypatc
     out = tmp_path / "graph"
     argv = ["trace", "--model", "minilm", "--transcoders", str(tmp_path / "clt"), "--prompt", "a dog ran", "--out", str(out)]
     probe = ["--direction", str(tmp_path / "probe.npy"), "--position", "2", "--max-feature-nodes", "20"]
-    assert main([*argv, *probe, "--no-progress"]) == 0
+    assert main([*argv, *probe, "--validate", "2", "--no-progress"]) == 0
     summary = json.loads(capsys.readouterr().out)
     graph = Graph.load(out / "graph.safetensors")
+    checked = Validation.of(graph)  # --validate on direction targets: stored in the graph, the figure written
+    assert checked.target_kind == "direction" and len(checked.nodes) == 2 and checked.splice_deviation <= 1e-5
+    assert summary["validation"]["splice_deviation"] == checked.splice_deviation
+    assert Path(summary["validation"]["figure"]).is_file()
     assert graph.n_features == 20 < graph.info["n_active_features"]  # ranked by influence on the two directions
     assert graph.target_positions.tolist() == [2, 2] and graph.info["target_strings"] == ["probe[0]", "probe[1]"]
     assert summary["targets"] == dict(zip(["probe[0]", "probe[1]"], graph.info["target_values"]))

@@ -1,6 +1,7 @@
 """validate() on tiny Llama- and GPT-2-style models, per-layer transcoders and a CLT: the frozen model's changes
 equal the graph's predictions, the spliced model is the model itself, the measured change against a hand-made
-splice, the result's storage and figure, and one-line refusals of bad input."""
+splice, the result's storage and figure, and one-line refusals of bad input; the same for direction targets on a
+tiny BERT-style encoder (a position target and a pooled one) and on the embedded MiniLM."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_models as tm  # noqa: E402
 
-from sae.circuits import FEATURE, TARGET, Graph, Validation, attribute, validate  # noqa: E402
+from sae.circuits import FEATURE, TARGET, Direction, Graph, Validation, attribute, validate  # noqa: E402
 from sae.circuits.prune import influence, normalized, target_weights  # noqa: E402
 
 N_LAYERS, D, N = 2, 32, 16
@@ -199,9 +200,105 @@ def test_trace_validate(tmp_path, capsys):
     assert "--validate -1" in capsys.readouterr().err
 
 
-def test_a_direction_graph_is_refused_in_one_line(minilm_clt_graph):
-    from sae.circuits import validate
+# --- direction targets: an encoder's graphs -------------------------------------------------------
+ENCODER_PROMPT = "the cat sat on"  # [CLS] the cat sat on [SEP]: 6 positions
+PROBE_POS = 2  # the position the first direction reads ("cat"); the second reads the mean over positions
 
+
+@pytest.fixture(scope="module")
+def encoder_cases():
+    """(tiny BERT, transcoders, directions, graph, validation at scales 0 and 2) per transcoder kind; two targets,
+    one at PROBE_POS and one pooled."""
+    model = tm.encoder(N_LAYERS, D)
+    vectors = torch.randn(2, D, generator=torch.Generator().manual_seed(3))
+    directions = [Direction(vectors[0], PROBE_POS, "probe"), Direction(vectors[1])]
+    out = {}
+    for tc_kind in ("per-layer", "clt"):
+        transcoders = _transcoders(tc_kind)
+        graph = attribute(model, transcoders, ENCODER_PROMPT, target=directions, progress=False)
+        result = validate(graph, model, transcoders, top=4, scale=[0.0, 2.0], batch_size=4, progress=False)
+        out[tc_kind] = (model, transcoders, vectors, graph, result)
+    return out
+
+
+@pytest.mark.parametrize("tc_kind", ["per-layer", "clt"])
+def test_direction_targets_the_frozen_model_is_the_graph(encoder_cases, tc_kind):
+    """A position target and a pooled one: frozen changes equal the graph's predictions, the splice is the model."""
+    _, _, _, graph, v = encoder_cases[tc_kind]
+    assert v.target_kind == "direction" and v.splice_deviation == 0
+    assert v.target_strings == ["probe", "direction 1"] and v.target_probabilities.tolist() == [0.5, 0.5]
+    assert v.measured.shape == (4, 2, 2) and torch.isfinite(v.measured).all() and v.measured.abs().max() > 0
+    for name in ("direct", "total"):
+        predicted, frozen = getattr(v, f"predicted_{name}"), getattr(v, f"frozen_{name}")
+        assert predicted[..., 0].abs().max() > 0 and predicted[..., 1].abs().max() > 0
+        torch.testing.assert_close(frozen, predicted, rtol=0, atol=1e-5 * float(predicted.abs().max()))
+    A = graph.adjacency_matrix[graph.nodes(TARGET)][:, v.nodes].T
+    torch.testing.assert_close(v.predicted_direct[:, 0], -A)
+    assert v.summary()["correlation_total"] > 0.5  # the graph predicts the model's changes (0.95 on this seed)
+
+
+def test_direction_targets_the_measured_change_against_a_hand_made_splice(encoder_cases):
+    """Per-layer: each feature ablated in a splice written here, through model.forward's edits (the encoder's final
+    hidden state), read at the directions' own places; read at the wrong places, it disagrees (the control)."""
+    model, transcoders, vectors, graph, v = encoder_cases["per-layer"]
+    tokens = graph.tokens[None]
+    fired = model.run(tokens, [h.format(layer) for layer in range(N_LAYERS) for h in HOOKS])
+    with torch.inference_mode():
+        errors = [fired[HOOKS[1].format(i)][0] - t.predict(fired[HOOKS[0].format(i)][0]) for i, t in enumerate(transcoders)]
+    clean = model.forward(tokens)[0]
+
+    def ablated(layer: int, pos: int, feature: int) -> torch.Tensor:
+        seen: dict[int, torch.Tensor] = {}
+
+        def keep(a, i):
+            seen[i] = a[0]
+            return a
+
+        def write(a, i):
+            t, x = transcoders[i], seen[i]
+            z = t.encode_dense(x)
+            if i == layer:
+                z[pos, feature] = 0.0
+            return (z @ t.W_dec + t.b_dec + x @ t.W_skip.T + errors[i])[None]
+
+        edits = {}
+        for i in range(N_LAYERS):
+            edits[HOOKS[0].format(i)] = lambda a, i=i: keep(a, i)
+            edits[HOOKS[1].format(i)] = lambda a, i=i: write(a, i)
+        return model.forward(tokens, edits)[0] - clean  # [P, d]
+
+    deltas = torch.stack([ablated(*key) for key in v.features.tolist()])  # [n, P, d]
+    right = torch.stack([deltas[:, PROBE_POS] @ vectors[0], deltas.mean(1) @ vectors[1]], -1)
+    torch.testing.assert_close(v.measured[:, 0], right, rtol=1e-4, atol=1e-5)
+    wrong = torch.stack([deltas[:, PROBE_POS + 1] @ vectors[0], deltas[:, -1] @ vectors[1]], -1)
+    for t in range(2):
+        assert (v.measured[:, 0, t] - wrong[:, t]).abs().max() > 0.1 * v.measured[:, 0, t].abs().max()
+
+
+def test_direction_graphs_are_checked_against_the_model(encoder_cases, models):
+    model, transcoders, _, graph, _ = encoder_cases["per-layer"]
+    run = dict(progress=False, store=False)
+    tampered = dataclasses.replace(graph, info={**graph.info, "target_values": [1.0, 2.0]})
+    with pytest.raises(ValueError, match=r"target values \[1.0, 2.0\] are not this model's on its prompt"):
+        validate(tampered, model, transcoders, **run)
+    with pytest.raises(ValueError, match=r"the graph's targets are directions, but .* is a causal LM"):
+        validate(graph, models["llama"], transcoders, **run)
+    with pytest.raises(ValueError, match=r"target vectors are shape \(2, 5\); expected \[k, 32\]"):
+        validate(dataclasses.replace(graph, target_vectors=torch.ones(2, 5)), model, transcoders, **run)
+
+
+def test_direction_validation_travels_with_the_graph(encoder_cases, tmp_path):
+    _, _, _, graph, v = encoder_cases["clt"]
+    again = Validation.of(Graph.load(graph.save(tmp_path / "graph.safetensors")))
+    assert again.target_kind == "direction" and torch.equal(again.measured, v.measured)
+    assert "target value" in v.figure().layout.xaxis.title.text
+
+
+def test_validate_a_minilm_graph(minilm_clt_graph):
+    """The embedded MiniLM with a CLT fitted on it, the pooled embedding's own direction."""
     model, clt, graph = minilm_clt_graph
-    with pytest.raises(ValueError, match="this graph's targets are directions"):
-        validate(graph, model, clt)
+    v = validate(graph, model, clt, top=3, batch_size=8, store=False, progress=False)
+    assert v.splice_deviation <= 1e-5 and v.measured.abs().max() > 0
+    for name in ("direct", "total"):
+        predicted = getattr(v, f"predicted_{name}")
+        torch.testing.assert_close(getattr(v, f"frozen_{name}"), predicted, rtol=0, atol=1e-5 * float(predicted.abs().max()))

@@ -232,3 +232,31 @@ def save_trace_inputs(root: Path, n_layers: int = 2, d_model: int = 32, n_latent
         t = random_transcoder(d_model, n_latents, skip=True, jumprelu=True, seed=layer)
         our_transcoder(t, layer, "blocks.{}.mlp.hook_in", "blocks.{}.mlp.hook_out").save(folder / f"blocks.{layer}.mlp.hook_in")
     return model, folder
+
+
+def encoder(n_layers: int = 2, d_model: int = 32, seed: int = 0):
+    """A tiny BERT-style encoder (BertModel without its pooler, 4 heads, post-LayerNorm) in memory, loaded as a
+    plain Hugging Face model, with a word-level tokenizer over WORDS that adds [CLS] ... [SEP]."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    from activations import load_model
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator([" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=["[UNK]", "[CLS]", "[SEP]", "[PAD]"]))
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]"
+    )
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=len(fast),
+        hidden_size=d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        intermediate_size=2 * d_model,
+        max_position_embeddings=16,
+        initializer_range=0.2,
+    )
+    return load_model(BertModel(cfg, add_pooling_layer=False).eval(), tokenizer=fast)

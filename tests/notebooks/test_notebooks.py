@@ -79,8 +79,8 @@ def test_notebooks_execute_top_to_bottom(tmp_path):
 @pytest.mark.slow
 def test_notebook_04_traces_a_circuit(tmp_path):
     """04 on its own (it trains its own CLT): the CLT, the graph's safetensors, its circuit-tracer JSON and the
-    offline view, whose printed URL names the graph."""
-    from sae.circuits import Graph
+    offline view, whose printed URL names the graph, and the graph's check by intervention."""
+    from sae.circuits import Graph, Validation
 
     outputs = _execute(ROOT / "notebooks" / "04_trace_a_circuit.ipynb", tmp_path)
     streams = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
@@ -89,5 +89,7 @@ def test_notebook_04_traces_a_circuit(tmp_path):
     assert f"{(out / 'graph.html').resolve().as_uri()}#graph=cat" in streams
     graph = Graph.load(out / "graph.safetensors")
     assert graph.n_layers == 6 and graph.n_features > 0 and graph.target_kind == "direction"
+    check = Validation.of(graph)  # the check by intervention, saved with the graph
+    assert len(check.nodes) == 10 and check.summary()["frozen_relative_deviation"] < 1e-4
     data = json.loads((out / "cat.json").read_text())
     assert data["metadata"]["slug"] == "cat" and data["nodes"] and data["links"]

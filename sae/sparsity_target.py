@@ -38,7 +38,12 @@ if TYPE_CHECKING:
 # (1 + |m|)) and the proportional gain (the factor's immediate answer to this step's log(L0 / target))
 TARGET_GAINS = {"l1": (0.1, 1.0), "l0": (1.0, 2.0)}
 TARGET_FREEZE_FRAC = 0.05  # the last fraction of the run with the coefficient held
-TARGET_MAX_SCALE = 1e5  # the factor's upper bound
+TARGET_MAX_SCALE = 1e5  # the factor's upper bound for an L1 penalty, and the bound of a reward's size
+# an L0 penalty's upper bound: JumpReLU's L0 lags its penalty by tens of steps, and a start above a low target let
+# the factor wind up to 1e5 before L0 crossed it, then held L0 12% under 8 while it unwound (docs/results/
+# frontier.md); at 100x the default coefficient one firing latent costs 0.1, about a whole FVU. At 16-64 the
+# factor stays below it (those rows unchanged)
+TARGET_MAX_SCALE_L0 = 1e2
 TARGET_MIN_SCALE = 1e-5  # its lower bound for an L1 penalty (an L0 penalty's is -TARGET_MAX_SCALE)
 
 
@@ -79,6 +84,7 @@ class SparsityController:
         self.target_l0 = target_l0
         self.freeze_at = steps - int(TARGET_FREEZE_FRAC * steps)
         self.lowest = -TARGET_MAX_SCALE if signed else TARGET_MIN_SCALE
+        self.highest = TARGET_MAX_SCALE_L0 if signed else TARGET_MAX_SCALE
         self.gains = TARGET_GAINS["l0" if signed else "l1"]
         self.factor = torch.ones((), dtype=torch.float32, device=device)  # the integral part m
         self.push = torch.zeros((), dtype=torch.float32, device=device)  # the proportional part, from the last step
@@ -91,7 +97,7 @@ class SparsityController:
 
     def scale(self, index: int) -> torch.Tensor:
         """The factor on the family's coefficient at step `index` (a 0-d device tensor)."""
-        return (self.factor + self.push).clamp(self.lowest, TARGET_MAX_SCALE) * self.warmup(index)
+        return (self.factor + self.push).clamp(self.lowest, self.highest) * self.warmup(index)
 
     def adapting(self, index: int) -> bool:
         """Whether step `index` updates the coefficient: a target is set, the warm-up is over, the freeze not begun."""
@@ -108,7 +114,7 @@ class SparsityController:
         # no reward for firing while L0 is above the target (the integral's wind-up, undone at once)
         self.factor.copy_(torch.where((error > 0) & (self.factor < 0), torch.zeros_like(self.factor), self.factor))
         integral, proportional = self.gains
-        self.factor.add_(integral * error * (1 + self.factor.abs())).clamp_(self.lowest, TARGET_MAX_SCALE)
+        self.factor.add_(integral * error * (1 + self.factor.abs())).clamp_(self.lowest, self.highest)
         self.push = proportional * error * (1 + self.factor.abs())
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -20,6 +20,8 @@ encoder's bias through every firing code, so L0 answers within a few steps, and 
 penalty reaches only the thresholds, and only through the codes within half a bandwidth of them, so L0 answers
 over tens of steps and the coefficient it needs ends far from 1 (about 30 for L0 64 on MiniLM): at (0.1, 1) the
 factor could not get there within a 200-step run and L0 ended 14% above the target on the training batches.
+The factor is bounded, for an L0 penalty at TARGET_MAX_SCALE_L0 (100): started above a low target, JumpReLU's
+lagging L0 let the factor wind up to the L1 bound (1e5) before it crossed, and then held L0 12% under 8.
 
 The state (m, p) is a device tensor, so no step waits on the host; it is saved in the trainer's checkpoint.
 """

@@ -27,13 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 needs_bridge = pytest.mark.skipif((transformer_lens_major() or 0) < 4, reason="TransformerBridge needs transformer-lens >= 4")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is faster than two spinning on a shared machine (restored after the module)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -38,13 +38,30 @@ def _transcoders(kind: str, seed: int = 0):
     ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is faster than two spinning on a shared machine (restored after the module)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def ablation_edits(transcoders, errors, layer: int, pos: int, feature: int) -> dict:
+    """Hand-written splice edits: each layer's MLP output replaced by its transcoder's prediction plus the held error
+    term, with one feature zeroed."""
+    seen: dict[int, torch.Tensor] = {}
+
+    def keep(a, i):
+        seen[i] = a[0]
+        return a
+
+    def write(a, i):
+        t, x = transcoders[i], seen[i]
+        z = t.encode_dense(x)
+        if i == layer:
+            z[pos, feature] = 0.0
+        return (z @ t.W_dec + t.b_dec + x @ t.W_skip.T + errors[i])[None]
+
+    edits = {}
+    for i in range(N_LAYERS):
+        edits[HOOKS[0].format(i)] = lambda a, i=i: keep(a, i)
+        edits[HOOKS[1].format(i)] = lambda a, i=i: write(a, i)
+    return edits
 
 
 @pytest.fixture(scope="module")
@@ -102,24 +119,7 @@ def test_the_measured_change_against_a_hand_made_splice(cases):
     clean = model.forward(tokens)[0, -1]
 
     def splice(layer: int, pos: int, feature: int) -> dict:
-        seen: dict[int, torch.Tensor] = {}
-
-        def keep(a, i):
-            seen[i] = a[0]
-            return a
-
-        def write(a, i):
-            t, x = transcoders[i], seen[i]
-            z = t.encode_dense(x)
-            if i == layer:
-                z[pos, feature] = 0.0
-            return (z @ t.W_dec + t.b_dec + x @ t.W_skip.T + errors[i])[None]
-
-        edits = {}
-        for i in range(N_LAYERS):
-            edits[HOOKS[0].format(i)] = lambda a, i=i: keep(a, i)
-            edits[HOOKS[1].format(i)] = lambda a, i=i: write(a, i)
-        return edits
+        return ablation_edits(transcoders, errors, layer, pos, feature)
 
     for n, (layer, pos, feature) in enumerate(v.features.tolist()):
         delta = model.forward(tokens, splice(layer, pos, feature))[0, -1] - clean
@@ -248,24 +248,7 @@ def test_direction_targets_the_measured_change_against_a_hand_made_splice(encode
     clean = model.forward(tokens)[0]
 
     def ablated(layer: int, pos: int, feature: int) -> torch.Tensor:
-        seen: dict[int, torch.Tensor] = {}
-
-        def keep(a, i):
-            seen[i] = a[0]
-            return a
-
-        def write(a, i):
-            t, x = transcoders[i], seen[i]
-            z = t.encode_dense(x)
-            if i == layer:
-                z[pos, feature] = 0.0
-            return (z @ t.W_dec + t.b_dec + x @ t.W_skip.T + errors[i])[None]
-
-        edits = {}
-        for i in range(N_LAYERS):
-            edits[HOOKS[0].format(i)] = lambda a, i=i: keep(a, i)
-            edits[HOOKS[1].format(i)] = lambda a, i=i: write(a, i)
-        return model.forward(tokens, edits)[0] - clean  # [P, d]
+        return model.forward(tokens, ablation_edits(transcoders, errors, layer, pos, feature))[0] - clean  # [P, d]
 
     deltas = torch.stack([ablated(*key) for key in v.features.tolist()])  # [n, P, d]
     right = torch.stack([deltas[:, PROBE_POS] @ vectors[0], deltas.mean(1) @ vectors[1]], -1)
